@@ -1,0 +1,127 @@
+// sparse_ffn — activation policies.
+//
+// Plain activations map one pre-activation `a = k_i·x + b1_i` to `h_i = act(a)`. Gated activations
+// (GLU family, e.g. LLaMA's SwiGLU) also read the "up" projection `u = w3_i·x + b3_i` and give
+// `h_i = act(a) * u`. Every policy is a tag struct with a `SPARSE_FFN_HD` `apply`, so CPU and CUDA kernels
+// share the same math; `activate<Act>(a, u)` calls either form.
+//
+// NaN in, NaN out for every activation (relu(NaN) is NaN, not 0); see docs/api.md "NaN and Inf".
+#pragma once
+
+#include <cmath>
+#include <type_traits>
+
+#include "config.hpp"
+
+namespace sparse_ffn {
+
+/// Runtime names of the activations (dispatch, file metadata).
+enum class activation_kind : int { relu = 0, gelu_erf, gelu_tanh, silu, swiglu, geglu };
+
+namespace detail {
+SPARSE_FFN_HD float erf_f(float x) {
+  return ::erff(x);
+}
+SPARSE_FFN_HD float tanh_f(float x) {
+  return ::tanhf(x);
+}
+SPARSE_FFN_HD float exp_f(float x) {
+  return ::expf(x);
+}
+}  // namespace detail
+
+namespace act {
+
+struct relu {
+  static constexpr activation_kind kind = activation_kind::relu;
+  static constexpr bool gated = false;
+  static constexpr const char* name = "relu";
+  SPARSE_FFN_HD static float apply(float a) { return a < 0.0f ? 0.0f : a; }
+};
+
+/// GELU, exact form: a/2 * (1 + erf(a/sqrt 2)) (PyTorch `gelu`, approximate='none').
+struct gelu_erf {
+  static constexpr activation_kind kind = activation_kind::gelu_erf;
+  static constexpr bool gated = false;
+  static constexpr const char* name = "gelu_erf";
+  SPARSE_FFN_HD static float apply(float a) {
+    return 0.5f * a * (1.0f + detail::erf_f(a * 0.70710678118654752f));
+  }
+};
+
+/// GELU, tanh form (PyTorch approximate='tanh', "gelu_new").
+struct gelu_tanh {
+  static constexpr activation_kind kind = activation_kind::gelu_tanh;
+  static constexpr bool gated = false;
+  static constexpr const char* name = "gelu_tanh";
+  SPARSE_FFN_HD static float apply(float a) {
+    const float inner = 0.79788456080286536f * (a + 0.044715f * a * a * a);
+    return 0.5f * a * (1.0f + detail::tanh_f(inner));
+  }
+};
+
+/// SiLU / swish: a * sigmoid(a).
+struct silu {
+  static constexpr activation_kind kind = activation_kind::silu;
+  static constexpr bool gated = false;
+  static constexpr const char* name = "silu";
+  SPARSE_FFN_HD static float apply(float a) { return a / (1.0f + detail::exp_f(-a)); }
+};
+
+/// Gated linear unit over an inner activation: h = Inner(a) * u.
+template <class Inner>
+struct glu {
+  static_assert(!Inner::gated, "sparse_ffn: glu<> takes a plain (non-gated) activation");
+  static constexpr bool gated = true;
+  using inner = Inner;
+  SPARSE_FFN_HD static float apply(float a, float u) { return Inner::apply(a) * u; }
+};
+
+/// SwiGLU (LLaMA, Mistral): silu(W1 x) * (W3 x).
+struct swiglu : glu<silu> {
+  static constexpr activation_kind kind = activation_kind::swiglu;
+  static constexpr const char* name = "swiglu";
+};
+
+/// GeGLU with the tanh GELU (T5 v1.1 "gated-gelu", Gemma).
+struct geglu : glu<gelu_tanh> {
+  static constexpr activation_kind kind = activation_kind::geglu;
+  static constexpr const char* name = "geglu";
+};
+
+}  // namespace act
+
+/// True for the activation tag structs above (and user types that provide the same members).
+template <class A, class = void>
+struct is_activation : std::false_type {};
+template <class A>
+struct is_activation<A, std::void_t<decltype(A::gated), decltype(A::name)>> : std::true_type {};
+
+/// h = act(a) for plain activations, act(a) * u for gated ones (u is ignored for plain ones).
+template <class Act>
+SPARSE_FFN_HD float activate(float a, float u) {
+  if constexpr (Act::gated) {
+    return Act::apply(a, u);
+  } else {
+    (void)u;
+    return Act::apply(a);
+  }
+}
+
+inline const char* activation_name(activation_kind k) noexcept {
+  switch (k) {
+    case activation_kind::relu: return "relu";
+    case activation_kind::gelu_erf: return "gelu_erf";
+    case activation_kind::gelu_tanh: return "gelu_tanh";
+    case activation_kind::silu: return "silu";
+    case activation_kind::swiglu: return "swiglu";
+    case activation_kind::geglu: return "geglu";
+  }
+  return "?";
+}
+
+inline bool activation_is_gated(activation_kind k) noexcept {
+  return k == activation_kind::swiglu || k == activation_kind::geglu;
+}
+
+}  // namespace sparse_ffn
