@@ -1,0 +1,165 @@
+// sparse_ffn — the dense FFN view and the block-contiguous layout every kernel reads.
+//
+// Dense input (PyTorch nn.Linear conventions, row-major, contiguous):
+//   W1 [d_ff × d_model]  row i = key i            b1 [d_ff]
+//   W2 [d_model × d_ff]  column i = value i       b2 [d_model]
+//   W3 [d_ff × d_model]  gated FFNs only ("up")   b3 [d_ff]
+//   y = W2 · act(W1 x + b1) + b2           or, gated,   y = W2 · (act(W1 x + b1) ⊙ (W3 x + b3)) + b2
+//
+// Blocked layout: the d_ff neurons, optionally permuted, form B = d_ff / g blocks of g neurons. Block b
+// is one contiguous run of `block_stride()` elements:
+//
+//   [ keys   g × ld ]   row i = W1 row of neuron perm[b*g+i]
+//   [ up     g × ld ]   gated only: W3 rows
+//   [ values g × ld ]   row i = W2 column of neuron perm[b*g+i], stored as a row
+//
+// ld ≥ d_model pads each row to a multiple of 64 bytes with zeros, so every row starts on a cache line
+// (and on a 16-byte boundary for the GPU) and vector loops need no tail over the weights. A kernel that
+// computes one block reads exactly one contiguous range, once. Biases are kept in float, in packed
+// order. Per-block selector data (Avg-K centroids, learned-gate rows) are [B × ld] matrices of T.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+
+#include "config.hpp"
+#include "error.hpp"
+#include "types.hpp"
+
+namespace sparse_ffn {
+
+/// Shape and strides of a blocked FFN. All offsets are in elements and 64-bit.
+struct block_layout {
+  index_t d_model = 0;
+  index_t d_ff = 0;
+  index_t g = 0;           ///< neurons per block
+  index_t num_blocks = 0;  ///< B = d_ff / g
+  index_t ld = 0;          ///< row stride in elements (>= d_model)
+  bool gated = false;
+
+  SPARSE_FFN_HD index_t matrices() const { return gated ? 3 : 2; }
+  SPARSE_FFN_HD index_t matrix_stride() const { return g * ld; }
+  SPARSE_FFN_HD index_t block_stride() const { return matrices() * g * ld; }
+  SPARSE_FFN_HD index_t key_offset(index_t b) const { return b * block_stride(); }
+  SPARSE_FFN_HD index_t up_offset(index_t b) const { return b * block_stride() + g * ld; }
+  SPARSE_FFN_HD index_t value_offset(index_t b) const {
+    return b * block_stride() + (matrices() - 1) * g * ld;
+  }
+  SPARSE_FFN_HD index_t total_elements() const { return num_blocks * block_stride(); }
+  /// Bytes of weights a kernel reads for one block (keys, up, values; padding included).
+  template <class T>
+  SPARSE_FFN_HD index_t block_bytes() const {
+    return block_stride() * static_cast<index_t>(sizeof(T));
+  }
+};
+
+/// Row stride (elements) that pads d_model to a multiple of k_row_alignment bytes.
+template <class T>
+constexpr index_t padded_ld(index_t d_model) {
+  constexpr index_t per_line = static_cast<index_t>(k_row_alignment / sizeof(T));
+  return (d_model + per_line - 1) / per_line * per_line;
+}
+
+/// Builds and validates a layout: g ≥ 1 divides d_ff, B < 2^31, all offsets fit in 64 bits.
+template <class T>
+block_layout make_layout(index_t d_model, index_t d_ff, index_t g, bool gated) {
+  using detail::require;
+  require(d_model > 0, status::invalid_shape, "d_model must be positive (got ", d_model, ")");
+  require(d_ff > 0, status::invalid_shape, "d_ff must be positive (got ", d_ff, ")");
+  require(g > 0, status::invalid_argument, "block size g must be positive (got ", g, ")");
+  require(d_ff % g == 0, status::invalid_shape, "d_ff (", d_ff, ") is not divisible by block size g (", g,
+          ")");
+  require(d_ff <= std::numeric_limits<std::int32_t>::max(), status::size_overflow, "d_ff (", d_ff,
+          ") must be < 2^31");
+  require(d_model <= std::numeric_limits<std::int32_t>::max() - 64, status::size_overflow, "d_model (",
+          d_model, ") must be < 2^31 - 64");
+  block_layout l;
+  l.d_model = d_model;
+  l.d_ff = d_ff;
+  l.g = g;
+  l.num_blocks = d_ff / g;
+  l.ld = padded_ld<T>(d_model);
+  l.gated = gated;
+  // Every offset a kernel forms is < total_elements * sizeof(T); make sure that fits.
+  const index_t per_block = detail::checked_mul(l.matrices() * g, l.ld, "block size");
+  detail::checked_elements<T>(per_block, l.num_blocks, "blocked weights");
+  return l;
+}
+
+/// Non-owning view of a dense FFN in PyTorch layout (see the file comment). Biases are optional
+/// (null = zero); `w3` is non-null exactly for gated FFNs.
+template <class T>
+struct dense_ffn_view {
+  index_t d_model = 0;
+  index_t d_ff = 0;
+  const T* w1 = nullptr;  ///< [d_ff × d_model]
+  const T* b1 = nullptr;  ///< [d_ff] or null
+  const T* w2 = nullptr;  ///< [d_model × d_ff]
+  const T* b2 = nullptr;  ///< [d_model] or null
+  const T* w3 = nullptr;  ///< [d_ff × d_model], gated FFNs only
+  const T* b3 = nullptr;  ///< [d_ff] or null, gated FFNs only
+
+  bool gated() const { return w3 != nullptr; }
+};
+
+/// Checks a dense view: positive shapes, required pointers, element alignment, no 64-bit overflow.
+template <class T>
+void validate(const dense_ffn_view<T>& d) {
+  using detail::require;
+  require(d.d_model > 0 && d.d_ff > 0, status::invalid_shape,
+          "dense FFN shape must be positive (d_model=", d.d_model, ", d_ff=", d.d_ff, ")");
+  detail::checked_elements<T>(d.d_model, d.d_ff, "dense FFN weights");
+  detail::require_not_null(d.w1, "dense W1");
+  detail::require_not_null(d.w2, "dense W2");
+  require(d.b3 == nullptr || d.w3 != nullptr, status::invalid_argument,
+          "dense b3 given without W3 (b3 is the bias of the gated FFN's up projection)");
+  for (const T* p : {d.w1, d.b1, d.w2, d.b2, d.w3, d.b3})
+    if (p) detail::require_aligned<T>(p, "dense FFN weight/bias pointer");
+}
+
+/// Non-owning view of a blocked FFN (what every kernel takes). Produced by `blocked_ffn<T>::view()`
+/// or assembled by hand over the caller's own buffers (then `validate()` it).
+template <class T>
+struct blocked_ffn_view {
+  using value_type = T;
+
+  block_layout layout;
+  const T* weights = nullptr;            ///< [B × block_stride], 64-byte aligned
+  const float* b1 = nullptr;             ///< [d_ff] key biases, packed order; null = 0
+  const float* b3 = nullptr;             ///< [d_ff] up biases (gated), packed order; null = 0
+  const float* b2 = nullptr;             ///< [d_model] output bias; null = 0
+  const T* centroids = nullptr;          ///< [B × ld] mean key of each block (Avg-K); null = absent
+  const float* centroid_bias = nullptr;  ///< [B] mean b1 of each block (Avg-K); null = 0
+  const T* gate_w = nullptr;             ///< [B × ld] learned-gate rows; null = absent
+  const float* gate_b = nullptr;         ///< [B] learned-gate bias; null = 0
+  const std::int32_t* perm = nullptr;    ///< [d_ff] packed position -> original neuron; null = identity
+
+  SPARSE_FFN_HD const T* keys(index_t b) const { return weights + layout.key_offset(b); }
+  SPARSE_FFN_HD const T* up(index_t b) const { return weights + layout.up_offset(b); }
+  SPARSE_FFN_HD const T* values(index_t b) const { return weights + layout.value_offset(b); }
+  SPARSE_FFN_HD const T* centroid(index_t b) const { return centroids + b * layout.ld; }
+  SPARSE_FFN_HD const T* gate_row(index_t b) const { return gate_w + b * layout.ld; }
+};
+
+/// Checks a blocked view: layout consistent with its own fields, pointers non-null where required and
+/// 64-byte aligned (weights, centroids, gate rows), the row stride a 64-byte multiple.
+template <class T>
+void validate(const blocked_ffn_view<T>& w) {
+  using detail::require;
+  const block_layout& l = w.layout;
+  const block_layout expect = make_layout<T>(l.d_model, l.d_ff, l.g, l.gated);
+  require(l.num_blocks == expect.num_blocks, status::invalid_shape, "layout.num_blocks (", l.num_blocks,
+          ") != d_ff / g (", expect.num_blocks, ")");
+  require(l.ld >= l.d_model && (l.ld * static_cast<index_t>(sizeof(T))) % 64 == 0, status::invalid_shape,
+          "layout.ld (", l.ld, ") must be >= d_model (", l.d_model, ") and a multiple of 64 bytes");
+  detail::checked_elements<T>(l.block_stride(), l.num_blocks, "blocked weights");
+  detail::require_not_null(w.weights, "blocked weights");
+  detail::require_aligned<T>(w.weights, "blocked weights", k_row_alignment);
+  if (w.centroids) detail::require_aligned<T>(w.centroids, "centroids", k_row_alignment);
+  if (w.gate_w) detail::require_aligned<T>(w.gate_w, "learned-gate weights", k_row_alignment);
+  for (const float* p : {w.b1, w.b3, w.b2, w.centroid_bias, w.gate_b})
+    if (p) detail::require_aligned<float>(p, "bias pointer");
+  require(w.b3 == nullptr || l.gated, status::invalid_argument, "b3 given for a non-gated FFN");
+}
+
+}  // namespace sparse_ffn

@@ -1,0 +1,300 @@
+// sparse_ffn — owning containers and packing a dense FFN into the blocked layout (host only).
+//
+//   dense_ffn<T>    owning dense FFN in PyTorch layout (view(): dense_ffn_view<T>)
+//   blocked_ffn<T>  owning blocked FFN (view(): blocked_ffn_view<T>, what kernels take)
+//   pack<T>(dense, options)   dense (any dtype) -> blocked T, with an optional neuron permutation
+//   unpack(view)              blocked -> dense float in the original neuron order (inverse of pack)
+#pragma once
+
+#include <cmath>
+#include <vector>
+
+#include "detail/aligned_buffer.hpp"
+#include "error.hpp"
+#include "layout.hpp"
+#include "types.hpp"
+
+namespace sparse_ffn {
+
+/// Owning dense FFN (PyTorch layout). Empty bias vectors mean "no bias"; empty w3 means not gated.
+template <class T>
+struct dense_ffn {
+  index_t d_model = 0;
+  index_t d_ff = 0;
+  std::vector<T> w1, b1, w2, b2, w3, b3;
+
+  dense_ffn() = default;
+  dense_ffn(index_t d_model_, index_t d_ff_, bool gated, bool biases) : d_model(d_model_), d_ff(d_ff_) {
+    const index_t n = detail::checked_elements<T>(d_model_, d_ff_, "dense FFN");
+    w1.resize(static_cast<std::size_t>(n));
+    w2.resize(static_cast<std::size_t>(n));
+    if (gated) w3.resize(static_cast<std::size_t>(n));
+    if (biases) {
+      b1.resize(static_cast<std::size_t>(d_ff_));
+      b2.resize(static_cast<std::size_t>(d_model_));
+      if (gated) b3.resize(static_cast<std::size_t>(d_ff_));
+    }
+  }
+  bool gated() const { return !w3.empty(); }
+
+  dense_ffn_view<T> view() const {
+    auto ptr = [](const std::vector<T>& v) { return v.empty() ? nullptr : v.data(); };
+    return {d_model, d_ff, ptr(w1), ptr(b1), ptr(w2), ptr(b2), ptr(w3), ptr(b3)};
+  }
+};
+
+/// Options of `pack`.
+struct pack_options {
+  index_t g = 0;  ///< neurons per block; must divide d_ff
+  /// [d_ff] neuron permutation: packed position j holds original neuron permutation[j] (block b is
+  /// positions b*g .. b*g+g-1). Null = identity. Must be a bijection on [0, d_ff).
+  const std::int32_t* permutation = nullptr;
+  const float* gate_w = nullptr;  ///< [B × d_model] learned-gate weights (optional)
+  const float* gate_b = nullptr;  ///< [B] learned-gate bias (optional; needs gate_w)
+  bool centroids = true;          ///< compute Avg-K centroids (mean key per block)
+};
+
+/// Owning blocked FFN: 64-byte aligned weights in the layout of layout.hpp plus float biases, optional
+/// selector data and the neuron permutation. Copyable; `view()` is what kernels take.
+template <class T>
+class blocked_ffn {
+  static_assert(is_dtype<T>::value, "sparse_ffn: blocked_ffn<T> needs T = float, half_t or bfloat16_t");
+
+ public:
+  using value_type = T;
+
+  blocked_ffn() = default;
+  /// Zero weights and identity permutation for a validated layout (see make_layout).
+  explicit blocked_ffn(const block_layout& l)
+      : layout_(l), weights_(l.total_elements()), perm_(static_cast<std::size_t>(l.d_ff)) {
+    for (index_t j = 0; j < l.d_ff; ++j) perm_[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(j);
+  }
+
+  const block_layout& layout() const { return layout_; }
+
+  blocked_ffn_view<T> view() const {
+    blocked_ffn_view<T> v;
+    v.layout = layout_;
+    v.weights = weights_.data();
+    v.b1 = opt(b1_);
+    v.b3 = opt(b3_);
+    v.b2 = opt(b2_);
+    v.centroids = centroids_.empty() ? nullptr : centroids_.data();
+    v.centroid_bias = opt(centroid_bias_);
+    v.gate_w = gate_w_.empty() ? nullptr : gate_w_.data();
+    v.gate_b = opt(gate_b_);
+    v.perm = perm_.data();
+    return v;
+  }
+
+  // Mutable access for builders (pack, file loaders, converters).
+  T* weights() { return weights_.data(); }
+  std::vector<float>& b1() { return b1_; }
+  std::vector<float>& b3() { return b3_; }
+  std::vector<float>& b2() { return b2_; }
+  std::vector<std::int32_t>& permutation() { return perm_; }
+  const std::vector<std::int32_t>& permutation() const { return perm_; }
+
+  bool has_centroids() const { return !centroids_.empty(); }
+  bool has_gate() const { return !gate_w_.empty(); }
+
+  /// Sets the Avg-K centroids ([B × d_model] row-major, float) and optional per-block bias ([B]).
+  void set_centroids(const float* c, const float* bias = nullptr) {
+    detail::require_not_null(c, "centroids");
+    centroids_ = rows_to_padded(c);
+    centroid_bias_.assign(bias ? bias : nullptr, bias ? bias + layout_.num_blocks : nullptr);
+  }
+  /// Recomputes the Avg-K centroids from the packed keys: c_b = mean of block b's keys,
+  /// centroid_bias_b = mean of block b's b1 (so c_b·x + bias_b is the block's mean pre-activation).
+  void compute_centroids() {
+    const block_layout& l = layout_;
+    centroids_ = detail::aligned_buffer<T>(detail::checked_mul(l.num_blocks, l.ld, "centroids"));
+    const double inv_g = 1.0 / static_cast<double>(l.g);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (index_t b = 0; b < l.num_blocks; ++b) {
+      std::vector<double> acc(static_cast<std::size_t>(l.d_model), 0.0);
+      const T* k = weights_.data() + l.key_offset(b);
+      for (index_t i = 0; i < l.g; ++i)
+        for (index_t j = 0; j < l.d_model; ++j)
+          acc[static_cast<std::size_t>(j)] += static_cast<double>(to_float(k[i * l.ld + j]));
+      T* c = centroids_.data() + b * l.ld;
+      for (index_t j = 0; j < l.d_model; ++j)
+        c[j] = from_float<T>(static_cast<float>(acc[static_cast<std::size_t>(j)] * inv_g));
+    }
+    centroid_bias_.clear();
+    if (!b1_.empty()) {
+      centroid_bias_.resize(static_cast<std::size_t>(l.num_blocks));
+      for (index_t b = 0; b < l.num_blocks; ++b) {
+        double s = 0;
+        for (index_t i = 0; i < l.g; ++i) s += b1_[static_cast<std::size_t>(b * l.g + i)];
+        centroid_bias_[static_cast<std::size_t>(b)] = static_cast<float>(s * inv_g);
+      }
+    }
+  }
+  /// Sets the learned gate: w [B × d_model] row-major, b [B] (optional).
+  void set_gate(const float* w, const float* b = nullptr) {
+    detail::require_not_null(w, "learned-gate weights");
+    gate_w_ = rows_to_padded(w);
+    gate_b_.assign(b ? b : nullptr, b ? b + layout_.num_blocks : nullptr);
+  }
+  /// Read access to the selector data as float [B × d_model] (empty when absent).
+  std::vector<float> centroids_float() const {
+    return padded_to_rows(centroids_);
+  }
+  std::vector<float> gate_float() const {
+    return padded_to_rows(gate_w_);
+  }
+  const std::vector<float>& centroid_bias() const {
+    return centroid_bias_;
+  }
+  const std::vector<float>& gate_bias() const {
+    return gate_b_;
+  }
+
+ private:
+  static const float* opt(const std::vector<float>& v) {
+    return v.empty() ? nullptr : v.data();
+  }
+
+  detail::aligned_buffer<T> rows_to_padded(const float* src) const {
+    const block_layout& l = layout_;
+    detail::aligned_buffer<T> out(detail::checked_mul(l.num_blocks, l.ld, "per-block rows"));
+    for (index_t b = 0; b < l.num_blocks; ++b)
+      for (index_t j = 0; j < l.d_model; ++j) out[b * l.ld + j] = from_float<T>(src[b * l.d_model + j]);
+    return out;
+  }
+  std::vector<float> padded_to_rows(const detail::aligned_buffer<T>& src) const {
+    const block_layout& l = layout_;
+    std::vector<float> out;
+    if (src.empty()) return out;
+    out.resize(static_cast<std::size_t>(l.num_blocks * l.d_model));
+    for (index_t b = 0; b < l.num_blocks; ++b)
+      for (index_t j = 0; j < l.d_model; ++j)
+        out[static_cast<std::size_t>(b * l.d_model + j)] = to_float(src[b * l.ld + j]);
+    return out;
+  }
+
+  block_layout layout_{};
+  detail::aligned_buffer<T> weights_;
+  std::vector<float> b1_, b3_, b2_;
+  detail::aligned_buffer<T> centroids_;
+  std::vector<float> centroid_bias_;
+  detail::aligned_buffer<T> gate_w_;
+  std::vector<float> gate_b_;
+  std::vector<std::int32_t> perm_;
+};
+
+/// Checks that p[0..n) is a permutation of [0, n).
+inline void validate_permutation(const std::int32_t* p, index_t n) {
+  detail::require_not_null(p, "permutation");
+  std::vector<unsigned char> seen(static_cast<std::size_t>(n), 0);
+  for (index_t j = 0; j < n; ++j) {
+    const std::int32_t v = p[j];
+    detail::require(v >= 0 && v < n, status::out_of_range, "permutation[", j, "] = ", v,
+                    " is outside [0, d_ff=", n, ")");
+    detail::require(!seen[static_cast<std::size_t>(v)], status::invalid_argument,
+                    "permutation is not a bijection: neuron ", v, " appears twice (second time at position ",
+                    j, ")");
+    seen[static_cast<std::size_t>(v)] = 1;
+  }
+}
+
+/// Packs a dense FFN (element type S) into the blocked layout with element type T.
+template <class T, class S>
+blocked_ffn<T> pack(const dense_ffn_view<S>& dense, const pack_options& opt) {
+  static_assert(is_dtype<S>::value && is_dtype<T>::value, "sparse_ffn: pack needs float/half_t/bfloat16_t");
+  validate(dense);
+  const block_layout l = make_layout<T>(dense.d_model, dense.d_ff, opt.g, dense.gated());
+  if (opt.permutation) validate_permutation(opt.permutation, l.d_ff);
+  detail::require(opt.gate_b == nullptr || opt.gate_w != nullptr, status::invalid_argument,
+                  "pack_options.gate_b given without gate_w");
+
+  blocked_ffn<T> out(l);
+  std::vector<std::int32_t>& perm = out.permutation();
+  if (opt.permutation) perm.assign(opt.permutation, opt.permutation + l.d_ff);
+
+  const index_t d = l.d_model, F = l.d_ff;
+  T* w = out.weights();
+  // Keys (and up rows) are rows of W1 (W3): one contiguous copy per neuron.
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+  for (index_t j = 0; j < F; ++j) {  // packed position j
+    const index_t src = perm[static_cast<std::size_t>(j)];
+    const index_t b = j / l.g, i = j % l.g;
+    T* key = w + l.key_offset(b) + i * l.ld;
+    for (index_t c = 0; c < d; ++c) key[c] = from_float<T>(to_float(dense.w1[src * d + c]));
+    if (l.gated) {
+      T* up = w + l.up_offset(b) + i * l.ld;
+      for (index_t c = 0; c < d; ++c) up[c] = from_float<T>(to_float(dense.w3[src * d + c]));
+    }
+  }
+  // Values are columns of W2: transpose in 32×32 tiles so reads and writes both use whole lines.
+  std::vector<index_t> pos(static_cast<std::size_t>(F));  // original neuron -> packed position
+  for (index_t j = 0; j < F; ++j) pos[static_cast<std::size_t>(perm[static_cast<std::size_t>(j)])] = j;
+  constexpr index_t tile = 32;
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+  for (index_t c0 = 0; c0 < d; c0 += tile) {
+    const index_t c1 = c0 + tile < d ? c0 + tile : d;
+    for (index_t s0 = 0; s0 < F; s0 += tile) {
+      const index_t s1 = s0 + tile < F ? s0 + tile : F;
+      for (index_t src = s0; src < s1; ++src) {
+        const index_t j = pos[static_cast<std::size_t>(src)];
+        T* val = w + l.value_offset(j / l.g) + (j % l.g) * l.ld;
+        for (index_t c = c0; c < c1; ++c) val[c] = from_float<T>(to_float(dense.w2[c * F + src]));
+      }
+    }
+  }
+  auto permuted_bias = [&](const S* src, std::vector<float>& dst) {
+    if (!src) return;
+    dst.resize(static_cast<std::size_t>(F));
+    for (index_t j = 0; j < F; ++j)
+      dst[static_cast<std::size_t>(j)] = to_float(src[perm[static_cast<std::size_t>(j)]]);
+  };
+  permuted_bias(dense.b1, out.b1());
+  permuted_bias(dense.b3, out.b3());
+  if (dense.b2) {
+    out.b2().resize(static_cast<std::size_t>(d));
+    for (index_t c = 0; c < d; ++c) out.b2()[static_cast<std::size_t>(c)] = to_float(dense.b2[c]);
+  }
+  if (opt.centroids) out.compute_centroids();
+  if (opt.gate_w) out.set_gate(opt.gate_w, opt.gate_b);
+  return out;
+}
+
+/// Unpacks a blocked FFN to a dense float FFN in the original neuron order (exact for every dtype).
+template <class T>
+dense_ffn<float> unpack(const blocked_ffn_view<T>& w) {
+  validate(w);
+  const block_layout& l = w.layout;
+  const bool biases = w.b1 || w.b2 || w.b3;
+  dense_ffn<float> out(l.d_model, l.d_ff, l.gated, biases);
+  const index_t d = l.d_model, F = l.d_ff;
+  for (index_t j = 0; j < F; ++j) {
+    const index_t dst = w.perm ? w.perm[j] : j;
+    const index_t b = j / l.g, i = j % l.g;
+    const T* key = w.keys(b) + i * l.ld;
+    const T* val = w.values(b) + i * l.ld;
+    for (index_t c = 0; c < d; ++c) {
+      out.w1[static_cast<std::size_t>(dst * d + c)] = to_float(key[c]);
+      out.w2[static_cast<std::size_t>(c * F + dst)] = to_float(val[c]);
+    }
+    if (l.gated) {
+      const T* up = w.up(b) + i * l.ld;
+      for (index_t c = 0; c < d; ++c) out.w3[static_cast<std::size_t>(dst * d + c)] = to_float(up[c]);
+    }
+    if (biases) {
+      out.b1[static_cast<std::size_t>(dst)] = w.b1 ? w.b1[j] : 0.0f;
+      if (l.gated) out.b3[static_cast<std::size_t>(dst)] = w.b3 ? w.b3[j] : 0.0f;
+    }
+  }
+  if (biases)
+    for (index_t c = 0; c < d; ++c) out.b2[static_cast<std::size_t>(c)] = w.b2 ? w.b2[c] : 0.0f;
+  return out;
+}
+
+}  // namespace sparse_ffn
