@@ -1,0 +1,67 @@
+// sparse_ffn — learned gate (Switch Transformer / GShard style linear router).
+//
+// logits_b = Wg_b·x + bg_b (Wg: [B × d_model] stored with the model, bg: [B] optional);
+// p = softmax(logits); the top-k blocks by logit (= by p) are used and block b's output is scaled by
+//   w_b = p_b                          (route_args::renormalize = false, Switch; weights sum to <= 1)
+//   w_b = p_b / sum over top-k of p    (renormalize = true, GShard top-2; weights sum to 1)
+// The softmax is computed stably (max subtracted). y = b2 + sum_b w_b · V_bᵀ act(K_b x + b1_b).
+#pragma once
+
+#include <cmath>
+#include <vector>
+
+#include "../detail/blas1.hpp"
+#include "../layout.hpp"
+#include "selector.hpp"
+#include "topk.hpp"
+
+namespace sparse_ffn {
+namespace select {
+
+struct learned_gate {
+  static constexpr selector_kind kind = selector_kind::learned_gate;
+  static constexpr const char* name = "learned_gate";
+  static constexpr bool uses_token_ids = false;
+  static constexpr bool weighted = true;
+  static constexpr bool dense_scores = false;
+
+  SPARSE_FFN_HD static float logit(float gate_dot_x, float gate_bias) { return gate_dot_x + gate_bias; }
+
+  /// exp(logit - max_logit): the unnormalised softmax term (host and device).
+  SPARSE_FFN_HD static float softmax_term(float logit, float max_logit) { return ::expf(logit - max_logit); }
+
+  /// Block weight from its softmax term, the sum over all B terms and the sum over the top-k terms.
+  SPARSE_FFN_HD static float weight(float term, float sum_all, float sum_topk, bool renormalize) {
+    return term / (renormalize ? sum_topk : sum_all);
+  }
+
+  template <class T>
+  static void check(const blocked_ffn_view<T>& w, const route_args& a, index_t /*n*/) {
+    detail::check_k(a.k, w.layout.num_blocks);
+    detail::require(w.gate_w != nullptr, status::invalid_argument,
+                    "the learned_gate selector needs gate weights: pack_options.gate_w or "
+                    "blocked_ffn::set_gate()");
+  }
+
+  static index_t scratch_floats(const block_layout& l) { return l.num_blocks; }
+
+  template <class T, class Act>
+  static void route_token(const blocked_ffn_view<T>& w, const float* x, index_t /*token*/,
+                          const route_args& a, float* logits, std::vector<block_index_t>& iscratch,
+                          block_index_t* blocks, float* weights) {
+    const block_layout& l = w.layout;
+    for (index_t b = 0; b < l.num_blocks; ++b)
+      logits[b] = logit(detail::dot(w.gate_row(b), x, l.d_model), w.gate_b ? w.gate_b[b] : 0.0f);
+    topk(logits, l.num_blocks, a.k, blocks, iscratch);
+    if (!weights) return;
+    const float max_logit = logits[blocks[0]];  // best first (NaN only if every logit is NaN)
+    float sum_all = 0.0f, sum_topk = 0.0f;
+    for (index_t b = 0; b < l.num_blocks; ++b) sum_all += softmax_term(logits[b], max_logit);
+    for (index_t j = 0; j < a.k; ++j) sum_topk += softmax_term(logits[blocks[j]], max_logit);
+    for (index_t j = 0; j < a.k; ++j)
+      weights[j] = weight(softmax_term(logits[blocks[j]], max_logit), sum_all, sum_topk, a.renormalize);
+  }
+};
+
+}  // namespace select
+}  // namespace sparse_ffn

@@ -1,0 +1,68 @@
+// sparse_ffn — deterministic top-k over block scores.
+//
+// Order: higher score first; equal scores go to the lower block index; NaN ranks below every number
+// (below -Inf too), so a NaN input still yields k distinct, in-range blocks. This is a strict total
+// order on (score, index) pairs, which makes top-k unique: every kernel (CPU, CUDA, any thread count)
+// selects the same blocks from the same scores.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "../config.hpp"
+#include "../error.hpp"
+
+namespace sparse_ffn {
+
+/// True when (sa, ia) ranks strictly before (sb, ib).
+SPARSE_FFN_HD bool ranks_before(float sa, index_t ia, float sb, index_t ib) {
+  const bool na = sa != sa, nb = sb != sb;  // NaN
+  if (na != nb) return nb;                  // the number beats the NaN
+  if (!na && sa != sb) return sa > sb;
+  return ia < ib;
+}
+
+/// Inserts (score, index) into the sorted list out_score/out_index of length `len` (capacity k).
+/// Returns the new length. O(k) per call; used by per-thread top-k on host and device.
+SPARSE_FFN_HD index_t topk_insert(float score, index_t index, float* out_score, block_index_t* out_index,
+                                  index_t len, index_t k) {
+  if (len == k && !ranks_before(score, index, out_score[k - 1], out_index[k - 1])) return len;
+  index_t pos = len < k ? len : k - 1;
+  while (pos > 0 && ranks_before(score, index, out_score[pos - 1], out_index[pos - 1])) {
+    out_score[pos] = out_score[pos - 1];
+    out_index[pos] = out_index[pos - 1];
+    --pos;
+  }
+  out_score[pos] = score;
+  out_index[pos] = static_cast<block_index_t>(index);
+  return len < k ? len + 1 : len;
+}
+
+/// Top-k of scores[0..B) by insertion: O(B·k); good for small k. out_* hold k entries.
+SPARSE_FFN_HD void topk_small(const float* scores, index_t B, index_t k, float* out_score,
+                              block_index_t* out_index) {
+  index_t len = 0;
+  for (index_t b = 0; b < B; ++b) len = topk_insert(scores[b], b, out_score, out_index, len, k);
+}
+
+/// Host top-k: indices of the k best of scores[0..B), best first, into out[0..k).
+/// `scratch` is resized to B for large k (selection + sort, O(B + k log k)).
+inline void topk(const float* scores, index_t B, index_t k, block_index_t* out,
+                 std::vector<block_index_t>& scratch) {
+  if (k <= 16) {
+    float best[16];
+    topk_small(scores, B, k, best, out);
+    return;
+  }
+  scratch.resize(static_cast<std::size_t>(B));
+  for (index_t b = 0; b < B; ++b) scratch[static_cast<std::size_t>(b)] = static_cast<block_index_t>(b);
+  auto before = [scores](block_index_t a, block_index_t b) {
+    return ranks_before(scores[a], a, scores[b], b);
+  };
+  auto first = scratch.begin(), kth = first + k;
+  if (k < B) std::nth_element(first, kth - 1, scratch.end(), before);
+  std::sort(first, kth, before);
+  std::copy(first, kth, out);
+}
+
+}  // namespace sparse_ffn
