@@ -1,0 +1,203 @@
+// The forward test matrix: one policy × one I/O dtype on fresh random shapes (odd d, random k, random
+// permutation, with/without biases) for n in {1, 3, 64}, compared with the float64 reference.
+// Each test_forward_<selector>.cpp instantiates it for every dtype × g × activation.
+//
+// Compile time: only `run_case` depends on the policy; building the inputs and all checks depend on
+// (T, Tio) alone and take the selector and activation as runtime values.
+#pragma once
+
+#include "test_support.hpp"
+
+namespace test {
+
+struct case_shape {
+  sfx::index_t n, d, num_blocks, k;
+  bool biases;
+};
+
+inline case_shape random_shape(std::mt19937_64& r, sfx::index_t n, int G) {
+  std::uniform_int_distribution<sfx::index_t> dd(1, 150);
+  std::uniform_int_distribution<sfx::index_t> bb(G == 1 ? 8 : 2, G == 1 ? 96 : (G >= 64 ? 6 : 12));
+  case_shape s{};
+  s.n = n;
+  s.d = dd(r);
+  s.num_blocks = bb(r);
+  s.k = std::uniform_int_distribution<sfx::index_t>(1, s.num_blocks)(r);
+  s.biases = (r() & 1) != 0;
+  return s;
+}
+
+/// Inputs and (poisoned) outputs of one random case.
+template <class T, class Tio>
+struct case_data {
+  sfx::index_t g;
+  case_shape s;
+  sfx::activation_kind act;
+  sfx::selector_kind sel;
+  sfx::blocked_ffn<T> model;
+  std::vector<Tio> x;
+  std::vector<sfx::token_id_t> ids;
+  sfx::route_args args;
+  guarded_output<Tio> y, y_routed;
+  std::vector<sfx::block_index_t> cblocks, rblocks;
+  std::vector<float> cweights, rweights, cpre, cup;
+  sfx::forward_cache cache;
+
+  case_data(std::mt19937_64& r, const case_shape& s_, sfx::index_t g_, sfx::selector_kind sel_,
+            sfx::activation_kind act_)
+      : g(g_),
+        s(s_),
+        act(act_),
+        sel(sel_),
+        y(static_cast<std::size_t>(s_.n * s_.d)),
+        y_routed(static_cast<std::size_t>(s_.n * s_.d)) {
+    const sfx::index_t n = s.n, d = s.d, B = s.num_blocks, F = B * g, k = s.k;
+    const bool gated = sfx::activation_is_gated(act);
+    const auto dense = random_dense<T>(r, d, F, gated, s.biases);
+    const auto perm = random_perm(r, F);
+    std::vector<float> gate_w(static_cast<std::size_t>(B * d)), gate_b(static_cast<std::size_t>(B));
+    fill_normal(gate_w, r, 1.0 / std::sqrt(double(d)));
+    fill_normal(gate_b, r, 0.5);
+    sfx::pack_options po;
+    po.g = g;
+    po.permutation = perm.data();
+    po.gate_w = gate_w.data();
+    po.gate_b = gate_b.data();
+    model = sfx::pack<T>(dense.view(), po);
+
+    x.resize(static_cast<std::size_t>(n * d));
+    fill_normal(x, r, 1.0);
+    const sfx::index_t vocab = 1000;
+    ids.resize(static_cast<std::size_t>(n));
+    for (auto& id : ids) id = static_cast<sfx::token_id_t>(r() % vocab);
+    args.k = k;
+    args.token_ids = ids.data();
+    args.vocab_size = vocab;
+    args.seed = r();
+    args.renormalize = (r() & 1) != 0;
+
+    const auto nk = static_cast<std::size_t>(n * k);
+    cblocks.resize(nk);
+    rblocks.resize(nk);
+    cweights.resize(nk);
+    rweights.resize(nk);
+    cpre.resize(nk * static_cast<std::size_t>(g));
+    cup.resize(nk * static_cast<std::size_t>(g));
+    poison(cblocks);
+    poison(rblocks);
+    poison(cweights);
+    poison(rweights);
+    poison(cpre);
+    poison(cup);
+    cache = {cblocks.data(), cweights.data(), cpre.data(), gated ? cup.data() : nullptr};
+  }
+
+  sfx::routing_view route_out() { return {s.n, s.k, rblocks.data(), rweights.data()}; }
+  sfx::const_routing_view cached_routing() const { return {s.n, s.k, cblocks.data(), cweights.data()}; }
+
+  /// Everything the kernels produced, checked against the float64 reference.
+  void verify() {
+    const sfx::index_t n = s.n, d = s.d, k = s.k;
+    const auto w = model.view();
+    INFO("g=" << g << " selector=" << sfx::selector_name(sel) << " dtype=" << sfx::dtype_traits<T>::name
+              << " act=" << sfx::activation_name(act) << " io=" << sfx::dtype_traits<Tio>::name
+              << " | n=" << n << " d=" << d << " B=" << s.num_blocks << " k=" << k << " biases=" << s.biases);
+    REQUIRE(y.all_written());
+    REQUIRE(y.guard_intact());
+    const bool gated = sfx::activation_is_gated(act);
+    for (sfx::index_t t = 0; t < n; ++t) {
+      INFO("token " << t);
+      const Tio* xt = x.data() + t * d;
+      const sfx::block_index_t* bt = cblocks.data() + t * k;
+      const float* wt = cweights.data() + t * k;
+      // Routing: distinct, in range, top-k of the reference scores (hash: its permutation property is
+      // checked in test_selectors.cpp; here distinctness and range).
+      auto sc = scores_ref(w, sel, act, xt);
+      double scale = 1.0;
+      for (double v : sc) scale = std::max(scale, std::fabs(v));
+      if (sel == sfx::selector_kind::hash) std::fill(sc.begin(), sc.end(), 0.0);
+      const std::string bad = check_topk(sc, bt, k, 1e-4 * scale);
+      REQUIRE(bad == "");
+      if (sel == sfx::selector_kind::learned_gate) {
+        double mx = -1e300, all = 0, top = 0;
+        for (double v : sc) mx = std::max(mx, v);
+        for (double v : sc) all += std::exp(v - mx);
+        for (sfx::index_t j = 0; j < k; ++j) top += std::exp(sc[static_cast<std::size_t>(bt[j])] - mx);
+        for (sfx::index_t j = 0; j < k; ++j) {
+          const double p =
+              std::exp(sc[static_cast<std::size_t>(bt[j])] - mx) / (args.renormalize ? top : all);
+          REQUIRE(std::fabs(wt[j] - p) <= 1e-5 * (1 + p));
+        }
+      } else {
+        for (sfx::index_t j = 0; j < k; ++j) REQUIRE(wt[j] == 1.0f);
+      }
+      // Saved pre-activations.
+      for (sfx::index_t j = 0; j < k; ++j)
+        for (sfx::index_t i = 0; i < g; ++i) {
+          double a, u;
+          neuron_ref(w, xt, bt[j], i, a, u);
+          const auto at = static_cast<std::size_t>((t * k + j) * g + i);
+          REQUIRE(std::fabs(cpre[at] - a) <= 1e-5 * (1 + std::fabs(a)) * std::sqrt(double(d)));
+          if (gated) REQUIRE(std::fabs(cup[at] - u) <= 1e-5 * (1 + std::fabs(u)) * std::sqrt(double(d)));
+        }
+      // Output.
+      const auto ref = forward_ref(w, act, xt, bt, wt, k);
+      double err = 0;
+      const bool ok = close_to(y.data() + t * d, ref, &err);
+      INFO("||y - ref|| / ||mag|| = " << err << ", rel L2 " << rel_l2(y.data() + t * d, ref.y));
+      REQUIRE(ok);
+    }
+    // route() gave the same table; forward_routed() with it gave the same bits.
+    REQUIRE(rblocks == cblocks);
+    REQUIRE(std::memcmp(rweights.data(), cweights.data(), rweights.size() * sizeof(float)) == 0);
+    REQUIRE(y_routed.guard_intact());
+    REQUIRE(std::memcmp(y_routed.data(), y.data(), static_cast<std::size_t>(n * d) * sizeof(Tio)) == 0);
+  }
+};
+
+/// The policy-dependent part: run the three CPU entry points.
+template <class P, class Tio>
+void run_case(case_data<typename P::dtype, Tio>& c) {
+  const auto w = c.model.view();
+  sfx::cpu::forward<P>(w, c.s.n, c.x.data(), c.y.data(), c.args, &c.cache);
+  sfx::cpu::route<P>(w, c.s.n, c.x.data(), c.args, c.route_out());
+  sfx::cpu::forward_routed<P>(w, c.s.n, c.x.data(), c.y_routed.data(), c.cached_routing());
+}
+
+template <class P, class Tio>
+void check_policy_cpu(std::uint64_t salt) {
+  auto r = rng(salt);
+  for (sfx::index_t n : {1, 3, 64}) {
+    case_data<typename P::dtype, Tio> c(r, random_shape(r, n, P::block_size), P::block_size,
+                                        P::selector::kind, P::activation::kind);
+    run_case<P, Tio>(c);
+    c.verify();
+  }
+}
+
+template <class Selector, int G, class T, class... Acts>
+void check_acts(std::uint64_t& salt) {
+  ((check_policy_cpu<sfx::policy<G, Selector, T, Acts>, float>(++salt),
+    check_policy_cpu<sfx::policy<G, Selector, T, Acts>, T>(++salt)),
+   ...);
+}
+
+template <class Selector, int G, class... Ts>
+void check_dtypes(std::uint64_t& salt) {
+  (check_acts<Selector, G, Ts, sfx::act::relu, sfx::act::gelu_erf, sfx::act::gelu_tanh, sfx::act::silu,
+              sfx::act::swiglu, sfx::act::geglu>(salt),
+   ...);
+}
+
+/// Calls check_policy_cpu for Selector × {f32,f16,bf16} × {1,16,64,128} × all activations, with I/O
+/// in float and in the weight dtype.
+template <class Selector>
+void check_selector_matrix() {
+  std::uint64_t salt = 0;
+  check_dtypes<Selector, 1, float, sfx::half_t, sfx::bfloat16_t>(salt);
+  check_dtypes<Selector, 16, float, sfx::half_t, sfx::bfloat16_t>(salt);
+  check_dtypes<Selector, 64, float, sfx::half_t, sfx::bfloat16_t>(salt);
+  check_dtypes<Selector, 128, float, sfx::half_t, sfx::bfloat16_t>(salt);
+}
+
+}  // namespace test

@@ -1,0 +1,311 @@
+// Test support: random FFNs and inputs, output poisoning, and the float64 reference.
+//
+// The reference computes in double from the exact values a kernel sees (the packed T weights and the
+// Tx inputs converted exactly to double), so the only differences it measures are the kernel's float
+// accumulation and the rounding of Y to its dtype. It is deliberately the plainest possible code.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include <sparse_ffn/sparse_ffn.hpp>
+
+namespace sfx = sparse_ffn;
+
+namespace test {
+
+/// Fresh randomness per run: Catch's --rng-seed (ctest passes "time"), mixed with a per-use salt.
+inline std::mt19937_64 rng(std::uint64_t salt) {
+  return std::mt19937_64(Catch::rngSeed() * 0x9e3779b97f4a7c15ull + salt);
+}
+
+template <class T>
+void fill_normal(std::vector<T>& v, std::mt19937_64& r, double stddev, double mean = 0.0) {
+  std::normal_distribution<double> nd(mean, stddev);
+  for (auto& e : v) e = sfx::from_float<T>(static_cast<float>(nd(r)));
+}
+
+/// A random dense FFN whose values are exactly representable in T (so packing is exact).
+template <class T>
+sfx::dense_ffn<float> random_dense(std::mt19937_64& r, sfx::index_t d, sfx::index_t f, bool gated,
+                                   bool biases) {
+  sfx::dense_ffn<float> ffn(d, f, gated, biases);
+  const double ks = 1.0 / std::sqrt(static_cast<double>(d));
+  auto fill = [&](std::vector<float>& v, double s, double mean) {
+    std::normal_distribution<double> nd(mean, s);
+    for (auto& e : v) e = sfx::to_float(sfx::from_float<T>(static_cast<float>(nd(r))));
+  };
+  fill(ffn.w1, ks, 0.0);
+  fill(ffn.w2, 1.0 / std::sqrt(static_cast<double>(f)), 0.0);
+  fill(ffn.w3, ks, 0.0);
+  fill(ffn.b1, 0.3, -0.1);
+  fill(ffn.b2, 0.3, 0.0);
+  fill(ffn.b3, 0.3, 0.0);
+  return ffn;
+}
+
+/// A random permutation of [0, n).
+inline std::vector<std::int32_t> random_perm(std::mt19937_64& r, sfx::index_t n) {
+  std::vector<std::int32_t> p(static_cast<std::size_t>(n));
+  for (sfx::index_t i = 0; i < n; ++i) p[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+  std::shuffle(p.begin(), p.end(), r);
+  return p;
+}
+
+/// Bit pattern that is NaN for every dtype: outputs are poisoned with it before each run.
+template <class T>
+void poison(std::vector<T>& v) {
+  std::memset(static_cast<void*>(v.data()), 0xff, v.size() * sizeof(T));
+}
+
+template <class T>
+bool is_poison(const T& v) {
+  unsigned char b[sizeof(T)];
+  std::memcpy(b, &v, sizeof(T));
+  return std::all_of(b, b + sizeof(T), [](unsigned char c) { return c == 0xff; });
+}
+
+/// An output buffer with a guard zone after the n*d elements; `guard_intact()` checks no write
+/// went past the end.
+template <class T>
+struct guarded_output {
+  std::size_t size;
+  std::vector<T> buf;
+  explicit guarded_output(std::size_t n) : size(n), buf(n + 64) { poison(buf); }
+  T* data() { return buf.data(); }
+  bool guard_intact() const {
+    for (std::size_t i = size; i < buf.size(); ++i)
+      if (!is_poison(buf[i])) return false;
+    return true;
+  }
+  bool all_written() const {
+    for (std::size_t i = 0; i < size; ++i)
+      if (is_poison(buf[i])) return false;
+    return true;
+  }
+};
+
+template <class T>
+double to_double(T v) {
+  return static_cast<double>(sfx::to_float(v));
+}
+
+/// Activation in double, written from the textbook formulas.
+inline double act_ref(sfx::activation_kind k, double a, double u) {
+  using K = sfx::activation_kind;
+  auto gelu_tanh = [](double z) {
+    return 0.5 * z * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (z + 0.044715 * z * z * z)));
+  };
+  switch (k) {
+    case K::relu: return a > 0 ? a : 0.0;
+    case K::gelu_erf: return 0.5 * a * (1.0 + std::erf(a / std::sqrt(2.0)));
+    case K::gelu_tanh: return gelu_tanh(a);
+    case K::silu: return a / (1.0 + std::exp(-a));
+    case K::swiglu: return a / (1.0 + std::exp(-a)) * u;
+    case K::geglu: return gelu_tanh(a) * u;
+  }
+  return 0;
+}
+
+/// Pre-activation (and up) of packed neuron i of block b, in double.
+template <class T, class Tx>
+void neuron_ref(const sfx::blocked_ffn_view<T>& w, const Tx* x, sfx::index_t b, sfx::index_t i, double& a,
+                double& u) {
+  const auto& l = w.layout;
+  const sfx::index_t j = b * l.g + i;
+  a = w.b1 ? w.b1[j] : 0.0;
+  u = w.b3 ? w.b3[j] : 0.0;
+  for (sfx::index_t c = 0; c < l.d_model; ++c) {
+    a += to_double(w.keys(b)[i * l.ld + c]) * to_double(x[c]);
+    if (l.gated) u += to_double(w.up(b)[i * l.ld + c]) * to_double(x[c]);
+  }
+}
+
+/// The reference output of one token and, per element, the magnitude of what was summed into it
+/// (|b2| + sum |w h v| with h's own rounding sensitivity folded in): float accumulation error is a
+/// small multiple of eps * mag, whatever cancellation does to y itself.
+struct ref_output {
+  std::vector<double> y, mag;
+};
+
+/// y_t = b2 + sum_j w_j * V_bjᵀ act(K_bj x + b1) for one token, in double.
+template <class T, class Tx>
+ref_output forward_ref(const sfx::blocked_ffn_view<T>& w, sfx::activation_kind act, const Tx* x,
+                       const sfx::block_index_t* blocks, const float* weights, sfx::index_t k) {
+  const auto& l = w.layout;
+  ref_output out;
+  out.y.resize(static_cast<std::size_t>(l.d_model));
+  out.mag.resize(static_cast<std::size_t>(l.d_model));
+  for (sfx::index_t c = 0; c < l.d_model; ++c) {
+    out.y[static_cast<std::size_t>(c)] = w.b2 ? w.b2[c] : 0.0;
+    out.mag[static_cast<std::size_t>(c)] = std::fabs(out.y[static_cast<std::size_t>(c)]);
+  }
+  for (sfx::index_t j = 0; j < k; ++j) {
+    const sfx::index_t b = blocks[j];
+    const double wb = weights ? weights[j] : 1.0;
+    for (sfx::index_t i = 0; i < l.g; ++i) {
+      double a, u, amag = w.b1 ? std::fabs(w.b1[b * l.g + i]) : 0.0,
+                   umag = w.b3 ? std::fabs(w.b3[b * l.g + i]) : 0.0;
+      neuron_ref(w, x, b, i, a, u);
+      for (sfx::index_t c = 0; c < l.d_model; ++c) {
+        amag += std::fabs(to_double(w.keys(b)[i * l.ld + c]) * to_double(x[c]));
+        if (l.gated) umag += std::fabs(to_double(w.up(b)[i * l.ld + c]) * to_double(x[c]));
+      }
+      const double h = wb * act_ref(act, a, u);
+      // |dh| <= |act'| |da| + |act| |du|: bound |act'| <= 1.2 (relu, gelu, silu) and |act(a)| <= |a|+1.
+      const double hsens =
+          std::fabs(wb) * (std::fabs(h / (wb == 0 ? 1 : wb)) + 1.2 * amag * (l.gated ? std::fabs(u) : 1.0) +
+                           (l.gated ? (std::fabs(a) + 1) * umag : 0.0));
+      for (sfx::index_t c = 0; c < l.d_model; ++c) {
+        const double v = to_double(w.values(b)[i * l.ld + c]);
+        out.y[static_cast<std::size_t>(c)] += h * v;
+        out.mag[static_cast<std::size_t>(c)] += (std::fabs(h) + hsens) * std::fabs(v);
+      }
+    }
+  }
+  return out;
+}
+
+/// Dense FFN in double from a dense float FFN (PyTorch layout), with the same magnitude bound.
+template <class Tx>
+ref_output dense_ref(const sfx::dense_ffn<float>& f, sfx::activation_kind act, const Tx* x) {
+  const sfx::index_t d = f.d_model, F = f.d_ff;
+  std::vector<double> h(static_cast<std::size_t>(F)), hmag(static_cast<std::size_t>(F));
+  for (sfx::index_t i = 0; i < F; ++i) {
+    double a = f.b1.empty() ? 0.0 : f.b1[static_cast<std::size_t>(i)];
+    double u = f.b3.empty() ? 0.0 : f.b3[static_cast<std::size_t>(i)];
+    double amag = std::fabs(a), umag = std::fabs(u);
+    for (sfx::index_t c = 0; c < d; ++c) {
+      const double ka = double(f.w1[static_cast<std::size_t>(i * d + c)]) * to_double(x[c]);
+      a += ka;
+      amag += std::fabs(ka);
+      if (f.gated()) {
+        const double ku = double(f.w3[static_cast<std::size_t>(i * d + c)]) * to_double(x[c]);
+        u += ku;
+        umag += std::fabs(ku);
+      }
+    }
+    h[static_cast<std::size_t>(i)] = act_ref(act, a, u);
+    hmag[static_cast<std::size_t>(i)] = std::fabs(h[static_cast<std::size_t>(i)]) +
+                                        1.2 * amag * (f.gated() ? std::fabs(u) : 1.0) +
+                                        (f.gated() ? (std::fabs(a) + 1) * umag : 0.0);
+  }
+  ref_output out;
+  out.y.resize(static_cast<std::size_t>(d));
+  out.mag.resize(static_cast<std::size_t>(d));
+  for (sfx::index_t c = 0; c < d; ++c) {
+    double s = f.b2.empty() ? 0.0 : f.b2[static_cast<std::size_t>(c)];
+    double m = std::fabs(s);
+    for (sfx::index_t i = 0; i < F; ++i) {
+      const double v = f.w2[static_cast<std::size_t>(c * F + i)];
+      s += v * h[static_cast<std::size_t>(i)];
+      m += std::fabs(v) * hmag[static_cast<std::size_t>(i)];
+    }
+    out.y[static_cast<std::size_t>(c)] = s;
+    out.mag[static_cast<std::size_t>(c)] = m;
+  }
+  return out;
+}
+
+template <class Ty>
+double norm_diff(const Ty* y, const std::vector<double>& ref) {
+  double e = 0;
+  for (std::size_t c = 0; c < ref.size(); ++c) e += (to_double(y[c]) - ref[c]) * (to_double(y[c]) - ref[c]);
+  return std::sqrt(e);
+}
+
+inline double norm(const std::vector<double>& v) {
+  double s = 0;
+  for (double e : v) s += e * e;
+  return std::sqrt(s);
+}
+
+/// Relative L2 error ||y - ref|| / ||ref||.
+template <class Ty>
+double rel_l2(const Ty* y, const std::vector<double>& ref) {
+  return norm_diff(y, ref) / std::max(norm(ref), 1e-300);
+}
+
+/// Rounding of Y to its dtype, relative (f32: none beyond accumulation).
+template <class Ty>
+double output_rounding() {
+  if (std::is_same<Ty, float>::value) return 1e-6;
+  if (std::is_same<Ty, sfx::half_t>::value) return 1e-3;  // 2^-11 per element
+  return 8e-3;                                            // bfloat16: 2^-8 per element
+}
+
+/// Float accumulation error allowed, relative to ||mag||.
+inline double accumulation_tolerance() {
+  return 1e-5;
+}
+
+/// Pass/fail of one token: ||y - ref|| <= rounding(Ty) ||ref|| + 1e-5 ||mag||. A dropped or wrong
+/// neuron shifts y by ~||mag|| / (number of terms), far above this for the test shapes.
+template <class Ty>
+bool close_to(const Ty* y, const ref_output& r, double* err_out = nullptr) {
+  const double err = norm_diff(y, r.y);
+  if (err_out) *err_out = err / std::max(norm(r.mag), 1e-300);
+  return err <= output_rounding<Ty>() * norm(r.y) + accumulation_tolerance() * norm(r.mag);
+}
+
+/// Selector scores in double (what the selected blocks must be the top-k of).
+template <class T, class Tx>
+std::vector<double> scores_ref(const sfx::blocked_ffn_view<T>& w, sfx::selector_kind s,
+                               sfx::activation_kind act, const Tx* x) {
+  const auto& l = w.layout;
+  std::vector<double> sc(static_cast<std::size_t>(l.num_blocks), 0.0);
+  for (sfx::index_t b = 0; b < l.num_blocks; ++b) {
+    double v = 0;
+    if (s == sfx::selector_kind::avg_k || s == sfx::selector_kind::learned_gate) {
+      const T* row = s == sfx::selector_kind::avg_k ? w.centroid(b) : w.gate_row(b);
+      const float* bias = s == sfx::selector_kind::avg_k ? w.centroid_bias : w.gate_b;
+      v = bias ? bias[b] : 0.0;
+      for (sfx::index_t c = 0; c < l.d_model; ++c) v += to_double(row[c]) * to_double(x[c]);
+    } else if (s == sfx::selector_kind::oracle) {
+      for (sfx::index_t i = 0; i < l.g; ++i) {
+        double a, u;
+        neuron_ref(w, x, b, i, a, u);
+        v += std::fabs(act_ref(act, a, u));
+      }
+    }
+    sc[static_cast<std::size_t>(b)] = v;
+  }
+  return sc;
+}
+
+/// Checks that blocks[0..k) are distinct, in range, and a top-k of `scores` up to `tol` (every
+/// selected score >= every unselected score - tol), best first up to tol.
+inline std::string check_topk(const std::vector<double>& scores, const sfx::block_index_t* blocks,
+                              sfx::index_t k, double tol) {
+  const auto B = static_cast<sfx::index_t>(scores.size());
+  std::vector<char> chosen(static_cast<std::size_t>(B), 0);
+  double worst_selected = std::numeric_limits<double>::infinity();
+  for (sfx::index_t j = 0; j < k; ++j) {
+    const auto b = blocks[j];
+    if (b < 0 || b >= B) return "block out of range";
+    if (chosen[static_cast<std::size_t>(b)]) return "block selected twice";
+    chosen[static_cast<std::size_t>(b)] = 1;
+    worst_selected = std::min(worst_selected, scores[static_cast<std::size_t>(b)]);
+    if (j > 0 && scores[static_cast<std::size_t>(b)] > scores[static_cast<std::size_t>(blocks[j - 1])] + tol)
+      return "blocks not ordered best first";
+  }
+  for (sfx::index_t b = 0; b < B; ++b)
+    if (!chosen[static_cast<std::size_t>(b)] && scores[static_cast<std::size_t>(b)] > worst_selected + tol) {
+      std::ostringstream os;
+      os << "unselected block " << b << " scores " << scores[static_cast<std::size_t>(b)]
+         << " > selected minimum " << worst_selected;
+      return os.str();
+    }
+  return "";
+}
+
+}  // namespace test

@@ -1,0 +1,7 @@
+// Forward matrix for the learned_gate selector: every dtype × g ∈ {1,16,64,128} × activation × n ∈ {1,3,64},
+// I/O in float and in the weight dtype, against the float64 reference.
+#include "support/forward_matrix.hpp"
+
+TEST_CASE("cpu forward matrix: learned_gate", "[forward][learned_gate]") {
+  test::check_selector_matrix<sparse_ffn::select::learned_gate>();
+}

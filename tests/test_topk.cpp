@@ -1,0 +1,58 @@
+// Top-k: the documented total order (higher score first, ties to the lower index, NaN last) against a
+// brute-force sort, for small-k (insertion) and large-k (selection) paths.
+#include "support/test_support.hpp"
+
+namespace {
+
+std::vector<sfx::block_index_t> brute_topk(const std::vector<float>& s, sfx::index_t k) {
+  std::vector<sfx::block_index_t> idx(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) idx[i] = static_cast<sfx::block_index_t>(i);
+  std::stable_sort(idx.begin(), idx.end(), [&](sfx::block_index_t a, sfx::block_index_t b) {
+    const bool na = std::isnan(s[static_cast<std::size_t>(a)]),
+               nb = std::isnan(s[static_cast<std::size_t>(b)]);
+    if (na || nb) return !na && nb;  // numbers before NaN; stable keeps index order
+    return s[static_cast<std::size_t>(a)] > s[static_cast<std::size_t>(b)];
+  });
+  idx.resize(static_cast<std::size_t>(k));
+  return idx;
+}
+
+}  // namespace
+
+TEST_CASE("top-k matches a stable brute-force sort, ties and NaN included", "[topk]") {
+  auto r = test::rng(1);
+  std::vector<sfx::block_index_t> scratch;
+  for (int trial = 0; trial < 400; ++trial) {
+    const sfx::index_t B = std::uniform_int_distribution<sfx::index_t>(1, 300)(r);
+    const sfx::index_t k = std::uniform_int_distribution<sfx::index_t>(1, B)(r);
+    std::vector<float> s(static_cast<std::size_t>(B));
+    const int levels = 1 + static_cast<int>(r() % 8);  // few distinct values: many ties
+    for (auto& v : s) {
+      const auto u = r() % 100;
+      v = u < 5    ? std::numeric_limits<float>::quiet_NaN()
+          : u < 8  ? -std::numeric_limits<float>::infinity()
+          : u < 10 ? std::numeric_limits<float>::infinity()
+                   : static_cast<float>(r() % levels);
+    }
+    INFO("B=" << B << " k=" << k);
+    std::vector<sfx::block_index_t> got(static_cast<std::size_t>(k));
+    sfx::topk(s.data(), B, k, got.data(), scratch);
+    REQUIRE(got == brute_topk(s, k));
+    if (k <= 64) {
+      std::vector<float> bs(static_cast<std::size_t>(k));
+      std::vector<sfx::block_index_t> bi(static_cast<std::size_t>(k));
+      sfx::topk_small(s.data(), B, k, bs.data(), bi.data());
+      REQUIRE(bi == got);
+    }
+  }
+}
+
+TEST_CASE("ranks_before is a strict total order", "[topk]") {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  REQUIRE(sfx::ranks_before(2.0f, 5, 1.0f, 0));
+  REQUIRE(sfx::ranks_before(1.0f, 0, 1.0f, 1));
+  REQUIRE_FALSE(sfx::ranks_before(1.0f, 1, 1.0f, 1));
+  REQUIRE(sfx::ranks_before(-std::numeric_limits<float>::infinity(), 9, nan, 0));
+  REQUIRE(sfx::ranks_before(nan, 0, nan, 1));
+  REQUIRE_FALSE(sfx::ranks_before(nan, 0, 0.0f, 1));
+}
