@@ -6,6 +6,7 @@
 #include "config.hpp"
 #include "cpu/dense.hpp"
 #include "cpu/forward.hpp"
+#include "cpu/workspace.hpp"
 #include "dispatch.hpp"
 #include "error.hpp"
 #include "layout.hpp"

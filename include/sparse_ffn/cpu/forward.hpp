@@ -1,35 +1,59 @@
 // sparse_ffn — public CPU entry points.
 //
-//   cpu::route<P>(model, n, x, args, routing_out)             selection only
-//   cpu::forward_routed<P>(model, n, x, y, routing[, cache])   compute with a given routing table
-//   cpu::forward<P>(model, n, x, y, args[, cache])             fused: select + compute
+//   cpu::route<P>(model, n, x, args, routing_out[, ws])             selection only
+//   cpu::forward_routed<P>(model, n, x, y, routing[, cache, ws])     compute with a given routing table
+//   cpu::forward<P>(model, n, x, y, args[, cache, ws])               fused: select + compute
 //
 // X and Y are [n × d_model] row-major of float, half_t or bfloat16_t (independently of the weights'
 // dtype); accumulation is in float. Every argument is validated first; a bad one throws
-// sparse_ffn::error and nothing is written. These currently run the reference path (reference.hpp).
+// sparse_ffn::error and nothing is written. They run the fast path (fast.hpp): vectorised for the
+// compile-time ISA, OpenMP-parallel, bit-identical for any thread count. Pass a `workspace` to reuse
+// scratch memory across calls (otherwise a per-thread one is used). The simple reference versions
+// are in reference.hpp.
 #pragma once
 
+#include "checks.hpp"
+#include "fast.hpp"
 #include "reference.hpp"
+#include "workspace.hpp"
 
 namespace sparse_ffn {
 namespace cpu {
 
 template <class Policy, class Tx>
 void route(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, const route_args& args,
-           routing_view out) {
-  reference_route<Policy>(w, n, x, args, out);
+           routing_view out, workspace* ws = nullptr) {
+  static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
+  sparse_ffn::detail::check_model<Policy>(w);
+  Policy::selector::check(w, args, n);
+  sparse_ffn::detail::check_x(w.layout, n, x);
+  sparse_ffn::detail::check_routing_out(n, args.k, out);
+  detail::fast_run<Policy, Tx, float>(w, n, x, nullptr, &args, {}, &out, nullptr,
+                                      ws ? *ws : detail::thread_workspace());
 }
 
 template <class Policy, class Tx, class Ty>
 void forward_routed(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, Ty* y,
-                    const_routing_view routing, const forward_cache* cache = nullptr) {
-  reference_forward_routed<Policy>(w, n, x, y, routing, cache);
+                    const_routing_view routing, const forward_cache* cache = nullptr,
+                    workspace* ws = nullptr) {
+  static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
+  sparse_ffn::detail::check_model<Policy>(w);
+  sparse_ffn::detail::check_io(w.layout, n, x, y);
+  sparse_ffn::detail::check_routing(w.layout, n, routing);
+  sparse_ffn::detail::check_cache(w.layout, n, routing.k, cache);
+  detail::fast_run<Policy>(w, n, x, y, nullptr, routing, nullptr, cache,
+                           ws ? *ws : detail::thread_workspace());
 }
 
 template <class Policy, class Tx, class Ty>
 void forward(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, Ty* y,
-             const route_args& args, const forward_cache* cache = nullptr) {
-  reference_forward<Policy>(w, n, x, y, args, cache);
+             const route_args& args, const forward_cache* cache = nullptr, workspace* ws = nullptr) {
+  static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
+  sparse_ffn::detail::check_model<Policy>(w);
+  Policy::selector::check(w, args, n);
+  sparse_ffn::detail::check_io(w.layout, n, x, y);
+  sparse_ffn::detail::check_cache(w.layout, n, args.k, cache);
+  detail::fast_run<Policy>(w, n, x, y, &args, {}, nullptr, cache, ws ? *ws : detail::thread_workspace());
 }
 
 }  // namespace cpu

@@ -23,11 +23,23 @@ struct avg_k {
   static constexpr const char* name = "avg_k";
   static constexpr bool uses_token_ids = false;
   static constexpr bool weighted = false;
-  static constexpr bool dense_scores = false;
+  static constexpr scoring_kind scoring = scoring_kind::linear;
 
   /// Score of block b from the centroid dot product c_b·x and the centroid bias β_b.
-  SPARSE_FFN_HD static float score(float centroid_dot_x, float centroid_bias) {
+  SPARSE_FFN_HD static float linear_score(float centroid_dot_x, float centroid_bias) {
     return centroid_dot_x + centroid_bias;
+  }
+  template <class T>
+  static const T* linear_rows(const blocked_ffn_view<T>& w) {
+    return w.centroids;
+  }
+  template <class T>
+  static const float* linear_bias(const blocked_ffn_view<T>& w) {
+    return w.centroid_bias;
+  }
+  /// Unweighted: every selected block has weight 1.
+  static void weights(const float*, index_t, const block_index_t*, index_t k, const route_args&, float* out) {
+    for (index_t j = 0; j < k; ++j) out[j] = 1.0f;
   }
 
   template <class T>
@@ -45,13 +57,7 @@ struct avg_k {
   static void route_token(const blocked_ffn_view<T>& w, const float* x, index_t /*token*/,
                           const route_args& a, float* scratch, std::vector<block_index_t>& iscratch,
                           block_index_t* blocks, float* weights) {
-    const block_layout& l = w.layout;
-    for (index_t b = 0; b < l.num_blocks; ++b)
-      scratch[b] =
-          score(detail::dot(w.centroid(b), x, l.d_model), w.centroid_bias ? w.centroid_bias[b] : 0.0f);
-    topk(scratch, l.num_blocks, a.k, blocks, iscratch);
-    if (weights)
-      for (index_t j = 0; j < a.k; ++j) weights[j] = 1.0f;
+    detail::route_linear_token<avg_k>(w, x, a, scratch, iscratch, blocks, weights);
   }
 };
 

@@ -23,7 +23,7 @@ struct hash {
   static constexpr const char* name = "hash";
   static constexpr bool uses_token_ids = true;
   static constexpr bool weighted = false;
-  static constexpr bool dense_scores = false;
+  static constexpr scoring_kind scoring = scoring_kind::token;
 
   /// splitmix64 finaliser: a bijective 64-bit mixer.
   SPARSE_FFN_HD static std::uint64_t mix(std::uint64_t z) {

@@ -23,9 +23,20 @@ struct learned_gate {
   static constexpr const char* name = "learned_gate";
   static constexpr bool uses_token_ids = false;
   static constexpr bool weighted = true;
-  static constexpr bool dense_scores = false;
+  static constexpr scoring_kind scoring = scoring_kind::linear;
 
-  SPARSE_FFN_HD static float logit(float gate_dot_x, float gate_bias) { return gate_dot_x + gate_bias; }
+  /// logit_b = Wg_b·x + bg_b.
+  SPARSE_FFN_HD static float linear_score(float gate_dot_x, float gate_bias) {
+    return gate_dot_x + gate_bias;
+  }
+  template <class T>
+  static const T* linear_rows(const blocked_ffn_view<T>& w) {
+    return w.gate_w;
+  }
+  template <class T>
+  static const float* linear_bias(const blocked_ffn_view<T>& w) {
+    return w.gate_b;
+  }
 
   /// exp(logit - max_logit): the unnormalised softmax term (host and device).
   SPARSE_FFN_HD static float softmax_term(float logit, float max_logit) { return ::expf(logit - max_logit); }
@@ -45,21 +56,22 @@ struct learned_gate {
 
   static index_t scratch_floats(const block_layout& l) { return l.num_blocks; }
 
+  /// Weights of the selected blocks from all B logits (blocks best first).
+  static void weights(const float* logits, index_t num_blocks, const block_index_t* blocks, index_t k,
+                      const route_args& a, float* out) {
+    const float max_logit = logits[blocks[0]];  // best first (NaN only if every logit is NaN)
+    float sum_all = 0.0f, sum_topk = 0.0f;
+    for (index_t b = 0; b < num_blocks; ++b) sum_all += softmax_term(logits[b], max_logit);
+    for (index_t j = 0; j < k; ++j) sum_topk += softmax_term(logits[blocks[j]], max_logit);
+    for (index_t j = 0; j < k; ++j)
+      out[j] = weight(softmax_term(logits[blocks[j]], max_logit), sum_all, sum_topk, a.renormalize);
+  }
+
   template <class T, class Act>
   static void route_token(const blocked_ffn_view<T>& w, const float* x, index_t /*token*/,
                           const route_args& a, float* logits, std::vector<block_index_t>& iscratch,
-                          block_index_t* blocks, float* weights) {
-    const block_layout& l = w.layout;
-    for (index_t b = 0; b < l.num_blocks; ++b)
-      logits[b] = logit(detail::dot(w.gate_row(b), x, l.d_model), w.gate_b ? w.gate_b[b] : 0.0f);
-    topk(logits, l.num_blocks, a.k, blocks, iscratch);
-    if (!weights) return;
-    const float max_logit = logits[blocks[0]];  // best first (NaN only if every logit is NaN)
-    float sum_all = 0.0f, sum_topk = 0.0f;
-    for (index_t b = 0; b < l.num_blocks; ++b) sum_all += softmax_term(logits[b], max_logit);
-    for (index_t j = 0; j < a.k; ++j) sum_topk += softmax_term(logits[blocks[j]], max_logit);
-    for (index_t j = 0; j < a.k; ++j)
-      weights[j] = weight(softmax_term(logits[blocks[j]], max_logit), sum_all, sum_topk, a.renormalize);
+                          block_index_t* blocks, float* weights_out) {
+    detail::route_linear_token<learned_gate>(w, x, a, logits, iscratch, blocks, weights_out);
   }
 };
 

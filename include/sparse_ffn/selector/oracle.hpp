@@ -23,7 +23,7 @@ struct oracle {
   static constexpr const char* name = "oracle";
   static constexpr bool uses_token_ids = false;
   static constexpr bool weighted = false;
-  static constexpr bool dense_scores = true;
+  static constexpr scoring_kind scoring = scoring_kind::dense;
 
   /// A neuron's contribution to its block's score.
   SPARSE_FFN_HD static float neuron_score(float h) { return ::fabsf(h); }

@@ -2,25 +2,42 @@
 //
 // A selector is a tag struct (see avg_k.hpp, hash.hpp, learned_gate.hpp, oracle.hpp) with
 //   kind, name               runtime identity
+//   scoring                  how it scores blocks (below); fast kernels dispatch on this, not on kind
 //   uses_token_ids           reads route_args::token_ids (hash)
 //   weighted                 produces non-unit block weights (learned gate)
-//   dense_scores             must compute every neuron's activation to score (oracle)
 //   check(view, args, n)     host validation of the model and routing arguments (throws sparse_ffn::error)
 //   scratch_floats(layout)   floats of per-thread scratch `route_token` needs
 //   route_token<T, Act>(...) the host reference routing of one token
-// plus SPARSE_FFN_HD helpers with the selector's math, shared by the CPU and CUDA kernels.
+// plus, by scoring family,
+//   linear: linear_rows(view) [B × ld] rows, linear_bias(view) [B] or null, SPARSE_FFN_HD
+//           linear_score(dot, bias), and weights(scores, B, blocks, k, args, out)
+//   dense:  SPARSE_FFN_HD neuron_score(h): a block's score is the sum over its neurons
+//   token:  route_token reads only the token id
+// The SPARSE_FFN_HD helpers are the selector's math, shared by the CPU and CUDA kernels.
 // Adding a selector: a new file here, a new selector_kind, a case in dispatch.hpp (docs/design.md).
 #pragma once
 
 #include <type_traits>
 
+#include <vector>
+
 #include "../config.hpp"
+#include "../detail/blas1.hpp"
 #include "../error.hpp"
+#include "../layout.hpp"
 #include "../routing.hpp"
+#include "topk.hpp"
 
 namespace sparse_ffn {
 
 enum class selector_kind : int { avg_k = 0, hash, learned_gate, oracle };
+
+/// How a selector scores blocks.
+enum class scoring_kind : int {
+  linear,  ///< score_b = row_b · x + bias_b, one (B × d) GEMV per token (avg_k, learned_gate)
+  dense,   ///< score_b = sum over block b's neurons of neuron_score(h_i): needs every h (oracle)
+  token,   ///< blocks from the token id alone (hash)
+};
 
 inline const char* selector_name(selector_kind s) noexcept {
   switch (s) {
@@ -44,6 +61,19 @@ namespace detail {
 inline void check_k(index_t k, index_t num_blocks) {
   require(k >= 1 && k <= num_blocks, status::invalid_argument, "k (", k,
           ") must be in [1, B] where B = d_ff / g = ", num_blocks);
+}
+
+/// Host reference routing of one token for a linear-scoring selector: scores, top-k, weights.
+template <class Sel, class T>
+void route_linear_token(const blocked_ffn_view<T>& w, const float* x, const route_args& a, float* scores,
+                        std::vector<block_index_t>& iscratch, block_index_t* blocks, float* weights) {
+  const block_layout& l = w.layout;
+  const T* rows = Sel::linear_rows(w);
+  const float* bias = Sel::linear_bias(w);
+  for (index_t b = 0; b < l.num_blocks; ++b)
+    scores[b] = Sel::linear_score(dot(rows + b * l.ld, x, l.d_model), bias ? bias[b] : 0.0f);
+  topk(scores, l.num_blocks, a.k, blocks, iscratch);
+  if (weights) Sel::weights(scores, l.num_blocks, blocks, a.k, a, weights);
 }
 
 }  // namespace detail

@@ -45,24 +45,29 @@ SPARSE_FFN_HD void topk_small(const float* scores, index_t B, index_t k, float* 
   for (index_t b = 0; b < B; ++b) len = topk_insert(scores[b], b, out_score, out_index, len, k);
 }
 
-/// Host top-k: indices of the k best of scores[0..B), best first, into out[0..k).
-/// `scratch` is resized to B for large k (selection + sort, O(B + k log k)).
-inline void topk(const float* scores, index_t B, index_t k, block_index_t* out,
-                 std::vector<block_index_t>& scratch) {
+/// Host top-k: indices of the k best of scores[0..B), best first, into out[0..k). `scratch` holds B
+/// entries (used for large k: selection + sort, O(B + k log k)); no allocation.
+inline void topk(const float* scores, index_t B, index_t k, block_index_t* out, block_index_t* scratch) {
   if (k <= 16) {
     float best[16];
     topk_small(scores, B, k, best, out);
     return;
   }
-  scratch.resize(static_cast<std::size_t>(B));
-  for (index_t b = 0; b < B; ++b) scratch[static_cast<std::size_t>(b)] = static_cast<block_index_t>(b);
+  for (index_t b = 0; b < B; ++b) scratch[b] = static_cast<block_index_t>(b);
   auto before = [scores](block_index_t a, block_index_t b) {
     return ranks_before(scores[a], a, scores[b], b);
   };
-  auto first = scratch.begin(), kth = first + k;
-  if (k < B) std::nth_element(first, kth - 1, scratch.end(), before);
+  block_index_t *first = scratch, *kth = scratch + k;
+  if (k < B) std::nth_element(first, kth - 1, scratch + B, before);
   std::sort(first, kth, before);
   std::copy(first, kth, out);
+}
+
+/// As above, with a vector that is grown to B entries when needed.
+inline void topk(const float* scores, index_t B, index_t k, block_index_t* out,
+                 std::vector<block_index_t>& scratch) {
+  if (k > 16 && static_cast<index_t>(scratch.size()) < B) scratch.resize(static_cast<std::size_t>(B));
+  topk(scores, B, k, out, scratch.data());
 }
 
 }  // namespace sparse_ffn

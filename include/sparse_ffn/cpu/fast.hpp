@@ -1,0 +1,413 @@
+// sparse_ffn — the CPU fast path: any batch, vectorised, multithreaded, deterministic.
+//
+// One forward is four phases inside one OpenMP parallel region:
+//  1. route     linear selectors: scores = X·Rowsᵀ (+bias) with the key micro-kernel, then top-k per
+//               token; dense (oracle): the key pass over every block, then block scores; token (hash):
+//               per token. Or copy the caller's routing table.
+//  2. group     counting sort of (token, slot) pairs by block, tokens ascending: each block's weights
+//               are then read once per batch and applied to all tokens that chose it.
+//  3. keys      parallel over blocks: H = act(X_b K_bᵀ + b1) (gated: ⊙ (X_b U_bᵀ + b3)) with an
+//               M-token × R-row register tile (kernels/dot_tile.hpp).
+//  4. values    parallel over column ranges of Y: for every block in ascending order, Y_b += S_b V_b
+//               with an M-token × C-vector register tile (kernels/axpy_tile.hpp); value rows whose
+//               coefficient is zero for the whole tile are skipped (ReLU reads only active rows).
+// then Y = Yacc + b2 in the output dtype.
+//
+// Every float a token's output depends on is computed by exactly one thread with a fixed operation
+// order (keys by one thread per block; values by one thread per column, blocks ascending, rows
+// ascending), so results are bit-identical across runs *and* thread counts, and a token's output
+// does not depend on the rest of the batch (up to the sign of an exact zero). No allocation when a
+// workspace that has seen the size before is passed.
+#pragma once
+
+#include <algorithm>
+#include <vector>
+
+#include "../activation.hpp"
+#include "../layout.hpp"
+#include "../policy.hpp"
+#include "../routing.hpp"
+#include "checks.hpp"
+#include "kernels/axpy_tile.hpp"
+#include "kernels/dot_tile.hpp"
+#include "simd.hpp"
+#include "workspace.hpp"
+
+#if SPARSE_FFN_HAS_OPENMP
+#include <omp.h>
+#endif
+
+SPARSE_FFN_SIMD_WARNINGS_OFF
+
+namespace sparse_ffn {
+namespace cpu {
+
+/// Register-tile shapes of the fast path per ISA (tokens × rows for keys, tokens × vectors for values).
+template <class Isa>
+struct tile_shape;
+template <>
+struct tile_shape<isa::scalar> {
+  static constexpr int key_m = 2, key_r = 4, val_m = 2, val_c = 2;
+};
+template <>
+struct tile_shape<isa::avx2> {
+  static constexpr int key_m = 2, key_r = 4, val_m = 2, val_c = 4;
+};
+template <>
+struct tile_shape<isa::avx512> {
+  static constexpr int key_m = 4, key_r = 4, val_m = 4, val_c = 4;
+};
+
+namespace detail {
+
+inline int max_threads() {
+#if SPARSE_FFN_HAS_OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+inline int thread_id() {
+#if SPARSE_FFN_HAS_OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+inline int num_threads() {
+#if SPARSE_FFN_HAS_OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+/// Scratch arrays of one forward (carved from a workspace).
+struct fast_buffers {
+  float* xpad = nullptr;                  // n × ld, zero padded
+  float* yacc = nullptr;                  // n × ld
+  block_index_t* blocks = nullptr;        // n × k
+  float* weights = nullptr;               // n × k
+  float* scores = nullptr;                // n × B (linear, dense)
+  float* pre_all = nullptr;               // n × d_ff (dense)
+  float* up_all = nullptr;                // n × d_ff (dense, gated)
+  float* h = nullptr;                     // n × k × g activations of the selected neurons
+  index_t* offsets = nullptr;             // B + 1
+  index_t* cursor = nullptr;              // B
+  std::int32_t* entries = nullptr;        // n × k (token, slot) pairs grouped by block
+  std::int32_t* all_tokens = nullptr;     // n (token, 0) pairs (dense)
+  block_index_t* topk_scratch = nullptr;  // threads × B
+};
+
+template <class Sel, class Act>
+fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index_t k, int threads,
+                          bool compute) {
+  fast_buffers f;
+  const index_t B = l.num_blocks;
+  f.xpad = a.take<float>(n * l.ld);
+  f.blocks = a.take<block_index_t>(n * k);
+  f.weights = a.take<float>(n * k);
+  if (Sel::scoring != scoring_kind::token) f.scores = a.take<float>(n * B);
+  if (Sel::scoring == scoring_kind::dense) {
+    f.pre_all = a.take<float>(sparse_ffn::detail::checked_mul(n, l.d_ff, "workspace"));
+    if (Act::gated) f.up_all = a.take<float>(n * l.d_ff);
+    f.all_tokens = a.take<std::int32_t>(2 * n);
+  }
+  f.topk_scratch = a.take<block_index_t>(sparse_ffn::detail::checked_mul(threads, B, "workspace"));
+  if (compute) {
+    f.yacc = a.take<float>(n * l.ld);
+    f.h = a.take<float>(sparse_ffn::detail::checked_mul(n * k, l.g, "workspace"));
+    f.offsets = a.take<index_t>(B + 1);
+    f.cursor = a.take<index_t>(B);
+    f.entries = a.take<std::int32_t>(2 * n * k);
+  }
+  return f;
+}
+
+/// Key pass of one block for the m (token, slot) pairs in `entries`: emit(t, j, i, pre, up).
+template <class Isa, int G, class T, class Act, class Emit>
+void key_block(const blocked_ffn_view<T>& w, index_t b, const std::int32_t* entries, index_t m,
+               const float* xpad, Emit&& emit) {
+  constexpr int KM = tile_shape<Isa>::key_m;
+  constexpr int R = G < tile_shape<Isa>::key_r ? G : tile_shape<Isa>::key_r;
+  const block_layout& l = w.layout;
+  const T* keys = w.keys(b);
+  const T* up = Act::gated ? w.up(b) : nullptr;
+  for (index_t r0 = 0; r0 < G; r0 += R) {
+    for (index_t m0 = 0; m0 < m; m0 += KM) {
+      const int mm = static_cast<int>(std::min<index_t>(KM, m - m0));
+      const float* xs[KM];
+      for (int q = 0; q < mm; ++q) xs[q] = xpad + static_cast<index_t>(entries[2 * (m0 + q)]) * l.ld;
+      float dk[KM * R], du[KM * R];
+      kernels::dispatch_count<KM>(mm, [&](auto M) {
+        kernels::dot_tile<Isa, decltype(M)::value, R>(xs, keys + r0 * l.ld, l.ld, l.ld, dk);
+        if constexpr (Act::gated)
+          kernels::dot_tile<Isa, decltype(M)::value, R>(xs, up + r0 * l.ld, l.ld, l.ld, du);
+      });
+      for (int q = 0; q < mm; ++q)
+        for (int r = 0; r < R; ++r) {
+          const index_t i = r0 + r, neuron = b * G + i;
+          const float pre = dk[q * R + r] + (w.b1 ? w.b1[neuron] : 0.0f);
+          const float u = Act::gated ? du[q * R + r] + (w.b3 ? w.b3[neuron] : 0.0f) : 0.0f;
+          emit(static_cast<index_t>(entries[2 * (m0 + q)]), static_cast<index_t>(entries[2 * (m0 + q) + 1]),
+               i, pre, u);
+        }
+    }
+  }
+}
+
+/// Value pass of one block over columns [c_lo, c_hi) for its m (token, slot) pairs.
+template <class Isa, int G, class T>
+void value_block(const blocked_ffn_view<T>& w, index_t b, const std::int32_t* entries, index_t m, index_t k,
+                 const float* h, const float* weights, float* yacc, index_t c_lo, index_t c_hi) {
+  using V = simd<Isa>;
+  constexpr int VM = tile_shape<Isa>::val_m, VC = tile_shape<Isa>::val_c;
+  const index_t ld = w.layout.ld;
+  const T* values = w.values(b);
+  alignas(64) float sbuf[VM][G];
+  std::int32_t rows[G];
+  for (index_t m0 = 0; m0 < m; m0 += VM) {
+    const int mm = static_cast<int>(std::min<index_t>(VM, m - m0));
+    float* ys[VM];
+    const float* sp[VM];
+    for (int q = 0; q < mm; ++q) {
+      const index_t t = entries[2 * (m0 + q)], j = entries[2 * (m0 + q) + 1];
+      const float wt = weights[t * k + j];
+      const float* ht = h + (t * k + j) * G;
+      for (int i = 0; i < G; ++i) sbuf[q][i] = wt * ht[i];
+      ys[q] = yacc + t * ld;
+      sp[q] = sbuf[q];
+    }
+    index_t nrows = 0;
+    for (int i = 0; i < G; ++i) {
+      bool any = false;
+      for (int q = 0; q < mm; ++q) any |= sbuf[q][i] != 0.0f;
+      if (any) rows[nrows++] = i;
+    }
+    if (nrows == 0) continue;
+    if (mm == 1) {
+      kernels::axpy_rows<Isa>(ys[0], sp[0], rows, nrows, values, ld, c_lo, c_hi);
+      continue;
+    }
+    kernels::dispatch_count<VM>(mm, [&](auto M) {
+      index_t c0 = c_lo;
+      for (; c0 + VC * V::width <= c_hi; c0 += VC * V::width)
+        kernels::axpy_tile<Isa, decltype(M)::value, VC>(ys, sp, rows, nrows, values, ld, c0);
+      for (; c0 < c_hi; c0 += V::width)
+        kernels::axpy_tile<Isa, decltype(M)::value, 1>(ys, sp, rows, nrows, values, ld, c0);
+    });
+  }
+}
+
+/// The whole fast forward (see the file comment). `args` null = use `given`; `y` null = route only.
+template <class Policy, class Tx, class Ty>
+void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, Ty* y,
+              const route_args* args, const_routing_view given, routing_view* route_out,
+              const forward_cache* cache, workspace& ws) {
+  using T = typename Policy::dtype;
+  using Sel = typename Policy::selector;
+  using Act = typename Policy::activation;
+  using Isa = isa::native;
+  using V = simd<Isa>;
+  constexpr int G = Policy::block_size;
+  constexpr int KM = tile_shape<Isa>::key_m;
+  constexpr int KR = tile_shape<Isa>::key_r;
+  const block_layout& l = w.layout;
+  const index_t k = args ? args->k : given.k, d = l.d_model, ld = l.ld, B = l.num_blocks, F = l.d_ff;
+  if (n == 0) return;
+  const bool compute = y != nullptr;
+  const int threads = max_threads();
+
+  arena_plan sizing(nullptr);
+  plan_buffers<Sel, Act>(sizing, l, n, k, threads, compute);
+  ws.reserve(sizing.bytes());
+  arena_plan carve(ws.data());
+  const fast_buffers f = plan_buffers<Sel, Act>(carve, l, n, k, threads, compute);
+  float* const cache_pre = cache ? cache->pre : nullptr;
+  float* const cache_up = cache ? cache->up : nullptr;
+
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+    const int tid = thread_id(), nth = num_threads();
+    // ---- inputs ---------------------------------------------------------------------------------
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (index_t t = 0; t < n; ++t) {
+      float* xp = f.xpad + t * ld;
+      for (index_t c = 0; c < d; ++c) xp[c] = to_float(x[t * d + c]);
+      for (index_t c = d; c < ld; ++c) xp[c] = 0.0f;
+      if (compute) std::fill(f.yacc + t * ld, f.yacc + (t + 1) * ld, 0.0f);
+      if (Sel::scoring == scoring_kind::dense && args) {
+        f.all_tokens[2 * t] = static_cast<std::int32_t>(t);
+        f.all_tokens[2 * t + 1] = 0;
+      }
+    }
+    // ---- 1. route -------------------------------------------------------------------------------
+    if (!args) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (index_t t = 0; t < n; ++t)
+        for (index_t j = 0; j < k; ++j) {
+          f.blocks[t * k + j] = given.blocks[t * k + j];
+          f.weights[t * k + j] = given.weights ? given.weights[t * k + j] : 1.0f;
+        }
+    } else if constexpr (Sel::scoring == scoring_kind::token) {
+      std::vector<block_index_t> unused;
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (index_t t = 0; t < n; ++t)
+        Sel::template route_token<T, Act>(w, nullptr, t, *args, nullptr, unused, f.blocks + t * k,
+                                          f.weights + t * k);
+    } else if constexpr (Sel::scoring == scoring_kind::linear) {
+      const T* rows = Sel::linear_rows(w);
+      const float* bias = Sel::linear_bias(w);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(dynamic, 4)
+#endif
+      for (index_t b0 = 0; b0 < B; b0 += KR) {
+        const int rr = static_cast<int>(std::min<index_t>(KR, B - b0));
+        for (index_t m0 = 0; m0 < n; m0 += KM) {
+          const int mm = static_cast<int>(std::min<index_t>(KM, n - m0));
+          const float* xs[KM];
+          for (int q = 0; q < mm; ++q) xs[q] = f.xpad + (m0 + q) * ld;
+          float out[KM * KR];
+          kernels::dispatch_count<KM>(mm, [&](auto M) {
+            kernels::dispatch_count<KR>(rr, [&](auto R) {
+              kernels::dot_tile<Isa, decltype(M)::value, decltype(R)::value>(xs, rows + b0 * ld, ld, ld, out);
+            });
+          });
+          for (int q = 0; q < mm; ++q)
+            for (int r = 0; r < rr; ++r)
+              f.scores[(m0 + q) * B + b0 + r] =
+                  Sel::linear_score(out[q * rr + r], bias ? bias[b0 + r] : 0.0f);
+        }
+      }
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (index_t t = 0; t < n; ++t) {
+        topk(f.scores + t * B, B, k, f.blocks + t * k, f.topk_scratch + tid * B);
+        Sel::weights(f.scores + t * B, B, f.blocks + t * k, k, *args, f.weights + t * k);
+      }
+    } else {  // dense scoring (oracle): every activation, then block scores
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+      for (index_t b = 0; b < B; ++b)
+        key_block<Isa, G, T, Act>(w, b, f.all_tokens, n, f.xpad,
+                                  [&](index_t t, index_t, index_t i, float pre, float u) {
+                                    f.pre_all[t * F + b * G + i] = pre;
+                                    if constexpr (Act::gated) f.up_all[t * F + b * G + i] = u;
+                                  });
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (index_t t = 0; t < n; ++t) {
+        for (index_t b = 0; b < B; ++b) {
+          float s = 0.0f;
+          for (index_t i = 0; i < G; ++i) {
+            const index_t at = t * F + b * G + i;
+            s += Sel::neuron_score(activate<Act>(f.pre_all[at], Act::gated ? f.up_all[at] : 0.0f));
+          }
+          f.scores[t * B + b] = s;
+        }
+        topk(f.scores + t * B, B, k, f.blocks + t * k, f.topk_scratch + tid * B);
+        for (index_t j = 0; j < k; ++j) f.weights[t * k + j] = 1.0f;
+      }
+    }
+    // ---- routing outputs ------------------------------------------------------------------------
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (index_t t = 0; t < n; ++t) {
+      if (route_out) {
+        std::copy(f.blocks + t * k, f.blocks + (t + 1) * k, route_out->blocks + t * k);
+        if (route_out->weights)
+          std::copy(f.weights + t * k, f.weights + (t + 1) * k, route_out->weights + t * k);
+      }
+      if (cache && cache->blocks) std::copy(f.blocks + t * k, f.blocks + (t + 1) * k, cache->blocks + t * k);
+      if (cache && cache->weights)
+        std::copy(f.weights + t * k, f.weights + (t + 1) * k, cache->weights + t * k);
+    }
+    if (compute) {
+      // ---- 2. group (token, slot) pairs by block --------------------------------------------------
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp single
+#endif
+      {
+        std::fill(f.offsets, f.offsets + B + 1, index_t{0});
+        for (index_t e = 0; e < n * k; ++e) ++f.offsets[f.blocks[e] + 1];
+        for (index_t b = 0; b < B; ++b) {
+          f.offsets[b + 1] += f.offsets[b];
+          f.cursor[b] = f.offsets[b];
+        }
+        for (index_t t = 0; t < n; ++t)
+          for (index_t j = 0; j < k; ++j) {
+            const index_t pos = f.cursor[f.blocks[t * k + j]]++;
+            f.entries[2 * pos] = static_cast<std::int32_t>(t);
+            f.entries[2 * pos + 1] = static_cast<std::int32_t>(j);
+          }
+      }  // implicit barrier
+      // ---- 3. keys --------------------------------------------------------------------------------
+      auto emit = [&](index_t t, index_t j, index_t i, float pre, float u) {
+        const index_t at = (t * k + j) * G + i;
+        f.h[at] = activate<Act>(pre, u);
+        if (cache_pre) cache_pre[at] = pre;
+        if constexpr (Act::gated)
+          if (cache_up) cache_up[at] = u;
+      };
+      if constexpr (Sel::scoring == scoring_kind::dense) {
+        if (args) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+          for (index_t t = 0; t < n; ++t)
+            for (index_t j = 0; j < k; ++j)
+              for (index_t i = 0; i < G; ++i) {
+                const index_t at = t * F + f.blocks[t * k + j] * G + i;
+                emit(t, j, i, f.pre_all[at], Act::gated ? f.up_all[at] : 0.0f);
+              }
+        }
+      }
+      if (Sel::scoring != scoring_kind::dense || !args) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(dynamic, (256 / G > 1 ? 256 / G : 1))
+#endif
+        for (index_t b = 0; b < B; ++b) {
+          const index_t m = f.offsets[b + 1] - f.offsets[b];
+          if (m) key_block<Isa, G, T, Act>(w, b, f.entries + 2 * f.offsets[b], m, f.xpad, emit);
+        }
+      }
+      // ---- 4. values: thread tid owns columns [c_lo, c_hi) ------------------------------------------
+      {
+        const index_t vecs = ld / V::width;
+        const index_t c_lo = vecs * tid / nth * V::width, c_hi = vecs * (tid + 1) / nth * V::width;
+        if (c_lo < c_hi)
+          for (index_t b = 0; b < B; ++b) {
+            const index_t m = f.offsets[b + 1] - f.offsets[b];
+            if (m)
+              value_block<Isa, G, T>(w, b, f.entries + 2 * f.offsets[b], m, k, f.h, f.weights, f.yacc, c_lo,
+                                     c_hi);
+          }
+      }
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp barrier
+#pragma omp for schedule(static)
+#endif
+      for (index_t t = 0; t < n; ++t)
+        for (index_t c = 0; c < d; ++c)
+          y[t * d + c] = from_float<Ty>(f.yacc[t * ld + c] + (w.b2 ? w.b2[c] : 0.0f));
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace cpu
+}  // namespace sparse_ffn
+
+SPARSE_FFN_SIMD_WARNINGS_ON

@@ -1,0 +1,149 @@
+// The CPU fast path's guarantees beyond correctness (which the forward matrix checks): identical bits
+// for any thread count and across runs, a token's output independent of the rest of the batch, no
+// allocation with a reused workspace, and agreement with the reference path.
+#include "support/forward_matrix.hpp"
+
+#if SPARSE_FFN_HAS_OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+template <class P>
+struct setup {
+  using T = typename P::dtype;
+  sfx::index_t d, B, n, k;
+  sfx::blocked_ffn<T> model;
+  std::vector<float> x;
+  std::vector<sfx::token_id_t> ids;
+  sfx::route_args args;
+
+  setup(std::uint64_t salt, sfx::index_t d_, sfx::index_t B_, sfx::index_t n_, sfx::index_t k_)
+      : d(d_), B(B_), n(n_), k(k_) {
+    auto r = test::rng(salt);
+    const auto dense = test::random_dense<T>(r, d, B * P::block_size, P::gated, true);
+    std::vector<float> gw(static_cast<std::size_t>(B * d));
+    test::fill_normal(gw, r, 1.0 / std::sqrt(double(d)));
+    sfx::pack_options po{P::block_size};
+    po.gate_w = gw.data();
+    model = sfx::pack<T>(dense.view(), po);
+    x.resize(static_cast<std::size_t>(n * d));
+    test::fill_normal(x, r, 1.0);
+    ids.resize(static_cast<std::size_t>(n));
+    for (auto& id : ids) id = static_cast<sfx::token_id_t>(r() % 5000);
+    args.k = k;
+    args.token_ids = ids.data();
+    args.vocab_size = 5000;
+  }
+  std::vector<float> run(sfx::index_t first, sfx::index_t count, sfx::cpu::workspace* ws = nullptr) const {
+    std::vector<float> y(static_cast<std::size_t>(count * d));
+    sfx::route_args a = args;
+    a.token_ids = ids.data() + first;
+    sfx::cpu::forward<P>(model.view(), count, x.data() + first * d, y.data(), a, nullptr, ws);
+    return y;
+  }
+};
+
+template <class P>
+void check_thread_invariance(std::uint64_t salt) {
+  setup<P> s(salt, 200, 24, 37, 6);
+#if SPARSE_FFN_HAS_OPENMP
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const auto y1 = s.run(0, s.n);
+  omp_set_num_threads(2);
+  const auto y2 = s.run(0, s.n);
+  omp_set_num_threads(3);
+  const auto y3 = s.run(0, s.n);
+  omp_set_num_threads(saved);
+  REQUIRE(std::memcmp(y1.data(), y2.data(), y1.size() * 4) == 0);
+  REQUIRE(std::memcmp(y1.data(), y3.data(), y1.size() * 4) == 0);
+#endif
+  const auto ya = s.run(0, s.n), yb = s.run(0, s.n);
+  REQUIRE(std::memcmp(ya.data(), yb.data(), ya.size() * 4) == 0);
+}
+
+template <class P>
+void check_batch_invariance(std::uint64_t salt) {
+  setup<P> s(salt, 130, 16, 40, 5);
+  const auto all = s.run(0, s.n);
+  for (sfx::index_t t : {sfx::index_t{0}, sfx::index_t{17}, s.n - 1}) {
+    const auto one = s.run(t, 1);
+    for (sfx::index_t c = 0; c < s.d; ++c)
+      REQUIRE(one[static_cast<std::size_t>(c)] == all[static_cast<std::size_t>(t * s.d + c)]);
+  }
+  const auto part = s.run(5, 11);
+  for (std::size_t i = 0; i < part.size(); ++i)
+    REQUIRE(part[i] == all[5 * static_cast<std::size_t>(s.d) + i]);
+}
+
+}  // namespace
+
+TEST_CASE("fast path: identical bits for any thread count and across runs", "[fast]") {
+  check_thread_invariance<sfx::policy<16, sfx::select::avg_k, float, sfx::act::relu>>(1);
+  check_thread_invariance<sfx::policy<64, sfx::select::learned_gate, sfx::bfloat16_t, sfx::act::swiglu>>(2);
+  check_thread_invariance<sfx::policy<16, sfx::select::oracle, sfx::half_t, sfx::act::gelu_erf>>(3);
+  check_thread_invariance<sfx::policy<1, sfx::select::hash, float, sfx::act::silu>>(4);
+}
+
+TEST_CASE("fast path: a token's output does not depend on the rest of the batch", "[fast]") {
+  check_batch_invariance<sfx::policy<16, sfx::select::avg_k, float, sfx::act::gelu_tanh>>(5);
+  check_batch_invariance<sfx::policy<32, sfx::select::learned_gate, sfx::bfloat16_t, sfx::act::geglu>>(6);
+  check_batch_invariance<sfx::policy<16, sfx::select::oracle, float, sfx::act::relu>>(7);
+}
+
+TEST_CASE("fast path: a reused workspace stops growing", "[fast]") {
+  using P = sfx::policy<16, sfx::select::avg_k, float, sfx::act::relu>;
+  setup<P> s(8, 64, 8, 20, 3);
+  sfx::cpu::workspace ws;
+  const auto y1 = s.run(0, s.n, &ws);
+  const std::size_t cap = ws.capacity();
+  REQUIRE(cap > 0);
+  const unsigned char* base = ws.data();
+  const auto y2 = s.run(0, s.n, &ws);
+  const auto y3 = s.run(0, 7, &ws);
+  REQUIRE(ws.capacity() == cap);
+  REQUIRE(ws.data() == base);
+  REQUIRE(y1 == y2);
+}
+
+// The reference path (reference.hpp) stays under test: a reduced matrix through its entry points.
+template <class P, class Tio>
+void check_reference(std::uint64_t salt) {
+  auto r = test::rng(salt);
+  for (sfx::index_t n : {1, 5}) {
+    test::case_data<typename P::dtype, Tio> c(r, test::random_shape(r, n, P::block_size), P::block_size,
+                                              P::selector::kind, P::activation::kind);
+    const auto w = c.model.view();
+    sfx::cpu::reference_forward<P>(w, c.s.n, c.x.data(), c.y.data(), c.args, &c.cache);
+    sfx::cpu::reference_route<P>(w, c.s.n, c.x.data(), c.args, c.route_out());
+    sfx::cpu::reference_forward_routed<P>(w, c.s.n, c.x.data(), c.y_routed.data(), c.cached_routing());
+    c.verify();
+  }
+}
+
+TEST_CASE("reference path: every selector and activation against float64", "[reference]") {
+  std::uint64_t salt = 100;
+  check_reference<sfx::policy<16, sfx::select::avg_k, float, sfx::act::relu>, float>(++salt);
+  check_reference<sfx::policy<16, sfx::select::hash, sfx::half_t, sfx::act::gelu_erf>, sfx::half_t>(++salt);
+  check_reference<sfx::policy<16, sfx::select::learned_gate, sfx::bfloat16_t, sfx::act::swiglu>, float>(
+      ++salt);
+  check_reference<sfx::policy<1, sfx::select::oracle, float, sfx::act::geglu>, float>(++salt);
+  check_reference<sfx::policy<64, sfx::select::oracle, sfx::bfloat16_t, sfx::act::silu>, sfx::bfloat16_t>(
+      ++salt);
+  check_reference<sfx::policy<128, sfx::select::avg_k, sfx::half_t, sfx::act::gelu_tanh>, float>(++salt);
+}
+
+TEST_CASE("fast path equals the reference up to float rounding on larger shapes", "[fast]") {
+  using P = sfx::policy<64, sfx::select::avg_k, sfx::bfloat16_t, sfx::act::swiglu>;
+  setup<P> s(9, 512, 32, 9, 8);
+  const auto y = s.run(0, s.n);
+  std::vector<float> yr(y.size());
+  sfx::cpu::reference_forward<P>(s.model.view(), s.n, s.x.data(), yr.data(), s.args);
+  double e = 0, nrm = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    e += (y[i] - yr[i]) * double(y[i] - yr[i]);
+    nrm += double(yr[i]) * yr[i];
+  }
+  REQUIRE(std::sqrt(e / nrm) < 1e-5);
+}
