@@ -22,7 +22,8 @@ void check_pack(bool gated, bool biases, sfx::index_t d, sfx::index_t B, sfx::in
   REQUIRE(l.num_blocks == B);
   REQUIRE(l.ld >= d);
   REQUIRE((l.ld * sizeof(T)) % 64 == 0);
-  REQUIRE(l.ld - d < static_cast<sfx::index_t>(64 / sizeof(T)));
+  REQUIRE(l.ld - d < static_cast<sfx::index_t>(2 * 64 / sizeof(T)));
+  REQUIRE((l.ld * sizeof(T) / 64) % 2 == 1);
   REQUIRE(reinterpret_cast<std::uintptr_t>(w.weights) % 64 == 0);
   REQUIRE(reinterpret_cast<std::uintptr_t>(w.centroids) % 64 == 0);
   REQUIRE(l.block_stride() == (gated ? 3 : 2) * g * l.ld);
@@ -134,16 +135,19 @@ TEST_CASE("identity permutation, gate and centroid setters", "[layout]") {
   REQUIRE(model.view().centroid_bias == model.centroid_bias().data());
 }
 
-TEST_CASE("make_layout pads rows to 64 bytes per dtype", "[layout]") {
+TEST_CASE("make_layout pads rows to an odd number of 64-byte lines", "[layout]") {
   REQUIRE(sfx::padded_ld<float>(1) == 16);
   REQUIRE(sfx::padded_ld<float>(16) == 16);
-  REQUIRE(sfx::padded_ld<float>(17) == 32);
+  REQUIRE(sfx::padded_ld<float>(17) == 48);
+  REQUIRE(sfx::padded_ld<float>(48) == 48);
   REQUIRE(sfx::padded_ld<sfx::half_t>(17) == 32);
-  REQUIRE(sfx::padded_ld<sfx::bfloat16_t>(33) == 64);
+  REQUIRE(sfx::padded_ld<sfx::bfloat16_t>(33) == 96);
+  REQUIRE(sfx::padded_ld<float>(4096) == 4112);
+  REQUIRE(sfx::padded_ld<sfx::bfloat16_t>(4096) == 4128);
   const auto l = sfx::make_layout<float>(4096, 16384, 64, true);
   REQUIRE(l.num_blocks == 256);
-  REQUIRE(l.ld == 4096);
-  REQUIRE(l.block_stride() == 3 * 64 * 4096);
-  REQUIRE(l.total_elements() == 3ll * 16384 * 4096);
-  REQUIRE(l.block_bytes<sfx::bfloat16_t>() == 3 * 64 * 4096 * 2);
+  REQUIRE(l.ld == 4112);
+  REQUIRE(l.block_stride() == 3 * 64 * 4112);
+  REQUIRE(l.total_elements() == 3ll * 16384 * 4112);
+  REQUIRE(l.block_bytes<sfx::bfloat16_t>() == 3 * 64 * 4112 * 2);
 }

@@ -13,8 +13,9 @@
 //   [ up     g × ld ]   gated only: W3 rows
 //   [ values g × ld ]   row i = W2 column of neuron perm[b*g+i], stored as a row
 //
-// ld ≥ d_model pads each row to a multiple of 64 bytes with zeros, so every row starts on a cache line
-// (and on a 16-byte boundary for the GPU) and vector loops need no tail over the weights. A kernel that
+// ld ≥ d_model pads each row with zeros to an odd number of 64-byte lines, so every row starts on a
+// cache line (and on a 16-byte boundary for the GPU), vector loops need no tail over the weights, and
+// the rows of a block do not alias in the caches. A kernel that
 // computes one block reads exactly one contiguous range, once. Biases are kept in float, in packed
 // order. Per-block selector data (Avg-K centroids, learned-gate rows) are [B × ld] matrices of T.
 #pragma once
@@ -53,11 +54,15 @@ struct block_layout {
   }
 };
 
-/// Row stride (elements) that pads d_model to a multiple of k_row_alignment bytes.
+/// Row stride (elements): d_model padded to whole 64-byte lines, plus one line when the count of
+/// lines is even. An odd line stride spreads consecutive rows over all L1/L2 sets; a power-of-two
+/// stride (d = 4096 floats: 16 KiB) would map every row of a block to the same set and thrash.
 template <class T>
 constexpr index_t padded_ld(index_t d_model) {
   constexpr index_t per_line = static_cast<index_t>(k_row_alignment / sizeof(T));
-  return (d_model + per_line - 1) / per_line * per_line;
+  index_t lines = (d_model + per_line - 1) / per_line;
+  if (lines % 2 == 0) ++lines;
+  return lines * per_line;
 }
 
 /// Builds and validates a layout: g ≥ 1 divides d_ff, B < 2^31, all offsets fit in 64 bits.

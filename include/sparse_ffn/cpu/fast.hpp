@@ -42,20 +42,22 @@ SPARSE_FFN_SIMD_WARNINGS_OFF
 namespace sparse_ffn {
 namespace cpu {
 
-/// Register-tile shapes of the fast path per ISA (tokens × rows for keys, tokens × vectors for values).
+/// Register-tile shapes of the fast path per ISA: key tiles are key_m tokens × key_r rows (one
+/// accumulator each); the value pass streams rows for blocks with up to rows_m tokens and uses
+/// val_m-token × val_c-vector register tiles above that.
 template <class Isa>
 struct tile_shape;
 template <>
 struct tile_shape<isa::scalar> {
-  static constexpr int key_m = 2, key_r = 4, val_m = 2, val_c = 2;
+  static constexpr int key_m = 2, key_r = 4, rows_m = 2, val_m = 2, val_c = 2;
 };
 template <>
 struct tile_shape<isa::avx2> {
-  static constexpr int key_m = 2, key_r = 4, val_m = 2, val_c = 4;
+  static constexpr int key_m = 2, key_r = 4, rows_m = 2, val_m = 2, val_c = 4;
 };
 template <>
 struct tile_shape<isa::avx512> {
-  static constexpr int key_m = 4, key_r = 4, val_m = 4, val_c = 4;
+  static constexpr int key_m = 3, key_r = 8, rows_m = 4, val_m = 4, val_c = 4;
 };
 
 namespace detail {
@@ -82,6 +84,18 @@ inline int num_threads() {
 #endif
 }
 
+/// Per-thread scratch of the key and value passes (for a batch of n tokens).
+struct thread_scratch {
+  const float** xs;    // n token input pointers
+  float* spill;        // n × key_r vectors: key accumulators between d chunks
+  float* dots;         // n × key_r dot products
+  float* s;            // n × g value coefficients (weight × activation)
+  std::int32_t* rows;  // tiles × g nonzero value rows per token tile
+  index_t* nrows;      // tiles
+  float** ys;          // n output pointers
+  const float** sp;    // n coefficient pointers
+};
+
 /// Scratch arrays of one forward (carved from a workspace).
 struct fast_buffers {
   float* xpad = nullptr;                  // n × ld, zero padded
@@ -95,15 +109,18 @@ struct fast_buffers {
   index_t* offsets = nullptr;             // B + 1
   index_t* cursor = nullptr;              // B
   std::int32_t* entries = nullptr;        // n × k (token, slot) pairs grouped by block
-  std::int32_t* all_tokens = nullptr;     // n (token, 0) pairs (dense)
+  std::int32_t* all_tokens = nullptr;     // n (token, 0) pairs (dense scoring)
   block_index_t* topk_scratch = nullptr;  // threads × B
+  std::vector<thread_scratch> per_thread;
 };
 
-template <class Sel, class Act>
+template <class Isa, class Sel, class Act>
 fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index_t k, int threads,
                           bool compute) {
+  using V = simd<Isa>;
+  constexpr int KR = tile_shape<Isa>::key_r, VM = tile_shape<Isa>::val_m;
   fast_buffers f;
-  const index_t B = l.num_blocks;
+  const index_t B = l.num_blocks, g = l.g;
   f.xpad = a.take<float>(n * l.ld);
   f.blocks = a.take<block_index_t>(n * k);
   f.weights = a.take<float>(n * k);
@@ -111,15 +128,29 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index
   if (Sel::scoring == scoring_kind::dense) {
     f.pre_all = a.take<float>(sparse_ffn::detail::checked_mul(n, l.d_ff, "workspace"));
     if (Act::gated) f.up_all = a.take<float>(n * l.d_ff);
-    f.all_tokens = a.take<std::int32_t>(2 * n);
   }
+  f.all_tokens = a.take<std::int32_t>(2 * n);
   f.topk_scratch = a.take<block_index_t>(sparse_ffn::detail::checked_mul(threads, B, "workspace"));
   if (compute) {
     f.yacc = a.take<float>(n * l.ld);
-    f.h = a.take<float>(sparse_ffn::detail::checked_mul(n * k, l.g, "workspace"));
+    f.h = a.take<float>(sparse_ffn::detail::checked_mul(n * k, g, "workspace"));
     f.offsets = a.take<index_t>(B + 1);
     f.cursor = a.take<index_t>(B);
     f.entries = a.take<std::int32_t>(2 * n * k);
+  }
+  const index_t tiles = n / VM + 1;
+  f.per_thread.resize(static_cast<std::size_t>(threads));
+  for (auto& t : f.per_thread) {
+    t.xs = a.take<const float*>(n);
+    t.spill = a.take<float>(n * KR * V::width);
+    t.dots = a.take<float>(2 * n * KR);
+    if (compute) {
+      t.s = a.take<float>(n * g);
+      t.rows = a.take<std::int32_t>(tiles * g);
+      t.nrows = a.take<index_t>(tiles);
+      t.ys = a.take<float*>(n);
+      t.sp = a.take<const float*>(n);
+    }
   }
   return f;
 }
@@ -127,75 +158,85 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index
 /// Key pass of one block for the m (token, slot) pairs in `entries`: emit(t, j, i, pre, up).
 template <class Isa, int G, class T, class Act, class Emit>
 void key_block(const blocked_ffn_view<T>& w, index_t b, const std::int32_t* entries, index_t m,
-               const float* xpad, Emit&& emit) {
+               const float* xpad, const thread_scratch& ts, Emit&& emit) {
   constexpr int KM = tile_shape<Isa>::key_m;
   constexpr int R = G < tile_shape<Isa>::key_r ? G : tile_shape<Isa>::key_r;
   const block_layout& l = w.layout;
-  const T* keys = w.keys(b);
-  const T* up = Act::gated ? w.up(b) : nullptr;
+  for (index_t q = 0; q < m; ++q) ts.xs[q] = xpad + static_cast<index_t>(entries[2 * q]) * l.ld;
+  float* dk = ts.dots;
+  float* du = ts.dots + m * R;  // gated: up projections after the key dots (dots holds 2 × n × key_r)
   for (index_t r0 = 0; r0 < G; r0 += R) {
-    for (index_t m0 = 0; m0 < m; m0 += KM) {
-      const int mm = static_cast<int>(std::min<index_t>(KM, m - m0));
-      const float* xs[KM];
-      for (int q = 0; q < mm; ++q) xs[q] = xpad + static_cast<index_t>(entries[2 * (m0 + q)]) * l.ld;
-      float dk[KM * R], du[KM * R];
-      kernels::dispatch_count<KM>(mm, [&](auto M) {
-        kernels::dot_tile<Isa, decltype(M)::value, R>(xs, keys + r0 * l.ld, l.ld, l.ld, dk);
-        if constexpr (Act::gated)
-          kernels::dot_tile<Isa, decltype(M)::value, R>(xs, up + r0 * l.ld, l.ld, l.ld, du);
-      });
-      for (int q = 0; q < mm; ++q)
-        for (int r = 0; r < R; ++r) {
-          const index_t i = r0 + r, neuron = b * G + i;
-          const float pre = dk[q * R + r] + (w.b1 ? w.b1[neuron] : 0.0f);
-          const float u = Act::gated ? du[q * R + r] + (w.b3 ? w.b3[neuron] : 0.0f) : 0.0f;
-          emit(static_cast<index_t>(entries[2 * (m0 + q)]), static_cast<index_t>(entries[2 * (m0 + q) + 1]),
-               i, pre, u);
-        }
-    }
+    kernels::project<Isa, KM, R>(ts.xs, m, w.keys(b) + r0 * l.ld, l.ld, l.ld, ts.spill, dk);
+    if constexpr (Act::gated)
+      kernels::project<Isa, KM, R>(ts.xs, m, w.up(b) + r0 * l.ld, l.ld, l.ld, ts.spill, du);
+    for (index_t q = 0; q < m; ++q)
+      for (int r = 0; r < R; ++r) {
+        const index_t i = r0 + r, neuron = b * G + i;
+        const float pre = dk[q * R + r] + (w.b1 ? w.b1[neuron] : 0.0f);
+        const float u = Act::gated ? du[q * R + r] + (w.b3 ? w.b3[neuron] : 0.0f) : 0.0f;
+        emit(static_cast<index_t>(entries[2 * q]), static_cast<index_t>(entries[2 * q + 1]), i, pre, u);
+      }
   }
 }
 
 /// Value pass of one block over columns [c_lo, c_hi) for its m (token, slot) pairs.
 template <class Isa, int G, class T>
 void value_block(const blocked_ffn_view<T>& w, index_t b, const std::int32_t* entries, index_t m, index_t k,
-                 const float* h, const float* weights, float* yacc, index_t c_lo, index_t c_hi) {
+                 const float* h, const float* weights, float* yacc, index_t c_lo, index_t c_hi,
+                 const thread_scratch& ts) {
   using V = simd<Isa>;
-  constexpr int VM = tile_shape<Isa>::val_m, VC = tile_shape<Isa>::val_c;
+  constexpr int RM = tile_shape<Isa>::rows_m, VM = tile_shape<Isa>::val_m, VC = tile_shape<Isa>::val_c;
   const index_t ld = w.layout.ld;
   const T* values = w.values(b);
-  alignas(64) float sbuf[VM][G];
-  std::int32_t rows[G];
-  for (index_t m0 = 0; m0 < m; m0 += VM) {
-    const int mm = static_cast<int>(std::min<index_t>(VM, m - m0));
-    float* ys[VM];
-    const float* sp[VM];
-    for (int q = 0; q < mm; ++q) {
-      const index_t t = entries[2 * (m0 + q)], j = entries[2 * (m0 + q) + 1];
-      const float wt = weights[t * k + j];
-      const float* ht = h + (t * k + j) * G;
-      for (int i = 0; i < G; ++i) sbuf[q][i] = wt * ht[i];
-      ys[q] = yacc + t * ld;
-      sp[q] = sbuf[q];
-    }
-    index_t nrows = 0;
+  // Coefficients s = weight × activation, and per token tile the rows that are nonzero for some token.
+  const int tile = m <= RM ? RM : VM;
+  const index_t tiles = (m + tile - 1) / tile;
+  for (index_t q = 0; q < m; ++q) {
+    const index_t t = entries[2 * q], j = entries[2 * q + 1];
+    const float wt = weights[t * k + j];
+    const float* ht = h + (t * k + j) * G;
+    float* sq = ts.s + q * G;
+    for (int i = 0; i < G; ++i) sq[i] = wt * ht[i];
+    ts.ys[q] = yacc + t * ld;
+    ts.sp[q] = sq;
+  }
+  for (index_t tt = 0; tt < tiles; ++tt) {
+    const index_t q0 = tt * tile, q1 = std::min<index_t>(m, q0 + tile);
+    std::int32_t* rows = ts.rows + tt * G;
+    index_t nr = 0;
     for (int i = 0; i < G; ++i) {
       bool any = false;
-      for (int q = 0; q < mm; ++q) any |= sbuf[q][i] != 0.0f;
-      if (any) rows[nrows++] = i;
+      for (index_t q = q0; q < q1; ++q) any |= ts.s[q * G + i] != 0.0f;
+      if (any) rows[nr++] = i;
     }
-    if (nrows == 0) continue;
-    if (mm == 1) {
-      kernels::axpy_rows<Isa>(ys[0], sp[0], rows, nrows, values, ld, c_lo, c_hi);
-      continue;
-    }
-    kernels::dispatch_count<VM>(mm, [&](auto M) {
-      index_t c0 = c_lo;
-      for (; c0 + VC * V::width <= c_hi; c0 += VC * V::width)
-        kernels::axpy_tile<Isa, decltype(M)::value, VC>(ys, sp, rows, nrows, values, ld, c0);
-      for (; c0 < c_hi; c0 += V::width)
-        kernels::axpy_tile<Isa, decltype(M)::value, 1>(ys, sp, rows, nrows, values, ld, c0);
+    ts.nrows[tt] = nr;
+  }
+  if (m <= RM) {  // few tokens: memory-bound, stream the rows
+    if (ts.nrows[0] == 0) return;
+    kernels::dispatch_count<RM>(static_cast<int>(m), [&](auto M) {
+      kernels::axpy_rows<Isa, decltype(M)::value>(ts.ys, ts.sp, ts.rows, ts.nrows[0], values, ld, c_lo, c_hi);
     });
+    return;
+  }
+  // Many tokens: column tiles outside token tiles, so the block's column tile stays in L1.
+  constexpr index_t step = VC * V::width;
+  for (index_t c0 = c_lo; c0 < c_hi; c0 += step) {
+    const bool full = c0 + step <= c_hi;
+    if (full && c0 + 2 * step <= c_hi)
+      kernels::prefetch_columns<Isa, VC>(ts.rows, ts.nrows[0], values, ld, c0 + step);
+    for (index_t tt = 0; tt < tiles; ++tt) {
+      const index_t q0 = tt * VM, nr = ts.nrows[tt];
+      if (nr == 0) continue;
+      const std::int32_t* rows = ts.rows + tt * G;
+      kernels::dispatch_count<VM>(static_cast<int>(std::min<index_t>(VM, m - q0)), [&](auto M) {
+        if (full) {
+          kernels::axpy_tile<Isa, decltype(M)::value, VC>(ts.ys + q0, ts.sp + q0, rows, nr, values, ld, c0);
+        } else {
+          for (index_t c = c0; c < c_hi; c += V::width)
+            kernels::axpy_tile<Isa, decltype(M)::value, 1>(ts.ys + q0, ts.sp + q0, rows, nr, values, ld, c);
+        }
+      });
+    }
   }
 }
 
@@ -219,10 +260,10 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
   const int threads = max_threads();
 
   arena_plan sizing(nullptr);
-  plan_buffers<Sel, Act>(sizing, l, n, k, threads, compute);
+  plan_buffers<Isa, Sel, Act>(sizing, l, n, k, threads, compute);
   ws.reserve(sizing.bytes());
   arena_plan carve(ws.data());
-  const fast_buffers f = plan_buffers<Sel, Act>(carve, l, n, k, threads, compute);
+  const fast_buffers f = plan_buffers<Isa, Sel, Act>(carve, l, n, k, threads, compute);
   float* const cache_pre = cache ? cache->pre : nullptr;
   float* const cache_up = cache ? cache->up : nullptr;
 
@@ -231,6 +272,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #endif
   {
     const int tid = thread_id(), nth = num_threads();
+    const thread_scratch& ts = f.per_thread[static_cast<std::size_t>(tid)];
     // ---- inputs ---------------------------------------------------------------------------------
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(static)
@@ -240,10 +282,8 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
       for (index_t c = 0; c < d; ++c) xp[c] = to_float(x[t * d + c]);
       for (index_t c = d; c < ld; ++c) xp[c] = 0.0f;
       if (compute) std::fill(f.yacc + t * ld, f.yacc + (t + 1) * ld, 0.0f);
-      if (Sel::scoring == scoring_kind::dense && args) {
-        f.all_tokens[2 * t] = static_cast<std::int32_t>(t);
-        f.all_tokens[2 * t + 1] = 0;
-      }
+      f.all_tokens[2 * t] = static_cast<std::int32_t>(t);
+      f.all_tokens[2 * t + 1] = 0;
     }
     // ---- 1. route -------------------------------------------------------------------------------
     if (!args) {
@@ -271,21 +311,13 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #endif
       for (index_t b0 = 0; b0 < B; b0 += KR) {
         const int rr = static_cast<int>(std::min<index_t>(KR, B - b0));
-        for (index_t m0 = 0; m0 < n; m0 += KM) {
-          const int mm = static_cast<int>(std::min<index_t>(KM, n - m0));
-          const float* xs[KM];
-          for (int q = 0; q < mm; ++q) xs[q] = f.xpad + (m0 + q) * ld;
-          float out[KM * KR];
-          kernels::dispatch_count<KM>(mm, [&](auto M) {
-            kernels::dispatch_count<KR>(rr, [&](auto R) {
-              kernels::dot_tile<Isa, decltype(M)::value, decltype(R)::value>(xs, rows + b0 * ld, ld, ld, out);
-            });
-          });
-          for (int q = 0; q < mm; ++q)
-            for (int r = 0; r < rr; ++r)
-              f.scores[(m0 + q) * B + b0 + r] =
-                  Sel::linear_score(out[q * rr + r], bias ? bias[b0 + r] : 0.0f);
-        }
+        for (index_t t = 0; t < n; ++t) ts.xs[t] = f.xpad + t * ld;
+        kernels::dispatch_count<KR>(rr, [&](auto R) {
+          kernels::project<Isa, KM, decltype(R)::value>(ts.xs, n, rows + b0 * ld, ld, ld, ts.spill, ts.dots);
+        });
+        for (index_t t = 0; t < n; ++t)
+          for (int r = 0; r < rr; ++r)
+            f.scores[t * B + b0 + r] = Sel::linear_score(ts.dots[t * rr + r], bias ? bias[b0 + r] : 0.0f);
       }
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(static)
@@ -299,7 +331,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #pragma omp for schedule(dynamic, 1)
 #endif
       for (index_t b = 0; b < B; ++b)
-        key_block<Isa, G, T, Act>(w, b, f.all_tokens, n, f.xpad,
+        key_block<Isa, G, T, Act>(w, b, f.all_tokens, n, f.xpad, ts,
                                   [&](index_t t, index_t, index_t i, float pre, float u) {
                                     f.pre_all[t * F + b * G + i] = pre;
                                     if constexpr (Act::gated) f.up_all[t * F + b * G + i] = u;
@@ -380,7 +412,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #endif
         for (index_t b = 0; b < B; ++b) {
           const index_t m = f.offsets[b + 1] - f.offsets[b];
-          if (m) key_block<Isa, G, T, Act>(w, b, f.entries + 2 * f.offsets[b], m, f.xpad, emit);
+          if (m) key_block<Isa, G, T, Act>(w, b, f.entries + 2 * f.offsets[b], m, f.xpad, ts, emit);
         }
       }
       // ---- 4. values: thread tid owns columns [c_lo, c_hi) ------------------------------------------
@@ -392,7 +424,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
             const index_t m = f.offsets[b + 1] - f.offsets[b];
             if (m)
               value_block<Isa, G, T>(w, b, f.entries + 2 * f.offsets[b], m, k, f.h, f.weights, f.yacc, c_lo,
-                                     c_hi);
+                                     c_hi, ts);
           }
       }
 #if SPARSE_FFN_HAS_OPENMP

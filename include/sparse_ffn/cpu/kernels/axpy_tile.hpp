@@ -5,6 +5,11 @@
 // the sign of an exact zero, see docs/design.md). `rows` lists the value rows to apply: rows whose
 // coefficient is zero for every token of the tile are left out, so a ReLU block reads only the value
 // rows of its active neurons.
+//
+//   axpy_rows<M>  few tokens (memory-bound): groups of four rows stream front to back over the column
+//                 range (four sequential streams, prefetched across row groups); y in L1.
+//   axpy_tile<M,C> many tokens (compute-bound): an M-token × C-vector register tile; the caller walks
+//                 column tiles outside token tiles so the block's column tile stays in L1.
 #pragma once
 
 #include "../../config.hpp"
@@ -16,8 +21,45 @@ namespace sparse_ffn {
 namespace cpu {
 namespace kernels {
 
-/// Register tile: M tokens × C vectors of columns starting at column c0; y stays in registers while
-/// the listed rows stream through. s[m] points at token m's g coefficients.
+template <class Isa, int M, class T>
+inline void axpy_rows(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
+                      const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_begin, index_t c_end) {
+  using V = simd<Isa>;
+  using reg = typename V::reg;
+  constexpr index_t ahead = 1024 / sizeof(T);
+  const index_t span = c_end - c_begin;
+  index_t idx = 0;
+  for (; idx + 4 <= nrows; idx += 4) {
+    const T* vr[4];
+    const T* next[4];
+    reg sb[M][4];
+    for (int u = 0; u < 4; ++u) {
+      vr[u] = v + rows[idx + u] * ld;
+      next[u] = idx + 4 + u < nrows ? v + rows[idx + 4 + u] * ld : vr[u];
+      for (int m = 0; m < M; ++m) sb[m][u] = V::set1(s[m][rows[idx + u]]);
+    }
+    for (index_t c = c_begin; c < c_end; c += V::width) {
+      const index_t p = c + ahead;
+      for (int u = 0; u < 4; ++u) V::prefetch(p < c_end ? vr[u] + p : next[u] + c_begin + (p - c_end) % span);
+      reg vv[4];
+      for (int u = 0; u < 4; ++u) vv[u] = V::load(vr[u] + c);
+      for (int m = 0; m < M; ++m) {
+        reg a = V::load(y[m] + c);
+        for (int u = 0; u < 4; ++u) a = V::fma(sb[m][u], vv[u], a);
+        V::store(y[m] + c, a);
+      }
+    }
+  }
+  for (; idx < nrows; ++idx) {
+    const T* vi = v + rows[idx] * ld;
+    for (int m = 0; m < M; ++m) {
+      const reg si = V::set1(s[m][rows[idx]]);
+      for (index_t c = c_begin; c < c_end; c += V::width)
+        V::store(y[m] + c, V::fma(si, V::load(vi + c), V::load(y[m] + c)));
+    }
+  }
+}
+
 template <class Isa, int M, int C, class T>
 inline void axpy_tile(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
                       const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c0) {
@@ -40,37 +82,13 @@ inline void axpy_tile(float* const* y, const float* const* s, const std::int32_t
     for (int c = 0; c < C; ++c) V::store(y[m] + c0 + c * V::width, acc[m][c]);
 }
 
-/// One token, row-streaming order: groups of four value rows are read front to back over the column
-/// range [c_begin, c_end) (four sequential streams for the prefetcher), y in L1. Same arithmetic as
-/// axpy_tile.
-template <class Isa, class T>
-inline void axpy_rows(float* SPARSE_FFN_RESTRICT y, const float* s, const std::int32_t* rows, index_t nrows,
-                      const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_begin, index_t c_end) {
+/// Prefetches the next column tile (C vectors) of the listed rows.
+template <class Isa, int C, class T>
+inline void prefetch_columns(const std::int32_t* rows, index_t nrows, const T* v, index_t ld, index_t c0) {
   using V = simd<Isa>;
-  using reg = typename V::reg;
-  index_t idx = 0;
-  for (; idx + 4 <= nrows; idx += 4) {
-    const T* v0 = v + rows[idx] * ld;
-    const T* v1 = v + rows[idx + 1] * ld;
-    const T* v2 = v + rows[idx + 2] * ld;
-    const T* v3 = v + rows[idx + 3] * ld;
-    const reg s0 = V::set1(s[rows[idx]]), s1 = V::set1(s[rows[idx + 1]]);
-    const reg s2 = V::set1(s[rows[idx + 2]]), s3 = V::set1(s[rows[idx + 3]]);
-    for (index_t c = c_begin; c < c_end; c += V::width) {
-      reg a = V::load(y + c);
-      a = V::fma(s0, V::load(v0 + c), a);
-      a = V::fma(s1, V::load(v1 + c), a);
-      a = V::fma(s2, V::load(v2 + c), a);
-      a = V::fma(s3, V::load(v3 + c), a);
-      V::store(y + c, a);
-    }
-  }
-  for (; idx < nrows; ++idx) {
-    const T* vi = v + rows[idx] * ld;
-    const reg si = V::set1(s[rows[idx]]);
-    for (index_t c = c_begin; c < c_end; c += V::width)
-      V::store(y + c, V::fma(si, V::load(vi + c), V::load(y + c)));
-  }
+  constexpr index_t per_line = 64 / sizeof(T);
+  for (index_t idx = 0; idx < nrows; ++idx)
+    for (index_t c = 0; c < C * V::width; c += per_line) V::prefetch(v + rows[idx] * ld + c0 + c);
 }
 
 }  // namespace kernels

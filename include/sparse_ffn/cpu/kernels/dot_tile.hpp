@@ -1,12 +1,16 @@
-// sparse_ffn — key micro-kernel: an M-token × R-row tile of dot products.
+// sparse_ffn — key micro-kernel: dot products of M tokens with R weight rows, cache-blocked over d.
 //
-//   out[m*R + r] = sum_q rows[r*ld + q] * x[m][q]      q < len (a multiple of the vector width)
+//   out[m][r] = sum_q rows[r*ld + q] * x[m][q]      q < len (a multiple of the vector width)
 //
 // Each (m, r) pair owns one vector accumulator that runs over q in order and is reduced with the
-// ISA's fixed tree, so a dot product's bits are the same in every tile shape (M, R): a token gets the
-// same pre-activations alone or inside a batch. Used for the key / up projections of selected blocks
-// and for the linear selector scores (centroid or gate rows).
+// ISA's fixed tree, so a dot product's bits are the same in every tile shape and blocking: a token
+// gets the same pre-activations alone or inside a batch. `project` walks d in chunks of k_dchunk so
+// that the R rows' chunk stays in L1 while every token tile of the batch uses it; accumulators are
+// parked in a per-thread spill buffer between chunks (exact: no rounding).
 #pragma once
+
+#include <algorithm>
+#include <type_traits>
 
 #include "../../config.hpp"
 #include "../simd.hpp"
@@ -17,25 +21,8 @@ namespace sparse_ffn {
 namespace cpu {
 namespace kernels {
 
-template <class Isa, int M, int R, class T>
-inline void dot_tile(const float* const* x, const T* SPARSE_FFN_RESTRICT rows, index_t ld, index_t len,
-                     float* SPARSE_FFN_RESTRICT out) {
-  using V = simd<Isa>;
-  using reg = typename V::reg;
-  reg acc[M][R];
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) acc[m][r] = V::zero();
-  for (index_t q = 0; q < len; q += V::width) {
-    reg xv[M];
-    for (int m = 0; m < M; ++m) xv[m] = V::load(x[m] + q);
-    for (int r = 0; r < R; ++r) {
-      const reg kv = V::load(rows + r * ld + q);
-      for (int m = 0; m < M; ++m) acc[m][r] = V::fma(kv, xv[m], acc[m][r]);
-    }
-  }
-  for (int m = 0; m < M; ++m)
-    for (int r = 0; r < R; ++r) out[m * R + r] = V::hsum(acc[m][r]);
-}
+/// Elements of d per cache block of the key kernel.
+inline constexpr index_t k_dchunk = 512;
 
 /// Calls f(std::integral_constant<int, v>{}) for the runtime v in [1, Max].
 template <int Max, class F>
@@ -66,6 +53,54 @@ inline void dispatch_count(int v, F&& f) {
       break;
     default: break;
   }
+}
+
+/// acc[m][r] += rows[r][q] * x[m][q] for q in [q0, q1). acc holds M*R vectors (spill format);
+/// `first` starts from zero. With `prefetch`, software prefetch runs 1 KiB ahead along each row and,
+/// near the end of the rows, into the next R rows (the next tile of a block); the caller asks for it
+/// on the first token tile of a chunk only (later tiles find the chunk in L1).
+template <class Isa, int M, int R, class T>
+inline void dot_tile_acc(const float* const* x, const T* SPARSE_FFN_RESTRICT rows, index_t ld, index_t len,
+                         index_t q0, index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first, bool prefetch) {
+  using V = simd<Isa>;
+  using reg = typename V::reg;
+  constexpr index_t ahead = 1024 / sizeof(T);
+  reg a[M][R];
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) a[m][r] = first ? V::zero() : V::load(acc + (m * R + r) * V::width);
+  for (index_t q = q0; q < q1; q += V::width) {
+    if (prefetch) {
+      const index_t p = q + ahead;
+      const T* pf = p < len ? rows + p : rows + R * ld + (p - len);
+      for (int r = 0; r < R; ++r) V::prefetch(pf + r * ld);
+    }
+    reg xv[M];
+    for (int m = 0; m < M; ++m) xv[m] = V::load(x[m] + q);
+    for (int r = 0; r < R; ++r) {
+      const reg kv = V::load(rows + r * ld + q);
+      for (int m = 0; m < M; ++m) a[m][r] = V::fma(kv, xv[m], a[m][r]);
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int r = 0; r < R; ++r) V::store(acc + (m * R + r) * V::width, a[m][r]);
+}
+
+/// out[m*R + r] = dot(rows[r], x[m]) for m tokens (any number) and R rows, over len elements.
+/// `spill` holds m*R vectors. Token tiles have up to MT tokens.
+template <class Isa, int MT, int R, class T>
+inline void project(const float* const* x, index_t m, const T* rows, index_t ld, index_t len, float* spill,
+                    float* out) {
+  using V = simd<Isa>;
+  for (index_t q0 = 0; q0 < len; q0 += k_dchunk) {
+    const index_t q1 = std::min(len, q0 + k_dchunk);
+    for (index_t m0 = 0; m0 < m; m0 += MT) {
+      dispatch_count<MT>(static_cast<int>(std::min<index_t>(MT, m - m0)), [&](auto M) {
+        dot_tile_acc<Isa, decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * V::width,
+                                                 q0 == 0, m0 == 0);
+      });
+    }
+  }
+  for (index_t i = 0; i < m * R; ++i) out[i] = V::hsum(V::load(spill + i * V::width));
 }
 
 }  // namespace kernels
