@@ -64,12 +64,12 @@ inline void dot_tile_acc(const float* const* x, const T* SPARSE_FFN_RESTRICT row
                          index_t q0, index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first, bool prefetch) {
   using V = simd<Isa>;
   using reg = typename V::reg;
-  constexpr index_t ahead = 1024 / sizeof(T);
+  constexpr index_t ahead = 1024 / sizeof(T), per_line = 64 / sizeof(T);
   reg a[M][R];
   for (int m = 0; m < M; ++m)
     for (int r = 0; r < R; ++r) a[m][r] = first ? V::zero() : V::load(acc + (m * R + r) * V::width);
   for (index_t q = q0; q < q1; q += V::width) {
-    if (prefetch) {
+    if (prefetch && q % per_line == 0) {  // one prefetch per cache line and row
       const index_t p = q + ahead;
       const T* pf = p < len ? rows + p : rows + R * ld + (p - len);
       for (int r = 0; r < R; ++r) V::prefetch(pf + r * ld);

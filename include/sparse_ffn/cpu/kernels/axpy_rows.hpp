@@ -1,4 +1,4 @@
-// sparse_ffn — value micro-kernels: y_t += sum_i s[t][i] * v_i over a block's value rows.
+// sparse_ffn — value micro-kernel: y_t += sum_i s[t][i] * v_i over a block's value rows.
 //
 // Every y element is updated as y = fma(s_i, v_i, y) for the listed rows i in ascending order, in
 // every kernel and tile shape, so a token's output bits do not depend on tiling or batch size (up to
@@ -6,10 +6,9 @@
 // coefficient is zero for every token of the tile are left out, so a ReLU block reads only the value
 // rows of its active neurons.
 //
-//   axpy_rows<M>  few tokens (memory-bound): groups of four rows stream front to back over the column
-//                 range (four sequential streams, prefetched across row groups); y in L1.
-//   axpy_tile<M,C> many tokens (compute-bound): an M-token × C-vector register tile; the caller walks
-//                 column tiles outside token tiles so the block's column tile stays in L1.
+// axpy_rows<M> applies groups of four value rows to M tokens, streaming the rows front to back over
+// the column range (four sequential streams, software-prefetched across row groups) with the 4·M
+// coefficients in registers and y in L1/L2.
 #pragma once
 
 #include "../../config.hpp"
@@ -26,7 +25,7 @@ inline void axpy_rows(float* const* y, const float* const* s, const std::int32_t
                       const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_begin, index_t c_end) {
   using V = simd<Isa>;
   using reg = typename V::reg;
-  constexpr index_t ahead = 1024 / sizeof(T);
+  constexpr index_t ahead = 1024 / sizeof(T), per_line = 64 / sizeof(T);
   const index_t span = c_end - c_begin;
   index_t idx = 0;
   for (; idx + 4 <= nrows; idx += 4) {
@@ -39,8 +38,11 @@ inline void axpy_rows(float* const* y, const float* const* s, const std::int32_t
       for (int m = 0; m < M; ++m) sb[m][u] = V::set1(s[m][rows[idx + u]]);
     }
     for (index_t c = c_begin; c < c_end; c += V::width) {
-      const index_t p = c + ahead;
-      for (int u = 0; u < 4; ++u) V::prefetch(p < c_end ? vr[u] + p : next[u] + c_begin + (p - c_end) % span);
+      if ((c - c_begin) % per_line == 0) {  // one prefetch per cache line and row
+        const index_t p = c + ahead;
+        for (int u = 0; u < 4; ++u)
+          V::prefetch(p < c_end ? vr[u] + p : next[u] + c_begin + (p - c_end) % span);
+      }
       reg vv[4];
       for (int u = 0; u < 4; ++u) vv[u] = V::load(vr[u] + c);
       for (int m = 0; m < M; ++m) {
@@ -58,37 +60,6 @@ inline void axpy_rows(float* const* y, const float* const* s, const std::int32_t
         V::store(y[m] + c, V::fma(si, V::load(vi + c), V::load(y[m] + c)));
     }
   }
-}
-
-template <class Isa, int M, int C, class T>
-inline void axpy_tile(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
-                      const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c0) {
-  using V = simd<Isa>;
-  using reg = typename V::reg;
-  reg acc[M][C];
-  for (int m = 0; m < M; ++m)
-    for (int c = 0; c < C; ++c) acc[m][c] = V::load(y[m] + c0 + c * V::width);
-  for (index_t idx = 0; idx < nrows; ++idx) {
-    const index_t i = rows[idx];
-    const T* vi = v + i * ld + c0;
-    reg vv[C];
-    for (int c = 0; c < C; ++c) vv[c] = V::load(vi + c * V::width);
-    for (int m = 0; m < M; ++m) {
-      const reg sb = V::set1(s[m][i]);
-      for (int c = 0; c < C; ++c) acc[m][c] = V::fma(sb, vv[c], acc[m][c]);
-    }
-  }
-  for (int m = 0; m < M; ++m)
-    for (int c = 0; c < C; ++c) V::store(y[m] + c0 + c * V::width, acc[m][c]);
-}
-
-/// Prefetches the next column tile (C vectors) of the listed rows.
-template <class Isa, int C, class T>
-inline void prefetch_columns(const std::int32_t* rows, index_t nrows, const T* v, index_t ld, index_t c0) {
-  using V = simd<Isa>;
-  constexpr index_t per_line = 64 / sizeof(T);
-  for (index_t idx = 0; idx < nrows; ++idx)
-    for (index_t c = 0; c < C * V::width; c += per_line) V::prefetch(v + rows[idx] * ld + c0 + c);
 }
 
 }  // namespace kernels

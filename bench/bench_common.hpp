@@ -1,0 +1,237 @@
+// sparse_ffn_bench — shared pieces: weight generation, model caches, the sparse benchmark template.
+// See bench_main.cpp for the suite and its flags; bench_sparse_<selector>.cpp register the sparse
+// benchmarks (one translation unit per selector keeps compile time bounded).
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <sparse_ffn/sparse_ffn.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#if SPARSE_FFN_HAS_OPENMP
+#include <omp.h>
+#endif
+
+namespace sf = sparse_ffn;
+
+namespace bench {
+
+/// Set from the command line in bench_main.cpp.
+inline std::string g_act = "relu";
+inline double g_l3_bytes = 36.0 * 1024 * 1024;
+
+struct shape {
+  sf::index_t d, f;
+};
+inline const shape k_shapes[] = {{768, 3072}, {4096, 11008}, {4096, 16384}};
+inline const int k_block_sizes[] = {16, 32, 64, 128};
+inline const int k_densities[] = {12, 25, 50};
+inline const int k_batches[] = {1, 8, 64};
+
+/// Number of weight copies so that copies * bytes >= 4 * L3 (at least 1).
+inline int copies_for(double bytes) {
+  return std::max(1, static_cast<int>(std::ceil(4.0 * g_l3_bytes / bytes)));
+}
+
+/// Fast deterministic fill (normal-ish: sum of uniforms), scaled.
+inline void fill(float* p, std::size_t n, std::uint64_t seed, float scale) {
+#pragma omp parallel
+  {
+#if SPARSE_FFN_HAS_OPENMP
+    const int tid = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+    const int tid = 0, nth = 1;
+#endif
+    std::uint64_t s =
+        seed * 0x9e3779b97f4a7c15ull + static_cast<std::uint64_t>(tid) * 0xbf58476d1ce4e5b9ull + 1;
+    const std::size_t lo = n * tid / nth, hi = n * (tid + 1) / nth;
+    for (std::size_t i = lo; i < hi; ++i) {
+      float acc = 0;
+      for (int r = 0; r < 3; ++r) {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        acc += static_cast<float>(s >> 40) * (1.0f / 16777216.0f) - 0.5f;
+      }
+      p[i] = acc * 2.0f * scale;  // variance of the sum of 3 uniforms is 1/4
+    }
+  }
+}
+
+/// A dense float FFN (relu or silu: not gated), as OpenBLAS and pack() read it.
+struct dense_model {
+  sf::dense_ffn<float> ffn;
+  dense_model(sf::index_t d, sf::index_t f, std::uint64_t seed) : ffn(d, f, false, true) {
+    fill(ffn.w1.data(), ffn.w1.size(), seed, 1.0f / std::sqrt(float(d)));
+    fill(ffn.w2.data(), ffn.w2.size(), seed + 1, 1.0f / std::sqrt(float(f)));
+    fill(ffn.b1.data(), ffn.b1.size(), seed + 2, 0.1f);
+    fill(ffn.b2.data(), ffn.b2.size(), seed + 3, 0.1f);
+  }
+};
+
+/// Packed copies of one configuration (cached: the suite reuses them across batches/selectors).
+template <class T>
+struct sparse_models {
+  std::vector<sf::blocked_ffn<T>> copies;
+};
+
+/// Weight sets built for earlier benchmarks, kept under a byte budget (least recently used first out)
+/// so that switching selector or batch does not rebuild 0.5 GiB models.
+struct model_cache {
+  struct entry {
+    std::string key;
+    double bytes;
+    std::shared_ptr<void> value;
+  };
+  std::vector<entry> entries;  // most recent last
+  double budget = 6.0 * 1024 * 1024 * 1024;
+
+  template <class V, class Make>
+  std::shared_ptr<V> get(const std::string& key, double bytes, Make&& make) {
+    for (std::size_t i = 0; i < entries.size(); ++i)
+      if (entries[i].key == key) {
+        entry e = entries[i];
+        entries.erase(entries.begin() + static_cast<std::ptrdiff_t>(i));
+        entries.push_back(e);
+        return std::static_pointer_cast<V>(e.value);
+      }
+    double used = bytes;
+    for (const auto& e : entries) used += e.bytes;
+    while (!entries.empty() && used > budget) {  // free before building the next
+      used -= entries.front().bytes;
+      entries.erase(entries.begin());
+    }
+    entries.push_back({key, bytes, std::shared_ptr<void>(make())});
+    return std::static_pointer_cast<V>(entries.back().value);
+  }
+};
+inline model_cache g_models;
+
+template <class T>
+std::shared_ptr<sparse_models<T>> get_sparse(sf::index_t d, sf::index_t f, int g) {
+  const std::string key =
+      std::to_string(d) + "x" + std::to_string(f) + "/" + sf::dtype_traits<T>::name + "/" + std::to_string(g);
+  const double bytes = 2.0 * double(d) * double(f) * sizeof(T);
+  const int copies = copies_for(bytes);
+  return g_models.get<sparse_models<T>>(key, bytes * copies, [&] {
+    auto* m = new sparse_models<T>();
+    const sf::index_t B = f / g;
+    std::vector<float> gate(static_cast<std::size_t>(B * d));
+    fill(gate.data(), gate.size(), 99, 1.0f / std::sqrt(float(d)));
+    for (int c = 0; c < copies; ++c) {
+      dense_model dense(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
+      sf::pack_options po;
+      po.g = g;
+      po.gate_w = gate.data();
+      m->copies.push_back(sf::pack<T>(dense.ffn.view(), po));
+    }
+    return m;
+  });
+}
+
+inline std::vector<float> random_x(sf::index_t n, sf::index_t d, std::uint64_t seed) {
+  std::vector<float> x(static_cast<std::size_t>(n * d));
+  fill(x.data(), x.size(), seed, 1.0f);
+  return x;
+}
+
+// ---- sparse ---------------------------------------------------------------------------------------
+
+/// Bytes a forward reads from memory: selector rows (linear) or all keys (oracle), the keys of the
+/// blocks the batch selected, and the value rows with a nonzero activation for some token of the block
+/// (the kernel skips the others).
+template <class P>
+double bytes_touched(const sf::blocked_ffn_view<typename P::dtype>& w, sf::index_t n, sf::index_t k,
+                     const std::vector<sf::block_index_t>& blocks, const std::vector<float>& pre,
+                     double* touched_frac) {
+  using T = typename P::dtype;
+  const auto& l = w.layout;
+  const double row = double(l.ld) * sizeof(T);
+  double bytes = 0;
+  if (P::selector::scoring == sf::scoring_kind::linear) bytes += double(l.num_blocks) * row;
+  if (P::selector::scoring == sf::scoring_kind::dense) bytes += double(l.d_ff) * row;
+  std::vector<char> used(static_cast<std::size_t>(l.num_blocks), 0),
+      row_used(static_cast<std::size_t>(l.d_ff), 0);
+  for (sf::index_t t = 0; t < n; ++t)
+    for (sf::index_t j = 0; j < k; ++j) {
+      const auto b = blocks[static_cast<std::size_t>(t * k + j)];
+      used[static_cast<std::size_t>(b)] = 1;
+      for (sf::index_t i = 0; i < l.g; ++i)
+        if (sf::activate<typename P::activation>(pre[static_cast<std::size_t>((t * k + j) * l.g + i)],
+                                                 0.0f) != 0.0f)
+          row_used[static_cast<std::size_t>(b * l.g + i)] = 1;
+    }
+  double nb = 0;
+  for (sf::index_t b = 0; b < l.num_blocks; ++b)
+    if (used[static_cast<std::size_t>(b)]) {
+      nb += 1;
+      if (P::selector::scoring != sf::scoring_kind::dense) bytes += double(l.g) * row;  // keys
+      for (sf::index_t i = 0; i < l.g; ++i)
+        bytes += row_used[static_cast<std::size_t>(b * l.g + i)] ? row : 0.0;
+    }
+  *touched_frac = nb / double(l.num_blocks);
+  return bytes;
+}
+
+template <class P>
+void BM_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int density, sf::index_t n) {
+  using T = typename P::dtype;
+  constexpr int G = P::block_size;
+  auto models = get_sparse<T>(d, f, G);
+  const sf::index_t B = f / G, k = std::max<sf::index_t>(1, (B * density + 50) / 100);
+  const auto x = random_x(n, d, 7);
+  std::vector<float> y(static_cast<std::size_t>(n * d));
+  std::vector<sf::token_id_t> ids(static_cast<std::size_t>(n));
+  for (sf::index_t t = 0; t < n; ++t) ids[static_cast<std::size_t>(t)] = (t * 7919 + 13) % 50000;
+  sf::route_args args;
+  args.k = k;
+  args.token_ids = ids.data();
+  args.vocab_size = 50000;
+  sf::cpu::workspace ws;
+
+  // Bytes touched, from one untimed run with the forward cache (routing + pre-activations).
+  std::vector<sf::block_index_t> blocks(static_cast<std::size_t>(n * k));
+  std::vector<float> pre(static_cast<std::size_t>(n * k * G));
+  sf::forward_cache cache{blocks.data(), nullptr, pre.data(), nullptr};
+  sf::cpu::forward<P>(models->copies[0].view(), n, x.data(), y.data(), args, &cache, &ws);
+  double touched = 0;
+  const double bytes = bytes_touched<P>(models->copies[0].view(), n, k, blocks, pre, &touched);
+
+  std::size_t next = 0;
+  for (auto _ : state) {
+    const auto w = models->copies[next++ % models->copies.size()].view();
+    sf::cpu::forward<P>(w, n, x.data(), y.data(), args, nullptr, &ws);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(double(state.iterations()) * bytes));
+  state.counters["density"] = double(k) / double(B);
+  state.counters["touched"] = touched;
+}
+
+template <class S, class T, class A>
+void register_sparse(const char* sel, const char* dt) {
+  for (const shape& s : k_shapes)
+    for (int g : k_block_sizes)
+      for (int p : k_densities)
+        for (int n : k_batches) {
+          const std::string name = std::string("BM_sparse_") + sel + "_" + dt + "/d:" + std::to_string(s.d) +
+                                   "/dff:" + std::to_string(s.f) + "/g:" + std::to_string(g) +
+                                   "/density:" + std::to_string(p) + "/batch:" + std::to_string(n);
+          auto reg = [&](auto gc) {
+            using P = sf::policy<decltype(gc)::value, S, T, A>;
+            benchmark::RegisterBenchmark(name.c_str(), BM_sparse<P>, s.d, s.f, p, sf::index_t{n})
+                ->Unit(benchmark::kMillisecond)
+                ->UseRealTime();
+          };
+          sf::dispatch_block_size(g, reg);
+        }
+}
+
+}  // namespace bench

@@ -1,0 +1,209 @@
+#!/ usr / bin / env python3
+""
+    "Reads sparse_ffn_bench JSON (Google Benchmark --benchmark_out) and prints, per sparse benchmark,
+    the median time,
+    GB / s on bytes touched, % of BM_stream_read bandwidth and the speedup over the dense OpenBLAS FFN of the
+                                     same shape and batch from the same run;
+writes PNG plots.
+
+  report.py results.json [--plots DIR] [--markdown]
+"""
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+NAME = re.compile(
+    r"^BM_(?P<kind>sparse|dense)_(?P<sel>avg_k|hash|learned_gate|oracle|openblas)_(?P<dt>f32|bf16|f16)"
+    r"/d:(?P<d>\d+)/dff:(?P<f>\d+)(?:/g:(?P<g>\d+)/density:(?P<p>\d+))?/batch:(?P<n>\d+)")
+
+
+def load(path):
+    with open(path) as fh:
+        data = json.load(fh)
+    runs = defaultdict(list)  # name -> list of (ms, bytes_per_second, counters)
+    medians = {}
+    for b in data["benchmarks"]:
+        name = b.get("run_name", b["name"])
+        if b.get("run_type") == "aggregate":
+            if b.get("aggregate_name") == "median":
+                medians[name] = b
+            continue
+        runs[name].append(b)
+    rows = {}
+    for name in set(runs) | set(medians):
+        rep = runs.get(name, [])
+        if name in medians:
+            m = medians[name]
+        else:
+            m = dict(rep[0])
+            m["real_time"] = statistics.median(r["real_time"] for r in rep)
+            if "bytes_per_second" in rep[0]:
+                m["bytes_per_second"] = statistics.median(r["bytes_per_second"] for r in rep)
+        unit = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[m.get("time_unit", "ns")]
+        rows[name] = {
+            "ms": m["real_time"] * unit,
+            "gbs": m.get("bytes_per_second", 0.0) / 1e9,
+            "density": m.get("density"),
+            "touched": m.get("touched"),
+            "reps": m.get("repetitions", max(len(rep), 1)),
+        }
+    return data.get("context", {}), rows
+
+
+def parse(name):
+    m = NAME.match(name)
+    if not m:
+        return None
+    r = m.groupdict()
+    return {
+  "kind" : r["kind"],
+           "sel" : r["sel"],
+                   "dt" : r["dt"],
+                          "d" : int(r["d"]),
+                                "f" : int(r["f"]),
+                                      "g" : int(r["g"]) if r["g"] else None,
+                                            "p" : int(r["p"]) if r["p"] else None,
+                                                  "n" : int(r["n"]),
+}
+
+def table(context, rows, markdown):
+    stream = next((v["gbs"] for k, v in rows.items() if k.startswith("BM_stream_read")), None)
+    dense = {}
+    for name, v in rows.items():
+        p = parse(name)
+        if p and p["kind"] == "dense":
+            dense[(p["d"], p["f"], p["n"])] = v["ms"]
+    out = []
+    for name, v in rows.items():
+        p = parse(name)
+        if not p or p["kind"] != "sparse":
+            continue
+        base = dense.get((p["d"], p["f"], p["n"]))
+        out.append((p, v, base / v["ms"] if base else None))
+    out.sort(key=lambda e: (e[0]["d"], e[0]["f"], e[0]["sel"], e[0]["dt"], e[0]["g"], e[0]["p"], e[0]["n"]))
+    hdr = ["selector", "dtype", "d×d_ff", "g", "density %", "batch", "median ms", "GB/s", "% stream",
+           "vs dense", "blocks touched", "reps"]
+    lines = []
+    if markdown:
+        lines.append("| " + " | ".join(hdr) + " |")
+        lines.append("|" + "---|" * len(hdr))
+    else:
+        lines.append("{:<13}{:<6}{:<12}{:>4}{:>10}{:>6}{:>11}{:>7}{:>9}{:>9}{:>8}{:>6}".format(*hdr[:10], "touched", "reps"))
+    for p, v, sp in out:
+        cells = [p["sel"], p["dt"], "%d×%d" % (p["d"], p["f"]), str(p["g"]), str(p["p"]), str(p["n"]),
+                 "%.2f" % v["ms"], "%.1f" % v["gbs"],
+                 "%.0f%%" % (100 * v["gbs"] / stream) if stream else "-",
+                 "%.2f×" % sp if sp else "-",
+                 "%.0f%%" % (100 * v["touched"]) if v["touched"] is not None else "-", str(v["reps"])]
+        if markdown:
+            lines.append("| " + " | ".join(cells) + " |")
+        else:
+            lines.append("{:<13}{:<6}{:<12}{:>4}{:>10}{:>6}{:>11}{:>7}{:>9}{:>9}{:>8}{:>6}".format(*cells))
+    print("machine: %s, %s CPUs @ %s MHz, threads %s, ISA %s, activation %s" % (
+        context.get("host_name", "?"), context.get("num_cpus", "?"), context.get("mhz_per_cpu", "?"),
+        context.get("sparse_ffn.threads", "?"), context.get("sparse_ffn.isa", "?"),
+        context.get("sparse_ffn.activation", "?")))
+    if stream:
+        print("BM_stream_read: %.1f GB/s" % stream)
+    for (d, f, n), ms in sorted(dense.items()):
+        print("dense OpenBLAS f32 %d×%d batch %d: %.2f ms" % (d, f, n, ms))
+    print("\n".join(lines))
+    return out, stream
+
+
+def plots(out, stream, directory):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not available: no plots (apt-get install python3-matplotlib)", file=sys.stderr)
+        return
+    import os
+    os.makedirs(directory, exist_ok=True)
+    written = []
+
+    def save(fig, name):
+        path = os.path.join(directory, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+# 1. speedup vs density per selector(largest shape, f32, g = 64, batch 1)
+    sel_lines = defaultdict(list)
+    for p, v, sp in out:
+        if p["dt"] == "f32" and p["g"] == 64 and p["n"] == 1 and sp:
+            sel_lines[(p["sel"], p["d"], p["f"])].append((p["p"], sp))
+    if sel_lines:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (sel, d, f), pts in sorted(sel_lines.items()):
+            pts.sort()
+            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label="%s %d×%d" % (sel, d, f))
+        xs = sorted({a for pts in sel_lines.values() for a, _ in pts})
+        ax.plot(xs, [100.0 / x for x in xs], "k--", lw=1, label="bytes bound (100/density)")
+        ax.set_xlabel("blocks kept (%)")
+        ax.set_ylabel("speedup vs dense OpenBLAS")
+        ax.set_title("f32, g=64, batch 1")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        save(fig, "speedup_vs_density.png")
+
+# 2. GB / s vs batch per dtype(avg_k, g = 64, 25 %)
+    gb = defaultdict(list)
+    for p, v, sp in out:
+        if p["sel"] == "avg_k" and p["g"] == 64 and p["p"] == 25:
+            gb[(p["dt"], p["d"], p["f"])].append((p["n"], v["gbs"]))
+    if gb:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (dt, d, f), pts in sorted(gb.items()):
+            pts.sort()
+            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label="%s %d×%d" % (dt, d, f))
+        if stream:
+            ax.axhline(stream, color="k", ls="--", lw=1, label="stream read")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("GB/s on bytes touched")
+        ax.set_title("avg_k, g=64, 25% of blocks")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        save(fig, "gbs_vs_batch.png")
+
+# 3. block - size sweep(avg_k, f32, 25 %)
+    sweep = defaultdict(list)
+    for p, v, sp in out:
+        if p["sel"] == "avg_k" and p["dt"] == "f32" and p["p"] == 25 and sp:
+            sweep[(p["n"], p["d"], p["f"])].append((p["g"], sp))
+    if sweep:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (n, d, f), pts in sorted(sweep.items()):
+            pts.sort()
+            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label="batch %d, %d×%d" % (n, d, f))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("block size g")
+        ax.set_ylabel("speedup vs dense OpenBLAS")
+        ax.set_title("avg_k, f32, 25% of blocks")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        save(fig, "block_size_sweep.png")
+    for w in written:
+        print("wrote", w)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("json")
+    ap.add_argument("--plots", help="directory for PNG plots")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    a = ap.parse_args()
+    context, rows = load(a.json)
+    out, stream = table(context, rows, a.markdown)
+    if a.plots:
+        plots(out, stream, a.plots)
+
+
+if __name__ == "__main__":
+    main()
