@@ -1,15 +1,13 @@
-#!/ usr / bin / env python3
-""
-    "Reads sparse_ffn_bench JSON (Google Benchmark --benchmark_out) and prints, per sparse benchmark,
-    the median time,
-    GB / s on bytes touched, % of BM_stream_read bandwidth and the speedup over the dense OpenBLAS FFN of the
-                                     same shape and batch from the same run;
-writes PNG plots.
+#!/usr/bin/env python3
+"""Reads sparse_ffn_bench JSON (Google Benchmark --benchmark_out) and prints, per sparse benchmark,
+the median time, GB/s on bytes touched, % of BM_stream_read bandwidth and the speedup over the dense
+OpenBLAS FFN of the same shape and batch from the same run; writes PNG plots.
 
   report.py results.json [--plots DIR] [--markdown]
 """
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -18,12 +16,14 @@ from collections import defaultdict
 NAME = re.compile(
     r"^BM_(?P<kind>sparse|dense)_(?P<sel>avg_k|hash|learned_gate|oracle|openblas)_(?P<dt>f32|bf16|f16)"
     r"/d:(?P<d>\d+)/dff:(?P<f>\d+)(?:/g:(?P<g>\d+)/density:(?P<p>\d+))?/batch:(?P<n>\d+)")
+UNIT_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
 def load(path):
+    """Median per benchmark (the 'median' aggregate when present, else the median of the runs)."""
     with open(path) as fh:
         data = json.load(fh)
-    runs = defaultdict(list)  # name -> list of (ms, bytes_per_second, counters)
+    runs = defaultdict(list)
     medians = {}
     for b in data["benchmarks"]:
         name = b.get("run_name", b["name"])
@@ -42,9 +42,8 @@ def load(path):
             m["real_time"] = statistics.median(r["real_time"] for r in rep)
             if "bytes_per_second" in rep[0]:
                 m["bytes_per_second"] = statistics.median(r["bytes_per_second"] for r in rep)
-        unit = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[m.get("time_unit", "ns")]
         rows[name] = {
-            "ms": m["real_time"] * unit,
+            "ms": m["real_time"] * UNIT_MS[m.get("time_unit", "ns")],
             "gbs": m.get("bytes_per_second", 0.0) / 1e9,
             "density": m.get("density"),
             "touched": m.get("touched"),
@@ -58,16 +57,9 @@ def parse(name):
     if not m:
         return None
     r = m.groupdict()
-    return {
-  "kind" : r["kind"],
-           "sel" : r["sel"],
-                   "dt" : r["dt"],
-                          "d" : int(r["d"]),
-                                "f" : int(r["f"]),
-                                      "g" : int(r["g"]) if r["g"] else None,
-                                            "p" : int(r["p"]) if r["p"] else None,
-                                                  "n" : int(r["n"]),
-}
+    return {"kind": r["kind"], "sel": r["sel"], "dt": r["dt"], "d": int(r["d"]), "f": int(r["f"]),
+            "g": int(r["g"]) if r["g"] else None, "p": int(r["p"]) if r["p"] else None, "n": int(r["n"])}
+
 
 def table(context, rows, markdown):
     stream = next((v["gbs"] for k, v in rows.items() if k.startswith("BM_stream_read")), None)
@@ -85,23 +77,8 @@ def table(context, rows, markdown):
         out.append((p, v, base / v["ms"] if base else None))
     out.sort(key=lambda e: (e[0]["d"], e[0]["f"], e[0]["sel"], e[0]["dt"], e[0]["g"], e[0]["p"], e[0]["n"]))
     hdr = ["selector", "dtype", "d×d_ff", "g", "density %", "batch", "median ms", "GB/s", "% stream",
-           "vs dense", "blocks touched", "reps"]
-    lines = []
-    if markdown:
-        lines.append("| " + " | ".join(hdr) + " |")
-        lines.append("|" + "---|" * len(hdr))
-    else:
-        lines.append("{:<13}{:<6}{:<12}{:>4}{:>10}{:>6}{:>11}{:>7}{:>9}{:>9}{:>8}{:>6}".format(*hdr[:10], "touched", "reps"))
-    for p, v, sp in out:
-        cells = [p["sel"], p["dt"], "%d×%d" % (p["d"], p["f"]), str(p["g"]), str(p["p"]), str(p["n"]),
-                 "%.2f" % v["ms"], "%.1f" % v["gbs"],
-                 "%.0f%%" % (100 * v["gbs"] / stream) if stream else "-",
-                 "%.2f×" % sp if sp else "-",
-                 "%.0f%%" % (100 * v["touched"]) if v["touched"] is not None else "-", str(v["reps"])]
-        if markdown:
-            lines.append("| " + " | ".join(cells) + " |")
-        else:
-            lines.append("{:<13}{:<6}{:<12}{:>4}{:>10}{:>6}{:>11}{:>7}{:>9}{:>9}{:>8}{:>6}".format(*cells))
+           "vs dense", "touched", "reps"]
+    fmt = "{:<13}{:<6}{:<12}{:>4}{:>10}{:>6}{:>11}{:>7}{:>9}{:>9}{:>8}{:>6}"
     print("machine: %s, %s CPUs @ %s MHz, threads %s, ISA %s, activation %s" % (
         context.get("host_name", "?"), context.get("num_cpus", "?"), context.get("mhz_per_cpu", "?"),
         context.get("sparse_ffn.threads", "?"), context.get("sparse_ffn.isa", "?"),
@@ -110,7 +87,16 @@ def table(context, rows, markdown):
         print("BM_stream_read: %.1f GB/s" % stream)
     for (d, f, n), ms in sorted(dense.items()):
         print("dense OpenBLAS f32 %d×%d batch %d: %.2f ms" % (d, f, n, ms))
-    print("\n".join(lines))
+    print("| " + " | ".join(hdr) + " |" if markdown else fmt.format(*hdr))
+    if markdown:
+        print("|" + "---|" * len(hdr))
+    for p, v, sp in out:
+        cells = [p["sel"], p["dt"], "%d×%d" % (p["d"], p["f"]), str(p["g"]), str(p["p"]), str(p["n"]),
+                 "%.2f" % v["ms"], "%.1f" % v["gbs"],
+                 "%.0f%%" % (100 * v["gbs"] / stream) if stream else "-",
+                 "%.2f×" % sp if sp else "-",
+                 "%.0f%%" % (100 * v["touched"]) if v["touched"] is not None else "-", str(v["reps"])]
+        print("| " + " | ".join(cells) + " |" if markdown else fmt.format(*cells))
     return out, stream
 
 
@@ -122,75 +108,54 @@ def plots(out, stream, directory):
     except ImportError:
         print("matplotlib not available: no plots (apt-get install python3-matplotlib)", file=sys.stderr)
         return
-    import os
     os.makedirs(directory, exist_ok=True)
-    written = []
 
-    def save(fig, name):
-        path = os.path.join(directory, name)
+    def line_plot(series, name, title, xlabel, ylabel, logx=False, extra=None):
+        if not series:
+            return
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for label, pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label=label)
+        if extra:
+            extra(ax, series)
+        if logx:
+            ax.set_xscale("log", base=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
         fig.tight_layout()
+        path = os.path.join(directory, name)
         fig.savefig(path, dpi=110)
         plt.close(fig)
-        written.append(path)
+        print("wrote", path)
 
-# 1. speedup vs density per selector(largest shape, f32, g = 64, batch 1)
-    sel_lines = defaultdict(list)
+    by_density, by_batch, by_g = defaultdict(list), defaultdict(list), defaultdict(list)
     for p, v, sp in out:
+        shape = "%d×%d" % (p["d"], p["f"])
         if p["dt"] == "f32" and p["g"] == 64 and p["n"] == 1 and sp:
-            sel_lines[(p["sel"], p["d"], p["f"])].append((p["p"], sp))
-    if sel_lines:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for (sel, d, f), pts in sorted(sel_lines.items()):
-            pts.sort()
-            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label="%s %d×%d" % (sel, d, f))
-        xs = sorted({a for pts in sel_lines.values() for a, _ in pts})
-        ax.plot(xs, [100.0 / x for x in xs], "k--", lw=1, label="bytes bound (100/density)")
-        ax.set_xlabel("blocks kept (%)")
-        ax.set_ylabel("speedup vs dense OpenBLAS")
-        ax.set_title("f32, g=64, batch 1")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        save(fig, "speedup_vs_density.png")
-
-# 2. GB / s vs batch per dtype(avg_k, g = 64, 25 %)
-    gb = defaultdict(list)
-    for p, v, sp in out:
+            by_density["%s %s" % (p["sel"], shape)].append((p["p"], sp))
         if p["sel"] == "avg_k" and p["g"] == 64 and p["p"] == 25:
-            gb[(p["dt"], p["d"], p["f"])].append((p["n"], v["gbs"]))
-    if gb:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for (dt, d, f), pts in sorted(gb.items()):
-            pts.sort()
-            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label="%s %d×%d" % (dt, d, f))
+            by_batch["%s %s" % (p["dt"], shape)].append((p["n"], v["gbs"]))
+        if p["sel"] == "avg_k" and p["dt"] == "f32" and p["p"] == 25 and sp:
+            by_g["batch %d, %s" % (p["n"], shape)].append((p["g"], sp))
+
+    def bytes_bound(ax, series):
+        xs = sorted({a for pts in series.values() for a, _ in pts})
+        ax.plot(xs, [100.0 / x for x in xs], "k--", lw=1, label="bytes bound (100 / density)")
+
+    def stream_line(ax, series):
         if stream:
             ax.axhline(stream, color="k", ls="--", lw=1, label="stream read")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch")
-        ax.set_ylabel("GB/s on bytes touched")
-        ax.set_title("avg_k, g=64, 25% of blocks")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        save(fig, "gbs_vs_batch.png")
 
-# 3. block - size sweep(avg_k, f32, 25 %)
-    sweep = defaultdict(list)
-    for p, v, sp in out:
-        if p["sel"] == "avg_k" and p["dt"] == "f32" and p["p"] == 25 and sp:
-            sweep[(p["n"], p["d"], p["f"])].append((p["g"], sp))
-    if sweep:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for (n, d, f), pts in sorted(sweep.items()):
-            pts.sort()
-            ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", label="batch %d, %d×%d" % (n, d, f))
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("block size g")
-        ax.set_ylabel("speedup vs dense OpenBLAS")
-        ax.set_title("avg_k, f32, 25% of blocks")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        save(fig, "block_size_sweep.png")
-    for w in written:
-        print("wrote", w)
+    line_plot(by_density, "speedup_vs_density.png", "f32, g=64, batch 1", "blocks kept (%)",
+              "speedup vs dense OpenBLAS", extra=bytes_bound)
+    line_plot(by_batch, "gbs_vs_batch.png", "avg_k, g=64, 25% of blocks", "batch", "GB/s on bytes touched",
+              logx=True, extra=stream_line)
+    line_plot(by_g, "block_size_sweep.png", "avg_k, f32, 25% of blocks", "block size g",
+              "speedup vs dense OpenBLAS", logx=True)
 
 
 def main():
