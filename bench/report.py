@@ -154,6 +154,7 @@ def plots(out, stream, directory):
               "speedup vs dense OpenBLAS", extra=bytes_bound)
     line_plot(by_batch, "gbs_vs_batch.png", "avg_k, g=64, 25% of blocks", "batch", "GB/s on bytes touched",
               logx=True, extra=stream_line)
+    by_g = {k: v for k, v in by_g.items() if len(v) > 1}  # only actual sweeps
     line_plot(by_g, "block_size_sweep.png", "avg_k, f32, 25% of blocks", "block size g",
               "speedup vs dense OpenBLAS", logx=True)
 

@@ -1,0 +1,162 @@
+// sparse_ffn — MoEfication splits (Zhang et al., ACL Findings 2022): a permutation of the d_ff neurons
+// into B = d_ff / g equal blocks. The result feeds pack_options::permutation: packed position j holds
+// neuron permutation[j]; block b is positions b·g … b·g + g − 1.
+//
+//   split_random(d_ff, g, seed)                    seeded shuffle (Fisher–Yates on splitmix64)
+//   split_kmeans(W1, d_ff, d_model, {g, seed})     balanced k-means on the L2-normalised keys; every
+//                                                  assignment step is an exactly balanced auction
+//                                                  (detail/balanced_assign.hpp), not post-hoc trimming
+//   split_coactivation(...)                        co-activation graph + METIS (coactivation.hpp)
+//
+// All are deterministic for a given seed (and, for k-means, independent of the thread count).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "../cpu/kernels/dot_tile.hpp"
+#include "../cpu/simd.hpp"
+#include "../detail/aligned_buffer.hpp"
+#include "../error.hpp"
+#include "../layout.hpp"
+#include "../selector/hash.hpp"
+#include "../types.hpp"
+#include "detail/balanced_assign.hpp"
+
+#if SPARSE_FFN_HAS_OPENMP
+#include <omp.h>
+#endif
+
+namespace sparse_ffn {
+namespace convert {
+
+/// Progress callback: (what, fraction done in [0, 1]). Optional everywhere.
+using progress_fn = std::function<void(const std::string&, double)>;
+
+namespace detail {
+
+inline void check_split(index_t d_ff, index_t g) {
+  sparse_ffn::detail::require(d_ff > 0, status::invalid_shape, "d_ff must be positive (got ", d_ff, ")");
+  sparse_ffn::detail::require(g > 0, status::invalid_argument, "block size g must be positive (got ", g, ")");
+  sparse_ffn::detail::require(d_ff % g == 0, status::invalid_shape, "d_ff (", d_ff,
+                              ") is not divisible by block size g (", g, ")");
+  sparse_ffn::detail::require(d_ff <= 0x7fffffff, status::size_overflow, "d_ff must be < 2^31");
+}
+
+/// Deterministic uniform integer in [0, n) from (seed, counter), platform independent.
+inline std::uint64_t uniform(std::uint64_t seed, std::uint64_t counter, std::uint64_t n) {
+  return select::hash::mix(seed * 0x9e3779b97f4a7c15ull + select::hash::mix(counter)) % n;
+}
+
+/// Seeded Fisher–Yates shuffle of [0, n).
+inline std::vector<std::int32_t> shuffled(index_t n, std::uint64_t seed) {
+  std::vector<std::int32_t> p(static_cast<std::size_t>(n));
+  for (index_t i = 0; i < n; ++i) p[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+  for (index_t i = n - 1; i > 0; --i)
+    std::swap(p[static_cast<std::size_t>(i)],
+              p[static_cast<std::size_t>(uniform(seed, static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(i + 1)))]);
+  return p;
+}
+
+}  // namespace detail
+
+/// Random split: a seeded permutation.
+inline std::vector<std::int32_t> split_random(index_t d_ff, index_t g, std::uint64_t seed) {
+  detail::check_split(d_ff, g);
+  return detail::shuffled(d_ff, seed);
+}
+
+struct kmeans_options {
+  index_t g = 0;                 ///< neurons per block
+  std::uint64_t seed = 0;        ///< initial (random balanced) assignment
+  int iterations = 10;           ///< maximum Lloyd iterations (stops early when nothing moves)
+  progress_fn progress;          ///< optional
+};
+
+/// Balanced k-means on the L2-normalised keys (rows of W1 [d_ff × d_model]): MoEfication's parameter
+/// clustering. Starts from a random balanced split; each iteration recomputes the centroids and
+/// reassigns every neuron with an exactly balanced auction maximising Σ x·c − |c|²/2 (i.e. minimising
+/// the within-block squared distance). Scores are computed with the library's key micro-kernel.
+template <class T>
+std::vector<std::int32_t> split_kmeans(const T* w1, index_t d_ff, index_t d_model, const kmeans_options& o) {
+  static_assert(is_dtype<T>::value, "sparse_ffn: split_kmeans reads float, half_t or bfloat16_t keys");
+  detail::check_split(d_ff, o.g);
+  sparse_ffn::detail::require(d_model > 0, status::invalid_shape, "d_model must be positive");
+  sparse_ffn::detail::require_not_null(w1, "W1");
+  sparse_ffn::detail::require(o.iterations >= 0, status::invalid_argument, "iterations must be >= 0");
+  using Isa = cpu::isa::native;
+  using V = cpu::simd<Isa>;
+  constexpr int R = 8;
+  const index_t N = d_ff, B = d_ff / o.g, g = o.g, ld = padded_ld<float>(d_model);
+  sparse_ffn::detail::checked_elements<float>(N, ld, "normalised keys");
+
+  // Normalised keys, padded rows (zero rows stay zero).
+  sparse_ffn::detail::aligned_buffer<float> X(N * ld);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+  for (index_t i = 0; i < N; ++i) {
+    double s = 0;
+    for (index_t c = 0; c < d_model; ++c) s += double(to_float(w1[i * d_model + c])) * to_float(w1[i * d_model + c]);
+    const double inv = s > 0 ? 1.0 / std::sqrt(s) : 0.0;
+    for (index_t c = 0; c < d_model; ++c) X[i * ld + c] = static_cast<float>(to_float(w1[i * d_model + c]) * inv);
+  }
+  std::vector<std::int32_t> label(static_cast<std::size_t>(N));
+  {
+    const auto init = detail::shuffled(N, o.seed);
+    for (index_t j = 0; j < N; ++j) label[static_cast<std::size_t>(init[static_cast<std::size_t>(j)])] = static_cast<std::int32_t>(j / g);
+  }
+  sparse_ffn::detail::aligned_buffer<float> C(B * ld);
+  std::vector<const float*> cptr(static_cast<std::size_t>(B));
+  for (index_t b = 0; b < B; ++b) cptr[static_cast<std::size_t>(b)] = C.data() + b * ld;
+  std::vector<float> half_norm(static_cast<std::size_t>(B)), value(static_cast<std::size_t>(N * B));
+  for (int it = 0; it < o.iterations; ++it) {
+    // Centroids: mean of each block's normalised keys (double accumulation, fixed order).
+    std::vector<double> acc(static_cast<std::size_t>(B * d_model), 0.0);
+    for (index_t i = 0; i < N; ++i) {
+      double* a = acc.data() + label[static_cast<std::size_t>(i)] * d_model;
+      for (index_t c = 0; c < d_model; ++c) a[c] += X[i * ld + c];
+    }
+    for (index_t b = 0; b < B; ++b) {
+      double nn = 0;
+      for (index_t c = 0; c < d_model; ++c) {
+        const float v = static_cast<float>(acc[static_cast<std::size_t>(b * d_model + c)] / double(g));
+        C[b * ld + c] = v;
+        nn += double(v) * v;
+      }
+      half_norm[static_cast<std::size_t>(b)] = static_cast<float>(nn / 2);
+    }
+    // value[i][b] = x_i·c_b − |c_b|²/2: neurons are the "rows", centroids the "tokens" of the kernel.
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel
+#endif
+    {
+      sparse_ffn::detail::aligned_buffer<float> spill(B * R * V::width), dots(B * R);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(dynamic, 4)
+#endif
+      for (index_t i0 = 0; i0 < N; i0 += R) {
+        const int rr = static_cast<int>(std::min<index_t>(R, N - i0));
+        cpu::kernels::dispatch_count<R>(rr, [&](auto RR) {
+          cpu::kernels::project<Isa, 3, decltype(RR)::value>(cptr.data(), B, X.data() + i0 * ld, ld, ld, spill.data(),
+                                                            dots.data());
+        });
+        for (index_t b = 0; b < B; ++b)
+          for (int r = 0; r < rr; ++r)
+            value[static_cast<std::size_t>((i0 + r) * B + b)] = dots[b * rr + r] - half_norm[static_cast<std::size_t>(b)];
+      }
+    }
+    auto next = detail::balanced_assign(value.data(), N, B, g);
+    const bool moved = next != label;
+    label.swap(next);
+    if (o.progress) o.progress("k-means", double(it + 1) / o.iterations);
+    if (!moved) break;
+  }
+  return detail::labels_to_permutation(label, B);
+}
+
+}  // namespace convert
+}  // namespace sparse_ffn
