@@ -27,11 +27,11 @@ namespace sparse_ffn {
 namespace convert {
 
 struct coactivation_options {
-  index_t g = 0;              ///< neurons per block
-  float threshold = 0.0f;     ///< a neuron is active when its activation is > threshold
-  index_t neighbors = 32;     ///< strongest co-activations kept per neuron
-  std::uint64_t seed = 0;     ///< METIS seed
-  progress_fn progress;       ///< optional
+  index_t g = 0;           ///< neurons per block
+  float threshold = 0.0f;  ///< a neuron is active when its activation is > threshold
+  index_t neighbors = 32;  ///< strongest co-activations kept per neuron
+  std::uint64_t seed = 0;  ///< METIS seed
+  progress_fn progress;    ///< optional
 };
 
 /// Symmetric weighted graph in CSR form (what METIS takes).
@@ -52,7 +52,8 @@ inline coactivation_graph build_coactivation_graph(const float* act, index_t n, 
   std::vector<std::uint64_t> bits(static_cast<std::size_t>(d_ff * words), 0);
   for (index_t t = 0; t < n; ++t)
     for (index_t i = 0; i < d_ff; ++i)
-      if (act[t * d_ff + i] > o.threshold) bits[static_cast<std::size_t>(i * words + t / 64)] |= std::uint64_t{1} << (t % 64);
+      if (act[t * d_ff + i] > o.threshold)
+        bits[static_cast<std::size_t>(i * words + t / 64)] |= std::uint64_t{1} << (t % 64);
   // Top-K neighbours per neuron by co-activation count (ties to the lower index).
   std::vector<std::int32_t> top(static_cast<std::size_t>(d_ff * std::max<index_t>(K, 1)), -1);
   std::vector<std::int32_t> topw(top.size(), 0);
@@ -70,7 +71,8 @@ inline coactivation_graph build_coactivation_graph(const float* act, index_t n, 
       for (index_t j = 0; j < d_ff; ++j) {
         const std::uint64_t* bj = bits.data() + j * words;
         std::int32_t c = 0;
-        for (index_t w = 0; w < words; ++w) c += static_cast<std::int32_t>(__builtin_popcountll(bi[w] & bj[w]));
+        for (index_t w = 0; w < words; ++w)
+          c += static_cast<std::int32_t>(__builtin_popcountll(bi[w] & bj[w]));
         count[static_cast<std::size_t>(j)] = j == i ? -1 : c;
       }
       std::iota(order.begin(), order.end(), 0);
@@ -90,7 +92,8 @@ inline coactivation_graph build_coactivation_graph(const float* act, index_t n, 
 #pragma omp atomic
 #endif
         ++done;
-        if (SPARSE_FFN_HAS_OPENMP == 0 || (i % 1024) == 0) o.progress("co-activation graph", double(done) / double(d_ff));
+        if (SPARSE_FFN_HAS_OPENMP == 0 || (i % 1024) == 0)
+          o.progress("co-activation graph", double(done) / double(d_ff));
       }
     }
   }
@@ -138,8 +141,10 @@ inline void rebalance(const coactivation_graph& gr, std::vector<std::int32_t>& p
     for (index_t i = 0; i < N; ++i) {
       if (part[static_cast<std::size_t>(i)] != over) continue;
       std::fill(link.begin(), link.end(), 0.0);
-      for (std::int64_t e = gr.xadj[static_cast<std::size_t>(i)]; e < gr.xadj[static_cast<std::size_t>(i + 1)]; ++e)
-        link[static_cast<std::size_t>(part[static_cast<std::size_t>(gr.adjncy[static_cast<std::size_t>(e)])])] +=
+      for (std::int64_t e = gr.xadj[static_cast<std::size_t>(i)];
+           e < gr.xadj[static_cast<std::size_t>(i + 1)]; ++e)
+        link[static_cast<std::size_t>(
+            part[static_cast<std::size_t>(gr.adjncy[static_cast<std::size_t>(e)])])] +=
             gr.weight[static_cast<std::size_t>(e)];
       for (index_t b = 0; b < B; ++b) {
         if (size[static_cast<std::size_t>(b)] >= g) continue;
@@ -178,16 +183,18 @@ inline std::vector<std::int32_t> split_coactivation(const float* act, index_t n,
   idx_t nvtxs = static_cast<idx_t>(d_ff), ncon = 1, nparts = static_cast<idx_t>(B), objval = 0;
   std::vector<idx_t> xadj(gr.xadj.begin(), gr.xadj.end()), adjncy(gr.adjncy.begin(), gr.adjncy.end()),
       adjwgt(gr.weight.begin(), gr.weight.end()), part(static_cast<std::size_t>(d_ff), 0);
-  sparse_ffn::detail::require(gr.adjncy.size() < 0x7fffffff, status::size_overflow, "co-activation graph too large for METIS");
+  sparse_ffn::detail::require(gr.adjncy.size() < 0x7fffffff, status::size_overflow,
+                              "co-activation graph too large for METIS");
   idx_t options[METIS_NOPTIONS];
   METIS_SetDefaultOptions(options);
   options[METIS_OPTION_SEED] = static_cast<idx_t>(o.seed & 0x7fffffff);
   options[METIS_OPTION_UFACTOR] = 1;  // 0.1% imbalance; rebalanced exactly below
   options[METIS_OPTION_NUMBERING] = 0;
-  const int rc = METIS_PartGraphKway(&nvtxs, &ncon, xadj.data(), adjncy.empty() ? nullptr : adjncy.data(), nullptr,
-                                     nullptr, adjwgt.empty() ? nullptr : adjwgt.data(), &nparts, nullptr, nullptr,
-                                     options, &objval, part.data());
-  sparse_ffn::detail::require(rc == METIS_OK, status::invalid_argument, "METIS_PartGraphKway failed (code ", rc, ")");
+  const int rc = METIS_PartGraphKway(&nvtxs, &ncon, xadj.data(), adjncy.empty() ? nullptr : adjncy.data(),
+                                     nullptr, nullptr, adjwgt.empty() ? nullptr : adjwgt.data(), &nparts,
+                                     nullptr, nullptr, options, &objval, part.data());
+  sparse_ffn::detail::require(rc == METIS_OK, status::invalid_argument, "METIS_PartGraphKway failed (code ",
+                              rc, ")");
   std::vector<std::int32_t> labels(part.begin(), part.end());
   detail::rebalance(gr, labels, B, o.g);
   if (o.progress) o.progress("METIS partition", 1.0);

@@ -57,7 +57,8 @@ inline std::vector<std::int32_t> shuffled(index_t n, std::uint64_t seed) {
   for (index_t i = 0; i < n; ++i) p[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
   for (index_t i = n - 1; i > 0; --i)
     std::swap(p[static_cast<std::size_t>(i)],
-              p[static_cast<std::size_t>(uniform(seed, static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(i + 1)))]);
+              p[static_cast<std::size_t>(
+                  uniform(seed, static_cast<std::uint64_t>(i), static_cast<std::uint64_t>(i + 1)))]);
   return p;
 }
 
@@ -70,10 +71,10 @@ inline std::vector<std::int32_t> split_random(index_t d_ff, index_t g, std::uint
 }
 
 struct kmeans_options {
-  index_t g = 0;                 ///< neurons per block
-  std::uint64_t seed = 0;        ///< initial (random balanced) assignment
-  int iterations = 10;           ///< maximum Lloyd iterations (stops early when nothing moves)
-  progress_fn progress;          ///< optional
+  index_t g = 0;           ///< neurons per block
+  std::uint64_t seed = 0;  ///< initial (random balanced) assignment
+  int iterations = 10;     ///< maximum Lloyd iterations (stops early when nothing moves)
+  progress_fn progress;    ///< optional
 };
 
 /// Balanced k-means on the L2-normalised keys (rows of W1 [d_ff × d_model]): MoEfication's parameter
@@ -100,14 +101,17 @@ std::vector<std::int32_t> split_kmeans(const T* w1, index_t d_ff, index_t d_mode
 #endif
   for (index_t i = 0; i < N; ++i) {
     double s = 0;
-    for (index_t c = 0; c < d_model; ++c) s += double(to_float(w1[i * d_model + c])) * to_float(w1[i * d_model + c]);
+    for (index_t c = 0; c < d_model; ++c)
+      s += double(to_float(w1[i * d_model + c])) * to_float(w1[i * d_model + c]);
     const double inv = s > 0 ? 1.0 / std::sqrt(s) : 0.0;
-    for (index_t c = 0; c < d_model; ++c) X[i * ld + c] = static_cast<float>(to_float(w1[i * d_model + c]) * inv);
+    for (index_t c = 0; c < d_model; ++c)
+      X[i * ld + c] = static_cast<float>(to_float(w1[i * d_model + c]) * inv);
   }
   std::vector<std::int32_t> label(static_cast<std::size_t>(N));
   {
     const auto init = detail::shuffled(N, o.seed);
-    for (index_t j = 0; j < N; ++j) label[static_cast<std::size_t>(init[static_cast<std::size_t>(j)])] = static_cast<std::int32_t>(j / g);
+    for (index_t j = 0; j < N; ++j)
+      label[static_cast<std::size_t>(init[static_cast<std::size_t>(j)])] = static_cast<std::int32_t>(j / g);
   }
   sparse_ffn::detail::aligned_buffer<float> C(B * ld);
   std::vector<const float*> cptr(static_cast<std::size_t>(B));
@@ -141,12 +145,13 @@ std::vector<std::int32_t> split_kmeans(const T* w1, index_t d_ff, index_t d_mode
       for (index_t i0 = 0; i0 < N; i0 += R) {
         const int rr = static_cast<int>(std::min<index_t>(R, N - i0));
         cpu::kernels::dispatch_count<R>(rr, [&](auto RR) {
-          cpu::kernels::project<Isa, 3, decltype(RR)::value>(cptr.data(), B, X.data() + i0 * ld, ld, ld, spill.data(),
-                                                            dots.data());
+          cpu::kernels::project<Isa, 3, decltype(RR)::value>(cptr.data(), B, X.data() + i0 * ld, ld, ld,
+                                                             spill.data(), dots.data());
         });
         for (index_t b = 0; b < B; ++b)
           for (int r = 0; r < rr; ++r)
-            value[static_cast<std::size_t>((i0 + r) * B + b)] = dots[b * rr + r] - half_norm[static_cast<std::size_t>(b)];
+            value[static_cast<std::size_t>((i0 + r) * B + b)] =
+                dots[b * rr + r] - half_norm[static_cast<std::size_t>(b)];
       }
     }
     auto next = detail::balanced_assign(value.data(), N, B, g);

@@ -56,7 +56,7 @@ inline std::vector<std::int32_t> balanced_assign(const float* value, index_t N, 
   }
   const double range = std::max(vmax - vmin, 1e-12);
   std::deque<std::int32_t> queue;
-  for (double eps = range / 4; ; eps = std::max(eps / 8, eps_final * range)) {
+  for (double eps = range / 4;; eps = std::max(eps / 8, eps_final * range)) {
     // New phase: everyone unassigned, prices kept.
     std::fill(label.begin(), label.end(), -1);
     for (auto& s : heap) s.owner = -1;
@@ -102,7 +102,8 @@ inline std::vector<std::int32_t> labels_to_permutation(const std::vector<std::in
   std::vector<std::int32_t> perm;
   perm.reserve(label.size());
   std::vector<std::vector<std::int32_t>> members(static_cast<std::size_t>(B));
-  for (std::size_t i = 0; i < label.size(); ++i) members[static_cast<std::size_t>(label[i])].push_back(static_cast<std::int32_t>(i));
+  for (std::size_t i = 0; i < label.size(); ++i)
+    members[static_cast<std::size_t>(label[i])].push_back(static_cast<std::int32_t>(i));
   for (const auto& m : members) perm.insert(perm.end(), m.begin(), m.end());
   return perm;
 }

@@ -1,0 +1,169 @@
+// sparse_ffn — the MoEfication quality report: how well each split × selector keeps the dense FFN.
+//
+// For hidden states X [n × d_model] the tokens are split into a training part (routers are fitted on
+// it) and a held-out part (everything is measured on it). For every split (a neuron permutation) and
+// selector, and every density in `densities` (fraction of blocks kept, k = round(density · B) ≥ 1):
+//   coverage   mean over tokens of the share of the dense activation mass in the selected blocks
+//   rel_error  ‖Y_sparse − Y_dense‖_F / ‖Y_dense‖_F over the held-out tokens
+// Selectors: oracle (MoEfication ground truth), avg_k (mean key · x + mean bias), similarity
+// (mean normalised key · x), linear (fitted linear router), mlp (fitted MoEfication MLP router).
+// Sparse outputs are computed with the library's own kernels (forward_routed on the float model).
+#pragma once
+
+#include <cmath>
+#include <cstdio>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../cpu/forward.hpp"
+#include "../dispatch.hpp"
+#include "../pack.hpp"
+#include "router_fit.hpp"
+
+namespace sparse_ffn {
+namespace convert {
+
+struct quality_row {
+  std::string split, selector;
+  double density = 0;
+  index_t k = 0;
+  double coverage = 0, rel_error = 0;
+};
+
+struct quality_options {
+  std::vector<double> densities{0.10, 0.20, 0.25, 0.30, 0.50};
+  double held_out = 0.25;      ///< fraction of tokens measured (the rest train the routers)
+  bool fit_routers = true;     ///< also report the linear and MLP routers
+  router_train_options train;  ///< router training
+  progress_fn progress;        ///< optional
+};
+
+/// Evaluates one split (permutation) of a dense float FFN with activation Act on tokens x [n × d].
+template <class Act>
+std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
+                                        const std::vector<std::int32_t>& perm, index_t g, const float* x,
+                                        index_t n, const std::string& split_name, const quality_options& o) {
+  sparse_ffn::detail::require(n >= 2, status::invalid_shape, "the quality report needs at least 2 tokens");
+  sparse_ffn::detail::require(o.held_out > 0 && o.held_out < 1, status::invalid_argument,
+                              "held_out must be in (0, 1)");
+  pack_options po{g};
+  po.permutation = perm.data();
+  const blocked_ffn<float> model = pack<float>(dense, po);
+  const block_layout& l = model.layout();
+  const index_t B = l.num_blocks, d = l.d_model;
+  const index_t n_eval = std::max<index_t>(1, static_cast<index_t>(std::llround(double(n) * o.held_out)));
+  const index_t n_train = n - n_eval;
+  const float* x_eval = x + n_train * d;
+
+  std::vector<float> y_dense(static_cast<std::size_t>(n * d));
+  const std::vector<float> mass = block_mass<Act>(model, x, n, y_dense.data());
+  const float* mass_eval = mass.data() + n_train * B;
+
+  // Scores of every selector on the held-out tokens.
+  std::vector<std::pair<std::string, std::vector<float>>> scores;
+  scores.push_back({"oracle", std::vector<float>(mass_eval, mass_eval + n_eval * B)});
+  {
+    std::vector<float> s(static_cast<std::size_t>(n_eval * B));
+    linear_router avg;
+    avg.d_model = d;
+    avg.num_blocks = B;
+    avg.w = model.centroids_float();
+    avg.b = model.centroid_bias().empty() ? std::vector<float>(static_cast<std::size_t>(B), 0.0f)
+                                          : model.centroid_bias();
+    avg.scores(x_eval, n_eval, s.data());
+    scores.push_back({"avg_k", s});
+  }
+  const std::vector<float> sim = similarity_rows(model.view());
+  {
+    linear_router r;
+    r.d_model = d;
+    r.num_blocks = B;
+    r.w = sim;
+    r.b.assign(static_cast<std::size_t>(B), 0.0f);
+    std::vector<float> s(static_cast<std::size_t>(n_eval * B));
+    r.scores(x_eval, n_eval, s.data());
+    scores.push_back({"similarity", s});
+  }
+  if (o.fit_routers && n_train > 0) {
+    const auto lin = fit_linear_router(x, mass.data(), n_train, d, B, o.train, sim.data());
+    std::vector<float> s(static_cast<std::size_t>(n_eval * B));
+    lin.scores(x_eval, n_eval, s.data());
+    scores.push_back({"linear", s});
+    const auto mlp = fit_mlp_router(x, mass.data(), n_train, d, B, o.train, sim.data());
+    mlp.scores(x_eval, n_eval, s.data());
+    scores.push_back({"mlp", s});
+  }
+
+  std::vector<quality_row> rows;
+  std::vector<float> y(static_cast<std::size_t>(n_eval * d));
+  double dense_norm = 0;
+  for (index_t i = 0; i < n_eval * d; ++i)
+    dense_norm += double(y_dense[static_cast<std::size_t>(n_train * d + i)]) *
+                  y_dense[static_cast<std::size_t>(n_train * d + i)];
+  for (const auto& [name, sc] : scores) {
+    for (double p : o.densities) {
+      const index_t k =
+          std::min<index_t>(B, std::max<index_t>(1, static_cast<index_t>(std::llround(p * double(B)))));
+      routing_table table(n_eval, k);
+      std::vector<block_index_t> scratch(static_cast<std::size_t>(B));
+      for (index_t t = 0; t < n_eval; ++t)
+        topk(sc.data() + t * B, B, k, table.blocks.data() + t * k, scratch.data());
+      dispatch_block_size(g, [&](auto G) {
+        using P = policy<decltype(G)::value, select::avg_k, float, Act>;
+        cpu::forward_routed<P>(model.view(), n_eval, x_eval, y.data(),
+                               const_routing_view{n_eval, k, table.blocks.data(), nullptr});
+      });
+      double err = 0;
+      for (index_t i = 0; i < n_eval * d; ++i) {
+        const double e =
+            double(y[static_cast<std::size_t>(i)]) - y_dense[static_cast<std::size_t>(n_train * d + i)];
+        err += e * e;
+      }
+      quality_row row;
+      row.split = split_name;
+      row.selector = name;
+      row.density = p;
+      row.k = k;
+      row.coverage = topk_coverage(sc.data(), mass_eval, n_eval, B, k);
+      row.rel_error = dense_norm > 0 ? std::sqrt(err / dense_norm) : 0.0;
+      rows.push_back(row);
+    }
+    if (o.progress) o.progress("quality " + split_name, 1.0);
+  }
+  return rows;
+}
+
+/// The rows as a table.
+inline std::string format_report(const std::vector<quality_row>& rows) {
+  std::ostringstream os;
+  char line[160];
+  std::snprintf(line, sizeof line, "%-14s %-12s %8s %5s %10s %10s\n", "split", "selector", "density", "k",
+                "coverage", "rel.error");
+  os << line;
+  for (const auto& r : rows) {
+    std::snprintf(line, sizeof line, "%-14s %-12s %7.0f%% %5lld %10.4f %10.4f\n", r.split.c_str(),
+                  r.selector.c_str(), 100 * r.density, static_cast<long long>(r.k), r.coverage, r.rel_error);
+    os << line;
+  }
+  return os.str();
+}
+
+/// The rows as JSON: {"rows": [{"split":…, "selector":…, "density":…, "k":…, "coverage":…, "rel_error":…},
+/// …]}.
+inline std::string report_json(const std::vector<quality_row>& rows) {
+  std::ostringstream os;
+  os.precision(9);
+  os << "{\"rows\": [";
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const auto& r = rows[i];
+    os << (i ? ",\n  " : "\n  ") << "{\"split\": \"" << r.split << "\", \"selector\": \"" << r.selector
+       << "\", \"density\": " << r.density << ", \"k\": " << r.k << ", \"coverage\": " << r.coverage
+       << ", \"rel_error\": " << r.rel_error << "}";
+  }
+  os << "\n]}\n";
+  return os.str();
+}
+
+}  // namespace convert
+}  // namespace sparse_ffn

@@ -1,0 +1,173 @@
+// MoEfication conversion: balanced assignment, splits (exact balance, bijection, determinism, planted
+// group recovery), routers and the quality report on a synthetic FFN with planted structure.
+#include "support/test_support.hpp"
+
+#include <sparse_ffn/convert/coactivation.hpp>
+#include <sparse_ffn/convert/report.hpp>
+#include <sparse_ffn/convert/split.hpp>
+#include <sparse_ffn/convert/synthetic.hpp>
+
+#include <algorithm>
+#include <map>
+#include <numeric>
+
+namespace cv = sparse_ffn::convert;
+
+namespace {
+
+void require_bijection(const std::vector<std::int32_t>& p, sfx::index_t n) {
+  REQUIRE(static_cast<sfx::index_t>(p.size()) == n);
+  std::vector<std::int32_t> s(p);
+  std::sort(s.begin(), s.end());
+  for (sfx::index_t i = 0; i < n; ++i) REQUIRE(s[static_cast<std::size_t>(i)] == i);
+}
+
+/// Best total value over all balanced assignments (brute force, tiny instances).
+double brute_best(const std::vector<float>& v, sfx::index_t N, sfx::index_t B, sfx::index_t g) {
+  std::vector<std::int32_t> lab(static_cast<std::size_t>(N));
+  for (sfx::index_t i = 0; i < N; ++i) lab[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i / g);
+  double best = -1e300;
+  do {
+    double s = 0;
+    for (sfx::index_t i = 0; i < N; ++i)
+      s += v[static_cast<std::size_t>(i * B + lab[static_cast<std::size_t>(i)])];
+    best = std::max(best, s);
+  } while (std::next_permutation(lab.begin(), lab.end()));
+  return best;
+}
+
+}  // namespace
+
+TEST_CASE("balanced assignment: exactly g per bin and (near-)optimal", "[convert]") {
+  auto r = test::rng(1);
+  for (int trial = 0; trial < 30; ++trial) {
+    const sfx::index_t B = 2 + static_cast<sfx::index_t>(r() % 3), g = 1 + static_cast<sfx::index_t>(r() % 3),
+                       N = B * g;
+    std::vector<float> v(static_cast<std::size_t>(N * B));
+    test::fill_normal(v, r, 1.0);
+    const auto lab = cv::detail::balanced_assign(v.data(), N, B, g, 1e-6);
+    std::vector<sfx::index_t> count(static_cast<std::size_t>(B), 0);
+    double total = 0;
+    for (sfx::index_t i = 0; i < N; ++i) {
+      REQUIRE(lab[static_cast<std::size_t>(i)] >= 0);
+      REQUIRE(lab[static_cast<std::size_t>(i)] < B);
+      ++count[static_cast<std::size_t>(lab[static_cast<std::size_t>(i)])];
+      total += v[static_cast<std::size_t>(i * B + lab[static_cast<std::size_t>(i)])];
+    }
+    for (auto c : count) REQUIRE(c == g);
+    INFO("B=" << B << " g=" << g);
+    REQUIRE(total >= brute_best(v, N, B, g) - 1e-3);
+  }
+  // Larger: balance holds and the result is deterministic.
+  std::vector<float> v(512 * 32);
+  test::fill_normal(v, r, 1.0);
+  const auto a = cv::detail::balanced_assign(v.data(), 512, 32, 16),
+             b = cv::detail::balanced_assign(v.data(), 512, 32, 16);
+  REQUIRE(a == b);
+  std::vector<int> count(32, 0);
+  for (auto l : a) ++count[static_cast<std::size_t>(l)];
+  for (int c : count) REQUIRE(c == 16);
+}
+
+TEST_CASE("splits are bijections into equal blocks, deterministic per seed", "[convert]") {
+  const auto p = cv::make_planted_ffn(64, 16, 16, 600, 3, 5);
+  const sfx::index_t F = 256, g = 16;
+  const auto r1 = cv::split_random(F, g, 9), r2 = cv::split_random(F, g, 9), r3 = cv::split_random(F, g, 10);
+  require_bijection(r1, F);
+  REQUIRE(r1 == r2);
+  REQUIRE(r1 != r3);
+  cv::kmeans_options ko;
+  ko.g = g;
+  ko.seed = 4;
+  const auto k1 = cv::split_kmeans(p.dense.w1.data(), F, 64, ko),
+             k2 = cv::split_kmeans(p.dense.w1.data(), F, 64, ko);
+  require_bijection(k1, F);
+  REQUIRE(k1 == k2);
+  // bf16 keys work too.
+  std::vector<sfx::bfloat16_t> wb(p.dense.w1.size());
+  for (std::size_t i = 0; i < wb.size(); ++i) wb[i] = sfx::bfloat16_t(p.dense.w1[i]);
+  require_bijection(cv::split_kmeans(wb.data(), F, 64, ko), F);
+  REQUIRE_THROWS_AS(cv::split_random(100, 16, 0), sfx::error);
+  REQUIRE_THROWS_AS(cv::split_kmeans(p.dense.w1.data(), F, 64, cv::kmeans_options{}), sfx::error);
+}
+
+TEST_CASE("planted structure: kmeans and co-activation recover the groups; Avg-K tracks the oracle",
+          "[convert][slow]") {
+  const sfx::index_t d = 64, groups = 16, g = 16, F = groups * g, n = 1600;
+  const auto p = cv::make_planted_ffn(d, groups, g, n, 3, test::rng(6)() % 1000);
+  const auto random = cv::split_random(F, g, 1);
+  cv::kmeans_options ko;
+  ko.g = g;
+  const auto km = cv::split_kmeans(p.dense.w1.data(), F, d, ko);
+  CHECK(cv::split_purity(random, p.group, g) < 0.5);
+  CHECK(cv::split_purity(km, p.group, g) >= 0.9);
+  std::vector<std::pair<std::string, std::vector<std::int32_t>>> splits = {{"random", random},
+                                                                           {"kmeans", km}};
+#if defined(SPARSE_FFN_WITH_METIS)
+  const auto ident = sfx::pack<float>(p.dense.view(), {g});
+  const auto act = cv::neuron_activations<sfx::act::relu>(ident, p.x.data(), n);
+  cv::coactivation_options co;
+  co.g = g;
+  const auto ca = cv::split_coactivation(act.data(), n, F, co);
+  require_bijection(ca, F);
+  REQUIRE(cv::split_coactivation(act.data(), n, F, co) == ca);
+  CHECK(cv::split_purity(ca, p.group, g) >= 0.9);
+  splits.push_back({"coactivation", ca});
+#else
+  WARN("built without METIS: split_coactivation not tested");
+#endif
+  cv::quality_options qo;
+  qo.densities = {0.25};
+  qo.train.epochs = 5;
+  std::map<std::string, std::map<std::string, double>> err, cov;
+  for (const auto& [name, perm] : splits)
+    for (const auto& row :
+         cv::evaluate_split<sfx::act::relu>(p.dense.view(), perm, g, p.x.data(), n, name, qo)) {
+      err[name][row.selector] = row.rel_error;
+      cov[name][row.selector] = row.coverage;
+      REQUIRE(row.k == 4);
+      REQUIRE(row.coverage >= 0.0);
+      REQUIRE(row.coverage <= 1.0 + 1e-9);
+    }
+  for (const auto& [name, e] : err) {
+    INFO("split " << name << ": oracle " << e.at("oracle") << " avg_k " << e.at("avg_k") << " linear "
+                  << e.at("linear") << " mlp " << e.at("mlp"));
+    REQUIRE(e.at("oracle") <= e.at("avg_k") + 1e-9);  // the oracle is the upper bound on coverage…
+    REQUIRE(cov.at(name).at("oracle") >= cov.at(name).at("avg_k") - 1e-9);
+    if (name != "random") {
+      REQUIRE(e.at("avg_k") <= 1.2 * e.at("oracle"));                // …and Avg-K is within 1.2× of it
+      REQUIRE(e.at("avg_k") < 0.25 * err.at("random").at("avg_k"));  // far below the random split
+      REQUIRE(e.at("linear") <= 1.5 * e.at("oracle"));
+      REQUIRE(e.at("mlp") <= 1.5 * e.at("oracle"));
+    }
+  }
+}
+
+TEST_CASE("router fitting: the fitted linear router learns the block masses", "[convert]") {
+  const sfx::index_t d = 32, groups = 8, g = 16, F = groups * g, n = 800;
+  const auto p = cv::make_planted_ffn(d, groups, g, n, 2, 11);
+  cv::kmeans_options ko;
+  ko.g = g;
+  const auto km = cv::split_kmeans(p.dense.w1.data(), F, d, ko);
+  sfx::pack_options po{g};
+  po.permutation = km.data();
+  const auto model = sfx::pack<float>(p.dense.view(), po);
+  const auto mass = cv::block_mass<sfx::act::relu>(model, p.x.data(), n);
+  cv::router_train_options to;
+  to.epochs = 15;
+  // Start from zero weights: the router must learn from the targets alone.
+  const auto lin = cv::fit_linear_router(p.x.data(), mass.data(), n / 2, d, groups, to);
+  std::vector<float> s(static_cast<std::size_t>((n / 2) * groups));
+  lin.scores(p.x.data() + (n / 2) * d, n / 2, s.data());
+  const double fitted = cv::topk_coverage(s.data(), mass.data() + (n / 2) * groups, n / 2, groups, 2);
+  std::vector<float> zero(s.size(), 0.0f);
+  const double untrained = cv::topk_coverage(zero.data(), mass.data() + (n / 2) * groups, n / 2, groups, 2);
+  const double oracle =
+      cv::topk_coverage(mass.data() + (n / 2) * groups, mass.data() + (n / 2) * groups, n / 2, groups, 2);
+  INFO("coverage: untrained " << untrained << " fitted " << fitted << " oracle " << oracle);
+  REQUIRE(fitted > untrained + 0.3);
+  REQUIRE(fitted >= 0.9 * oracle);
+  // Deterministic for a seed.
+  const auto lin2 = cv::fit_linear_router(p.x.data(), mass.data(), n / 2, d, groups, to);
+  REQUIRE(lin2.w == lin.w);
+}
