@@ -100,11 +100,10 @@ int main(int argc, char** argv) {
                                                      {"router", o.router},
                                                      {"selector", o.router == "mlp" ? "routed" : "avg_k"},
                                                      {"source", need("in")}};
-    sf::convert::moefy_result r;
+    const sf::convert::moefy_result r = sf::convert::moefy(dense, x.data(), n, o);
     sf::dispatch_dtype(sf::parse_dtype(opt("dtype", "f32")), [&](auto t) {
       using T = typename decltype(t)::type;
-      const auto model = sf::convert::moefy<T>(dense, x.data(), n, o, &r);
-      sf::io::save_blocked(out, model, meta, r.has_mlp ? &r.mlp : nullptr);
+      sf::io::save_blocked(out, sf::convert::moefy_pack<T>(dense, r), meta, r.has_mlp ? &r.mlp : nullptr);
     });
     progress("wrote " + out, 1.0);
     std::printf("%s", sf::convert::format_report(r.report).c_str());

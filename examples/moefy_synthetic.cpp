@@ -54,8 +54,8 @@ int main(int argc, char** argv) {
 #endif
     o.quality.train.epochs = 10;
     o.progress = progress;
-    cv::moefy_result r;
-    const auto model = cv::moefy<sf::bfloat16_t>(p.dense, p.x.data(), n, o, &r);
+    const cv::moefy_result r = cv::moefy(p.dense, p.x.data(), n, o);
+    const auto model = cv::moefy_pack<sf::bfloat16_t>(p.dense, r);
     std::printf("planted-group purity of the k-means split: %.3f (random split: %.3f)\n\n",
                 cv::split_purity(r.permutation, p.group, g),
                 cv::split_purity(cv::split_random(groups * g, g, 0), p.group, g));

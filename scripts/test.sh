@@ -17,7 +17,7 @@ cmake --build "$build/release" -j"$jobs"
 
 echo "== ASan + UBSan build =="
 cmake -S "$root" -B "$build/asan" -DCMAKE_BUILD_TYPE= -DCMAKE_CXX_FLAGS="-O1 -g" \
-      -DSPARSE_FFN_SANITIZE=ON -DSPARSE_FFN_BUILD_BENCH=OFF -DSPARSE_FFN_CUDA=OFF
+      -DSPARSE_FFN_SANITIZE=ON -DSPARSE_FFN_BUILD_BENCH=OFF -DSPARSE_FFN_BUILD_EXAMPLES=OFF -DSPARSE_FFN_CUDA=OFF
 cmake --build "$build/asan" -j"$jobs"
 (cd "$build/asan" && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
    ctest -j"$jobs" --output-on-failure --timeout 3000 -E test_install_consumer)

@@ -56,3 +56,49 @@ TEST_CASE("ranks_before is a strict total order", "[topk]") {
   REQUIRE(sfx::ranks_before(nan, 0, nan, 1));
   REQUIRE_FALSE(sfx::ranks_before(nan, 0, 0.0f, 1));
 }
+
+TEST_CASE("topk_sort_key orders pairs exactly as ranks_before (GPU radix-sort top-k)", "[topk]") {
+  auto r = test::rng(3);
+  const float specials[] = {0.0f,
+                            -0.0f,
+                            1.0f,
+                            -1.0f,
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN(),
+                            -std::numeric_limits<float>::quiet_NaN(),
+                            std::numeric_limits<float>::denorm_min(),
+                            std::numeric_limits<float>::max(),
+                            -std::numeric_limits<float>::max()};
+  std::vector<float> vals(std::begin(specials), std::end(specials));
+  for (int i = 0; i < 200; ++i)
+    vals.push_back(static_cast<float>(std::normal_distribution<double>(0, 10)(r)));
+  for (std::size_t a = 0; a < vals.size(); ++a)
+    for (std::size_t b = 0; b < vals.size(); ++b) {
+      const sfx::index_t ia = static_cast<sfx::index_t>(a % 7), ib = static_cast<sfx::index_t>(b % 5);
+      const bool before = sfx::ranks_before(vals[a], ia, vals[b], ib);
+      const bool key_before = sfx::topk_sort_key(vals[a], ia) < sfx::topk_sort_key(vals[b], ib);
+      INFO(vals[a] << "#" << ia << " vs " << vals[b] << "#" << ib);
+      if (!(vals[a] == vals[b] && ia == ib) && !(std::isnan(vals[a]) && std::isnan(vals[b]) && ia == ib) &&
+          !(vals[a] == 0 && vals[b] == 0 && ia == ib))
+        REQUIRE(before == key_before);
+    }
+  // Sorting keys reproduces topk().
+  std::vector<sfx::block_index_t> scratch;
+  for (int trial = 0; trial < 50; ++trial) {
+    const sfx::index_t B = 1 + static_cast<sfx::index_t>(r() % 300),
+                       k = 1 + static_cast<sfx::index_t>(r() % static_cast<std::uint64_t>(B));
+    std::vector<float> s(static_cast<std::size_t>(B));
+    for (auto& v : s)
+      v = static_cast<float>(r() % 5) - (r() % 20 == 0 ? std::numeric_limits<float>::quiet_NaN() : 0.0f);
+    std::vector<std::uint64_t> keys(static_cast<std::size_t>(B));
+    for (sfx::index_t b = 0; b < B; ++b)
+      keys[static_cast<std::size_t>(b)] = sfx::topk_sort_key(s[static_cast<std::size_t>(b)], b);
+    std::sort(keys.begin(), keys.end());
+    std::vector<sfx::block_index_t> want(static_cast<std::size_t>(k));
+    sfx::topk(s.data(), B, k, want.data(), scratch);
+    for (sfx::index_t j = 0; j < k; ++j)
+      REQUIRE(static_cast<sfx::block_index_t>(keys[static_cast<std::size_t>(j)] & 0xffffffffu) ==
+              want[static_cast<std::size_t>(j)]);
+  }
+}

@@ -118,7 +118,8 @@ void validate(const dense_ffn_view<T>& d) {
   detail::require_not_null(d.w2, "dense W2");
   require(d.b3 == nullptr || d.w3 != nullptr, status::invalid_argument,
           "dense b3 given without W3 (b3 is the bias of the gated FFN's up projection)");
-  for (const T* p : {d.w1, d.b1, d.w2, d.b2, d.w3, d.b3})
+  const T* const dense_ptrs[] = {d.w1, d.b1, d.w2, d.b2, d.w3, d.b3};
+  for (const T* p : dense_ptrs)
     if (p) detail::require_aligned<T>(p, "dense FFN weight/bias pointer");
 }
 
@@ -162,7 +163,8 @@ void validate(const blocked_ffn_view<T>& w) {
   detail::require_aligned<T>(w.weights, "blocked weights", k_row_alignment);
   if (w.centroids) detail::require_aligned<T>(w.centroids, "centroids", k_row_alignment);
   if (w.gate_w) detail::require_aligned<T>(w.gate_w, "learned-gate weights", k_row_alignment);
-  for (const float* p : {w.b1, w.b3, w.b2, w.centroid_bias, w.gate_b})
+  const float* const bias_ptrs[] = {w.b1, w.b3, w.b2, w.centroid_bias, w.gate_b};
+  for (const float* p : bias_ptrs)
     if (p) detail::require_aligned<float>(p, "bias pointer");
   require(w.b3 == nullptr || l.gated, status::invalid_argument, "b3 given for a non-gated FFN");
 }

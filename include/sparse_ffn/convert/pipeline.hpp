@@ -1,7 +1,10 @@
 // sparse_ffn — the whole MoEfication conversion as one call:
 //
-//   convert::moefy_result r;
-//   blocked_ffn<bfloat16_t> model = convert::moefy<bfloat16_t>(dense, x, n, options, &r);
+//   convert::moefy_result r = convert::moefy(dense, x, n, options);     // split, routers, report
+//   blocked_ffn<bfloat16_t> model = convert::moefy_pack<bfloat16_t>(dense, r);
+//
+// Everything that computes runs on float weights (the report measures the conversion, not the
+// storage dtype); moefy_pack only packs the permuted weights into T and installs the router rows.
 //
 // 1. split the neurons (random | kmeans | coactivation) into blocks of g,
 // 2. pack (weights in T, Avg-K centroids computed),
@@ -38,8 +41,11 @@ struct moefy_options {
 };
 
 struct moefy_result {
+  index_t g = 0;
   std::vector<std::int32_t> permutation;
   std::vector<quality_row> report;
+  std::vector<float> router_rows;  ///< [B × d] rows for the Avg-K selector (empty: the mean keys)
+  std::vector<float> router_bias;  ///< [B] (empty: none)
   bool has_mlp = false;
   mlp_router mlp;
 };
@@ -73,9 +79,7 @@ std::vector<std::int32_t> make_split(const std::string& name, const dense_ffn<fl
                            "' (random, kmeans, coactivation)");
 }
 
-template <class T>
-blocked_ffn<T> moefy(const dense_ffn<float>& dense, const float* x, index_t n, const moefy_options& o,
-                     moefy_result* result = nullptr) {
+inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t n, const moefy_options& o) {
   sparse_ffn::detail::require(dense.gated() == activation_is_gated(o.activation), status::invalid_argument,
                               "activation '", activation_name(o.activation), "' does not match the FFN (",
                               dense.gated() ? "gated" : "not gated", ")");
@@ -84,27 +88,26 @@ blocked_ffn<T> moefy(const dense_ffn<float>& dense, const float* x, index_t n, c
       status::invalid_argument, "unknown router '", o.router, "' (avg_k, similarity, linear, mlp)");
   sparse_ffn::detail::require(n >= 2, status::invalid_shape,
                               "moefy needs at least 2 tokens of hidden states");
-  moefy_result local;
-  moefy_result& r = result ? *result : local;
-  blocked_ffn<T> model;
+  moefy_result r;
+  r.g = o.g;
   dispatch_activation(o.activation, [&](auto a) {
     using Act = typename decltype(a)::type;
     r.permutation = make_split<Act>(o.split, dense, x, n, o);
     pack_options po{o.g};
     po.permutation = r.permutation.data();
-    model = pack<T>(dense.view(), po);
+    const blocked_ffn<float> model = pack<float>(dense.view(), po);
     const index_t B = model.layout().num_blocks, d = dense.d_model;
     if (o.router != "avg_k") {
       const auto sim = similarity_rows(model.view());
       if (o.router == "similarity") {
-        model.set_centroids(sim.data());
+        r.router_rows = sim;
       } else {
-        const auto fmodel = pack<float>(dense.view(), po);
         if (o.progress) o.progress("block masses", 0.0);
-        const auto mass = block_mass<Act>(fmodel, x, n);
+        const auto mass = block_mass<Act>(model, x, n);
         if (o.router == "linear") {
           const auto lin = fit_linear_router(x, mass.data(), n, d, B, o.quality.train, sim.data());
-          model.set_centroids(lin.w.data(), lin.b.data());
+          r.router_rows = lin.w;
+          r.router_bias = lin.b;
         } else {
           r.mlp = fit_mlp_router(x, mass.data(), n, d, B, o.quality.train, sim.data());
           r.has_mlp = true;
@@ -112,15 +115,26 @@ blocked_ffn<T> moefy(const dense_ffn<float>& dense, const float* x, index_t n, c
       }
     }
     std::vector<std::string> splits{o.split};
-    for (const auto& s : o.report_splits)
-      if (s != o.split) splits.push_back(s);
-    r.report.clear();
-    for (const auto& s : splits) {
-      const auto perm = s == o.split ? r.permutation : make_split<Act>(s, dense, x, n, o);
-      const auto rows = evaluate_split<Act>(dense.view(), perm, o.g, x, n, s, o.quality);
+    for (const auto& sp : o.report_splits)
+      if (sp != o.split) splits.push_back(sp);
+    for (const auto& sp : splits) {
+      const auto perm = sp == o.split ? r.permutation : make_split<Act>(sp, dense, x, n, o);
+      const auto rows = evaluate_split<Act>(dense.view(), perm, o.g, x, n, sp, o.quality);
       r.report.insert(r.report.end(), rows.begin(), rows.end());
     }
   });
+  return r;
+}
+
+/// The converted model in T: permuted weights, Avg-K centroids, and the router rows when the router
+/// is similarity or linear (the MLP router stays in the result: save it with io::save_blocked).
+template <class T>
+blocked_ffn<T> moefy_pack(const dense_ffn<float>& dense, const moefy_result& r) {
+  pack_options po{r.g};
+  po.permutation = r.permutation.data();
+  blocked_ffn<T> model = pack<T>(dense.view(), po);
+  if (!r.router_rows.empty())
+    model.set_centroids(r.router_rows.data(), r.router_bias.empty() ? nullptr : r.router_bias.data());
   return model;
 }
 

@@ -91,7 +91,8 @@ inline void check_cache(const block_layout& l, index_t n, index_t k, const forwa
   checked_elements<float>(checked_mul(n, k, "forward cache"), l.g, "forward cache");
   require(c->up == nullptr || l.gated, status::invalid_argument, "forward_cache::up is only for gated FFNs");
   if (c->blocks) require_aligned<block_index_t>(c->blocks, "forward_cache::blocks");
-  for (const float* p : {c->weights, c->pre, c->up})
+  const float* const cache_ptrs[] = {c->weights, c->pre, c->up};
+  for (const float* p : cache_ptrs)
     if (p) require_aligned<float>(p, "forward_cache buffer");
 }
 

@@ -7,6 +7,8 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "../config.hpp"
@@ -20,6 +22,21 @@ SPARSE_FFN_HD bool ranks_before(float sa, index_t ia, float sb, index_t ib) {
   if (na != nb) return nb;                  // the number beats the NaN
   if (!na && sa != sb) return sa > sb;
   return ia < ib;
+}
+
+/// A 64-bit key whose ascending order is the ranking order: sorting (score, index) pairs by it with any
+/// integer sort (e.g. CUB radix sort on the GPU) puts the top-k first, ties to the lower index, NaN
+/// last. High 32 bits: the score mapped to an order-reversed unsigned integer; low 32 bits: the index.
+SPARSE_FFN_HD std::uint64_t topk_sort_key(float score, index_t index) {
+  std::uint32_t u;
+  std::memcpy(&u, &score, sizeof u);
+  std::uint32_t ordered;  // larger score -> larger value; NaN -> 0
+  if (score != score) {
+    ordered = 0u;
+  } else {
+    ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // >= 0x00800000 for non-NaN
+  }
+  return (static_cast<std::uint64_t>(0xffffffffu - ordered) << 32) | static_cast<std::uint32_t>(index);
 }
 
 /// Inserts (score, index) into the sorted list out_score/out_index of length `len` (capacity k).

@@ -1,0 +1,87 @@
+// sparse_ffn — CUDA support shared by the GPU kernels: status handling, 16-byte vector loads that
+// convert to float, warp reductions with a fixed tree, and host-side launch-size checks.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error \
+    "sparse_ffn/cuda/*.cuh must be compiled by nvcc (include <sparse_ffn/sparse_ffn.hpp> for the CPU library)"
+#endif
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../config.hpp"
+#include "../error.hpp"
+#include "../types.hpp"
+
+namespace sparse_ffn {
+namespace cuda {
+
+/// Result of a CUDA entry point: a status and, on failure, a message (static storage).
+struct result {
+  sparse_ffn::status code = sparse_ffn::status::success;
+  const char* message = "";
+  explicit operator bool() const { return code == sparse_ffn::status::success; }
+};
+
+inline result ok() {
+  return {};
+}
+
+/// Runs `f` (host-side validation that throws sparse_ffn::error) and turns an error into a result.
+/// The message is kept in thread-local storage until the next failing call on this thread.
+template <class F>
+result guard(F&& f) {
+  static thread_local std::string last;
+  try {
+    f();
+    return ok();
+  } catch (const sparse_ffn::error& e) {
+    last = e.what();
+    return {e.code(), last.c_str()};
+  } catch (const std::exception& e) {
+    last = std::string("sparse_ffn: ") + e.what();
+    return {sparse_ffn::status::invalid_argument, last.c_str()};
+  }
+}
+
+inline result from_cuda(cudaError_t e) {
+  if (e == cudaSuccess) return ok();
+  return {sparse_ffn::status::cuda_error, cudaGetErrorString(e)};
+}
+
+namespace detail {
+
+/// Elements of T in one 16-byte load.
+template <class T>
+struct vec {
+  static constexpr int n = static_cast<int>(16 / sizeof(T));
+};
+
+/// Loads 16 bytes (16-byte aligned) and converts them to float.
+template <class T>
+__device__ __forceinline__ void load16(const T* p, float (&out)[vec<T>::n]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(p);
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < vec<T>::n; ++i) out[i] = to_float(e[i]);
+}
+
+/// Sum over the 32 lanes, fixed butterfly order: every lane gets the same bits on every run.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+/// Grid size for `count` work items of one block each; checked to fit the x dimension.
+inline unsigned grid_for(index_t count, const char* what) {
+  sparse_ffn::detail::require(count >= 0 && count <= 0x7fffffff, status::size_overflow, what, ": ", count,
+                              " thread blocks exceed the grid limit");
+  return static_cast<unsigned>(count > 0 ? count : 1);
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace sparse_ffn

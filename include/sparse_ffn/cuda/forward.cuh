@@ -1,0 +1,359 @@
+// sparse_ffn — the GPU entry points (CUB style: two-phase workspace, device pointers, a stream, a
+// status; no allocation and no host synchronisation, so a forward can be captured in a CUDA graph).
+//
+//   std::size_t bytes = 0;
+//   cuda::forward<P>(nullptr, bytes, model, n, d_x, d_y, args);           // 1. size the workspace
+//   cudaMalloc(&d_ws, bytes);
+//   cuda::result r = cuda::forward<P>(d_ws, bytes, model, n, d_x, d_y, args, nullptr, stream);  // 2. run
+//
+// `model` is a blocked_ffn_view whose pointers are device pointers (see cuda::device_model).
+// All arguments are validated on the host before any launch, with the CPU path's messages; data that
+// lives on the device (token ids, a caller's routing table) is checked on the device: an out-of-range
+// entry is replaced by a valid one (never an out-of-bounds access) and recorded in the workspace's
+// error word, which cuda::device_errors(d_ws, stream) returns (that call synchronises the stream).
+// Results are deterministic (bit-identical across runs on the same GPU and configuration).
+#pragma once
+
+#include <cub/device/device_segmented_radix_sort.cuh>
+
+#include "../cpu/checks.hpp"
+#include "../pack.hpp"
+#include "../policy.hpp"
+#include "kernels.cuh"
+#include "route.cuh"
+
+namespace sparse_ffn {
+namespace cuda {
+namespace detail {
+
+inline std::size_t align256(std::size_t b) {
+  return (b + 255) / 256 * 256;
+}
+
+/// Device scratch of one call, carved from the workspace (base null = sizing only).
+struct buffers {
+  int* error = nullptr;
+  float* xpad = nullptr;
+  block_index_t* blocks = nullptr;
+  float* weights = nullptr;
+  float* scores = nullptr;
+  std::uint64_t* keys_in = nullptr;
+  std::uint64_t* keys_out = nullptr;
+  int* seg = nullptr;
+  void* sort_temp = nullptr;
+  std::size_t sort_bytes = 0;
+  float* pre_all = nullptr;
+  float* up_all = nullptr;
+  float* h = nullptr;
+  float* partial = nullptr;
+  index_t groups = 1, group = 1, tiles = 1;
+  std::size_t total = 0;
+};
+
+template <class T>
+index_t value_tiles(const block_layout& l) {
+  return (l.ld + kernels::k_threads * vec<T>::n - 1) / (kernels::k_threads * vec<T>::n);
+}
+
+/// Fixed (device-independent) split of the slots into groups so that decode launches ~512 blocks.
+inline void choose_groups(index_t n, index_t k, index_t tiles, buffers& b) {
+  const index_t target = 512, per = n * tiles;
+  index_t groups = per >= target ? 1 : (target + per - 1) / per;
+  groups = groups > k ? k : groups;
+  b.group = (k + groups - 1) / groups;
+  b.groups = (k + b.group - 1) / b.group;
+  b.tiles = tiles;
+}
+
+template <class Policy>
+buffers plan(unsigned char* base, const block_layout& l, index_t n, index_t k, bool routed, bool compute) {
+  using T = typename Policy::dtype;
+  using Sel = typename Policy::selector;
+  using Act = typename Policy::activation;
+  buffers b;
+  std::size_t off = 0;
+  auto take = [&](std::size_t bytes) -> void* {
+    void* p = base ? base + off : nullptr;
+    off += align256(bytes);
+    return p;
+  };
+  const index_t B = l.num_blocks, G = l.g;
+  const index_t nB = sparse_ffn::detail::checked_mul(n, B, "scores");
+  b.error = static_cast<int*>(take(sizeof(int)));
+  auto floats = [](index_t count) { return static_cast<std::size_t>(count) * sizeof(float); };
+  b.xpad = static_cast<float*>(take(floats(sparse_ffn::detail::checked_elements<float>(n, l.ld, "X"))));
+  b.blocks = static_cast<block_index_t*>(take(static_cast<std::size_t>(n * k) * sizeof(block_index_t)));
+  b.weights = static_cast<float*>(take(static_cast<std::size_t>(n * k) * 4));
+  if (!routed && Sel::scoring != scoring_kind::token) {
+    sparse_ffn::detail::require(nB < 0x7fffffff, status::size_overflow, "n × B (", nB,
+                                ") must be < 2^31 for the GPU top-k");
+    b.scores = static_cast<float*>(take(static_cast<std::size_t>(nB) * 4));
+    b.keys_in = static_cast<std::uint64_t*>(take(static_cast<std::size_t>(nB) * 8));
+    b.keys_out = static_cast<std::uint64_t*>(take(static_cast<std::size_t>(nB) * 8));
+    b.seg = static_cast<int*>(take(static_cast<std::size_t>(n + 1) * 4));
+    cub::DeviceSegmentedRadixSort::SortKeys(nullptr, b.sort_bytes, b.keys_in, b.keys_out,
+                                            static_cast<int>(nB), static_cast<int>(n), b.seg, b.seg + 1);
+    b.sort_temp = take(b.sort_bytes);
+    if (Sel::scoring == scoring_kind::dense) {
+      const index_t cells = sparse_ffn::detail::checked_elements<float>(nB, G, "dense activations");
+      b.pre_all = static_cast<float*>(take(floats(cells)));
+      if (Act::gated) b.up_all = static_cast<float*>(take(floats(cells)));
+    }
+  }
+  if (compute) {
+    b.h = static_cast<float*>(take(floats(sparse_ffn::detail::checked_elements<float>(n * k, G, "H"))));
+    choose_groups(n, k, value_tiles<T>(l), b);
+    b.partial = static_cast<float*>(
+        take(floats(sparse_ffn::detail::checked_elements<float>(n * b.groups, l.ld, "partial sums"))));
+  }
+  b.total = off;
+  return b;
+}
+
+/// Host-side checks that do not read device memory (the CPU checks that would are done on the device).
+template <class Policy>
+void check_common(const blocked_ffn_view<typename Policy::dtype>& w, index_t k) {
+  sparse_ffn::detail::check_model<Policy>(w);
+  sparse_ffn::detail::check_k(k, w.layout.num_blocks);
+}
+
+template <class Policy>
+void check_selector(const blocked_ffn_view<typename Policy::dtype>& w, const route_args& a, index_t n) {
+  using Sel = typename Policy::selector;
+  if constexpr (Sel::scoring == scoring_kind::token) {
+    sparse_ffn::detail::require(a.vocab_size > 0, status::invalid_argument,
+                                "the hash selector needs route_args::vocab_size > 0 (got ", a.vocab_size,
+                                ")");
+    if (n > 0) {
+      sparse_ffn::detail::require(a.token_ids != nullptr, status::null_pointer,
+                                  "the hash selector needs route_args::token_ids (one id per token)");
+      sparse_ffn::detail::require_aligned<token_id_t>(a.token_ids, "route_args::token_ids");
+    }
+  } else {
+    Sel::check(w, a, n);  // avg_k / learned_gate / oracle: model pointers and k only
+  }
+}
+
+inline unsigned elementwise_grid(index_t count) {
+  const index_t blocks = (count + kernels::k_threads - 1) / kernels::k_threads;
+  return blocks > 65535 * 8 ? 65535 * 8 : static_cast<unsigned>(blocks > 0 ? blocks : 1);
+}
+
+/// The launches of one call. `given` non-null = forward_routed; `y` null = route only.
+template <class Policy, class Tx, class Ty>
+result launch(const buffers& b, const blocked_ffn_view<typename Policy::dtype>& w, index_t n, index_t k,
+              const Tx* x, Ty* y, const route_args* args, const const_routing_view* given, routing_view* out,
+              const forward_cache* cache, cudaStream_t s) {
+  using T = typename Policy::dtype;
+  using Sel = typename Policy::selector;
+  using Act = typename Policy::activation;
+  constexpr int G = Policy::block_size;
+  constexpr int threads = kernels::k_threads;
+  const block_layout& l = w.layout;
+  const index_t B = l.num_blocks, ld = l.ld, d = l.d_model;
+  cudaError_t e = cudaMemsetAsync(b.error, 0, sizeof(int), s);
+  if (e != cudaSuccess) return from_cuda(e);
+  kernels::prepare_x<Tx><<<elementwise_grid(n * ld), threads, 0, s>>>(x, b.xpad, n, d, ld);
+  constexpr int chunks = (G + (G < kernels::k_rows_per_cta ? G : kernels::k_rows_per_cta) - 1) /
+                         (G < kernels::k_rows_per_cta ? G : kernels::k_rows_per_cta);
+  // ---- route -----------------------------------------------------------------------------------
+  if (given) {
+    kernels::copy_routing<<<elementwise_grid(n * k), threads, 0, s>>>(given->blocks, given->weights, n * k, B,
+                                                                      b.blocks, b.weights, b.error);
+  } else if constexpr (Sel::scoring == scoring_kind::token) {
+    kernels::hash_route<<<elementwise_grid(n * k), threads, 0, s>>>(
+        args->token_ids, n, k, B, args->vocab_size, args->seed, b.blocks, b.weights, b.error);
+  } else {
+    if constexpr (Sel::scoring == scoring_kind::linear) {
+      const dim3 grid(grid_for(B, "scores"),
+                      grid_for((n + kernels::k_score_tokens - 1) / kernels::k_score_tokens, "scores"));
+      sparse_ffn::detail::require(grid.y <= 65535, status::size_overflow,
+                                  "too many tokens for one call (n ≤ 524280)");
+      kernels::linear_scores<Sel, T>
+          <<<grid, threads, 0, s>>>(Sel::linear_rows(w), Sel::linear_bias(w), b.xpad, n, B, ld, b.scores);
+    } else {
+      kernels::keys<T, Act, G><<<grid_for(n * B * chunks, "dense keys"), threads, 0, s>>>(
+          w, b.xpad, nullptr, n * B, B, nullptr, b.pre_all, b.up_all, b.error);
+      kernels::dense_scores<Act, G>
+          <<<elementwise_grid(n * B), threads, 0, s>>>(b.pre_all, b.up_all, n, B, b.scores);
+    }
+    kernels::sort_keys<<<elementwise_grid(n * B + 1), threads, 0, s>>>(b.scores, n, B, b.keys_in, b.seg);
+    std::size_t bytes = b.sort_bytes;
+    e = cub::DeviceSegmentedRadixSort::SortKeys(b.sort_temp, bytes, b.keys_in, b.keys_out,
+                                                static_cast<int>(n * B), static_cast<int>(n), b.seg,
+                                                b.seg + 1, 0, 64, s);
+    if (e != cudaSuccess) return from_cuda(e);
+    kernels::take_topk<<<elementwise_grid(n * k), threads, 0, s>>>(b.keys_out, n, B, k, b.blocks, b.weights,
+                                                                   !Sel::weighted);
+    if constexpr (Sel::weighted)
+      kernels::gate_weights<<<grid_for(n, "gate weights"), threads, 0, s>>>(b.scores, b.blocks, B, k,
+                                                                            args->renormalize, b.weights);
+  }
+  auto copy = [&](void* dst, const void* src, std::size_t bytes) {
+    if (dst && e == cudaSuccess) e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s);
+  };
+  if (out) {
+    copy(out->blocks, b.blocks, static_cast<std::size_t>(n * k) * sizeof(block_index_t));
+    copy(out->weights, b.weights, static_cast<std::size_t>(n * k) * 4);
+  }
+  if (cache) {
+    copy(cache->blocks, b.blocks, static_cast<std::size_t>(n * k) * sizeof(block_index_t));
+    copy(cache->weights, b.weights, static_cast<std::size_t>(n * k) * 4);
+  }
+  if (e != cudaSuccess) return from_cuda(e);
+  if (!y) return from_cuda(cudaGetLastError());
+  // ---- keys, values, combine ------------------------------------------------------------------
+  kernels::keys<T, Act, G><<<grid_for(n * k * chunks, "keys"), threads, 0, s>>>(
+      w, b.xpad, b.blocks, n * k, k, b.h, cache ? cache->pre : nullptr, cache ? cache->up : nullptr, b.error);
+  kernels::values<T, G><<<grid_for(n * b.groups * b.tiles, "values"), threads, 0, s>>>(
+      w, b.blocks, b.weights, b.h, n, k, b.group, b.groups, b.tiles, b.partial, b.error);
+  kernels::combine<Ty><<<elementwise_grid(n * d), threads, 0, s>>>(b.partial, w.b2, y, n, d, ld, b.groups);
+  return from_cuda(cudaGetLastError());
+}
+
+template <class Policy, class Tx, class Ty>
+result run(void* ws, std::size_t& ws_bytes, const blocked_ffn_view<typename Policy::dtype>& w, index_t n,
+           const Tx* x, Ty* y, const route_args* args, const const_routing_view* given, routing_view* out,
+           const forward_cache* cache, cudaStream_t s) {
+  static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
+  buffers sizing;
+  const index_t k = args ? args->k : given->k;
+  result r = guard([&] {
+    check_common<Policy>(w, k);
+    if (args) check_selector<Policy>(w, *args, n);
+    if (y) {
+      sparse_ffn::detail::check_io(w.layout, n, x, y);
+    } else {
+      sparse_ffn::detail::check_x(w.layout, n, x);
+      sparse_ffn::detail::check_routing_out(n, k, *out);
+    }
+    if (given) {
+      sparse_ffn::detail::require(given->n == n, status::invalid_shape, "routing table has ", given->n,
+                                  " rows but there are ", n, " tokens");
+      if (n > 0) {
+        sparse_ffn::detail::require_not_null(given->blocks, "routing blocks");
+        sparse_ffn::detail::require_aligned<block_index_t>(given->blocks, "routing blocks");
+      }
+    }
+    sparse_ffn::detail::check_cache(w.layout, n, k, cache);
+    sparse_ffn::detail::require_aligned<float>(w.weights, "blocked weights", 16);
+    sizing = plan<Policy>(nullptr, w.layout, n, k, given != nullptr, y != nullptr);
+  });
+  if (!r) return r;
+  if (ws == nullptr) {
+    ws_bytes = sizing.total;
+    return ok();
+  }
+  if (ws_bytes < sizing.total)
+    return {status::invalid_argument,
+            "sparse_ffn: workspace too small (query its size with a null workspace first)"};
+  if (reinterpret_cast<std::uintptr_t>(ws) % 256 != 0)
+    return {status::misaligned_pointer, "sparse_ffn: the workspace must be 256-byte aligned (cudaMalloc is)"};
+  if (n == 0) return ok();
+  const buffers b =
+      plan<Policy>(static_cast<unsigned char*>(ws), w.layout, n, k, given != nullptr, y != nullptr);
+  return launch<Policy>(b, w, n, k, x, y, args, given, out, cache, s);
+}
+
+}  // namespace detail
+
+/// Fused select + compute. Device pointers throughout (x, y, args.token_ids, cache buffers).
+template <class Policy, class Tx, class Ty>
+result forward(void* d_workspace, std::size_t& workspace_bytes,
+               const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, Ty* y,
+               const route_args& args, const forward_cache* cache = nullptr, cudaStream_t stream = 0) {
+  return detail::run<Policy>(d_workspace, workspace_bytes, w, n, x, y, &args, nullptr, nullptr, cache,
+                             stream);
+}
+
+/// Compute with a caller's routing table (device pointers).
+template <class Policy, class Tx, class Ty>
+result forward_routed(void* d_workspace, std::size_t& workspace_bytes,
+                      const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, Ty* y,
+                      const_routing_view routing, const forward_cache* cache = nullptr,
+                      cudaStream_t stream = 0) {
+  return detail::run<Policy>(d_workspace, workspace_bytes, w, n, x, y, nullptr, &routing, nullptr, cache,
+                             stream);
+}
+
+/// Selection only: fills `out` (device pointers).
+template <class Policy, class Tx>
+result route(void* d_workspace, std::size_t& workspace_bytes,
+             const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x,
+             const route_args& args, routing_view out, cudaStream_t stream = 0) {
+  return detail::run<Policy, Tx, float>(d_workspace, workspace_bytes, w, n, x, nullptr, &args, nullptr, &out,
+                                        nullptr, stream);
+}
+
+/// The device-side error word of the last call that used this workspace: 0, or a combination of
+/// kernels::bad_block_index and kernels::bad_token_id. Synchronises `stream`.
+inline result device_errors(const void* d_workspace, int& errors, cudaStream_t stream = 0) {
+  errors = 0;
+  cudaError_t e = cudaMemcpyAsync(&errors, d_workspace, sizeof(int), cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess) e = cudaStreamSynchronize(stream);
+  return from_cuda(e);
+}
+
+/// A blocked model in device memory: copies of the host buffers, owned here; view() for the kernels.
+template <class T>
+class device_model {
+ public:
+  device_model() = default;
+  device_model(const device_model&) = delete;
+  device_model& operator=(const device_model&) = delete;
+  ~device_model() { release(); }
+
+  /// Uploads a host model (synchronous copies). Returns the CUDA status.
+  result upload(const blocked_ffn<T>& m) {
+    release();
+    const blocked_ffn_view<T> h = m.view();
+    const block_layout& l = h.layout;
+    view_ = h;
+    auto put = [&](const void* src, std::size_t bytes, const void*& dst) {
+      if (!src) {
+        dst = nullptr;
+        return cudaSuccess;
+      }
+      void* p = nullptr;
+      cudaError_t e = cudaMalloc(&p, bytes);
+      if (e != cudaSuccess) return e;
+      owned_.push_back(p);
+      dst = p;
+      return cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice);
+    };
+    const void* p = nullptr;
+    cudaError_t e = put(h.weights, static_cast<std::size_t>(l.total_elements()) * sizeof(T), p);
+    view_.weights = static_cast<const T*>(p);
+    auto put_f = [&](const float* src, index_t count, const float*& dst) {
+      const void* q = nullptr;
+      if (e == cudaSuccess) e = put(src, static_cast<std::size_t>(count) * 4, q);
+      dst = static_cast<const float*>(q);
+    };
+    auto put_t = [&](const T* src, index_t count, const T*& dst) {
+      const void* q = nullptr;
+      if (e == cudaSuccess) e = put(src, static_cast<std::size_t>(count) * sizeof(T), q);
+      dst = static_cast<const T*>(q);
+    };
+    put_f(h.b1, l.d_ff, view_.b1);
+    put_f(h.b3, l.d_ff, view_.b3);
+    put_f(h.b2, l.d_model, view_.b2);
+    put_t(h.centroids, l.num_blocks * l.ld, view_.centroids);
+    put_f(h.centroid_bias, l.num_blocks, view_.centroid_bias);
+    put_t(h.gate_w, l.num_blocks * l.ld, view_.gate_w);
+    put_f(h.gate_b, l.num_blocks, view_.gate_b);
+    view_.perm = nullptr;  // host-side metadata only
+    return from_cuda(e);
+  }
+  const blocked_ffn_view<T>& view() const { return view_; }
+
+ private:
+  void release() {
+    for (void* p : owned_) cudaFree(p);
+    owned_.clear();
+  }
+  blocked_ffn_view<T> view_{};
+  std::vector<void*> owned_;
+};
+
+}  // namespace cuda
+}  // namespace sparse_ffn

@@ -1,0 +1,149 @@
+// sparse_ffn — selection on the GPU, for every selector, with no host synchronisation.
+//
+//   linear (avg_k, learned_gate)  scores[t][b] = Sel::linear_score(row_b·x_t, bias_b): one thread block
+//                                 per row and group of 8 tokens, 16-byte loads, fixed-order reduction
+//   dense (oracle)                the key pass over every block (kernels::keys with per_token = B), then
+//                                 scores[t][b] = Σ_i neuron_score(act(pre, up))
+//   token (hash)                  blocks[t][j] = Sel::block(token_key(id_t, seed), j, B), one thread each
+// Top-k: every score becomes topk_sort_key(score, b) (the CPU's exact order: higher first, ties to the
+// lower index, NaN last), CUB's segmented radix sort orders each token's B keys, and the first k
+// give the blocks. Weights: 1, or the learned gate's softmax (one thread block per token).
+#pragma once
+
+#include <cub/device/device_segmented_radix_sort.cuh>
+
+#include "../selector/hash.hpp"
+#include "../selector/learned_gate.hpp"
+#include "../selector/topk.hpp"
+#include "kernels.cuh"
+
+namespace sparse_ffn {
+namespace cuda {
+namespace kernels {
+
+inline constexpr int k_score_tokens = 8;
+
+template <class Sel, class T>
+__global__ void __launch_bounds__(k_threads)
+    linear_scores(const T* __restrict__ rows, const float* __restrict__ bias, const float* __restrict__ xpad,
+                  index_t n, index_t B, index_t ld, float* __restrict__ scores) {
+  constexpr int V = detail::vec<T>::n, M = k_score_tokens;
+  __shared__ float red[k_threads / 32][M];
+  const index_t b = blockIdx.x, t0 = static_cast<index_t>(blockIdx.y) * M;
+  const T* row = rows + b * ld;
+  float acc[M];
+#pragma unroll
+  for (int m = 0; m < M; ++m) acc[m] = 0.0f;
+  for (index_t q = static_cast<index_t>(threadIdx.x) * V; q < ld; q += k_threads * V) {
+    float rv[V];
+    detail::load16(row + q, rv);
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      if (t0 + m >= n) break;
+      const float* x = xpad + (t0 + m) * ld + q;
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc[m] = fmaf(rv[e], x[e], acc[m]);
+    }
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int m = 0; m < M; ++m) {
+    const float s = detail::warp_sum(acc[m]);
+    if (lane == 0) red[warp][m] = s;
+  }
+  __syncthreads();
+  if (threadIdx.x < M && t0 + threadIdx.x < n) {
+    float s = 0.0f;
+    for (int wi = 0; wi < k_threads / 32; ++wi) s += red[wi][threadIdx.x];  // fixed order
+    scores[(t0 + threadIdx.x) * B + b] = Sel::linear_score(s, bias ? bias[b] : 0.0f);
+  }
+}
+
+template <class Act, int G>
+__global__ void dense_scores(const float* __restrict__ pre, const float* __restrict__ up, index_t n,
+                             index_t B, float* __restrict__ scores) {
+  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (e >= n * B) return;
+  float s = 0.0f;
+  for (int i = 0; i < G; ++i)
+    s += select::oracle::neuron_score(activate<Act>(pre[e * G + i], Act::gated ? up[e * G + i] : 0.0f));
+  scores[e] = s;
+}
+
+__global__ void sort_keys(const float* __restrict__ scores, index_t n, index_t B,
+                          std::uint64_t* __restrict__ keys, int* __restrict__ offsets) {
+  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (e < n * B) keys[e] = topk_sort_key(scores[e], e % B);
+  if (e <= n) offsets[e] = static_cast<int>(e * B);
+}
+
+/// blocks[t][j] from the sorted keys; weights for unweighted selectors.
+__global__ void take_topk(const std::uint64_t* __restrict__ sorted, index_t n, index_t B, index_t k,
+                          block_index_t* __restrict__ blocks, float* __restrict__ weights,
+                          bool unit_weights) {
+  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (e >= n * k) return;
+  const index_t t = e / k, j = e % k;
+  blocks[e] = static_cast<block_index_t>(sorted[t * B + j] & 0xffffffffu);
+  if (unit_weights) weights[e] = 1.0f;
+}
+
+/// Learned-gate weights, one thread block per token; sums in a fixed order.
+__global__ void __launch_bounds__(k_threads)
+    gate_weights(const float* __restrict__ logits, const block_index_t* __restrict__ blocks, index_t B,
+                 index_t k, bool renormalize, float* __restrict__ weights) {
+  __shared__ float red[k_threads];
+  const index_t t = blockIdx.x;
+  const float* l = logits + t * B;
+  const float mx = l[blocks[t * k]];
+  float s = 0.0f;
+  for (index_t b = threadIdx.x; b < B; b += k_threads) s += select::learned_gate::softmax_term(l[b], mx);
+  red[threadIdx.x] = s;
+  __syncthreads();
+  for (int o = k_threads / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) red[threadIdx.x] += red[threadIdx.x + o];
+    __syncthreads();
+  }
+  const float all = red[0];
+  if (threadIdx.x == 0) {
+    float top = 0.0f;
+    for (index_t j = 0; j < k; ++j) top += select::learned_gate::softmax_term(l[blocks[t * k + j]], mx);
+    for (index_t j = 0; j < k; ++j)
+      weights[t * k + j] = select::learned_gate::weight(
+          select::learned_gate::softmax_term(l[blocks[t * k + j]], mx), all, top, renormalize);
+  }
+}
+
+__global__ void hash_route(const token_id_t* __restrict__ ids, index_t n, index_t k, index_t B, index_t vocab,
+                           std::uint64_t seed, block_index_t* __restrict__ blocks,
+                           float* __restrict__ weights, int* __restrict__ error) {
+  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (e >= n * k) return;
+  token_id_t id = ids[e / k];
+  if (id < 0 || id >= vocab) {
+    if (e % k == 0) atomicOr(error, bad_token_id);
+    id = 0;
+  }
+  blocks[e] = static_cast<block_index_t>(select::hash::block(select::hash::token_key(id, seed), e % k, B));
+  weights[e] = 1.0f;
+}
+
+/// Copies a caller's routing table (weights default to 1), checking the block indices.
+__global__ void copy_routing(const block_index_t* __restrict__ in_blocks,
+                             const float* __restrict__ in_weights, index_t nk, index_t B,
+                             block_index_t* __restrict__ blocks, float* __restrict__ weights,
+                             int* __restrict__ error) {
+  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
+  if (e >= nk) return;
+  block_index_t b = in_blocks[e];
+  if (b < 0 || b >= B) {
+    atomicOr(error, bad_block_index);
+    b = 0;
+  }
+  blocks[e] = b;
+  weights[e] = in_weights ? in_weights[e] : 1.0f;
+}
+
+}  // namespace kernels
+}  // namespace cuda
+}  // namespace sparse_ffn

@@ -1,0 +1,96 @@
+// The GPU forward matrix: the same random cases and float64 checks as the CPU matrix
+// (tests/support/forward_matrix.hpp), with every buffer copied to the device and the outputs copied
+// back into the case before verify(). Also checks run-to-run determinism.
+#pragma once
+
+#include <sparse_ffn/cuda.cuh>
+
+#include "../support/forward_matrix.hpp"
+
+namespace gpu {
+
+#define GPU_REQUIRE(call) REQUIRE((call) == cudaSuccess)
+
+template <class T>
+struct dbuf {
+  T* p = nullptr;
+  std::size_t n = 0;
+  explicit dbuf(std::size_t count) : n(count) {
+    GPU_REQUIRE(cudaMalloc(&p, std::max<std::size_t>(count, 1) * sizeof(T)));
+  }
+  dbuf(const std::vector<T>& h) : dbuf(h.size()) {
+    GPU_REQUIRE(cudaMemcpy(p, h.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  ~dbuf() { cudaFree(p); }
+  void to_host(T* h) const { GPU_REQUIRE(cudaMemcpy(h, p, n * sizeof(T), cudaMemcpyDeviceToHost)); }
+};
+
+template <class P, class Tio>
+void check_policy_gpu(std::uint64_t salt) {
+  using T = typename P::dtype;
+  auto r = test::rng(salt);
+  for (sfx::index_t n : {1, 3, 64, 1000}) {
+    test::case_data<T, Tio> c(r, test::random_shape(r, n, P::block_size), P::block_size, P::selector::kind,
+                              P::activation::kind);
+    sfx::cuda::device_model<T> m;
+    REQUIRE(m.upload(c.model));
+    const auto w = m.view();
+    const sfx::index_t nn = c.s.n, d = c.s.d, k = c.s.k, G = P::block_size;
+    dbuf<Tio> x(c.x), y(nn * d), y2(nn * d), yr(nn * d);
+    dbuf<sfx::token_id_t> ids(c.ids);
+    dbuf<sfx::block_index_t> cb(nn * k), rb(nn * k);
+    dbuf<float> cw(nn * k), rw(nn * k), cpre(nn * k * G), cup(nn * k * G);
+    sfx::route_args a = c.args;
+    a.token_ids = ids.p;
+    sfx::forward_cache cache{cb.p, cw.p, cpre.p, P::activation::gated ? cup.p : nullptr};
+    std::size_t bytes = 0;
+    REQUIRE(sfx::cuda::forward<P>(nullptr, bytes, w, nn, x.p, y.p, a, &cache));
+    dbuf<unsigned char> ws(bytes);
+    const auto res = sfx::cuda::forward<P>(ws.p, bytes, w, nn, x.p, y.p, a, &cache);
+    INFO(res.message);
+    REQUIRE(res);
+    GPU_REQUIRE(cudaDeviceSynchronize());
+    int errors = -1;
+    REQUIRE(sfx::cuda::device_errors(ws.p, errors));
+    REQUIRE(errors == 0);
+    // Determinism: a second run gives the same bits.
+    REQUIRE(sfx::cuda::forward<P>(ws.p, bytes, w, nn, x.p, y2.p, a, nullptr));
+    std::vector<Tio> h1(static_cast<std::size_t>(nn * d)), h2(h1.size());
+    y.to_host(h1.data());
+    y2.to_host(h2.data());
+    REQUIRE(std::memcmp(h1.data(), h2.data(), h1.size() * sizeof(Tio)) == 0);
+    // route() and forward_routed() through the device.
+    std::size_t rbytes = 0;
+    REQUIRE(sfx::cuda::route<P>(nullptr, rbytes, w, nn, x.p, a, sfx::routing_view{nn, k, rb.p, rw.p}));
+    dbuf<unsigned char> rws(rbytes);
+    REQUIRE(sfx::cuda::route<P>(rws.p, rbytes, w, nn, x.p, a, sfx::routing_view{nn, k, rb.p, rw.p}));
+    std::size_t fbytes = 0;
+    const sfx::const_routing_view given{nn, k, cb.p, cw.p};
+    REQUIRE(sfx::cuda::forward_routed<P>(nullptr, fbytes, w, nn, x.p, yr.p, given));
+    dbuf<unsigned char> fws(fbytes);
+    REQUIRE(sfx::cuda::forward_routed<P>(fws.p, fbytes, w, nn, x.p, yr.p, given));
+    GPU_REQUIRE(cudaDeviceSynchronize());
+    // Bring everything back into the case and run the CPU checks.
+    std::copy(h1.begin(), h1.end(), c.y.data());
+    yr.to_host(c.y_routed.data());
+    cb.to_host(c.cblocks.data());
+    cw.to_host(c.cweights.data());
+    cpre.to_host(c.cpre.data());
+    if (P::activation::gated) cup.to_host(c.cup.data());
+    rb.to_host(c.rblocks.data());
+    rw.to_host(c.rweights.data());
+    c.verify();
+  }
+}
+
+template <class Sel>
+void check_selector_gpu() {
+  std::uint64_t salt = 1000;
+  check_policy_gpu<sfx::policy<16, Sel, float, sfx::act::relu>, float>(++salt);
+  check_policy_gpu<sfx::policy<64, Sel, sfx::bfloat16_t, sfx::act::swiglu>, sfx::bfloat16_t>(++salt);
+  check_policy_gpu<sfx::policy<64, Sel, sfx::half_t, sfx::act::gelu_erf>, float>(++salt);
+  check_policy_gpu<sfx::policy<128, Sel, sfx::bfloat16_t, sfx::act::relu>, float>(++salt);
+  check_policy_gpu<sfx::policy<1, Sel, float, sfx::act::geglu>, float>(++salt);
+}
+
+}  // namespace gpu
