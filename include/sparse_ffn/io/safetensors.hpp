@@ -127,7 +127,7 @@ class safetensors_file {
     const auto n = static_cast<std::size_t>(t.numel());
     std::vector<float> out(n);
     if (t.dtype == "F32") {
-      std::memcpy(out.data(), raw.data(), n * 4);
+      if (n > 0) std::memcpy(out.data(), raw.data(), n * 4);  // empty vectors may hold null pointers
     } else if (t.dtype == "F16" || t.dtype == "BF16") {
       for (std::size_t i = 0; i < n; ++i) {
         const std::uint16_t b = static_cast<std::uint16_t>(raw[2 * i] | (raw[2 * i + 1] << 8));
