@@ -5,7 +5,7 @@
 //         --hidden states.safetensors --hidden-name NAME [--max-tokens N]
 //         --activation relu|gelu_erf|gelu_tanh|silu|swiglu|geglu  --g 64
 //         [--split kmeans|coactivation|random] [--router avg_k|similarity|linear|mlp]
-//         [--dtype f32|bf16|f16] [--seed N] [--iterations N] [--epochs N]
+//         [--dtype f32|bf16|f16] [--seed N] [--iterations N] [--restarts N] [--epochs N]
 //         [--report-splits random,kmeans,coactivation] [--densities 0.1,0.2,0.25,0.3,0.5]
 //         --out blocked.safetensors [--report report.json]
 //
@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
     o.router = opt("router", "avg_k");
     o.seed = std::stoull(opt("seed", "0"));
     o.kmeans_iterations = std::stoi(opt("iterations", "10"));
+    o.kmeans_restarts = std::stoi(opt("restarts", "3"));
     o.quality.train.epochs = std::stoi(opt("epochs", "20"));
     o.quality.train.seed = o.seed;
     o.report_splits = split_list(opt("report-splits", "random"));

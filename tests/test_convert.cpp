@@ -8,6 +8,7 @@
 #include <sparse_ffn/convert/synthetic.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <map>
 #include <numeric>
 
@@ -34,6 +35,31 @@ double brute_best(const std::vector<float>& v, sfx::index_t N, sfx::index_t B, s
     best = std::max(best, s);
   } while (std::next_permutation(lab.begin(), lab.end()));
   return best;
+}
+
+/// Σ over blocks of Σ |x_i − mean|² on the L2-normalised keys (float64, written independently).
+double within_block_distance(const std::vector<std::int32_t>& perm, const std::vector<float>& w1,
+                             sfx::index_t d, sfx::index_t g) {
+  double total = 0;
+  for (std::size_t b0 = 0; b0 < perm.size(); b0 += static_cast<std::size_t>(g)) {
+    std::vector<std::vector<double>> rows;
+    std::vector<double> mean(static_cast<std::size_t>(d), 0.0);
+    for (sfx::index_t i = 0; i < g; ++i) {
+      const float* k = w1.data() + perm[b0 + static_cast<std::size_t>(i)] * d;
+      double nn = 0;
+      for (sfx::index_t c = 0; c < d; ++c) nn += double(k[c]) * k[c];
+      std::vector<double> x(static_cast<std::size_t>(d));
+      for (sfx::index_t c = 0; c < d; ++c)
+        x[static_cast<std::size_t>(c)] = nn > 0 ? k[c] / std::sqrt(nn) : 0.0;
+      for (sfx::index_t c = 0; c < d; ++c)
+        mean[static_cast<std::size_t>(c)] += x[static_cast<std::size_t>(c)] / g;
+      rows.push_back(std::move(x));
+    }
+    for (const auto& x : rows)
+      for (sfx::index_t c = 0; c < d; ++c)
+        total += std::pow(x[static_cast<std::size_t>(c)] - mean[static_cast<std::size_t>(c)], 2);
+  }
+  return total;
 }
 
 }  // namespace
@@ -89,6 +115,20 @@ TEST_CASE("splits are bijections into equal blocks, deterministic per seed", "[c
   require_bijection(cv::split_kmeans(wb.data(), F, 64, ko), F);
   REQUIRE_THROWS_AS(cv::split_random(100, 16, 0), sfx::error);
   REQUIRE_THROWS_AS(cv::split_kmeans(p.dense.w1.data(), F, 64, cv::kmeans_options{}), sfx::error);
+  for (int bad : {0, -1}) {
+    cv::kmeans_options b1 = ko, b2 = ko;
+    b1.iterations = bad;
+    b2.restarts = bad;
+    REQUIRE_THROWS_WITH(cv::split_kmeans(p.dense.w1.data(), F, 64, b1),
+                        Catch::Contains("iterations must be >= 1"));
+    REQUIRE_THROWS_WITH(cv::split_kmeans(p.dense.w1.data(), F, 64, b2),
+                        Catch::Contains("restarts must be >= 1"));
+  }
+  // One restart is the first restart of many: more restarts can only lower the within-block distance.
+  cv::kmeans_options one = ko;
+  one.restarts = 1;
+  REQUIRE(within_block_distance(cv::split_kmeans(p.dense.w1.data(), F, 64, one), p.dense.w1, 64, ko.g) >=
+          within_block_distance(k1, p.dense.w1, 64, ko.g) * (1 - 1e-6));
 }
 
 TEST_CASE("planted structure: kmeans and co-activation recover the groups; Avg-K tracks the oracle",

@@ -34,6 +34,7 @@ struct moefy_options {
   std::string router = "avg_k";  ///< avg_k | similarity | linear | mlp
   std::uint64_t seed = 0;
   int kmeans_iterations = 10;
+  int kmeans_restarts = 3;
   index_t max_sample = 4096;                         ///< tokens used to build the co-activation graph
   std::vector<std::string> report_splits{"random"};  ///< splits reported besides the chosen one
   quality_options quality;                           ///< densities, held-out share, router training
@@ -61,6 +62,7 @@ std::vector<std::int32_t> make_split(const std::string& name, const dense_ffn<fl
     k.g = o.g;
     k.seed = o.seed;
     k.iterations = o.kmeans_iterations;
+    k.restarts = o.kmeans_restarts;
     k.progress = o.progress;
     return split_kmeans(dense.w1.data(), F, dense.d_model, k);
   }
