@@ -5,5 +5,6 @@
 #include "cuda/common.cuh"
 #include "cuda/forward.cuh"
 #include "cuda/kernels.cuh"
+#include "cuda/kernels_wmma.cuh"
 #include "cuda/route.cuh"
 #include "sparse_ffn.hpp"

@@ -12,19 +12,51 @@
 // entry is replaced by a valid one (never an out-of-bounds access) and recorded in the workspace's
 // error word, which cuda::device_errors(d_ws, stream) returns (that call synchronises the stream).
 // Results are deterministic (bit-identical across runs on the same GPU and configuration).
+//
+// Paths: decode (n < k_batched_threshold, or float weights): the key pass is one warp per row per
+// (token, slot); batched (n >= 16, half/bf16, 16 <= g <= 256): pairs are grouped by block and the key
+// pass runs on tensor cores (kernels_wmma.cuh). The value pass gathers each token's blocks (one
+// thread block per token × slot group × column tile) into partial sums that a combine kernel adds
+// in a fixed order — no floating-point atomics in either path.
 #pragma once
 
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
 #include <cub/device/device_segmented_radix_sort.cuh>
 
 #include "../cpu/checks.hpp"
 #include "../pack.hpp"
 #include "../policy.hpp"
 #include "kernels.cuh"
+#include "kernels_wmma.cuh"
 #include "route.cuh"
 
 namespace sparse_ffn {
 namespace cuda {
+
+/// From this many tokens, half/bf16 models with 16 <= g <= 256 compute the key pass on tensor cores
+/// (kernels_wmma.cuh), which rounds X to the weight dtype; below it the decode kernels keep X in float.
+inline constexpr index_t k_batched_threshold = 16;
+
 namespace detail {
+
+template <class Policy>
+constexpr bool wmma_capable() {
+  using T = typename Policy::dtype;
+  return (std::is_same<T, half_t>::value || std::is_same<T, bfloat16_t>::value) && Policy::block_size >= 16 &&
+         Policy::block_size <= 256;
+}
+
+template <class Policy>
+bool use_wmma(index_t n) {
+  return wmma_capable<Policy>() && n >= k_batched_threshold;
+}
+
+inline int bits_for(index_t B) {
+  int bits = 1;
+  while ((index_t{1} << bits) < B) ++bits;
+  return bits;
+}
 
 inline std::size_t align256(std::size_t b) {
   return (b + 255) / 256 * 256;
@@ -47,6 +79,16 @@ struct buffers {
   float* h = nullptr;
   float* partial = nullptr;
   index_t groups = 1, group = 1, tiles = 1;
+  // batched (tensor-core) key pass
+  std::int32_t* pair_ids = nullptr;
+  block_index_t* sorted_blocks = nullptr;
+  std::int32_t* sorted_pairs = nullptr;
+  int* counts = nullptr;
+  int* offsets = nullptr;
+  int* tcounts = nullptr;
+  int* toffsets = nullptr;
+  void* group_temp = nullptr;
+  std::size_t group_bytes = 0;
   std::size_t total = 0;
 };
 
@@ -99,6 +141,24 @@ buffers plan(unsigned char* base, const block_layout& l, index_t n, index_t k, b
       b.pre_all = static_cast<float*>(take(floats(cells)));
       if (Act::gated) b.up_all = static_cast<float*>(take(floats(cells)));
     }
+  }
+  if (compute && use_wmma<Policy>(n)) {
+    const index_t nk = n * k;
+    sparse_ffn::detail::require(nk < 0x7fffffff, status::size_overflow, "n × k (", nk,
+                                ") must be < 2^31 on the GPU");
+    b.pair_ids = static_cast<std::int32_t*>(take(static_cast<std::size_t>(nk) * 4));
+    b.sorted_blocks = static_cast<block_index_t*>(take(static_cast<std::size_t>(nk) * 4));
+    b.sorted_pairs = static_cast<std::int32_t*>(take(static_cast<std::size_t>(nk) * 4));
+    b.counts = static_cast<int*>(take(static_cast<std::size_t>(B + 1) * 4));
+    b.offsets = static_cast<int*>(take(static_cast<std::size_t>(B + 1) * 4));
+    b.tcounts = static_cast<int*>(take(static_cast<std::size_t>(B + 1) * 4));
+    b.toffsets = static_cast<int*>(take(static_cast<std::size_t>(B + 1) * 4));
+    std::size_t sort_bytes = 0, scan_bytes = 0;
+    cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, b.blocks, b.sorted_blocks, b.pair_ids,
+                                    b.sorted_pairs, static_cast<int>(nk), 0, bits_for(B));
+    cub::DeviceScan::ExclusiveSum(nullptr, scan_bytes, b.counts, b.offsets, static_cast<int>(B + 1));
+    b.group_bytes = sort_bytes > scan_bytes ? sort_bytes : scan_bytes;
+    b.group_temp = take(b.group_bytes);
   }
   if (compute) {
     b.h = static_cast<float*>(take(floats(sparse_ffn::detail::checked_elements<float>(n * k, G, "H"))));
@@ -203,8 +263,37 @@ result launch(const buffers& b, const blocked_ffn_view<typename Policy::dtype>& 
   if (e != cudaSuccess) return from_cuda(e);
   if (!y) return from_cuda(cudaGetLastError());
   // ---- keys, values, combine ------------------------------------------------------------------
-  kernels::keys<T, Act, G><<<grid_for(n * k * chunks, "keys"), threads, 0, s>>>(
-      w, b.xpad, b.blocks, n * k, k, b.h, cache ? cache->pre : nullptr, cache ? cache->up : nullptr, b.error);
+  float* const cpre = cache ? cache->pre : nullptr;
+  float* const cup = cache ? cache->up : nullptr;
+  if constexpr (wmma_capable<Policy>()) {
+    if (use_wmma<Policy>(n)) {  // batched: group pairs by block, tensor-core tiles of 16 tokens
+      const index_t nk = n * k;
+      kernels::iota_pairs<<<elementwise_grid(nk), threads, 0, s>>>(b.pair_ids, nk);
+      std::size_t bytes = b.group_bytes;
+      e = cub::DeviceRadixSort::SortPairs(b.group_temp, bytes, b.blocks, b.sorted_blocks, b.pair_ids,
+                                          b.sorted_pairs, static_cast<int>(nk), 0, bits_for(B), s);
+      if (e == cudaSuccess) e = cudaMemsetAsync(b.counts, 0, static_cast<std::size_t>(B + 1) * 4, s);
+      if (e != cudaSuccess) return from_cuda(e);
+      kernels::block_histogram<<<elementwise_grid(nk), threads, 0, s>>>(b.blocks, nk, b.counts);
+      bytes = b.group_bytes;
+      e = cub::DeviceScan::ExclusiveSum(b.group_temp, bytes, b.counts, b.offsets, static_cast<int>(B + 1), s);
+      if (e != cudaSuccess) return from_cuda(e);
+      kernels::tile_counts<<<elementwise_grid(B + 1), threads, 0, s>>>(b.counts, B, b.tcounts);
+      bytes = b.group_bytes;
+      e = cub::DeviceScan::ExclusiveSum(b.group_temp, bytes, b.tcounts, b.toffsets, static_cast<int>(B + 1),
+                                        s);
+      if (e != cudaSuccess) return from_cuda(e);
+      constexpr int wt = 32 * (G / 16 < 8 ? G / 16 : 8);
+      kernels::keys_wmma<T, Act, G><<<grid_for(nk / 16 + B, "batched keys"), wt, 0, s>>>(
+          w, b.xpad, b.sorted_pairs, b.offsets, b.toffsets, B, k, b.h, cpre, cup);
+    } else {
+      kernels::keys<T, Act, G><<<grid_for(n * k * chunks, "keys"), threads, 0, s>>>(
+          w, b.xpad, b.blocks, n * k, k, b.h, cpre, cup, b.error);
+    }
+  } else {
+    kernels::keys<T, Act, G><<<grid_for(n * k * chunks, "keys"), threads, 0, s>>>(w, b.xpad, b.blocks, n * k,
+                                                                                  k, b.h, cpre, cup, b.error);
+  }
   kernels::values<T, G><<<grid_for(n * b.groups * b.tiles, "values"), threads, 0, s>>>(
       w, b.blocks, b.weights, b.h, n, k, b.group, b.groups, b.tiles, b.partial, b.error);
   kernels::combine<Ty><<<elementwise_grid(n * d), threads, 0, s>>>(b.partial, w.b2, y, n, d, ld, b.groups);
