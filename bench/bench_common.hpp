@@ -1,6 +1,6 @@
 // sparse_ffn_bench — shared pieces: weight generation, model caches, the sparse benchmark template.
-// See bench_main.cpp for the suite and its flags; bench_sparse_<selector>.cpp register the sparse
-// benchmarks (one translation unit per selector keeps compile time bounded).
+// See bench_main.cpp for the suite and its flags. bench_sparse.cpp.in, instantiated by CMake once per
+// selector (one translation unit each keeps compile time bounded), registers the sparse benchmarks.
 #pragma once
 
 #include <benchmark/benchmark.h>
