@@ -108,18 +108,36 @@ std::vector<float> similarity_rows(const blocked_ffn_view<T>& w) {
   return rows;
 }
 
+namespace detail {
+
+/// out[t·rows + j] = f(W[j]·x_t + b[j]) for W [rows × cols], x [n × cols]; OpenMP over tokens.
+template <class F>
+void affine_rows(const std::vector<float>& w, const std::vector<float>& b, index_t rows, index_t cols,
+                 const float* x, index_t n, float* out, F f) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+  for (index_t t = 0; t < n; ++t)
+    for (index_t j = 0; j < rows; ++j)
+      out[t * rows + j] = f(sparse_ffn::detail::dot(w.data() + j * cols, x + t * cols, cols) +
+                            b[static_cast<std::size_t>(j)]);
+}
+
+inline float identity(float v) {
+  return v;
+}
+inline float tanh_f(float v) {
+  return std::tanh(v);
+}
+
+}  // namespace detail
+
 /// Linear router: logits = W x + b, W [B × d_model].
 struct linear_router {
   index_t d_model = 0, num_blocks = 0;
   std::vector<float> w, b;
   void scores(const float* x, index_t n, float* out) const {
-#if SPARSE_FFN_HAS_OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (index_t t = 0; t < n; ++t)
-      for (index_t j = 0; j < num_blocks; ++j)
-        out[t * num_blocks + j] = sparse_ffn::detail::dot(w.data() + j * d_model, x + t * d_model, d_model) +
-                                  b[static_cast<std::size_t>(j)];
+    detail::affine_rows(w, b, num_blocks, d_model, x, n, out, detail::identity);
   }
 };
 
@@ -128,23 +146,12 @@ struct mlp_router {
   index_t d_model = 0, num_blocks = 0;
   std::vector<float> w1, b1, w2, b2;
   void hidden(const float* x, index_t n, float* h) const {
-#if SPARSE_FFN_HAS_OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (index_t t = 0; t < n; ++t)
-      for (index_t j = 0; j < num_blocks; ++j)
-        h[t * num_blocks + j] =
-            std::tanh(sparse_ffn::detail::dot(w1.data() + j * d_model, x + t * d_model, d_model) +
-                      b1[static_cast<std::size_t>(j)]);
+    detail::affine_rows(w1, b1, num_blocks, d_model, x, n, h, detail::tanh_f);
   }
   void scores(const float* x, index_t n, float* out) const {
     std::vector<float> h(static_cast<std::size_t>(n * num_blocks));
     hidden(x, n, h.data());
-    for (index_t t = 0; t < n; ++t)
-      for (index_t j = 0; j < num_blocks; ++j)
-        out[t * num_blocks + j] =
-            sparse_ffn::detail::dot(w2.data() + j * num_blocks, h.data() + t * num_blocks, num_blocks) +
-            b2[static_cast<std::size_t>(j)];
+    detail::affine_rows(w2, b2, num_blocks, num_blocks, h.data(), n, out, detail::identity);
   }
 };
 
