@@ -9,6 +9,17 @@
 #include <dirent.h>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include <sparse_ffn/convert/report.hpp>
+#include <sparse_ffn/io/file.hpp>
 
 #ifndef SPARSE_FFN_FUZZ_CORPUS
 #define SPARSE_FFN_FUZZ_CORPUS ""
@@ -43,8 +54,9 @@ std::string tmp_path(const std::string& name) {
   return "sparse_ffn_test_" + name + ".safetensors";
 }
 
-/// What the fuzzer exercises: open, then read every tensor the header declares.
-void exercise(const std::vector<unsigned char>& img) {
+/// What the fuzz targets exercise (tests/fuzz/): open from memory and from a file, read every tensor
+/// the header declares, load it as a dense FFN and as a blocked model.
+void exercise(const std::vector<unsigned char>& img, const std::string& path) {
   try {
     const auto f = io::safetensors_file::from_memory(img.data(), img.size());
     for (const auto& [name, t] : f.tensors()) {
@@ -52,8 +64,34 @@ void exercise(const std::vector<unsigned char>& img) {
       if (t.dtype == "F32" || t.dtype == "F16" || t.dtype == "BF16") (void)f.read_float(name);
       if (t.dtype == "I32" || t.dtype == "I64") (void)f.read_int(name);
     }
+    try {
+      (void)io::load_dense(f, {"w1", "b1", "w2", "b2", "w3", "b3"});
+    } catch (const sfx::error&) {
+    }
   } catch (const sfx::error&) {
   }
+  {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(img.data()), static_cast<std::streamsize>(img.size()));
+  }
+  try {
+    (void)io::safetensors_file::open(path);
+  } catch (const sfx::error&) {
+  }
+  try {
+    (void)io::load_blocked<float>(path);
+  } catch (const sfx::error&) {
+  }
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+void spit(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << text;
 }
 
 }  // namespace
@@ -198,7 +236,8 @@ TEST_CASE("blocked model files with inconsistent contents are rejected", "[io]")
 
 TEST_CASE("fuzz corpus: every saved input is handled without crashing", "[io][fuzz]") {
   const std::string dir = SPARSE_FFN_FUZZ_CORPUS;
-  if (dir.empty()) return;
+  REQUIRE(!dir.empty());
+  const std::string path = tmp_path("corpus");
   DIR* d = opendir(dir.c_str());
   REQUIRE(d != nullptr);
   int files = 0;
@@ -206,9 +245,205 @@ TEST_CASE("fuzz corpus: every saved input is handled without crashing", "[io][fu
     if (e->d_name[0] == '.') continue;
     std::ifstream f(dir + "/" + e->d_name, std::ios::binary);
     std::vector<unsigned char> img((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-    exercise(img);
+    exercise(img, path);
     ++files;
   }
   closedir(d);
+  std::remove(path.c_str());
   REQUIRE(files > 0);
+}
+
+TEST_CASE("safetensors: directories, duplicate keys and short reads are io_errors", "[io][errors]") {
+  // A directory used to "open" and parse uninitialised stack bytes as the header length.
+  REQUIRE_ERROR(io::safetensors_file::open("."), sfx::status::io_error, "not a regular file");
+  REQUIRE_ERROR(io::safetensors_file::open("/nonexistent/x.safetensors"), sfx::status::io_error,
+                "cannot open");
+  // Duplicate tensor names (nlohmann::json keeps the last): rejected, as are duplicate fields.
+  require_io_error(
+      image(
+          R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+          8),
+      "key 't' twice");
+  require_io_error(image(R"({"t":{"dtype":"F32","dtype":"F16","shape":[1],"data_offsets":[0,4]}})", 4),
+                   "key 'dtype' twice");
+  require_io_error(image(R"({"__metadata__":{"a":"1","a":"2"}})", 0), "key 'a' twice");
+  // The same name in different objects is fine.
+  const std::string ok =
+      R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})";
+  REQUIRE_NOTHROW(io::safetensors_file::from_memory(image(ok, 8).data(), image(ok, 8).size()));
+  // read_finite names the tensor and the index of the first NaN / Inf.
+  io::safetensors_writer w;
+  std::vector<float> v(6, 1.0f);
+  v[4] = std::numeric_limits<float>::quiet_NaN();
+  w.add_float("m", {2, 3}, v);
+  const auto bytes = w.serialize();
+  const auto f = io::safetensors_file::from_memory(bytes.data(), bytes.size(), "ckpt");
+  REQUIRE(f.read_float("m").size() == 6);
+  REQUIRE_ERROR(f.read_finite("m"), sfx::status::invalid_argument,
+                "ckpt: tensor 'm' has a non-finite value (nan) at index [1, 1]");
+}
+
+TEST_CASE("load_dense: names, shapes, dtypes and finite values checked, errors name file and tensor",
+          "[io][errors]") {
+  const auto p = sparse_ffn::convert::make_planted_ffn(16, 4, 4, 4, 1, 3);
+  auto write = [&](const std::vector<float>& w1, const std::vector<float>& w2, const std::string& w2dtype) {
+    io::safetensors_writer w;
+    w.add_float("w1", {16, 16}, w1);
+    if (w2dtype == "F32")
+      w.add_float("w2", {16, 16}, w2);
+    else
+      w.add("w2", "I32", {16, 16}, w2.data(), w2.size() * 4);
+    w.add_float("b1", {16}, p.dense.b1);
+    w.add_float("b2", {16}, p.dense.b2);
+    w.add_float("b2_wrong", {15}, std::vector<float>(15));
+    return w.serialize();
+  };
+  auto img = write(p.dense.w1, p.dense.w2, "F32");
+  auto f = io::safetensors_file::from_memory(img.data(), img.size(), "ck.safetensors");
+  const auto d = io::load_dense(f, {"w1", "b1", "w2", "b2", "", ""});
+  REQUIRE(d.w1 == p.dense.w1);
+  REQUIRE_ERROR(io::load_dense(f, {"w1", "", "w2", "", "", "b1"}), sfx::status::invalid_argument,
+                "without W3");
+  REQUIRE_ERROR(io::load_dense(f, {"w1", "", "w2", "b2_wrong", "", ""}), sfx::status::invalid_shape,
+                "ck.safetensors: b2 'b2_wrong' has shape [15], expected [16]");
+  REQUIRE_ERROR(io::load_dense(f, {"w1", "", "nope", "", "", ""}), sfx::status::io_error,
+                "ck.safetensors: no tensor named 'nope'");
+  img = write(p.dense.w1, p.dense.w2, "I32");
+  f = io::safetensors_file::from_memory(img.data(), img.size(), "ck.safetensors");
+  REQUIRE_ERROR(io::load_dense(f, {"w1", "", "w2", "", "", ""}), sfx::status::unsupported,
+                "W2 'w2' has dtype I32");
+  auto w2 = p.dense.w2;
+  w2[16 * 2 + 5] = std::numeric_limits<float>::infinity();
+  img = write(p.dense.w1, w2, "F32");
+  f = io::safetensors_file::from_memory(img.data(), img.size(), "ck.safetensors");
+  REQUIRE_ERROR(io::load_dense(f, {"w1", "", "w2", "", "", ""}), sfx::status::invalid_argument,
+                "ck.safetensors: tensor 'w2' has a non-finite value (inf) at index [2, 5]");
+}
+
+TEST_CASE("load_blocked: the metadata alone never makes it allocate; errors are sparse_ffn::error",
+          "[io][errors]") {
+  // A few hundred bytes whose metadata claims a 16 TB model: it used to allocate and zero all of it
+  // (or let std::bad_alloc escape) before noticing that no tensor matches.
+  const std::string path = tmp_path("claim");
+  for (const char* dff : {"1000000", "1099511627776"}) {
+    io::safetensors_writer w;
+    const std::vector<std::int32_t> perm{0};
+    w.add("permutation", "I32", {1}, perm.data(), 4);
+    for (auto kv : std::map<std::string, std::string>{{"format", "sparse_ffn.blocked"},
+                                                      {"format_version", "1"},
+                                                      {"d_model", "4096"},
+                                                      {"d_ff", dff},
+                                                      {"g", "1"},
+                                                      {"gated", "1"}})
+      w.add_metadata(kv.first, kv.second);
+    w.write(path);
+    try {
+      (void)io::load_blocked<float>(path);
+      FAIL("accepted");
+    } catch (const sfx::error& e) {
+      INFO(e.what());
+      REQUIRE(e.code() == sfx::status::io_error);
+      REQUIRE(std::string(e.what()).find(path) != std::string::npos);
+    }
+  }
+  // A weights tensor whose shape disagrees with the metadata, and an unknown tensor.
+  const auto p = sparse_ffn::convert::make_planted_ffn(32, 4, 8, 4, 2, 3);
+  io::save_blocked(path, sfx::pack<float>(p.dense.view(), {8}));
+  {
+    const auto good = io::safetensors_file::open(path);
+    io::safetensors_writer w;
+    for (const auto& [name, t] : good.tensors()) {
+      const auto b = good.bytes(name);
+      w.add(name, t.dtype, t.shape, b.data(), b.size());
+    }
+    for (const auto& [k, v] : good.metadata()) w.add_metadata(k, k == "g" ? "16" : v);
+    w.write(path);
+  }
+  REQUIRE_ERROR(io::load_blocked<float>(path), sfx::status::io_error,
+                "tensor 'weights' has shape [4, 2, 8, 32], expected [2, 2, 16, 32]");
+  std::remove(path.c_str());
+}
+
+TEST_CASE("atomic writes: complete or untouched, never over a non-regular file", "[io][errors]") {
+  const std::string path = tmp_path("atomic");
+  spit(path, "previous model");
+  ::chmod(path.c_str(), 0640);
+  io::atomic_write(path, std::string("new contents"));
+  REQUIRE(slurp(path) == "new contents");
+  struct stat st;
+  REQUIRE(::stat(path.c_str(), &st) == 0);
+  REQUIRE((st.st_mode & 0777) == 0640);  // the replaced file's permissions are kept
+
+  // A write that fails midway (file size limit: EFBIG, as on a full disk) leaves the old file whole
+  // and no temporary file behind. It used to truncate the old file first.
+  {
+    const auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+    rlimit old_limit;
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+    rlimit small = old_limit;
+    small.rlim_cur = 4096;
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &small) == 0);
+    bool threw = false;
+    try {
+      io::atomic_write(path, std::string(100000, 'x'));
+    } catch (const sfx::error& e) {
+      threw = true;
+      INFO(e.what());
+      REQUIRE(e.code() == sfx::status::io_error);
+      REQUIRE(std::string(e.what()).find("write failed") != std::string::npos);
+    }
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+    ::signal(SIGXFSZ, old_handler);
+    REQUIRE(threw);
+    REQUIRE(slurp(path) == "new contents");
+    DIR* d = opendir(".");
+    REQUIRE(d != nullptr);
+    while (dirent* e = readdir(d)) REQUIRE(std::string(e->d_name).find(path + ".tmp.") == std::string::npos);
+    closedir(d);
+  }
+
+  // Paths that must be refused, with nothing written.
+  REQUIRE_ERROR(io::atomic_write("/nonexistent/dir/r.json", std::string("x")), sfx::status::io_error,
+                "/nonexistent/dir/r.json");
+  REQUIRE_ERROR(io::atomic_write("/dev/full", std::string("x")), sfx::status::io_error, "not a regular file");
+  REQUIRE_ERROR(io::atomic_write(".", std::string("x")), sfx::status::io_error, "not a regular file");
+  REQUIRE_ERROR(io::check_output_path("/nonexistent/dir/r.json"), sfx::status::io_error, "does not exist");
+  REQUIRE_ERROR(io::check_output_path("/dev/full"), sfx::status::io_error, "not a regular file");
+
+  // A symbolic link is followed: its target gets the new contents, the link stays.
+  const std::string link = tmp_path("atomic_link");
+  std::remove(link.c_str());
+  REQUIRE(::symlink(path.c_str(), link.c_str()) == 0);
+  io::atomic_write(link, std::string("through the link"));
+  REQUIRE(slurp(path) == "through the link");
+  struct stat lst;
+  REQUIRE(::lstat(link.c_str(), &lst) == 0);
+  REQUIRE(S_ISLNK(lst.st_mode));
+
+  // Outputs that resolve to an input: the same path, another spelling, a symlink, a hard link.
+  const std::string hard = tmp_path("atomic_hard");
+  std::remove(hard.c_str());
+  REQUIRE(::link(path.c_str(), hard.c_str()) == 0);
+  for (const std::string& out : {path, "./" + path, link, hard})
+    REQUIRE_ERROR(io::check_output_path(out, {path}), sfx::status::io_error, "same file as the input");
+  REQUIRE(io::same_file("new_a.json", "./new_a.json"));  // neither exists yet
+  REQUIRE_FALSE(io::same_file("new_a.json", "new_b.json"));
+  REQUIRE_NOTHROW(io::check_output_path(tmp_path("atomic_new"), {path}));
+  for (const auto& f : {path, link, hard}) std::remove(f.c_str());
+}
+
+TEST_CASE("the quality report's JSON is valid for any values", "[io]") {
+  std::vector<sparse_ffn::convert::quality_row> rows(2);
+  rows[0].split = "kmeans";
+  rows[0].selector = "avg_k";
+  rows[0].density = 0.25;
+  rows[0].rel_error = std::numeric_limits<double>::quiet_NaN();
+  rows[1].split = "we\"ird\\";
+  rows[1].coverage = std::numeric_limits<double>::infinity();
+  const auto j = nlohmann::json::parse(sparse_ffn::convert::report_json(rows));
+  REQUIRE(j["rows"].size() == 2);
+  REQUIRE(j["rows"][0]["rel_error"].is_null());
+  REQUIRE(j["rows"][1]["coverage"].is_null());
+  REQUIRE(j["rows"][1]["split"] == "we\"ird\\");
+  REQUIRE(j["rows"][0]["density"] == 0.25);
 }

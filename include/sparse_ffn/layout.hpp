@@ -156,9 +156,16 @@ void validate(const blocked_ffn_view<T>& w) {
   const block_layout expect = make_layout<T>(l.d_model, l.d_ff, l.g, l.gated);
   require(l.num_blocks == expect.num_blocks, status::invalid_shape, "layout.num_blocks (", l.num_blocks,
           ") != d_ff / g (", expect.num_blocks, ")");
-  require(l.ld >= l.d_model && (l.ld * static_cast<index_t>(sizeof(T))) % 64 == 0, status::invalid_shape,
-          "layout.ld (", l.ld, ") must be >= d_model (", l.d_model, ") and a multiple of 64 bytes");
-  detail::checked_elements<T>(l.block_stride(), l.num_blocks, "blocked weights");
+  require(l.ld >= l.d_model, status::invalid_shape, "layout.ld (", l.ld, ") must be >= d_model (", l.d_model,
+          ")");
+  // Every product below is checked before it is formed (a hand-made view may carry any ld).
+  const index_t row_bytes = detail::checked_mul(l.ld, static_cast<index_t>(sizeof(T)), "layout.ld");
+  require(row_bytes % 64 == 0, status::invalid_shape, "layout.ld (", l.ld,
+          ") must be a multiple of 64 bytes");
+  const index_t stride =
+      detail::checked_mul(detail::checked_mul(l.matrices(), l.g, "block size"), l.ld, "block size");
+  detail::checked_elements<T>(stride, l.num_blocks, "blocked weights");
+  detail::checked_mul(l.num_blocks, l.ld, "per-block selector rows");
   detail::require_not_null(w.weights, "blocked weights");
   detail::require_aligned<T>(w.weights, "blocked weights", k_row_alignment);
   if (w.centroids) detail::require_aligned<T>(w.centroids, "centroids", k_row_alignment);

@@ -21,6 +21,20 @@
 
 namespace sfx = sparse_ffn;
 
+/// `expr` throws sparse_ffn::error with `expected_status` and a message containing `substring`.
+#define REQUIRE_ERROR(expr, expected_status, substring)                    \
+  do {                                                                     \
+    try {                                                                  \
+      expr;                                                                \
+      FAIL("no error thrown by " #expr);                                   \
+    } catch (const sfx::error& e) {                                        \
+      INFO("message: " << e.what());                                       \
+      REQUIRE(e.code() == (expected_status));                              \
+      REQUIRE(std::string(e.what()).rfind("sparse_ffn: ", 0) == 0);        \
+      REQUIRE(std::string(e.what()).find(substring) != std::string::npos); \
+    }                                                                      \
+  } while (0)
+
 namespace test {
 
 /// Fresh randomness per run: Catch's --rng-seed (ctest passes "time"), mixed with a per-use salt.

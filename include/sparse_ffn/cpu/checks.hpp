@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "../error.hpp"
@@ -34,6 +35,9 @@ template <class Tx>
 void check_x(const block_layout& l, index_t n, const Tx* x) {
   static_assert(is_dtype<Tx>::value, "sparse_ffn: X must be float, half_t or bfloat16_t");
   require(n >= 0, status::invalid_shape, "number of tokens n must be >= 0 (got ", n, ")");
+  // Token indices are stored as 32-bit integers in the routing and grouping tables.
+  require(n <= std::numeric_limits<std::int32_t>::max(), status::size_overflow, "number of tokens n (", n,
+          ") must be < 2^31");
   checked_elements<float>(n, l.d_model, "X/Y");
   if (n == 0) return;
   require_not_null(x, "X");

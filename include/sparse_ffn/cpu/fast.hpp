@@ -124,31 +124,33 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index
   constexpr int KR = tile_shape<Isa>::key_r;
   fast_buffers f;
   const index_t B = l.num_blocks, g = l.g;
-  f.xpad = a.take<float>(n * l.ld);
-  f.blocks = a.take<block_index_t>(n * k);
-  f.weights = a.take<float>(n * k);
-  if (Sel::scoring != scoring_kind::token) f.scores = a.take<float>(n * B);
+  // Every size is an overflow-checked product (arena_plan::take checks the byte count and the sum).
+  auto mul = [](index_t a, index_t b) { return sparse_ffn::detail::checked_mul(a, b, "workspace"); };
+  f.xpad = a.take<float>(mul(n, l.ld));
+  f.blocks = a.take<block_index_t>(mul(n, k));
+  f.weights = a.take<float>(mul(n, k));
+  if (Sel::scoring != scoring_kind::token) f.scores = a.take<float>(mul(n, B));
   if (Sel::scoring == scoring_kind::dense) {
-    f.pre_all = a.take<float>(sparse_ffn::detail::checked_mul(n, l.d_ff, "workspace"));
-    if (Act::gated) f.up_all = a.take<float>(n * l.d_ff);
+    f.pre_all = a.take<float>(mul(n, l.d_ff));
+    if (Act::gated) f.up_all = a.take<float>(mul(n, l.d_ff));
   }
-  f.all_tokens = a.take<std::int32_t>(2 * n);
-  f.topk_scratch = a.take<block_index_t>(sparse_ffn::detail::checked_mul(threads, B, "workspace"));
+  f.all_tokens = a.take<std::int32_t>(mul(2, n));
+  f.topk_scratch = a.take<block_index_t>(mul(threads, B));
   if (compute) {
-    f.yacc = a.take<float>(2 * n * l.ld);
-    f.part = a.take<std::uint8_t>(n * k);
-    f.h = a.take<float>(sparse_ffn::detail::checked_mul(n * k, g, "workspace"));
+    f.yacc = a.take<float>(mul(2, mul(n, l.ld)));
+    f.part = a.take<std::uint8_t>(mul(n, k));
+    f.h = a.take<float>(mul(mul(n, k), g));
     f.offsets = a.take<index_t>(B + 1);
     f.cursor = a.take<index_t>(B);
-    f.entries = a.take<std::int32_t>(2 * n * k);
+    f.entries = a.take<std::int32_t>(mul(2, mul(n, k)));
   }
   f.per_thread.resize(static_cast<std::size_t>(threads));
   for (auto& t : f.per_thread) {
     t.xs = a.take<const float*>(n);
-    t.spill = a.take<float>(n * KR * V::width);
-    t.dots = a.take<float>(2 * n * KR);
+    t.spill = a.take<float>(mul(mul(n, KR), V::width));
+    t.dots = a.take<float>(mul(mul(2, n), KR));
     if (compute) {
-      t.s = a.take<float>(n * g);
+      t.s = a.take<float>(mul(n, g));
       t.rows = a.take<std::int32_t>(g);
       t.ys = a.take<float*>(n);
       t.sp = a.take<const float*>(n);

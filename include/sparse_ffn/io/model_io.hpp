@@ -9,13 +9,21 @@
 //   router.w1/b1/w2/b2  F32                                               (optional MLP router)
 // and metadata: format=sparse_ffn.blocked, format_version, d_model, d_ff, g, gated, dtype, plus any
 // caller entries (activation, selector, split, router …). Rows are stored without the in-memory
-// padding, so files do not depend on the padding rule; load_blocked re-pads. Loading validates the
-// shapes against the metadata and the permutation (a bijection) and converts to the requested dtype.
+// padding, so files do not depend on the padding rule; load_blocked re-pads. save_blocked writes
+// atomically (io/file.hpp). load_blocked checks, before allocating the model: the format and its
+// version, a valid layout from the metadata, every tensor's presence and shape against it, no unknown
+// tensor; then the values: finite weights, biases and router rows, a permutation that is a bijection.
+// It converts to the requested dtype. Every failure is a sparse_ffn::error naming the file (and the
+// tensor); running out of memory is an io_error too, never std::bad_alloc.
 //
-// load_dense reads a dense FFN in PyTorch layout from a checkpoint, by tensor names.
+// load_dense reads a dense FFN in PyTorch layout from a checkpoint, by tensor names, with the same
+// checks (shapes implied by W1, float dtypes, finite values) before and while reading.
 #pragma once
 
+#include <algorithm>
+#include <iterator>
 #include <map>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -85,6 +93,12 @@ void save_blocked(const std::string& path, const blocked_ffn<T>& model,
 }
 
 namespace detail {
+inline std::string shape_string(const std::vector<std::int64_t>& s) {
+  std::string r = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
 inline index_t meta_int(const safetensors_file& f, const std::string& key) {
   const auto it = f.metadata().find(key);
   if (it == f.metadata().end())
@@ -101,40 +115,99 @@ inline index_t meta_int(const safetensors_file& f, const std::string& key) {
                              it->second, "'");
   return v;
 }
-}  // namespace detail
 
-/// Loads a blocked model written by save_blocked, converting its weights to T.
+/// A float tensor of exactly `shape`, or an io_error naming the file and tensor. The shape (and so
+/// the allocation) is checked against the header before any byte is read; values must be finite.
+inline std::vector<float> read_tensor(const safetensors_file& f, const std::string& name,
+                                      const std::vector<std::int64_t>& shape) {
+  const tensor_info& t = f.info(name);
+  if (t.shape != shape)
+    sparse_ffn::detail::fail(status::io_error, f.name(), ": tensor '", name, "' has shape ",
+                             shape_string(t.shape), ", expected ", shape_string(shape),
+                             " from the file's metadata");
+  try {
+    return f.read_finite(name, shape);
+  } catch (const error& e) {
+    throw error(e.code() == status::invalid_argument ? status::io_error : e.code(),
+                std::string(e.what()).substr(std::string("sparse_ffn: ").size()));
+  }
+}
+
 template <class T>
-blocked_ffn<T> load_blocked(const std::string& path, blocked_file_info* info = nullptr) {
-  const safetensors_file f = safetensors_file::open(path);
+blocked_ffn<T> load_blocked_impl(const safetensors_file& f, blocked_file_info* info) {
+  const std::string& path = f.name();
   const auto fmt = f.metadata().find("format");
   if (fmt == f.metadata().end() || fmt->second != k_blocked_format)
     sparse_ffn::detail::fail(status::io_error, path,
                              ": not a sparse_ffn blocked model (metadata format != ", k_blocked_format, ")");
-  if (detail::meta_int(f, "format_version") != k_blocked_format_version)
-    sparse_ffn::detail::fail(status::unsupported, path, ": unsupported format_version ",
-                             detail::meta_int(f, "format_version"));
-  const index_t d = detail::meta_int(f, "d_model"), F = detail::meta_int(f, "d_ff"),
-                g = detail::meta_int(f, "g");
-  const index_t gated = detail::meta_int(f, "gated");
+  const index_t version = meta_int(f, "format_version");
+  if (version != k_blocked_format_version)
+    sparse_ffn::detail::fail(status::unsupported, path, ": unsupported format_version ", version);
+  const index_t d = meta_int(f, "d_model"), F = meta_int(f, "d_ff"), g = meta_int(f, "g");
+  const index_t gated = meta_int(f, "gated");
   sparse_ffn::detail::require(gated == 0 || gated == 1, status::io_error, path,
                               ": metadata gated must be 0 or 1");
-  const block_layout l = make_layout<T>(d, F, g, gated == 1);  // validates d, F, g
-  const index_t B = l.num_blocks, m = l.matrices();
-  blocked_ffn<T> model(l);
-  const std::vector<float> rows = f.read_float("weights", {B, m, g, d});
-  T* wp = model.weights();
-  for (index_t b = 0; b < B; ++b)
-    for (index_t r = 0; r < m * g; ++r)
-      for (index_t c = 0; c < d; ++c)
-        wp[b * l.block_stride() + r * l.ld + c] =
-            from_float<T>(rows[static_cast<std::size_t>((b * m * g + r) * d + c)]);
-  if (f.has("b1")) model.b1() = f.read_float("b1", {F});
-  if (f.has("b3")) {
-    sparse_ffn::detail::require(l.gated, status::io_error, path, ": b3 present in a non-gated model");
-    model.b3() = f.read_float("b3", {F});
+  block_layout l;
+  try {
+    l = make_layout<T>(d, F, g, gated == 1);  // validates d, F, g and the padded size
+  } catch (const error& e) {
+    sparse_ffn::detail::fail(status::io_error, path, ": the metadata describes no valid layout (", e.what(),
+                             ")");
   }
-  if (f.has("b2")) model.b2() = f.read_float("b2", {d});
+  const index_t B = l.num_blocks, m = l.matrices();
+  // Everything the file declares is checked against the metadata before the model is allocated: the
+  // metadata alone must not make us allocate (a few bytes of header can claim terabytes).
+  const std::vector<std::int64_t> wshape{B, m, g, d};
+  auto check = [&](const char* name, const std::vector<std::int64_t>& shape) {
+    if (!f.has(name)) return false;
+    const tensor_info& t = f.info(name);
+    if (t.shape != shape)
+      sparse_ffn::detail::fail(status::io_error, path, ": tensor '", name, "' has shape ",
+                               shape_string(t.shape), ", expected ", shape_string(shape),
+                               " from the file's metadata");
+    return true;
+  };
+  if (!check("weights", wshape))
+    sparse_ffn::detail::fail(status::io_error, path, ": tensor 'weights' is missing");
+  if (!check("permutation", {F}))
+    sparse_ffn::detail::fail(status::io_error, path, ": tensor 'permutation' is missing");
+  check("b1", {F});
+  check("b2", {d});
+  if (check("b3", {F}))
+    sparse_ffn::detail::require(l.gated, status::io_error, path, ": b3 present in a non-gated model");
+  const bool has_c = check("centroids", {B, d}), has_cb = check("centroid_bias", {B});
+  const bool has_g = check("gate_w", {B, d}), has_gb = check("gate_b", {B});
+  sparse_ffn::detail::require(has_c || !has_cb, status::io_error, path, ": centroid_bias without centroids");
+  sparse_ffn::detail::require(has_g || !has_gb, status::io_error, path, ": gate_b without gate_w");
+  const bool has_mlp = f.has("router.w1");
+  const char* const mlp_names[] = {"router.w1", "router.b1", "router.w2", "router.b2"};
+  const std::vector<std::int64_t> mlp_shapes[] = {{B, d}, {B}, {B, B}, {B}};
+  for (int i = 0; i < 4; ++i)
+    sparse_ffn::detail::require(check(mlp_names[i], mlp_shapes[i]) == has_mlp, status::io_error, path,
+                                ": the MLP router needs all of router.w1, router.b1, router.w2, router.b2");
+  for (const auto& kv : f.tensors()) {
+    static const char* const known[] = {"weights",   "permutation",   "b1",       "b2",     "b3",
+                                        "centroids", "centroid_bias", "gate_w",   "gate_b", "router.w1",
+                                        "router.b1", "router.w2",     "router.b2"};
+    sparse_ffn::detail::require(std::find_if(std::begin(known), std::end(known),
+                                             [&](const char* k) { return kv.first == k; }) != std::end(known),
+                                status::io_error, path, ": unexpected tensor '", kv.first,
+                                "' in a blocked model");
+  }
+
+  blocked_ffn<T> model(l);
+  {
+    const std::vector<float> rows = read_tensor(f, "weights", wshape);
+    T* wp = model.weights();
+    for (index_t b = 0; b < B; ++b)
+      for (index_t r = 0; r < m * g; ++r)
+        for (index_t c = 0; c < d; ++c)
+          wp[b * l.block_stride() + r * l.ld + c] =
+              from_float<T>(rows[static_cast<std::size_t>((b * m * g + r) * d + c)]);
+  }
+  if (f.has("b1")) model.b1() = read_tensor(f, "b1", {F});
+  if (f.has("b3")) model.b3() = read_tensor(f, "b3", {F});
+  if (f.has("b2")) model.b2() = read_tensor(f, "b2", {d});
   const auto perm = f.read_int("permutation", {F});
   std::vector<std::int32_t>& p = model.permutation();
   for (index_t j = 0; j < F; ++j) {
@@ -143,32 +216,58 @@ blocked_ffn<T> load_blocked(const std::string& path, blocked_file_info* info = n
         path, ": permutation[", j, "] = ", perm[static_cast<std::size_t>(j)], " is out of range");
     p[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(perm[static_cast<std::size_t>(j)]);
   }
-  validate_permutation(p.data(), F);
-  if (f.has("centroids")) {
-    const auto c = f.read_float("centroids", {B, d});
+  try {
+    validate_permutation(p.data(), F);
+  } catch (const error& e) {
+    sparse_ffn::detail::fail(status::io_error, path, ": tensor 'permutation': ", e.what());
+  }
+  if (has_c) {
+    const auto c = read_tensor(f, "centroids", {B, d});
     std::vector<float> cb;
-    if (f.has("centroid_bias")) cb = f.read_float("centroid_bias", {B});
+    if (has_cb) cb = read_tensor(f, "centroid_bias", {B});
     model.set_centroids(c.data(), cb.empty() ? nullptr : cb.data());
   }
-  if (f.has("gate_w")) {
-    const auto gw = f.read_float("gate_w", {B, d});
+  if (has_g) {
+    const auto gw = read_tensor(f, "gate_w", {B, d});
     std::vector<float> gb;
-    if (f.has("gate_b")) gb = f.read_float("gate_b", {B});
+    if (has_gb) gb = read_tensor(f, "gate_b", {B});
     model.set_gate(gw.data(), gb.empty() ? nullptr : gb.data());
   }
   if (info) {
     info->metadata = f.metadata();
-    info->has_mlp_router = f.has("router.w1");
-    if (info->has_mlp_router) {
+    info->has_mlp_router = has_mlp;
+    info->mlp = convert::mlp_router{};
+    if (has_mlp) {
       info->mlp.d_model = d;
       info->mlp.num_blocks = B;
-      info->mlp.w1 = f.read_float("router.w1", {B, d});
-      info->mlp.b1 = f.read_float("router.b1", {B});
-      info->mlp.w2 = f.read_float("router.w2", {B, B});
-      info->mlp.b2 = f.read_float("router.b2", {B});
+      info->mlp.w1 = read_tensor(f, "router.w1", {B, d});
+      info->mlp.b1 = read_tensor(f, "router.b1", {B});
+      info->mlp.w2 = read_tensor(f, "router.w2", {B, B});
+      info->mlp.b2 = read_tensor(f, "router.b2", {B});
     }
   }
   return model;
+}
+
+}  // namespace detail
+
+/// Loads a blocked model from an opened file (see load_blocked(path)).
+template <class T>
+blocked_ffn<T> load_blocked(const safetensors_file& f, blocked_file_info* info = nullptr) {
+  try {
+    return detail::load_blocked_impl<T>(f, info);
+  } catch (const std::bad_alloc&) {
+    sparse_ffn::detail::fail(status::io_error, f.name(), ": out of memory loading the model");
+  }
+}
+
+/// Loads a blocked model written by save_blocked, converting its weights to T. Validated before any
+/// allocation: the format and version, the metadata (a valid layout), the presence, dtype and shape
+/// of every tensor against the metadata; then the values (finite weights and biases, a permutation
+/// that is a bijection). Every failure is a sparse_ffn::error naming the file (and the tensor).
+template <class T>
+blocked_ffn<T> load_blocked(const std::string& path, blocked_file_info* info = nullptr) {
+  return load_blocked<T>(safetensors_file::open(path), info);
 }
 
 /// Names of a dense FFN's tensors in a checkpoint (empty = absent).
@@ -177,29 +276,59 @@ struct dense_names {
 };
 
 /// Reads a dense FFN (float) from a checkpoint: W1 [d_ff × d], W2 [d × d_ff], optional W3, biases.
+/// Checked before anything is read: the names given (W1 and W2 required; b3 only with W3), each tensor
+/// present with a float dtype and the shape W1 implies; then every value finite. Errors name the file
+/// and the tensor (a NaN/Inf also its index).
 inline dense_ffn<float> load_dense(const safetensors_file& f, const dense_names& n) {
+  const std::string& file = f.name();
   sparse_ffn::detail::require(!n.w1.empty() && !n.w2.empty(), status::invalid_argument,
                               "load_dense: W1 and W2 names are required");
+  sparse_ffn::detail::require(n.b3.empty() || !n.w3.empty(), status::invalid_argument, "load_dense: b3 ('",
+                              n.b3, "') given without W3 (the up projection)");
   const tensor_info& t1 = f.info(n.w1);
   if (t1.shape.size() != 2)
-    sparse_ffn::detail::fail(status::invalid_shape, f.name(), ": W1 '", n.w1,
-                             "' must be 2-D [d_ff, d_model]");
+    sparse_ffn::detail::fail(status::invalid_shape, file, ": W1 '", n.w1,
+                             "' must be 2-D [d_ff, d_model], has shape ", detail::shape_string(t1.shape));
   const index_t F = t1.shape[0], d = t1.shape[1];
-  sparse_ffn::detail::require(F > 0 && d > 0, status::invalid_shape, f.name(), ": W1 has an empty dimension");
-  dense_ffn<float> out;
-  out.d_model = d;
-  out.d_ff = F;
-  out.w1 = f.read_float(n.w1, {F, d});
-  out.w2 = f.read_float(n.w2, {d, F});
-  if (!n.w3.empty()) out.w3 = f.read_float(n.w3, {F, d});
-  const bool any_bias = !n.b1.empty() || !n.b2.empty() || !n.b3.empty();
-  if (any_bias) {
-    out.b1 = n.b1.empty() ? std::vector<float>(static_cast<std::size_t>(F), 0.0f) : f.read_float(n.b1, {F});
-    out.b2 = n.b2.empty() ? std::vector<float>(static_cast<std::size_t>(d), 0.0f) : f.read_float(n.b2, {d});
-    if (!n.w3.empty())
-      out.b3 = n.b3.empty() ? std::vector<float>(static_cast<std::size_t>(F), 0.0f) : f.read_float(n.b3, {F});
+  sparse_ffn::detail::require(F > 0 && d > 0, status::invalid_shape, file, ": W1 '", n.w1,
+                              "' has an empty dimension");
+  struct want {
+    const char* role;
+    const std::string* name;
+    std::vector<std::int64_t> shape;
+  };
+  const want all[] = {{"W1", &n.w1, {F, d}}, {"W2", &n.w2, {d, F}}, {"W3", &n.w3, {F, d}},
+                      {"b1", &n.b1, {F}},    {"b2", &n.b2, {d}},    {"b3", &n.b3, {F}}};
+  for (const auto& w : all) {
+    if (w.name->empty()) continue;
+    const tensor_info& t = f.info(*w.name);
+    if (t.dtype != "F32" && t.dtype != "F16" && t.dtype != "BF16")
+      sparse_ffn::detail::fail(status::unsupported, file, ": ", w.role, " '", *w.name, "' has dtype ",
+                               t.dtype, "; expected F32, F16 or BF16");
+    if (t.shape != w.shape)
+      sparse_ffn::detail::fail(status::invalid_shape, file, ": ", w.role, " '", *w.name, "' has shape ",
+                               detail::shape_string(t.shape), ", expected ", detail::shape_string(w.shape));
   }
-  return out;
+  try {
+    dense_ffn<float> out;
+    out.d_model = d;
+    out.d_ff = F;
+    out.w1 = f.read_finite(n.w1, {F, d});
+    out.w2 = f.read_finite(n.w2, {d, F});
+    if (!n.w3.empty()) out.w3 = f.read_finite(n.w3, {F, d});
+    auto bias = [&](const std::string& name, index_t len) {
+      return name.empty() ? std::vector<float>(static_cast<std::size_t>(len), 0.0f)
+                          : f.read_finite(name, {len});
+    };
+    if (!n.b1.empty() || !n.b2.empty() || !n.b3.empty()) {
+      out.b1 = bias(n.b1, F);
+      out.b2 = bias(n.b2, d);
+      if (!n.w3.empty()) out.b3 = bias(n.b3, F);
+    }
+    return out;
+  } catch (const std::bad_alloc&) {
+    sparse_ffn::detail::fail(status::io_error, file, ": out of memory loading the dense FFN");
+  }
 }
 
 }  // namespace io

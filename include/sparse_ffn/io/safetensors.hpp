@@ -2,13 +2,21 @@
 //
 // Layout: an 8-byte little-endian header length N, N bytes of JSON {"name": {"dtype": "F32",
 // "shape": [..], "data_offsets": [begin, end]}, ..., "__metadata__": {"key": "value"}}, then the data.
-// Every structural property is validated when a file is opened — header length within the file and
-// at most 100 MB, well-formed JSON of the expected types, known dtypes, non-negative shapes whose
-// byte size (overflow-checked) equals the offset range, ranges inside the data region and not
-// overlapping — and any violation throws sparse_ffn::error(status::io_error) naming the file and the
-// problem. Tensors are read on demand (a large checkpoint is not loaded whole).
-// Reading converts F32 / F16 / BF16 to float (or reads raw bytes of any known dtype); writing
-// supports F32 / F16 / BF16 / I32 / I64. Needs nlohmann/json (Debian: nlohmann-json3-dev).
+// What is validated when a file is opened (open() or from_memory()), each violation throwing
+// sparse_ffn::error(status::io_error) that names the file and the problem:
+//   - the path is a regular file that can be read (not a directory, device or pipe);
+//   - the 8-byte length was read and N is within the file and at most 100 MB;
+//   - the header is well-formed JSON: an object of objects, no key twice in any object (a duplicate
+//     tensor name is an error, not "last wins"), metadata values strings;
+//   - each tensor has a known dtype, a shape of non-negative integers whose byte size (checked for
+//     64-bit overflow) equals its data_offsets range, the range inside the data region, and no two
+//     ranges overlap.
+// Tensors are read on demand (a large checkpoint is not loaded whole); a read that comes up short
+// (the file changed) is an io_error naming the tensor. Reading converts F32 / F16 / BF16 to float
+// (read_float), I32 / I64 to int64 (read_int), or returns raw bytes of any known dtype. Nothing
+// allocates more than the file holds. Values are not checked here: read_finite() adds the NaN/Inf
+// check. Writing (safetensors_writer::write) is atomic (io/file.hpp) and supports F32 / F16 / BF16 /
+// I32 / I64. Needs nlohmann/json (Debian: nlohmann-json3-dev).
 #pragma once
 
 #include <algorithm>
@@ -20,10 +28,14 @@
 #include <string>
 #include <vector>
 
+#include <sys/stat.h>
+
 #include <nlohmann/json.hpp>
 
+#include "../detail/finite.hpp"
 #include "../error.hpp"
 #include "../types.hpp"
+#include "file.hpp"
 
 namespace sparse_ffn {
 namespace io {
@@ -55,20 +67,27 @@ class safetensors_file {
   static safetensors_file open(const std::string& path) {
     safetensors_file f;
     f.name_ = path;
+    struct stat st;
+    if (::stat(path.c_str(), &st) != 0) io::detail::fail_errno(path, "cannot open file", errno);
+    if (!S_ISREG(st.st_mode)) fail_io(path, "not a regular file");
     f.stream_ = std::make_shared<std::ifstream>(path, std::ios::binary);
     if (!*f.stream_) fail_io(path, "cannot open file");
     f.stream_->seekg(0, std::ios::end);
-    const auto size = static_cast<std::uint64_t>(f.stream_->tellg());
+    const auto end = f.stream_->tellg();
     f.stream_->seekg(0);
+    if (end < 0 || !*f.stream_) fail_io(path, "cannot determine the file size");
+    const auto size = static_cast<std::uint64_t>(end);
     if (size < 8) fail_io(path, "file is shorter than the 8-byte header length");
     unsigned char len_bytes[8];
     f.stream_->read(reinterpret_cast<char*>(len_bytes), 8);
+    if (!*f.stream_ || f.stream_->gcount() != 8) fail_io(path, "cannot read the 8-byte header length");
     const std::uint64_t n = read_le64(len_bytes);
     if (n > size - 8) fail_io(path, "header length ", n, " exceeds the file size ", size);
     if (n > k_max_header) fail_io(path, "header length ", n, " exceeds the 100 MB limit");
     std::string header(static_cast<std::size_t>(n), '\0');
-    f.stream_->read(&header[0], static_cast<std::streamsize>(n));
-    if (!*f.stream_) fail_io(path, "truncated header");
+    if (n > 0) f.stream_->read(&header[0], static_cast<std::streamsize>(n));
+    if (!*f.stream_ || static_cast<std::uint64_t>(f.stream_->gcount()) != n)
+      fail_io(path, "truncated header");
     f.data_offset_ = 8 + n;
     f.parse_header(header, size - 8 - n);
     return f;
@@ -112,7 +131,8 @@ class safetensors_file {
       stream_->clear();
       stream_->seekg(static_cast<std::streamoff>(data_offset_ + t.begin));
       stream_->read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(out.size()));
-      if (!*stream_) fail_io(name_, "truncated data of tensor '", tensor, "'");
+      if (!*stream_ || static_cast<std::size_t>(stream_->gcount()) != out.size())
+        fail_io(name_, "truncated data of tensor '", tensor, "'");
     }
     return out;
   }
@@ -137,6 +157,16 @@ class safetensors_file {
       fail_unsupported(tensor, t.dtype, "F32, F16 or BF16");
     }
     return out;
+  }
+
+  /// read_float, and every value finite: a NaN or Inf is an error (invalid_argument) naming the file,
+  /// the tensor and the index of the first one.
+  std::vector<float> read_finite(const std::string& tensor,
+                                 const std::vector<std::int64_t>& shape = {}) const {
+    std::vector<float> v = read_float(tensor, shape);
+    sparse_ffn::detail::require_finite(v.data(), static_cast<index_t>(v.size()),
+                                       name_ + ": tensor '" + tensor + "'", info(tensor).shape);
+    return v;
   }
 
   /// An integer tensor (I32 or I64) as int64.
@@ -193,8 +223,27 @@ class safetensors_file {
   }
 
   void parse_header(const std::string& header, std::uint64_t data_size) {
-    const nlohmann::json j = nlohmann::json::parse(header, nullptr, /*allow_exceptions=*/false);
+    // nlohmann::json keeps the last of duplicate keys; a callback sees every key as it is parsed.
+    std::vector<std::vector<std::string>> open_objects;
+    std::string duplicate;
+    const nlohmann::json::parser_callback_t on_event = [&](int, nlohmann::json::parse_event_t ev,
+                                                           nlohmann::json& parsed) {
+      using E = nlohmann::json::parse_event_t;
+      if (ev == E::object_start) {
+        open_objects.emplace_back();
+      } else if (ev == E::object_end) {
+        if (!open_objects.empty()) open_objects.pop_back();
+      } else if (ev == E::key && !open_objects.empty() && parsed.is_string()) {
+        auto& keys = open_objects.back();
+        const std::string& k = parsed.get_ref<const std::string&>();
+        if (duplicate.empty() && std::find(keys.begin(), keys.end(), k) != keys.end()) duplicate = k;
+        keys.push_back(k);
+      }
+      return true;
+    };
+    const nlohmann::json j = nlohmann::json::parse(header, on_event, /*allow_exceptions=*/false);
     if (j.is_discarded()) fail_io(name_, "header is not valid JSON");
+    if (!duplicate.empty()) fail_io(name_, "header has the key '", duplicate, "' twice");
     if (!j.is_object()) fail_io(name_, "header is not a JSON object");
     std::vector<std::pair<std::uint64_t, std::uint64_t>> ranges;
     for (auto it = j.begin(); it != j.end(); ++it) {
@@ -313,12 +362,10 @@ class safetensors_writer {
     return out;
   }
 
+  /// Writes the file atomically (temporary file, fsync, rename: see io/file.hpp).
   void write(const std::string& path) const {
     const auto bytes = serialize();
-    std::ofstream f(path, std::ios::binary);
-    if (!f) sparse_ffn::detail::fail(status::io_error, path, ": cannot open for writing");
-    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-    if (!f) sparse_ffn::detail::fail(status::io_error, path, ": write failed");
+    atomic_write(path, bytes.data(), bytes.size());
   }
 
  private:
