@@ -3,6 +3,7 @@
 #include "support/test_support.hpp"
 
 #include <sparse_ffn/convert/coactivation.hpp>
+#include <sparse_ffn/convert/pipeline.hpp>
 #include <sparse_ffn/convert/report.hpp>
 #include <sparse_ffn/convert/split.hpp>
 #include <sparse_ffn/convert/synthetic.hpp>
@@ -210,4 +211,88 @@ TEST_CASE("router fitting: the fitted linear router learns the block masses", "[
   // Deterministic for a seed.
   const auto lin2 = cv::fit_linear_router(p.x.data(), mass.data(), n / 2, d, groups, to);
   REQUIRE(lin2.w == lin.w);
+}
+
+TEST_CASE("non-finite weights or hidden states are rejected up front, naming the tensor and index",
+          "[convert][errors]") {
+  using sfx::status;
+  // balanced_assign used to bid forever on a NaN value (the converter hung).
+  std::vector<float> v(4 * 2, 1.0f);
+  v[5] = std::numeric_limits<float>::quiet_NaN();
+  REQUIRE_ERROR(cv::detail::balanced_assign(v.data(), 4, 2, 2), status::invalid_argument, "value[2][1]");
+  v[5] = std::numeric_limits<float>::infinity();
+  REQUIRE_ERROR(cv::detail::balanced_assign(v.data(), 4, 2, 2), status::invalid_argument, "not finite");
+
+  const auto p = cv::make_planted_ffn(16, 4, 16, 64, 1, 7);
+  auto bad = p.dense;
+  bad.w1[0] = std::numeric_limits<float>::quiet_NaN();
+  cv::kmeans_options ko;
+  ko.g = 16;
+  REQUIRE_ERROR(cv::split_kmeans(bad.w1.data(), bad.d_ff, bad.d_model, ko), status::invalid_argument,
+                "W1[0, 0]");
+
+  cv::moefy_options o;
+  o.g = 16;
+  o.report_splits = {};
+  REQUIRE_ERROR(cv::moefy(bad, p.x.data(), 64, o), status::invalid_argument, "W1 has a non-finite value");
+  bad = p.dense;
+  bad.w2[65] = -std::numeric_limits<float>::infinity();  // W2 is [d × d_ff] = [16 × 64]: [1, 1]
+  REQUIRE_ERROR(cv::moefy(bad, p.x.data(), 64, o), status::invalid_argument,
+                "W2 has a non-finite value (-inf) at index [1, 1]");
+  bad = p.dense;
+  bad.b2[3] = std::numeric_limits<float>::quiet_NaN();
+  REQUIRE_ERROR(cv::moefy(bad, p.x.data(), 64, o), status::invalid_argument, "b2");
+  std::vector<float> x = p.x;
+  x[16 * 5 + 2] = std::numeric_limits<float>::infinity();
+  REQUIRE_ERROR(cv::moefy(p.dense, x.data(), 64, o), status::invalid_argument,
+                "hidden states has a non-finite value (inf) at index [5, 2]");
+  // Finite inputs whose dense output overflows float: an error, not a "perfect" report of NaNs.
+  bad = p.dense;
+  for (auto& w : bad.w2) w = 3e38f;
+  REQUIRE_ERROR(cv::evaluate_split<sfx::act::relu>(bad.view(), cv::split_random(64, 16, 0), 16, p.x.data(),
+                                                   64, "r", {}),
+                status::invalid_argument, "overflow");
+}
+
+TEST_CASE("report options: densities and held-out share are validated; non-finite values are JSON null",
+          "[convert][errors]") {
+  using sfx::status;
+  const auto p = cv::make_planted_ffn(16, 4, 16, 64, 1, 7);
+  const auto perm = cv::split_random(64, 16, 0);
+  for (double bad : {0.0, -0.5, 2.0, std::nan(""), HUGE_VAL}) {
+    cv::quality_options q;
+    q.densities = {0.25, bad};
+    REQUIRE_ERROR(cv::evaluate_split<sfx::act::relu>(p.dense.view(), perm, 16, p.x.data(), 64, "r", q),
+                  status::invalid_argument, "outside (0, 1]");
+    cv::moefy_options o;
+    o.g = 16;
+    o.quality = q;
+    REQUIRE_ERROR(cv::moefy(p.dense, p.x.data(), 64, o), status::invalid_argument, "outside (0, 1]");
+  }
+  cv::quality_options q;
+  q.densities = {};
+  REQUIRE_ERROR(cv::evaluate_split<sfx::act::relu>(p.dense.view(), perm, 16, p.x.data(), 64, "r", q),
+                status::invalid_argument, "at least one density");
+  q.densities = {0.5};
+  q.held_out = std::nan("");
+  REQUIRE_ERROR(cv::evaluate_split<sfx::act::relu>(p.dense.view(), perm, 16, p.x.data(), 64, "r", q),
+                status::invalid_argument, "held_out");
+
+  // A dense FFN whose output is exactly zero: the relative error of a sparse output that is not zero
+  // is infinite (not 0, the "perfect" value it used to report); the JSON stays valid (null).
+  auto zero = p.dense;
+  std::fill(zero.w2.begin(), zero.w2.end(), 0.0f);
+  std::fill(zero.b2.begin(), zero.b2.end(), 0.0f);
+  cv::quality_options q2;
+  q2.densities = {0.25};
+  q2.fit_routers = false;
+  auto rows = cv::evaluate_split<sfx::act::relu>(zero.view(), perm, 16, p.x.data(), 64, "r", q2);
+  for (const auto& r : rows) REQUIRE(r.rel_error == 0.0);  // zero output, zero error
+  rows[0].rel_error = std::numeric_limits<double>::infinity();
+  rows[0].split = "a\"b\\c\n";
+  const std::string js = cv::report_json(rows);
+  INFO(js);
+  REQUIRE(js.find("\"rel_error\": null") != std::string::npos);
+  REQUIRE(js.find("inf") == std::string::npos);
+  REQUIRE(js.find("\"a\\\"b\\\\c\\u000a\"") != std::string::npos);
 }

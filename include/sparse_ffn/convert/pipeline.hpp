@@ -13,11 +13,14 @@
 //    used through forward_routed),
 // 4. the quality report for `report_splits` (each evaluated on the held-out tokens).
 // Activation sample for the co-activation split: the first `max_sample` tokens of x.
+// Checked before any work: the activation matches the FFN, the router name, n >= 2, the report's
+// densities and held-out share, and that every weight, bias and hidden state is finite.
 #pragma once
 
 #include <string>
 #include <vector>
 
+#include "../detail/finite.hpp"
 #include "../dispatch.hpp"
 #include "coactivation.hpp"
 #include "report.hpp"
@@ -50,6 +53,21 @@ struct moefy_result {
   bool has_mlp = false;
   mlp_router mlp;
 };
+
+/// Rejects NaN/Inf in the dense FFN's weights and biases and in the hidden states x [n × d_model],
+/// naming the tensor and the index of the first one (nothing downstream is defined on them: the
+/// k-means auction would not terminate and the report would divide NaN norms).
+inline void check_finite(const dense_ffn<float>& dense, const float* x, index_t n) {
+  using sparse_ffn::detail::require_finite;
+  const std::int64_t F = dense.d_ff, d = dense.d_model;
+  const std::pair<const char*, const std::vector<float>*> w[] = {{"W1", &dense.w1}, {"W2", &dense.w2},
+                                                                 {"W3", &dense.w3}, {"b1", &dense.b1},
+                                                                 {"b2", &dense.b2}, {"b3", &dense.b3}};
+  const std::vector<std::int64_t> shapes[] = {{F, d}, {d, F}, {F, d}, {F}, {d}, {F}};
+  for (int i = 0; i < 6; ++i)
+    require_finite(w[i].second->data(), static_cast<index_t>(w[i].second->size()), w[i].first, shapes[i]);
+  require_finite(x, sparse_ffn::detail::checked_mul(n, d, "hidden states"), "hidden states", {n, d});
+}
 
 /// A split by name (see moefy_options::split).
 template <class Act>
@@ -90,6 +108,9 @@ inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t
       status::invalid_argument, "unknown router '", o.router, "' (avg_k, similarity, linear, mlp)");
   sparse_ffn::detail::require(n >= 2, status::invalid_shape,
                               "moefy needs at least 2 tokens of hidden states");
+  sparse_ffn::detail::require_not_null(x, "hidden states");
+  check_finite(dense, x, n);
+  check_quality_options(o.quality);
   moefy_result r;
   r.g = o.g;
   dispatch_activation(o.activation, [&](auto a) {

@@ -12,11 +12,13 @@
 
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "../cpu/forward.hpp"
+#include "../detail/finite.hpp"
 #include "../dispatch.hpp"
 #include "../pack.hpp"
 #include "router_fit.hpp"
@@ -39,14 +41,24 @@ struct quality_options {
   progress_fn progress;        ///< optional
 };
 
+/// Densities in (0, 1] (finite), at least one; held_out in (0, 1).
+inline void check_quality_options(const quality_options& o) {
+  sparse_ffn::detail::require(!o.densities.empty(), status::invalid_argument,
+                              "the report needs at least one density");
+  for (double p : o.densities)
+    sparse_ffn::detail::require(std::isfinite(p) && p > 0 && p <= 1, status::invalid_argument, "density ", p,
+                                " is outside (0, 1]");
+  sparse_ffn::detail::require(std::isfinite(o.held_out) && o.held_out > 0 && o.held_out < 1,
+                              status::invalid_argument, "held_out (", o.held_out, ") must be in (0, 1)");
+}
+
 /// Evaluates one split (permutation) of a dense float FFN with activation Act on tokens x [n × d].
 template <class Act>
 std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
                                         const std::vector<std::int32_t>& perm, index_t g, const float* x,
                                         index_t n, const std::string& split_name, const quality_options& o) {
   sparse_ffn::detail::require(n >= 2, status::invalid_shape, "the quality report needs at least 2 tokens");
-  sparse_ffn::detail::require(o.held_out > 0 && o.held_out < 1, status::invalid_argument,
-                              "held_out must be in (0, 1)");
+  check_quality_options(o);
   pack_options po{g};
   po.permutation = perm.data();
   const blocked_ffn<float> model = pack<float>(dense, po);
@@ -58,6 +70,9 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
 
   std::vector<float> y_dense(static_cast<std::size_t>(n * d));
   const std::vector<float> mass = block_mass<Act>(model, x, n, y_dense.data());
+  // Finite weights and inputs can still overflow float; the report's ratios would then be NaN.
+  sparse_ffn::detail::require_finite(y_dense.data(), n * d, "the dense FFN's output (overflow)", {n, d});
+  sparse_ffn::detail::require_finite(mass.data(), n * B, "the block activation mass (overflow)", {n, B});
   const float* mass_eval = mass.data() + n_train * B;
 
   // Scores of every selector on the held-out tokens.
@@ -126,7 +141,9 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
       row.density = p;
       row.k = k;
       row.coverage = topk_coverage(sc.data(), mass_eval, n_eval, B, k);
-      row.rel_error = dense_norm > 0 ? std::sqrt(err / dense_norm) : 0.0;
+      // A zero dense output: any error is infinitely large relative to it, none is 0.
+      row.rel_error = dense_norm > 0 ? std::sqrt(err / dense_norm)
+                                     : (err > 0 ? std::numeric_limits<double>::infinity() : 0.0);
       rows.push_back(row);
     }
     if (o.progress) o.progress("quality " + split_name, 1.0);
@@ -149,17 +166,46 @@ inline std::string format_report(const std::vector<quality_row>& rows) {
   return os.str();
 }
 
-/// The rows as JSON: {"rows": [{"split":…, "selector":…, "density":…, "k":…, "coverage":…, "rel_error":…},
-/// …]}.
-inline std::string report_json(const std::vector<quality_row>& rows) {
+namespace detail {
+/// A JSON number, or null for NaN/Inf (which JSON cannot represent).
+inline std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
   std::ostringstream os;
   os.precision(9);
+  os << v;
+  return os.str();
+}
+/// A JSON string literal (quotes, backslashes and control characters escaped).
+inline std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+}  // namespace detail
+
+/// The rows as JSON: {"rows": [{"split":…, "selector":…, "density":…, "k":…, "coverage":…, "rel_error":…},
+/// …]}. A value that is not finite (rel_error of an all-zero dense output) is written as null.
+inline std::string report_json(const std::vector<quality_row>& rows) {
+  std::ostringstream os;
   os << "{\"rows\": [";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
-    os << (i ? ",\n  " : "\n  ") << "{\"split\": \"" << r.split << "\", \"selector\": \"" << r.selector
-       << "\", \"density\": " << r.density << ", \"k\": " << r.k << ", \"coverage\": " << r.coverage
-       << ", \"rel_error\": " << r.rel_error << "}";
+    os << (i ? ",\n  " : "\n  ") << "{\"split\": " << detail::json_string(r.split)
+       << ", \"selector\": " << detail::json_string(r.selector)
+       << ", \"density\": " << detail::json_number(r.density) << ", \"k\": " << r.k
+       << ", \"coverage\": " << detail::json_number(r.coverage)
+       << ", \"rel_error\": " << detail::json_number(r.rel_error) << "}";
   }
   os << "\n]}\n";
   return os.str();

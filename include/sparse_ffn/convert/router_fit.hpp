@@ -17,6 +17,7 @@
 // Training is deterministic for a given seed (fixed minibatch order, fixed reduction order).
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -296,15 +297,20 @@ inline mlp_router fit_mlp_router(const float* x, const float* mass, index_t n, i
   for (index_t j = 0; j < B; ++j) r.w2[static_cast<std::size_t>(j * B + j)] = 1.0f;
   r.b2.assign(static_cast<std::size_t>(B), 0.0f);
   detail::adam a1, ab1, a2, ab2;
-  std::vector<float> T, H, G, GH, dW1(r.w1.size()), db1(r.b1.size()), dW2(r.w2.size()), db2(r.b2.size());
+  std::vector<float> T, Xb, H, G, GH, dW1(r.w1.size()), db1(r.b1.size()), dW2(r.w2.size()), db2(r.b2.size());
   detail::train_loop(n, o, "MLP router", [&](const std::vector<index_t>& idx) {
     const auto m = static_cast<index_t>(idx.size());
     detail::batch_targets(mass, idx, B, T);
     H.resize(static_cast<std::size_t>(m * B));
     G.resize(H.size());
     GH.resize(H.size());
+    // The minibatch's rows, gathered, go through the first layer in one call (one parallel region per
+    // minibatch, not one per token: those stalled on a busy machine).
+    Xb.resize(static_cast<std::size_t>(m * d_model));
     for (index_t q = 0; q < m; ++q)
-      r.hidden(x + idx[static_cast<std::size_t>(q)] * d_model, 1, H.data() + q * B);
+      std::copy(x + idx[static_cast<std::size_t>(q)] * d_model,
+                x + (idx[static_cast<std::size_t>(q)] + 1) * d_model, Xb.begin() + q * d_model);
+    r.hidden(Xb.data(), m, H.data());
     for (index_t q = 0; q < m; ++q)
       for (index_t j = 0; j < B; ++j) {
         const float z = sparse_ffn::detail::dot(r.w2.data() + j * B, H.data() + q * B, B) +

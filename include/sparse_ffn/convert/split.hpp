@@ -169,6 +169,10 @@ std::vector<std::int32_t> split_kmeans(const T* w1, index_t d_ff, index_t d_mode
                               o.restarts, ")");
   const index_t N = d_ff, B = d_ff / o.g, g = o.g, ld = padded_ld<float>(d_model);
   sparse_ffn::detail::checked_elements<float>(N, ld, "normalised keys");
+  for (index_t i = 0; i < N * d_model; ++i)
+    if (!std::isfinite(to_float(w1[i])))
+      sparse_ffn::detail::fail(status::invalid_argument, "split_kmeans: W1[", i / d_model, ", ", i % d_model,
+                               "] is not finite (", to_float(w1[i]), "); NaN and Inf are not accepted");
 
   // Normalised keys, padded rows (zero rows stay zero).
   sparse_ffn::detail::aligned_buffer<float> X(N * ld);

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <deque>
 #include <limits>
@@ -49,8 +50,12 @@ inline std::vector<std::int32_t> balanced_assign(const float* value, index_t N, 
       i = m;
     }
   };
+  // A NaN or Inf value would make bids that evict each other forever: refuse them (the auction
+  // terminates for every finite input: each phase raises prices by at least eps per bid).
   double vmin = std::numeric_limits<double>::infinity(), vmax = -vmin;
   for (index_t i = 0; i < N * B; ++i) {
+    sparse_ffn::detail::require(std::isfinite(value[i]), status::invalid_argument, "balanced_assign: value[",
+                                i / B, "][", i % B, "] is not finite (", value[i], ")");
     vmin = std::min<double>(vmin, value[i]);
     vmax = std::max<double>(vmax, value[i]);
   }
