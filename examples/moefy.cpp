@@ -1,25 +1,28 @@
 // moefy — convert a trained dense FFN into a blocked sparse FFN (MoEfication), fit its router, report
-// quality.
+// quality. `moefy --help` lists the options (examples/moefy_cli.hpp defines them):
 //
 //   moefy --in ckpt.safetensors --w1 NAME --w2 NAME [--w3 NAME] [--b1 NAME] [--b2 NAME] [--b3 NAME]
 //         --hidden states.safetensors --hidden-name NAME [--max-tokens N]
-//         --activation relu|gelu_erf|gelu_tanh|silu|swiglu|geglu  --g 64
+//         --activation relu|gelu_erf|gelu_tanh|silu|swiglu|geglu  --g 1|16|32|64|128
 //         [--split kmeans|coactivation|random] [--router avg_k|similarity|linear|mlp]
 //         [--dtype f32|bf16|f16] [--seed N] [--iterations N] [--restarts N] [--epochs N]
 //         [--report-splits random,kmeans,coactivation] [--densities 0.1,0.2,0.25,0.3,0.5]
 //         --out blocked.safetensors [--report report.json]
 //
-// Tensor names are the checkpoint's own (e.g. model.layers.3.mlp.gate_proj.weight for a LLaMA W1).
-// Hidden states: a 2-D tensor [tokens, d_model] (or any shape whose last dimension is d_model).
-// Progress goes to stderr; the report table to stdout.
+// Everything is checked before the conversion starts: every option's value (strictly), the output
+// paths (their directory writable, none of them an input or each other, none a non-regular file),
+// the input files and tensor names, their shapes and dtypes, the block size against d_ff, the
+// activation against --w3, and every weight and hidden state finite. Outputs are written atomically:
+// a crash or a full disk leaves the previous file intact. Exit status: 0 done, 1 error, 2 bad usage.
+#include "moefy_cli.hpp"
+
 #include <sparse_ffn/convert/pipeline.hpp>
+#include <sparse_ffn/io/file.hpp>
 #include <sparse_ffn/io/model_io.hpp>
 
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <map>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -27,93 +30,107 @@ namespace sf = sparse_ffn;
 
 namespace {
 
-[[noreturn]] void usage(const char* msg) {
-  std::fprintf(stderr, "moefy: %s\nsee the comment at the top of examples/moefy.cpp for the options\n", msg);
-  std::exit(2);
-}
-
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(item);
-  return out;
+/// Checks that need the files but not the work: outputs, tensors, shapes, g, gating, METIS.
+void check_before_work(const moefy::options& o, const sf::io::safetensors_file& ckpt,
+                       const sf::io::safetensors_file& hfile) {
+  using sf::detail::fail;
+  using sf::detail::require;
+  const std::vector<std::string> inputs{o.in, o.hidden};
+  sf::io::check_output_path(o.out, inputs);
+  if (!o.report.empty()) {
+    sf::io::check_output_path(o.report, inputs);
+    require(!sf::io::same_file(o.out, o.report), sf::status::invalid_argument,
+            "--out and --report are the same file (", o.out, ")");
+  }
+#if !defined(SPARSE_FFN_WITH_METIS)
+  bool coact = o.split == "coactivation";
+  for (const auto& s : o.report_splits) coact = coact || s == "coactivation";
+  require(!coact, sf::status::unsupported,
+          "the coactivation split needs METIS, and this moefy was built without it");
+#endif
+  const sf::io::tensor_info& t1 = ckpt.info(o.w1);
+  require(t1.shape.size() == 2, sf::status::invalid_shape, o.in, ": W1 '", o.w1,
+          "' must be 2-D [d_ff, d_model]");
+  const std::int64_t F = t1.shape[0], d = t1.shape[1];
+  require(F > 0 && d > 0 && F % o.g == 0, sf::status::invalid_shape, o.in, ": d_ff = ", F,
+          " (rows of W1) must be a positive multiple of --g ", o.g);
+  const bool gated = sf::activation_is_gated(sf::parse_activation(o.activation));
+  require(gated == !o.w3.empty(), sf::status::invalid_argument, "--activation ", o.activation, " is ",
+          gated ? "gated and needs --w3" : "not gated; --w3 is only for swiglu/geglu");
+  const sf::io::tensor_info& th = hfile.info(o.hidden_name);
+  require(!th.shape.empty() && th.shape.back() == d, sf::status::invalid_shape, o.hidden, ": hidden states '",
+          o.hidden_name, "' must have last dimension d_model = ", d);
+  require(th.dtype == "F32" || th.dtype == "F16" || th.dtype == "BF16", sf::status::unsupported, o.hidden,
+          ": hidden states '", o.hidden_name, "' have dtype ", th.dtype, "; expected F32, F16 or BF16");
+  require(th.numel() / d >= 2, sf::status::invalid_shape, o.hidden,
+          ": need at least 2 tokens of hidden states");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string k = argv[i];
-    if (k.rfind("--", 0) != 0 || i + 1 >= argc) usage(("bad argument: " + k).c_str());
-    a[k.substr(2)] = argv[++i];
+  CLI::App app{"moefy"};
+  moefy::options o;
+  try {
+    moefy::parse(argc, argv, app, o);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
   }
-  auto need = [&](const char* k) {
-    if (!a.count(k)) usage((std::string("missing --") + k).c_str());
-    return a[k];
-  };
-  auto opt = [&](const char* k, const std::string& def) { return a.count(k) ? a[k] : def; };
   const auto t0 = std::chrono::steady_clock::now();
   auto progress = [&](const std::string& what, double f) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::fprintf(stderr, "[%7.1fs] %-22s %5.1f%%\n", s, what.c_str(), 100 * f);
   };
   try {
-    const auto ckpt = sf::io::safetensors_file::open(need("in"));
-    sf::io::dense_names names{need("w1"),    opt("b1", ""), need("w2"),
-                              opt("b2", ""), opt("w3", ""), opt("b3", "")};
+    const auto ckpt = sf::io::safetensors_file::open(o.in);
+    const auto hfile = sf::io::safetensors_file::open(o.hidden);
+    check_before_work(o, ckpt, hfile);
+
+    const sf::io::dense_names names{o.w1, o.b1, o.w2, o.b2, o.w3, o.b3};
     const sf::dense_ffn<float> dense = sf::io::load_dense(ckpt, names);
     progress("loaded dense FFN", 1.0);
-    const auto hfile = sf::io::safetensors_file::open(need("hidden"));
-    const std::string hname = need("hidden-name");
-    const auto& hinfo = hfile.info(hname);
-    if (hinfo.shape.empty() || hinfo.shape.back() != dense.d_model)
-      usage("the hidden states' last dimension must equal d_model");
-    std::vector<float> x = hfile.read_float(hname);
+    std::vector<float> x = hfile.read_finite(o.hidden_name);
     sf::index_t n = static_cast<sf::index_t>(x.size()) / dense.d_model;
-    const sf::index_t max_tokens = std::stoll(opt("max-tokens", "100000"));
-    if (n > max_tokens) {
-      n = max_tokens;
+    if (n > o.max_tokens) {
+      std::fprintf(stderr, "moefy: using the first %lld of %lld tokens (--max-tokens)\n",
+                   static_cast<long long>(o.max_tokens), static_cast<long long>(n));
+      n = o.max_tokens;
       x.resize(static_cast<std::size_t>(n * dense.d_model));
     }
     progress("loaded hidden states", 1.0);
 
-    sf::convert::moefy_options o;
-    o.g = std::stoll(need("g"));
-    o.activation = sf::parse_activation(need("activation"));
-    o.split = opt("split", "kmeans");
-    o.router = opt("router", "avg_k");
-    o.seed = std::stoull(opt("seed", "0"));
-    o.kmeans_iterations = std::stoi(opt("iterations", "10"));
-    o.kmeans_restarts = std::stoi(opt("restarts", "3"));
-    o.quality.train.epochs = std::stoi(opt("epochs", "20"));
-    o.quality.train.seed = o.seed;
-    o.report_splits = split_list(opt("report-splits", "random"));
-    if (a.count("densities")) {
-      o.quality.densities.clear();
-      for (const auto& s : split_list(a["densities"])) o.quality.densities.push_back(std::stod(s));
-    }
-    o.progress = progress;
-    const std::string out = need("out");
-    const std::map<std::string, std::string> meta = {{"activation", sf::activation_name(o.activation)},
+    sf::convert::moefy_options mo;
+    mo.g = o.g;
+    mo.activation = sf::parse_activation(o.activation);
+    mo.split = o.split;
+    mo.router = o.router;
+    mo.seed = o.seed;
+    mo.kmeans_iterations = o.iterations;
+    mo.kmeans_restarts = o.restarts;
+    mo.quality.train.epochs = o.epochs;
+    mo.quality.train.seed = o.seed;
+    mo.quality.densities = o.densities;
+    mo.report_splits = o.report_splits;
+    mo.progress = progress;
+    const std::map<std::string, std::string> meta = {{"activation", o.activation},
                                                      {"split", o.split},
                                                      {"router", o.router},
                                                      {"selector", o.router == "mlp" ? "routed" : "avg_k"},
-                                                     {"source", need("in")}};
-    const sf::convert::moefy_result r = sf::convert::moefy(dense, x.data(), n, o);
-    sf::dispatch_dtype(sf::parse_dtype(opt("dtype", "f32")), [&](auto t) {
+                                                     {"source", o.in}};
+    const sf::convert::moefy_result r = sf::convert::moefy(dense, x.data(), n, mo);
+    sf::dispatch_dtype(sf::parse_dtype(o.dtype), [&](auto t) {
       using T = typename decltype(t)::type;
-      sf::io::save_blocked(out, sf::convert::moefy_pack<T>(dense, r), meta, r.has_mlp ? &r.mlp : nullptr);
+      sf::io::save_blocked(o.out, sf::convert::moefy_pack<T>(dense, r), meta, r.has_mlp ? &r.mlp : nullptr);
     });
-    progress("wrote " + out, 1.0);
+    progress("wrote " + o.out, 1.0);
     std::printf("%s", sf::convert::format_report(r.report).c_str());
-    if (a.count("report")) {
-      std::ofstream(a["report"]) << sf::convert::report_json(r.report);
-      progress("wrote " + a["report"], 1.0);
+    if (!o.report.empty()) {
+      sf::io::atomic_write(o.report, sf::convert::report_json(r.report));
+      progress("wrote " + o.report, 1.0);
     }
-  } catch (const sf::error& e) {
-    std::fprintf(stderr, "moefy: %s\n", e.what());
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "moefy: out of memory\n");
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "moefy: %s\n", e.what());

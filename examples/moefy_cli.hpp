@@ -1,0 +1,200 @@
+// moefy's command line: the options, their parser (CLI11) and the checks made before any work.
+//
+// Shared by examples/moefy.cpp and the argument fuzzer (tests/fuzz/fuzz_moefy_args.cpp). Every value is
+// parsed strictly: integers are decimal, whole and in range (no "16abc", "1e1", "0x10" or "-1" for an
+// unsigned value), reals finite, names from a closed set; an unknown flag, a flag given twice or a
+// missing value is an error that names the flag. `--help` is generated from the same definitions.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <sparse_ffn/activation.hpp>
+#include <sparse_ffn/dispatch.hpp>
+
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace moefy {
+
+struct options {
+  std::string in, w1, w2, w3, b1, b2, b3;
+  std::string hidden, hidden_name;
+  std::int64_t max_tokens = 100000;
+  std::string activation;
+  std::int64_t g = 0;
+  std::string split = "kmeans", router = "avg_k", dtype = "f32";
+  std::uint64_t seed = 0;
+  int iterations = 10, restarts = 3, epochs = 20;
+  std::vector<std::string> report_splits{"random"};
+  std::vector<double> densities{0.10, 0.20, 0.25, 0.30, 0.50};
+  std::string out, report;
+};
+
+namespace detail {
+
+/// A list "a,b,c" (empty items are an error: "0.1,,0.2" is a typo, not two densities).
+inline bool split_list(const std::string& s, std::vector<std::string>& out) {
+  out.clear();
+  std::string item;
+  for (char c : s + ",") {
+    if (c != ',') {
+      item += c;
+      continue;
+    }
+    if (item.empty()) return false;
+    out.push_back(item);
+    item.clear();
+  }
+  return true;
+}
+
+/// Strict decimal integer in [lo, hi]: optional '-', then digits only, no overflow.
+inline bool parse_int(const std::string& s, long double lo, long double hi, std::int64_t& v) {
+  if (s.empty() || s.size() > 20) return false;
+  std::size_t i = s[0] == '-' ? 1 : 0;
+  if (i == s.size()) return false;
+  for (std::size_t j = i; j < s.size(); ++j)
+    if (s[j] < '0' || s[j] > '9') return false;
+  errno = 0;
+  char* end = nullptr;
+  const long long x = std::strtoll(s.c_str(), &end, 10);
+  if (errno == ERANGE || end != s.c_str() + s.size()) return false;
+  if (static_cast<long double>(x) < lo || static_cast<long double>(x) > hi) return false;
+  v = x;
+  return true;
+}
+
+/// A CLI11 validator: strict decimal integer in [lo, hi].
+inline CLI::Validator integer(long double lo, long double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& s) -> std::string {
+        std::int64_t v = 0;
+        if (!parse_int(s, lo, hi, v))
+          return "'" + s + "' is not a whole decimal number in [" +
+                 std::to_string(static_cast<long long>(lo)) + ", " +
+                 std::to_string(static_cast<long long>(hi)) + "]";
+        return {};
+      },
+      "INT", "integer");
+}
+
+/// Unsigned 64-bit decimal (the seed): digits only, no sign, no overflow.
+inline CLI::Validator unsigned64() {
+  return CLI::Validator(
+      [](std::string& s) -> std::string {
+        bool ok = !s.empty() && s.size() <= 20;
+        for (char c : s) ok = ok && c >= '0' && c <= '9';
+        if (ok) {
+          errno = 0;
+          char* end = nullptr;
+          (void)std::strtoull(s.c_str(), &end, 10);
+          ok = errno != ERANGE && end == s.c_str() + s.size();
+        }
+        return ok ? std::string{} : "'" + s + "' is not a whole decimal number in [0, 2^64)";
+      },
+      "UINT64", "unsigned64");
+}
+
+/// A CLI11 validator: a non-empty value (file and tensor names).
+inline CLI::Validator non_empty() {
+  return CLI::Validator([](std::string& s) -> std::string { return s.empty() ? "the value is empty" : ""; },
+                        "", "non_empty");
+}
+
+/// A finite real in (0, 1].
+inline bool parse_density(const std::string& s, double& v) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s)
+    if (!((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '-' || c == '+')) return false;
+  errno = 0;
+  char* end = nullptr;
+  v = std::strtod(s.c_str(), &end);
+  return errno != ERANGE && end == s.c_str() + s.size() && std::isfinite(v) && v > 0 && v <= 1;
+}
+
+}  // namespace detail
+
+/// Defines every option on `app`, bound to `o`. Parsing throws CLI::ParseError (CLI::CallForHelp for
+/// --help): print it with `app.exit(e)`. Nothing here touches the file system; moefy.cpp checks the
+/// paths and the tensors before any work.
+inline void define(CLI::App& app, options& o) {
+  app.description(
+      "moefy: convert a trained dense FFN into a blocked sparse FFN (MoEfication), fit its router and\n"
+      "report the quality on held-out tokens. Tensor names are the checkpoint's own (e.g.\n"
+      "model.layers.3.mlp.gate_proj.weight for a LLaMA W1). Outputs are written atomically and never\n"
+      "over an input. Progress goes to stderr, the report table to stdout.");
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::Throw);
+  app.allow_extras(false);
+  app.positionals_at_end(false);
+  // clang-format off
+  app.add_option("--in", o.in, "checkpoint with the dense FFN (safetensors)")->required()->type_name("FILE")->check(detail::non_empty());
+  app.add_option("--w1", o.w1, "W1 [d_ff, d_model] (keys; gate_proj of a gated FFN)")->required()->type_name("NAME")->check(detail::non_empty());
+  app.add_option("--w2", o.w2, "W2 [d_model, d_ff] (values; down_proj)")->required()->type_name("NAME")->check(detail::non_empty());
+  auto* w3 = app.add_option("--w3", o.w3, "W3 [d_ff, d_model] (up_proj; gated FFNs only)")->type_name("NAME")->check(detail::non_empty());
+  app.add_option("--b1", o.b1, "b1 [d_ff]")->type_name("NAME")->check(detail::non_empty());
+  app.add_option("--b2", o.b2, "b2 [d_model]")->type_name("NAME")->check(detail::non_empty());
+  app.add_option("--b3", o.b3, "b3 [d_ff] (needs --w3)")->type_name("NAME")->needs(w3)->check(detail::non_empty());
+  app.add_option("--hidden", o.hidden, "hidden states (safetensors)")->required()->type_name("FILE")->check(detail::non_empty());
+  app.add_option("--hidden-name", o.hidden_name, "tensor of hidden states [tokens, d_model] (any shape whose last dimension is d_model)")->required()->type_name("NAME")->check(detail::non_empty());
+  app.add_option("--max-tokens", o.max_tokens, "use at most this many tokens (the first ones)")->capture_default_str()
+      ->check(detail::integer(2, std::numeric_limits<std::int32_t>::max()));
+  app.add_option("--activation", o.activation, "activation of the FFN")->required()
+      ->check(CLI::IsMember({"relu", "gelu_erf", "gelu_tanh", "silu", "swiglu", "geglu"}));
+  app.add_option("--g", o.g, "neurons per block: 1, 16, 32, 64 or 128")->required()
+      ->check(CLI::IsMember({"1", "16", "32", "64", "128"}));
+  app.add_option("--split", o.split, "how neurons are grouped into blocks")->capture_default_str()
+      ->check(CLI::IsMember({"kmeans", "coactivation", "random"}));
+  app.add_option("--router", o.router, "router installed in the model")->capture_default_str()
+      ->check(CLI::IsMember({"avg_k", "similarity", "linear", "mlp"}));
+  app.add_option("--dtype", o.dtype, "weight dtype of the converted model")->capture_default_str()->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  app.add_option("--seed", o.seed, "seed of the split and the router training")->capture_default_str()->check(detail::unsigned64());
+  app.add_option("--iterations", o.iterations, "k-means iterations")->capture_default_str()->check(detail::integer(1, 1000000));
+  app.add_option("--restarts", o.restarts, "k-means restarts (the best is kept)")->capture_default_str()->check(detail::integer(1, 1000));
+  app.add_option("--epochs", o.epochs, "router training epochs")->capture_default_str()->check(detail::integer(1, 1000000));
+  app.add_option_function<std::string>("--report-splits", [&o](const std::string& s) { detail::split_list(s, o.report_splits); },
+                  "splits reported besides --split, comma-separated (random,kmeans,coactivation); default: random")
+      ->type_name("LIST")
+      ->check(CLI::Validator([](std::string& s) -> std::string {
+        std::vector<std::string> items;
+        if (!detail::split_list(s, items)) return "'" + s + "' has an empty item";
+        for (const auto& it : items)
+          if (it != "random" && it != "kmeans" && it != "coactivation") return "unknown split '" + it + "'";
+        return {};
+      }, "LIST", "splits"));
+  app.add_option_function<std::string>("--densities", [&o](const std::string& s) {
+        std::vector<std::string> items;
+        detail::split_list(s, items);
+        o.densities.clear();
+        for (const auto& it : items) {
+          double v = 0;
+          detail::parse_density(it, v);
+          o.densities.push_back(v);
+        }
+      }, "fractions of blocks kept in the report, comma-separated, each in (0, 1]; default: 0.1,0.2,0.25,0.3,0.5")
+      ->type_name("LIST")
+      ->check(CLI::Validator([](std::string& s) -> std::string {
+        std::vector<std::string> items;
+        if (!detail::split_list(s, items)) return "'" + s + "' has an empty item";
+        double v = 0;
+        for (const auto& it : items)
+          if (!detail::parse_density(it, v)) return "density '" + it + "' is not a number in (0, 1]";
+        return {};
+      }, "LIST", "densities"));
+  app.add_option("--out", o.out, "the blocked model to write (safetensors)")->required()->type_name("FILE")->check(detail::non_empty());
+  app.add_option("--report", o.report, "also write the report as JSON")->type_name("FILE")->check(detail::non_empty());
+  // clang-format on
+}
+
+/// Parses a whole command line (argv[0] is the program name) into `o`, which `app` keeps references
+/// to: both must outlive the parse.
+inline void parse(int argc, const char* const* argv, CLI::App& app, options& o) {
+  define(app, o);
+  app.parse(argc, argv);
+}
+
+}  // namespace moefy

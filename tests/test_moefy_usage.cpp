@@ -1,0 +1,239 @@
+// moefy as a user runs it: every bad command line is refused with the flag's name before any work, an
+// output never replaces an input, failures leave existing files whole, and the report is valid JSON.
+// Runs the real binary (MOEFY_BIN) on small checkpoints written here.
+#include "support/test_support.hpp"
+
+#include <sparse_ffn/convert/synthetic.hpp>
+#include <sparse_ffn/io/model_io.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+
+#ifndef MOEFY_BIN
+#error "MOEFY_BIN must name the moefy executable"
+#endif
+
+namespace io = sparse_ffn::io;
+
+namespace {
+
+struct result {
+  int status = -1;  ///< exit code, or 128 + signal
+  std::string output;
+};
+
+result run(const std::string& args, const std::string& prefix = "") {
+  const std::string cmd = prefix + "'" + std::string(MOEFY_BIN) + "' " + args + " 2>&1";
+  result r;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  for (std::size_t got; (got = std::fread(buf, 1, sizeof buf, p)) > 0;) r.output.append(buf, got);
+  const int st = ::pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + (WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+  return r;
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+bool exists(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+/// A scratch directory with a dense checkpoint (d=16, d_ff=64, ReLU, biases) and hidden states.
+struct workdir {
+  std::string dir, ckpt, hidden;
+  workdir() {
+    char tmpl[] = "moefy_cli_XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    dir = tmpl;
+    ckpt = dir + "/dense.safetensors";
+    hidden = dir + "/hidden.safetensors";
+    const auto p = sparse_ffn::convert::make_planted_ffn(16, 4, 16, 200, 1, 5);
+    write_dense(p.dense, ckpt);
+    io::safetensors_writer h;
+    h.add_float("x", {200, 16}, p.x);
+    h.write(hidden);
+  }
+  ~workdir() { std::system(("rm -rf '" + dir + "'").c_str()); }
+  static void write_dense(const sfx::dense_ffn<float>& d, const std::string& path) {
+    io::safetensors_writer w;
+    w.add_float("w1", {d.d_ff, d.d_model}, d.w1);
+    w.add_float("w2", {d.d_model, d.d_ff}, d.w2);
+    w.add_float("b1", {d.d_ff}, d.b1);
+    w.add_float("b2", {d.d_model}, d.b2);
+    w.write(path);
+  }
+  /// A complete, valid command line; `extra` is appended (CLI11 refuses a repeated flag, so tests that
+  /// change a required flag build their own line with `base(false)`).
+  std::string base(bool with_out = true) const {
+    return "--in " + ckpt + " --w1 w1 --w2 w2 --b1 b1 --b2 b2 --hidden " + hidden +
+           " --hidden-name x --activation relu --g 16 --epochs 2 --restarts 1 --iterations 3" +
+           (with_out ? " --out " + dir + "/out.safetensors" : "");
+  }
+};
+
+}  // namespace
+
+TEST_CASE("moefy: a valid conversion writes the model and a valid JSON report", "[moefy]") {
+  workdir w;
+  const auto r = run(w.base() + " --report " + w.dir + "/report.json --densities 0.25,0.5 --dtype bf16");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  io::blocked_file_info info;
+  const auto m = io::load_blocked<sfx::bfloat16_t>(w.dir + "/out.safetensors", &info);
+  REQUIRE(m.layout().d_ff == 64);
+  REQUIRE(info.metadata.at("dtype") == "bf16");
+  const auto j = nlohmann::json::parse(slurp(w.dir + "/report.json"));
+  REQUIRE(j["rows"].size() > 0);
+  const auto help = run("--help");
+  REQUIRE(help.status == 0);
+  for (const char* flag : {"--in", "--densities", "--report-splits", "--max-tokens", "--out", "--b3"})
+    REQUIRE(help.output.find(flag) != std::string::npos);
+}
+
+TEST_CASE("moefy: bad command lines are refused with the flag's name, before any work", "[moefy]") {
+  workdir w;
+  const std::string out = w.dir + "/out.safetensors";
+  struct bad {
+    std::string args, expect;
+  };
+  const std::vector<bad> cases = {
+      {w.base() + " --dtyp bf16", "--dtyp"},
+      {w.base() + " --bogus 1", "--bogus"},
+      {w.base() + " --g 32", "--g"},  // given twice
+      {w.base(false) + " --out " + out + " --out " + out, "--out"},
+      {w.base() + " --seed -1", "--seed"},
+      {w.base() + " --seed 18446744073709551616", "--seed"},
+      {w.base() + " --seed abc", "--seed"},
+      {w.base() + " --max-tokens -5", "--max-tokens"},
+      {w.base() + " --max-tokens 10x", "--max-tokens"},
+      {w.base() + " --iterations 0", "--iterations"},
+      {w.base() + " --epochs 1e1", "--epochs"},
+      {w.base() + " --restarts 0x10", "--restarts"},
+      {w.base() + " --densities 0", "--densities"},
+      {w.base() + " --densities -0.5", "--densities"},
+      {w.base() + " --densities 2", "--densities"},
+      {w.base() + " --densities nan", "--densities"},
+      {w.base() + " --densities inf", "--densities"},
+      {w.base() + " --densities 0.1,,0.2", "--densities"},
+      {w.base() + " --report-splits random,bogus", "--report-splits"},
+      {w.base() + " --split spectral", "--split"},
+      {w.base() + " --router gate", "--router"},
+      {w.base() + " --b3 b1", "--w3"},
+      {w.base() + " --w1 ''", "--w1"},
+      {w.base() + " stray", "stray"},
+      {"--in " + w.ckpt, "--w1"},  // required flags missing
+  };
+  for (const auto& c : cases) {
+    const auto r = run(c.args);
+    INFO(c.args << "\n" << r.output);
+    REQUIRE(r.status == 2);
+    REQUIRE(r.output.find(c.expect) != std::string::npos);
+    REQUIRE_FALSE(exists(out));
+  }
+  // --g with a value outside the supported set, or not a number at all.
+  for (const std::string g : {"16abc", "1e1", "0", "48", "-16", "016", "0x10"}) {
+    const std::string args = "--in " + w.ckpt + " --w1 w1 --w2 w2 --hidden " + w.hidden +
+                             " --hidden-name x --activation relu --out " + out + " --g " + g;
+    const auto r = run(args);
+    INFO(args << "\n" << r.output);
+    REQUIRE(r.status == 2);
+    REQUIRE(r.output.find("--g") != std::string::npos);
+  }
+}
+
+TEST_CASE("moefy: outputs never replace an input and are checked before the conversion", "[moefy]") {
+  workdir w;
+  const std::string ckpt_bytes = slurp(w.ckpt), hidden_bytes = slurp(w.hidden);
+  const std::string link = w.dir + "/link.safetensors";
+  REQUIRE(::symlink("dense.safetensors", link.c_str()) == 0);
+  for (const std::string& out : {w.ckpt, w.hidden, link, w.dir + "/./dense.safetensors"}) {
+    const auto r = run(w.base(false) + " --out " + out);
+    INFO(out << "\n" << r.output);
+    REQUIRE(r.status == 1);
+    REQUIRE(r.output.find("same file as the input") != std::string::npos);
+  }
+  // --report naming an input, or --out.
+  for (const std::string& rep : {w.hidden, w.dir + "/out.safetensors"}) {
+    const auto r = run(w.base() + " --report " + rep);
+    INFO(rep << "\n" << r.output);
+    REQUIRE(r.status == 1);
+  }
+  REQUIRE(slurp(w.ckpt) == ckpt_bytes);
+  REQUIRE(slurp(w.hidden) == hidden_bytes);
+  // Unwritable report paths fail up front: no model is written, no conversion runs.
+  for (const std::string rep : {"/nonexistent/dir/r.json", "/dev/full", "/"}) {
+    const auto r = run(w.base() + " --report " + rep);
+    INFO(rep << "\n" << r.output);
+    REQUIRE(r.status == 1);
+    REQUIRE(r.output.find(rep) != std::string::npos);
+    REQUIRE(r.output.find("k-means") == std::string::npos);  // failed before the work
+    REQUIRE_FALSE(exists(w.dir + "/out.safetensors"));
+  }
+  // A directory as input.
+  const auto r2 = run("--in " + w.dir + " --w1 w1 --w2 w2 --hidden " + w.hidden +
+                      " --hidden-name x --activation relu --g 16 --out " + w.dir + "/o.safetensors");
+  INFO(r2.output);
+  REQUIRE(r2.status == 1);
+  REQUIRE(r2.output.find("not a regular file") != std::string::npos);
+}
+
+TEST_CASE("moefy: bad data is refused up front; a failed or killed run leaves the old output whole",
+          "[moefy]") {
+  workdir w;
+  const std::string out = w.dir + "/out.safetensors";
+  {
+    std::ofstream f(out, std::ios::binary);
+    f << "previous model";
+  }
+  // NaN in W1 (k-means used to hang on it), Inf in W2: refused with the tensor and the index.
+  auto p = sparse_ffn::convert::make_planted_ffn(16, 4, 16, 200, 1, 5);
+  const std::string bad = w.dir + "/bad.safetensors";
+  p.dense.w1[16 * 3 + 7] = std::numeric_limits<float>::quiet_NaN();
+  workdir::write_dense(p.dense, bad);
+  const std::string bad_args = "--in " + bad + " --w1 w1 --w2 w2 --hidden " + w.hidden +
+                               " --hidden-name x --activation relu --g 16 --out " + out;
+  auto r = run(bad_args);
+  INFO(r.output);
+  REQUIRE(r.status == 1);
+  REQUIRE(r.output.find("tensor 'w1' has a non-finite value (nan) at index [3, 7]") != std::string::npos);
+  REQUIRE(slurp(out) == "previous model");
+  // The wrong activation for the checkpoint, a g that does not divide d_ff, a wrong hidden name.
+  for (const std::string& args : {w.base(false) + " --out " + out + " --w3 w1 --activation swiglu",
+                                  "--in " + w.ckpt + " --w1 w1 --w2 w2 --hidden " + w.hidden +
+                                      " --hidden-name x --activation relu --g 128 --out " + out,
+                                  "--in " + w.ckpt + " --w1 w1 --w2 w2 --hidden " + w.hidden +
+                                      " --hidden-name y --activation relu --g 16 --out " + out}) {
+    r = run(args);
+    INFO(args << "\n" << r.output);
+    REQUIRE(r.status != 0);
+    REQUIRE(slurp(out) == "previous model");
+  }
+  // Killed while writing (SIGXFSZ from a 1-block file size limit, like a crash or a full disk):
+  // the previous file at --out is still whole.
+  r = run(w.base(), "ulimit -f 1; exec ");
+  INFO(r.output);
+  REQUIRE(r.status != 0);
+  REQUIRE(slurp(out) == "previous model");
+  // And a run that succeeds replaces it.
+  r = run(w.base());
+  REQUIRE(r.status == 0);
+  REQUIRE(slurp(out) != "previous model");
+  // --max-tokens cuts the hidden states and says so.
+  r = run(w.base() + " --max-tokens 100");
+  REQUIRE(r.status == 0);
+  REQUIRE(r.output.find("using the first 100 of 200 tokens") != std::string::npos);
+}
