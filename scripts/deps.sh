@@ -3,7 +3,9 @@
 # missing. Without root it only reports what is missing (the build then fails with a clear message).
 set -euo pipefail
 pkgs=(cmake g++ make catch2 libbenchmark-dev libopenblas-openmp-dev nlohmann-json3-dev
-      libmetis-dev python3 python3-matplotlib)
+      libmetis-dev libcli11-dev python3 python3-matplotlib)
+# With clang present, the fuzz targets are built and run briefly: libFuzzer's runtime is in libclang-rt.
+if command -v clang++ >/dev/null && clang++ --version | grep -q 'version 14\.'; then pkgs+=(libclang-rt-14-dev); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -9,7 +9,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build=${BUILD_DIR:-$root/build}/release
 out=${BUILD_DIR:-$root/build}/bench
 bash "$root/scripts/deps.sh"
-cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DSPARSE_FFN_BUILD_TESTS=OFF >/dev/null
+source "$root/scripts/common.sh"
+cmake -S "$root" -B "$build" "${release_cmake_args[@]}" >/dev/null
 cmake --build "$build" -j"$(nproc)" --target quickstart sparse_ffn_bench
 "$build/examples/quickstart"
 echo
