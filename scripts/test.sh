@@ -3,8 +3,8 @@
 #   1. a Release build of the library's tests, examples, benchmarks (and CUDA code when nvcc exists),
 #      and every ctest test;
 #   2. an AddressSanitizer + UndefinedBehaviorSanitizer build of the tests, and every ctest test;
-#   3. a bounded run of every fuzz target (scripts/fuzz.sh; FUZZ_SECONDS each, default 60; skipped
-#      with a message when clang's libFuzzer is missing).
+#   3. a bounded run of every fuzz target (scripts/fuzz.sh; FUZZ_SECONDS each, default 30 here, two
+#      at a time; skipped with a message when clang's libFuzzer is missing).
 # Every option of each build tree is set here (scripts/common.sh), so running scripts/main.sh first
 # changes nothing; ctest fails when it finds no test. Build trees go to $BUILD_DIR (default: build/).
 set -euo pipefail
@@ -23,7 +23,8 @@ stage "release tests"
 (cd "$build/release" && ctest -j"$jobs" --no-tests=error --output-on-failure --timeout 1500)
 
 stage "ASan + UBSan build"
-cmake -S "$root" -B "$build/asan" -DCMAKE_BUILD_TYPE= -DCMAKE_CXX_FLAGS="-O1 -g" -DSPARSE_FFN_SANITIZE=ON \
+# -g1: line tables are all a sanitizer report needs, and compile faster than full debug info.
+cmake -S "$root" -B "$build/asan" -DCMAKE_BUILD_TYPE= -DCMAKE_CXX_FLAGS="-O1 -g1" -DSPARSE_FFN_SANITIZE=ON \
       -DSPARSE_FFN_BUILD_TESTS=ON -DSPARSE_FFN_BUILD_BENCH=OFF -DSPARSE_FFN_BUILD_EXAMPLES=OFF \
       -DSPARSE_FFN_CUDA=OFF -DSPARSE_FFN_FUZZ=OFF -DSPARSE_FFN_NATIVE=ON -DSPARSE_FFN_OPENMP=ON
 cmake --build "$build/asan" -j"$jobs"
@@ -32,5 +33,5 @@ stage "ASan + UBSan tests"
    ctest -j"$jobs" --no-tests=error --output-on-failure --timeout 3000 -E test_install_consumer)
 
 stage "fuzz"
-BUILD_DIR="$build" bash "$root/scripts/fuzz.sh"
+BUILD_DIR="$build" FUZZ_SECONDS=${FUZZ_SECONDS:-30} bash "$root/scripts/fuzz.sh"
 stage "all tests passed"
