@@ -71,6 +71,21 @@ int main(int argc, char** argv) {
   expect(sfx::cuda::forward_routed<P>(nullptr, bytes, w, 2, x, y,
                                       sfx::const_routing_view{3, 2, nullptr, nullptr}),
          sfx::status::invalid_shape, "routing rows");
+  // A caller's routing weights must be aligned (a misaligned one used to become a sticky
+  // misaligned-address fault on the device instead of a status).
+  sfx::block_index_t* fake_blocks = reinterpret_cast<sfx::block_index_t*>(0x3000);
+  float* odd_weights = reinterpret_cast<float*>(0x4002);
+  expect(sfx::cuda::forward_routed<P>(nullptr, bytes, w, 2, x, y,
+                                      sfx::const_routing_view{2, 2, fake_blocks, odd_weights}),
+         sfx::status::misaligned_pointer, "misaligned routing weights");
+  // A grid too large for one launch is refused by the size query itself, before anything is queued
+  // (it used to be checked inside the launch sequence, after the first kernels were queued).
+  const sfx::index_t huge = sfx::index_t{1} << 30;
+  float* far_x = reinterpret_cast<float*>(std::uintptr_t{1} << 40);  // n·d floats apart: no overlap
+  float* far_y = reinterpret_cast<float*>(std::uintptr_t{1} << 42);
+  expect(sfx::cuda::forward_routed<P>(nullptr, bytes, w, huge, far_x, far_y,
+                                      sfx::const_routing_view{huge, 4, fake_blocks, nullptr}),
+         sfx::status::size_overflow, "grid too large (size query)");
   std::size_t small = 1;
   auto* ws = reinterpret_cast<void*>(0x100000);
   expect(sfx::cuda::forward<P>(ws, small, w, 2, x, y, {2}), sfx::status::invalid_argument,

@@ -75,6 +75,12 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+/// Grid-stride loop over [0, count): every element is visited exactly once whatever the grid size
+/// (elementwise launches cap their grid, so a kernel must never assume one thread per element).
+#define SPARSE_FFN_GRID_STRIDE(e, count)                                                                    \
+  for (::sparse_ffn::index_t e = blockIdx.x * static_cast<::sparse_ffn::index_t>(blockDim.x) + threadIdx.x; \
+       e < (count); e += static_cast<::sparse_ffn::index_t>(gridDim.x) * blockDim.x)
+
 /// Grid size for `count` work items of one block each; checked to fit the x dimension.
 inline unsigned grid_for(index_t count, const char* what) {
   sparse_ffn::detail::require(count >= 0 && count <= 0x7fffffff, status::size_overflow, what, ": ", count,

@@ -194,6 +194,50 @@ void check_selector(const blocked_ffn_view<typename Policy::dtype>& w, const rou
   }
 }
 
+/// Row chunks per (pair, block) of the key kernel.
+template <int G>
+constexpr int key_chunks() {
+  return (G + (G < kernels::k_rows_per_cta ? G : kernels::k_rows_per_cta) - 1) /
+         (G < kernels::k_rows_per_cta ? G : kernels::k_rows_per_cta);
+}
+
+/// Grid sizes of the launches with one thread block per work item. Computed and checked on the host
+/// with the other arguments, before anything is queued: an oversized grid is the same status from
+/// the workspace-size query and from the run, never an exception after launches have started.
+struct grids {
+  dim3 scores{1, 1, 1};
+  unsigned dense_keys = 1, gate = 1, batched_keys = 1, keys = 1, values = 1;
+};
+
+template <class Policy>
+grids plan_grids(const block_layout& l, index_t n, index_t k, const buffers& b, bool routed, bool compute) {
+  using Sel = typename Policy::selector;
+  constexpr int chunks = key_chunks<Policy::block_size>();
+  using sparse_ffn::detail::checked_mul;
+  const index_t B = l.num_blocks;
+  grids g;
+  if (!routed) {
+    if constexpr (Sel::scoring == scoring_kind::linear) {
+      g.scores = dim3(grid_for(B, "scores"),
+                      grid_for((n + kernels::k_score_tokens - 1) / kernels::k_score_tokens, "scores"));
+      sparse_ffn::detail::require(g.scores.y <= 65535, status::size_overflow,
+                                  "too many tokens for one call (n ≤ 524280)");
+    } else if constexpr (Sel::scoring == scoring_kind::dense) {
+      g.dense_keys =
+          grid_for(checked_mul(checked_mul(n, B, "dense keys"), chunks, "dense keys"), "dense keys");
+    }
+    if constexpr (Sel::weighted) g.gate = grid_for(n, "gate weights");
+  }
+  if (compute) {
+    if (wmma_capable<Policy>() && use_wmma<Policy>(n))
+      g.batched_keys = grid_for(checked_mul(n, k, "batched keys") / 16 + B, "batched keys");
+    else
+      g.keys = grid_for(checked_mul(checked_mul(n, k, "keys"), chunks, "keys"), "keys");
+    g.values = grid_for(checked_mul(checked_mul(n, b.groups, "values"), b.tiles, "values"), "values");
+  }
+  return g;
+}
+
 inline unsigned elementwise_grid(index_t count) {
   const index_t blocks = (count + kernels::k_threads - 1) / kernels::k_threads;
   return blocks > 65535 * 8 ? 65535 * 8 : static_cast<unsigned>(blocks > 0 ? blocks : 1);
@@ -201,9 +245,9 @@ inline unsigned elementwise_grid(index_t count) {
 
 /// The launches of one call. `given` non-null = forward_routed; `y` null = route only.
 template <class Policy, class Tx, class Ty>
-result launch(const buffers& b, const blocked_ffn_view<typename Policy::dtype>& w, index_t n, index_t k,
-              const Tx* x, Ty* y, const route_args* args, const const_routing_view* given, routing_view* out,
-              const forward_cache* cache, cudaStream_t s) {
+result launch(const buffers& b, const grids& gr, const blocked_ffn_view<typename Policy::dtype>& w, index_t n,
+              index_t k, const Tx* x, Ty* y, const route_args* args, const const_routing_view* given,
+              routing_view* out, const forward_cache* cache, cudaStream_t s) {
   using T = typename Policy::dtype;
   using Sel = typename Policy::selector;
   using Act = typename Policy::activation;
@@ -214,8 +258,6 @@ result launch(const buffers& b, const blocked_ffn_view<typename Policy::dtype>& 
   cudaError_t e = cudaMemsetAsync(b.error, 0, sizeof(int), s);
   if (e != cudaSuccess) return from_cuda(e);
   kernels::prepare_x<Tx><<<elementwise_grid(n * ld), threads, 0, s>>>(x, b.xpad, n, d, ld);
-  constexpr int chunks = (G + (G < kernels::k_rows_per_cta ? G : kernels::k_rows_per_cta) - 1) /
-                         (G < kernels::k_rows_per_cta ? G : kernels::k_rows_per_cta);
   // ---- route -----------------------------------------------------------------------------------
   if (given) {
     kernels::copy_routing<<<elementwise_grid(n * k), threads, 0, s>>>(given->blocks, given->weights, n * k, B,
@@ -225,15 +267,11 @@ result launch(const buffers& b, const blocked_ffn_view<typename Policy::dtype>& 
         args->token_ids, n, k, B, args->vocab_size, args->seed, b.blocks, b.weights, b.error);
   } else {
     if constexpr (Sel::scoring == scoring_kind::linear) {
-      const dim3 grid(grid_for(B, "scores"),
-                      grid_for((n + kernels::k_score_tokens - 1) / kernels::k_score_tokens, "scores"));
-      sparse_ffn::detail::require(grid.y <= 65535, status::size_overflow,
-                                  "too many tokens for one call (n ≤ 524280)");
-      kernels::linear_scores<Sel, T>
-          <<<grid, threads, 0, s>>>(Sel::linear_rows(w), Sel::linear_bias(w), b.xpad, n, B, ld, b.scores);
+      kernels::linear_scores<Sel, T><<<gr.scores, threads, 0, s>>>(Sel::linear_rows(w), Sel::linear_bias(w),
+                                                                   b.xpad, n, B, ld, b.scores);
     } else {
-      kernels::keys<T, Act, G><<<grid_for(n * B * chunks, "dense keys"), threads, 0, s>>>(
-          w, b.xpad, nullptr, n * B, B, nullptr, b.pre_all, b.up_all, b.error);
+      kernels::keys<T, Act, G><<<gr.dense_keys, threads, 0, s>>>(w, b.xpad, nullptr, n * B, B, nullptr,
+                                                                 b.pre_all, b.up_all, b.error);
       kernels::dense_scores<Act, G>
           <<<elementwise_grid(n * B), threads, 0, s>>>(b.pre_all, b.up_all, n, B, b.scores);
     }
@@ -246,8 +284,8 @@ result launch(const buffers& b, const blocked_ffn_view<typename Policy::dtype>& 
     kernels::take_topk<<<elementwise_grid(n * k), threads, 0, s>>>(b.keys_out, n, B, k, b.blocks, b.weights,
                                                                    !Sel::weighted);
     if constexpr (Sel::weighted)
-      kernels::gate_weights<<<grid_for(n, "gate weights"), threads, 0, s>>>(b.scores, b.blocks, B, k,
-                                                                            args->renormalize, b.weights);
+      kernels::gate_weights<<<gr.gate, threads, 0, s>>>(b.scores, b.blocks, B, k, args->renormalize,
+                                                        b.weights);
   }
   auto copy = [&](void* dst, const void* src, std::size_t bytes) {
     if (dst && e == cudaSuccess) e = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s);
@@ -261,7 +299,7 @@ result launch(const buffers& b, const blocked_ffn_view<typename Policy::dtype>& 
     copy(cache->weights, b.weights, static_cast<std::size_t>(n * k) * 4);
   }
   if (e != cudaSuccess) return from_cuda(e);
-  if (!y) return from_cuda(cudaGetLastError());
+  if (!y) return from_cuda(cudaPeekAtLastError());  // observe; never clear errors of other code
   // ---- keys, values, combine ------------------------------------------------------------------
   float* const cpre = cache ? cache->pre : nullptr;
   float* const cup = cache ? cache->up : nullptr;
@@ -284,20 +322,20 @@ result launch(const buffers& b, const blocked_ffn_view<typename Policy::dtype>& 
                                         s);
       if (e != cudaSuccess) return from_cuda(e);
       constexpr int wt = 32 * (G / 16 < 8 ? G / 16 : 8);
-      kernels::keys_wmma<T, Act, G><<<grid_for(nk / 16 + B, "batched keys"), wt, 0, s>>>(
-          w, b.xpad, b.sorted_pairs, b.offsets, b.toffsets, B, k, b.h, cpre, cup);
+      kernels::keys_wmma<T, Act, G><<<gr.batched_keys, wt, 0, s>>>(w, b.xpad, b.sorted_pairs, b.offsets,
+                                                                   b.toffsets, B, k, b.h, cpre, cup);
     } else {
-      kernels::keys<T, Act, G><<<grid_for(n * k * chunks, "keys"), threads, 0, s>>>(
-          w, b.xpad, b.blocks, n * k, k, b.h, cpre, cup, b.error);
+      kernels::keys<T, Act, G>
+          <<<gr.keys, threads, 0, s>>>(w, b.xpad, b.blocks, n * k, k, b.h, cpre, cup, b.error);
     }
   } else {
-    kernels::keys<T, Act, G><<<grid_for(n * k * chunks, "keys"), threads, 0, s>>>(w, b.xpad, b.blocks, n * k,
-                                                                                  k, b.h, cpre, cup, b.error);
+    kernels::keys<T, Act, G>
+        <<<gr.keys, threads, 0, s>>>(w, b.xpad, b.blocks, n * k, k, b.h, cpre, cup, b.error);
   }
-  kernels::values<T, G><<<grid_for(n * b.groups * b.tiles, "values"), threads, 0, s>>>(
-      w, b.blocks, b.weights, b.h, n, k, b.group, b.groups, b.tiles, b.partial, b.error);
+  kernels::values<T, G><<<gr.values, threads, 0, s>>>(w, b.blocks, b.weights, b.h, n, k, b.group, b.groups,
+                                                      b.tiles, b.partial, b.error);
   kernels::combine<Ty><<<elementwise_grid(n * d), threads, 0, s>>>(b.partial, w.b2, y, n, d, ld, b.groups);
-  return from_cuda(cudaGetLastError());
+  return from_cuda(cudaPeekAtLastError());  // observe; never clear errors of other code
 }
 
 template <class Policy, class Tx, class Ty>
@@ -306,6 +344,7 @@ result run(void* ws, std::size_t& ws_bytes, const blocked_ffn_view<typename Poli
            const forward_cache* cache, cudaStream_t s) {
   static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
   buffers sizing;
+  grids gr;
   const index_t k = args ? args->k : given->k;
   result r = guard([&] {
     check_common<Policy>(w, k);
@@ -322,11 +361,13 @@ result run(void* ws, std::size_t& ws_bytes, const blocked_ffn_view<typename Poli
       if (n > 0) {
         sparse_ffn::detail::require_not_null(given->blocks, "routing blocks");
         sparse_ffn::detail::require_aligned<block_index_t>(given->blocks, "routing blocks");
+        if (given->weights) sparse_ffn::detail::require_aligned<float>(given->weights, "routing weights");
       }
     }
     sparse_ffn::detail::check_cache(w.layout, n, k, cache);
     sparse_ffn::detail::require_aligned<float>(w.weights, "blocked weights", 16);
     sizing = plan<Policy>(nullptr, w.layout, n, k, given != nullptr, y != nullptr);
+    gr = plan_grids<Policy>(w.layout, n, k, sizing, given != nullptr, y != nullptr);
   });
   if (!r) return r;
   if (ws == nullptr) {
@@ -341,7 +382,7 @@ result run(void* ws, std::size_t& ws_bytes, const blocked_ffn_view<typename Poli
   if (n == 0) return ok();
   const buffers b =
       plan<Policy>(static_cast<unsigned char*>(ws), w.layout, n, k, given != nullptr, y != nullptr);
-  return launch<Policy>(b, w, n, k, x, y, args, given, out, cache, s);
+  return launch<Policy>(b, gr, w, n, k, x, y, args, given, out, cache, s);
 }
 
 }  // namespace detail

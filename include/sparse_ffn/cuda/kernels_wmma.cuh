@@ -29,20 +29,17 @@ struct wmma_type<bfloat16_t> {
 };
 
 __global__ void iota_pairs(std::int32_t* __restrict__ ids, index_t count) {
-  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (e < count) ids[e] = static_cast<std::int32_t>(e);
+  SPARSE_FFN_GRID_STRIDE(e, count) ids[e] = static_cast<std::int32_t>(e);
 }
 
 /// counts[b] = number of pairs routed to block b (counts has B + 1 zeroed entries).
 __global__ void block_histogram(const block_index_t* __restrict__ blocks, index_t count,
                                 int* __restrict__ counts) {
-  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (e < count) atomicAdd(&counts[blocks[e]], 1);
+  SPARSE_FFN_GRID_STRIDE(e, count) atomicAdd(&counts[blocks[e]], 1);
 }
 
 __global__ void tile_counts(const int* __restrict__ counts, index_t B, int* __restrict__ tiles) {
-  const index_t b = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (b <= B) tiles[b] = b < B ? (counts[b] + 15) / 16 : 0;
+  SPARSE_FFN_GRID_STRIDE(b, B + 1) tiles[b] = b < B ? (counts[b] + 15) / 16 : 0;
 }
 
 inline constexpr int k_wmma_kc = 32;  ///< d elements staged per step (ld is a multiple of 32 for 16-bit)

@@ -62,30 +62,31 @@ __global__ void __launch_bounds__(k_threads)
 template <class Act, int G>
 __global__ void dense_scores(const float* __restrict__ pre, const float* __restrict__ up, index_t n,
                              index_t B, float* __restrict__ scores) {
-  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (e >= n * B) return;
-  float s = 0.0f;
-  for (int i = 0; i < G; ++i)
-    s += select::oracle::neuron_score(activate<Act>(pre[e * G + i], Act::gated ? up[e * G + i] : 0.0f));
-  scores[e] = s;
+  SPARSE_FFN_GRID_STRIDE(e, n * B) {
+    float s = 0.0f;
+    for (int i = 0; i < G; ++i)
+      s += select::oracle::neuron_score(activate<Act>(pre[e * G + i], Act::gated ? up[e * G + i] : 0.0f));
+    scores[e] = s;
+  }
 }
 
 __global__ void sort_keys(const float* __restrict__ scores, index_t n, index_t B,
                           std::uint64_t* __restrict__ keys, int* __restrict__ offsets) {
-  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (e < n * B) keys[e] = topk_sort_key(scores[e], e % B);
-  if (e <= n) offsets[e] = static_cast<int>(e * B);
+  SPARSE_FFN_GRID_STRIDE(e, n * B > n + 1 ? n * B : n + 1) {
+    if (e < n * B) keys[e] = topk_sort_key(scores[e], e % B);
+    if (e <= n) offsets[e] = static_cast<int>(e * B);
+  }
 }
 
 /// blocks[t][j] from the sorted keys; weights for unweighted selectors.
 __global__ void take_topk(const std::uint64_t* __restrict__ sorted, index_t n, index_t B, index_t k,
                           block_index_t* __restrict__ blocks, float* __restrict__ weights,
                           bool unit_weights) {
-  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (e >= n * k) return;
-  const index_t t = e / k, j = e % k;
-  blocks[e] = static_cast<block_index_t>(sorted[t * B + j] & 0xffffffffu);
-  if (unit_weights) weights[e] = 1.0f;
+  SPARSE_FFN_GRID_STRIDE(e, n * k) {
+    const index_t t = e / k, j = e % k;
+    blocks[e] = static_cast<block_index_t>(sorted[t * B + j] & 0xffffffffu);
+    if (unit_weights) weights[e] = 1.0f;
+  }
 }
 
 /// Learned-gate weights, one thread block per token; sums in a fixed order.
@@ -117,15 +118,15 @@ __global__ void __launch_bounds__(k_threads)
 __global__ void hash_route(const token_id_t* __restrict__ ids, index_t n, index_t k, index_t B, index_t vocab,
                            std::uint64_t seed, block_index_t* __restrict__ blocks,
                            float* __restrict__ weights, int* __restrict__ error) {
-  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (e >= n * k) return;
-  token_id_t id = ids[e / k];
-  if (id < 0 || id >= vocab) {
-    if (e % k == 0) atomicOr(error, bad_token_id);
-    id = 0;
+  SPARSE_FFN_GRID_STRIDE(e, n * k) {
+    token_id_t id = ids[e / k];
+    if (id < 0 || id >= vocab) {
+      if (e % k == 0) atomicOr(error, bad_token_id);
+      id = 0;
+    }
+    blocks[e] = static_cast<block_index_t>(select::hash::block(select::hash::token_key(id, seed), e % k, B));
+    weights[e] = 1.0f;
   }
-  blocks[e] = static_cast<block_index_t>(select::hash::block(select::hash::token_key(id, seed), e % k, B));
-  weights[e] = 1.0f;
 }
 
 /// Copies a caller's routing table (weights default to 1), checking the block indices.
@@ -133,15 +134,15 @@ __global__ void copy_routing(const block_index_t* __restrict__ in_blocks,
                              const float* __restrict__ in_weights, index_t nk, index_t B,
                              block_index_t* __restrict__ blocks, float* __restrict__ weights,
                              int* __restrict__ error) {
-  const index_t e = blockIdx.x * static_cast<index_t>(blockDim.x) + threadIdx.x;
-  if (e >= nk) return;
-  block_index_t b = in_blocks[e];
-  if (b < 0 || b >= B) {
-    atomicOr(error, bad_block_index);
-    b = 0;
+  SPARSE_FFN_GRID_STRIDE(e, nk) {
+    block_index_t b = in_blocks[e];
+    if (b < 0 || b >= B) {
+      atomicOr(error, bad_block_index);
+      b = 0;
+    }
+    blocks[e] = b;
+    weights[e] = in_weights ? in_weights[e] : 1.0f;
   }
-  blocks[e] = b;
-  weights[e] = in_weights ? in_weights[e] : 1.0f;
 }
 
 }  // namespace kernels
