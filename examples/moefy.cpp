@@ -7,7 +7,7 @@
 //         [--split kmeans|coactivation|random] [--router avg_k|similarity|linear|mlp]
 //         [--dtype f32|bf16|f16] [--seed N] [--iterations N] [--restarts N] [--epochs N]
 //         [--report-splits random,kmeans,coactivation] [--densities 0.1,0.2,0.25,0.3,0.5]
-//         --out blocked.safetensors [--report report.json]
+//         [--held-out 0.25 | --no-report] --out blocked.safetensors [--report report.json]
 //
 // Everything is checked before the conversion starts: every option's value (strictly), the output
 // paths (their directory writable, none of them an input or each other, none a non-regular file),
@@ -111,6 +111,10 @@ int main(int argc, char** argv) {
     mo.quality.train.epochs = o.epochs;
     mo.quality.train.seed = o.seed;
     mo.quality.densities = o.densities;
+    mo.quality.held_out = o.held_out;
+    mo.quality.progress = progress;
+    mo.quality.train.progress = progress;
+    mo.report = !o.no_report;
     mo.report_splits = o.report_splits;
     mo.progress = progress;
     const std::map<std::string, std::string> meta = {{"activation", o.activation},
@@ -124,9 +128,9 @@ int main(int argc, char** argv) {
       sf::io::save_blocked(o.out, sf::convert::moefy_pack<T>(dense, r), meta, r.has_mlp ? &r.mlp : nullptr);
     });
     progress("wrote " + o.out, 1.0);
-    std::printf("%s", sf::convert::format_report(r.report).c_str());
+    if (mo.report) std::printf("%s", sf::convert::format_report(r.report).c_str());
     if (!o.report.empty()) {
-      sf::io::atomic_write(o.report, sf::convert::report_json(r.report));
+      sf::io::atomic_write(o.report, sf::convert::report_json(r.report, &r.context));
       progress("wrote " + o.report, 1.0);
     }
   } catch (const std::bad_alloc&) {

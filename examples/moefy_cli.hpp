@@ -32,6 +32,8 @@ struct options {
   int iterations = 10, restarts = 3, epochs = 20;
   std::vector<std::string> report_splits{"random"};
   std::vector<double> densities{0.10, 0.20, 0.25, 0.30, 0.50};
+  double held_out = 0.25;
+  bool no_report = false;
   std::string out, report;
 };
 
@@ -98,6 +100,17 @@ inline CLI::Validator unsigned64() {
         return ok ? std::string{} : "'" + s + "' is not a whole decimal number in [0, 2^64)";
       },
       "UINT64", "unsigned64");
+}
+
+/// A finite real strictly inside (0, 1).
+inline bool parse_fraction(const std::string& s, double& v) {
+  if (s.empty() || s.size() > 64) return false;
+  for (char c : s)
+    if (!((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '-' || c == '+')) return false;
+  errno = 0;
+  char* end = nullptr;
+  v = std::strtod(s.c_str(), &end);
+  return errno != ERANGE && end == s.c_str() + s.size() && std::isfinite(v) && v > 0 && v < 1;
 }
 
 /// A CLI11 validator: a non-empty value (file and tensor names).
@@ -185,8 +198,17 @@ inline void define(CLI::App& app, options& o) {
           if (!detail::parse_density(it, v)) return "density '" + it + "' is not a number in (0, 1]";
         return {};
       }, "LIST", "densities"));
+  auto* held = app.add_option_function<std::string>("--held-out", [&o](const std::string& s) { detail::parse_fraction(s, o.held_out); },
+                  "share of the tokens (the last ones) the report measures on; routers are fitted on the others, the saved one included; default: 0.25")
+      ->type_name("FRACTION")
+      ->check(CLI::Validator([](std::string& s) -> std::string {
+        double v = 0;
+        return detail::parse_fraction(s, v) ? std::string{} : "'" + s + "' is not a number in (0, 1)";
+      }, "FRACTION", "fraction"));
+  app.add_flag("--no-report", o.no_report, "skip the quality report (the router is then fitted on all tokens)")
+      ->excludes(held)->excludes("--densities")->excludes("--report-splits");
   app.add_option("--out", o.out, "the blocked model to write (safetensors)")->required()->type_name("FILE")->check(detail::non_empty());
-  app.add_option("--report", o.report, "also write the report as JSON")->type_name("FILE")->check(detail::non_empty());
+  app.add_option("--report", o.report, "also write the report as JSON")->type_name("FILE")->excludes("--no-report")->check(detail::non_empty());
   // clang-format on
 }
 

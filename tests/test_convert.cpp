@@ -296,3 +296,43 @@ TEST_CASE("report options: densities and held-out share are validated; non-finit
   REQUIRE(js.find("inf") == std::string::npos);
   REQUIRE(js.find("\"a\\\"b\\\\c\\u000a\"") != std::string::npos);
 }
+
+TEST_CASE("moefy: the saved router is fitted on the fit share only, the report's context says so",
+          "[convert]") {
+  const auto p = cv::make_planted_ffn(16, 4, 16, 200, 1, 9);
+  cv::moefy_options o;
+  o.g = 16;
+  o.router = "linear";
+  o.report_splits = {};
+  o.quality.densities = {0.5};
+  o.quality.held_out = 0.3;
+  o.quality.train.epochs = 2;
+  const auto r = cv::moefy(p.dense, p.x.data(), 200, o);
+  REQUIRE(r.context.g == 16);
+  REQUIRE(r.context.tokens == 200);
+  REQUIRE(r.context.held_out_tokens == 60);
+  REQUIRE(r.context.fit_tokens == 140);
+  REQUIRE_FALSE(r.report.empty());
+  // The same fit, made independently on the first 140 tokens, gives the same bits: the held-out
+  // tokens the report scores were never seen by the saved router.
+  sfx::pack_options po{16};
+  po.permutation = r.permutation.data();
+  const auto model = sfx::pack<float>(p.dense.view(), po);
+  const auto mass = cv::block_mass<sfx::act::relu>(model, p.x.data(), 140);
+  const auto sim = cv::similarity_rows(model.view());
+  const auto lin = cv::fit_linear_router(p.x.data(), mass.data(), 140, 16, 4, o.quality.train, sim.data());
+  REQUIRE(r.router_rows == lin.w);
+  REQUIRE(r.router_bias == lin.b);
+  const std::string js = cv::report_json(r.report, &r.context);
+  REQUIRE(js.find("\"fit_tokens\": 140") != std::string::npos);
+  REQUIRE(js.find("\"held_out\": 0.3") != std::string::npos);
+  // Without the report, nothing is held out: the router sees every token.
+  o.report = false;
+  const auto all = cv::moefy(p.dense, p.x.data(), 200, o);
+  REQUIRE(all.report.empty());
+  REQUIRE(all.context.fit_tokens == 200);
+  const auto mass_all = cv::block_mass<sfx::act::relu>(model, p.x.data(), 200);
+  const auto lin_all =
+      cv::fit_linear_router(p.x.data(), mass_all.data(), 200, 16, 4, o.quality.train, sim.data());
+  REQUIRE(all.router_rows == lin_all.w);
+}

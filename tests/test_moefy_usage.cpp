@@ -98,6 +98,18 @@ TEST_CASE("moefy: a valid conversion writes the model and a valid JSON report", 
   REQUIRE(info.metadata.at("dtype") == "bf16");
   const auto j = nlohmann::json::parse(slurp(w.dir + "/report.json"));
   REQUIRE(j["rows"].size() > 0);
+  REQUIRE(j["g"] == 16);
+  REQUIRE(j["tokens"] == 200);
+  REQUIRE(j["held_out_tokens"] == 50);
+  REQUIRE(j["fit_tokens"] == 150);
+  // Another held-out share, and no report at all.
+  auto r2 = run(w.base() + " --report " + w.dir + "/report.json --held-out 0.5");
+  REQUIRE(r2.status == 0);
+  REQUIRE(nlohmann::json::parse(slurp(w.dir + "/report.json"))["held_out_tokens"] == 100);
+  r2 = run(w.base() + " --no-report");
+  INFO(r2.output);
+  REQUIRE(r2.status == 0);
+  REQUIRE(r2.output.find("rel.error") == std::string::npos);
   const auto help = run("--help");
   REQUIRE(help.status == 0);
   for (const char* flag : {"--in", "--densities", "--report-splits", "--max-tokens", "--out", "--b3"})
@@ -130,6 +142,11 @@ TEST_CASE("moefy: bad command lines are refused with the flag's name, before any
       {w.base() + " --densities inf", "--densities"},
       {w.base() + " --densities 0.1,,0.2", "--densities"},
       {w.base() + " --report-splits random,bogus", "--report-splits"},
+      {w.base() + " --held-out 1", "--held-out"},
+      {w.base() + " --held-out 0", "--held-out"},
+      {w.base() + " --held-out nan", "--held-out"},
+      {w.base() + " --no-report --report " + w.dir + "/r.json", "--no-report"},
+      {w.base() + " --no-report --densities 0.5", "--no-report"},
       {w.base() + " --split spectral", "--split"},
       {w.base() + " --router gate", "--router"},
       {w.base() + " --b3 b1", "--w3"},

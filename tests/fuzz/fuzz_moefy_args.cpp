@@ -35,6 +35,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             !o.in.empty() && !o.w1.empty() && !o.w2.empty() && !o.hidden.empty() && !o.hidden_name.empty() &&
             !o.out.empty();
   for (double d : o.densities) ok = ok && std::isfinite(d) && d > 0 && d <= 1;
+  ok = ok && std::isfinite(o.held_out) && o.held_out > 0 && o.held_out < 1 &&
+       !(o.no_report && !o.report.empty());
   if (!ok) std::abort();
   return 0;
 }

@@ -11,7 +11,9 @@
 // 3. fit / install the router: avg_k (mean keys, the default), similarity (mean normalised keys),
 //    linear (fitted; installed as the Avg-K rows: selection only), mlp (fitted; returned in `r` and
 //    used through forward_routed),
-// 4. the quality report for `report_splits` (each evaluated on the held-out tokens).
+// 4. the quality report for `report_splits` (each evaluated on the held-out tokens: the last
+//    `quality.held_out` share; routers are fitted on the tokens before them, the saved one included).
+//    `report = false` skips it (the router is then fitted on all tokens).
 // Activation sample for the co-activation split: the first `max_sample` tokens of x.
 // Checked before any work: the activation matches the FFN, the router name, n >= 2, the report's
 // densities and held-out share, and that every weight, bias and hidden state is finite.
@@ -40,6 +42,7 @@ struct moefy_options {
   int kmeans_restarts = 3;
   index_t max_sample = 4096;                         ///< tokens used to build the co-activation graph
   std::vector<std::string> report_splits{"random"};  ///< splits reported besides the chosen one
+  bool report = true;                                ///< run the quality report at all
   quality_options quality;                           ///< densities, held-out share, router training
   progress_fn progress;                              ///< optional
 };
@@ -52,6 +55,7 @@ struct moefy_result {
   std::vector<float> router_bias;  ///< [B] (empty: none)
   bool has_mlp = false;
   mlp_router mlp;
+  report_context context;  ///< g and the token counts: all tokens fit the router when report is off
 };
 
 /// Rejects NaN/Inf in the dense FFN's weights and biases and in the hidden states x [n × d_model],
@@ -113,6 +117,14 @@ inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t
   check_quality_options(o.quality);
   moefy_result r;
   r.g = o.g;
+  // With the report on, the router is fitted on the fit share only, exactly as the report fits the one
+  // it scores: the saved router is the scored one, and never saw the held-out tokens.
+  r.context.g = o.g;
+  r.context.tokens = n;
+  r.context.held_out = o.report ? o.quality.held_out : 0.0;
+  r.context.held_out_tokens = o.report ? held_out_tokens(n, o.quality.held_out) : 0;
+  r.context.fit_tokens = n - r.context.held_out_tokens;
+  const index_t n_fit = r.context.fit_tokens;
   dispatch_activation(o.activation, [&](auto a) {
     using Act = typename decltype(a)::type;
     r.permutation = make_split<Act>(o.split, dense, x, n, o);
@@ -126,17 +138,18 @@ inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t
         r.router_rows = sim;
       } else {
         if (o.progress) o.progress("block masses", 0.0);
-        const auto mass = block_mass<Act>(model, x, n);
+        const auto mass = block_mass<Act>(model, x, n_fit);
         if (o.router == "linear") {
-          const auto lin = fit_linear_router(x, mass.data(), n, d, B, o.quality.train, sim.data());
+          const auto lin = fit_linear_router(x, mass.data(), n_fit, d, B, o.quality.train, sim.data());
           r.router_rows = lin.w;
           r.router_bias = lin.b;
         } else {
-          r.mlp = fit_mlp_router(x, mass.data(), n, d, B, o.quality.train, sim.data());
+          r.mlp = fit_mlp_router(x, mass.data(), n_fit, d, B, o.quality.train, sim.data());
           r.has_mlp = true;
         }
       }
     }
+    if (!o.report) return;
     std::vector<std::string> splits{o.split};
     for (const auto& sp : o.report_splits)
       if (sp != o.split) splits.push_back(sp);

@@ -41,6 +41,12 @@ struct quality_options {
   progress_fn progress;        ///< optional
 };
 
+/// Tokens measured by the report: the last round(n · held_out) of the n tokens (at least 1); the ones
+/// before them are the fit share, where routers are trained.
+inline index_t held_out_tokens(index_t n, double held_out) {
+  return std::max<index_t>(1, static_cast<index_t>(std::llround(double(n) * held_out)));
+}
+
 /// Densities in (0, 1] (finite), at least one; held_out in (0, 1).
 inline void check_quality_options(const quality_options& o) {
   sparse_ffn::detail::require(!o.densities.empty(), status::invalid_argument,
@@ -64,9 +70,10 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
   const blocked_ffn<float> model = pack<float>(dense, po);
   const block_layout& l = model.layout();
   const index_t B = l.num_blocks, d = l.d_model;
-  const index_t n_eval = std::max<index_t>(1, static_cast<index_t>(std::llround(double(n) * o.held_out)));
+  const index_t n_eval = held_out_tokens(n, o.held_out);
   const index_t n_train = n - n_eval;
   const float* x_eval = x + n_train * d;
+  if (o.progress) o.progress("quality " + split_name + " (dense pass)", 0.0);
 
   std::vector<float> y_dense(static_cast<std::size_t>(n * d));
   const std::vector<float> mass = block_mass<Act>(model, x, n, y_dense.data());
@@ -116,7 +123,9 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
   for (index_t i = 0; i < n_eval * d; ++i)
     dense_norm += double(y_dense[static_cast<std::size_t>(n_train * d + i)]) *
                   y_dense[static_cast<std::size_t>(n_train * d + i)];
-  for (const auto& [name, sc] : scores) {
+  for (std::size_t si = 0; si < scores.size(); ++si) {
+    const std::string& name = scores[si].first;
+    const std::vector<float>& sc = scores[si].second;
     for (double p : o.densities) {
       const index_t k =
           std::min<index_t>(B, std::max<index_t>(1, static_cast<index_t>(std::llround(p * double(B)))));
@@ -146,7 +155,7 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
                                      : (err > 0 ? std::numeric_limits<double>::infinity() : 0.0);
       rows.push_back(row);
     }
-    if (o.progress) o.progress("quality " + split_name, 1.0);
+    if (o.progress) o.progress("quality " + split_name + " " + name, double(si + 1) / double(scores.size()));
   }
   return rows;
 }
@@ -194,11 +203,27 @@ inline std::string json_string(const std::string& s) {
 }
 }  // namespace detail
 
-/// The rows as JSON: {"rows": [{"split":…, "selector":…, "density":…, "k":…, "coverage":…, "rel_error":…},
-/// …]}. A value that is not finite (rel_error of an all-zero dense output) is written as null.
-inline std::string report_json(const std::vector<quality_row>& rows) {
+/// What the rows were measured on (written into the JSON report beside them).
+struct report_context {
+  index_t g = 0;                ///< neurons per block
+  index_t tokens = 0;           ///< tokens given to the conversion
+  index_t fit_tokens = 0;       ///< the first ones: routers are fitted on these
+  index_t held_out_tokens = 0;  ///< the last ones: every row is measured on these
+  double held_out = 0;          ///< the requested held-out share
+};
+
+/// The rows as JSON: {"g":…, "tokens":…, "fit_tokens":…, "held_out_tokens":…, "held_out":…,
+/// "rows": [{"split":…, "selector":…, "density":…, "k":…, "coverage":…, "rel_error":…}, …]} (the
+/// context fields only when `ctx` is given). A value that is not finite (rel_error of an all-zero
+/// dense output) is written as null.
+inline std::string report_json(const std::vector<quality_row>& rows, const report_context* ctx = nullptr) {
   std::ostringstream os;
-  os << "{\"rows\": [";
+  os << "{";
+  if (ctx)
+    os << "\"g\": " << ctx->g << ", \"tokens\": " << ctx->tokens << ", \"fit_tokens\": " << ctx->fit_tokens
+       << ", \"held_out_tokens\": " << ctx->held_out_tokens
+       << ", \"held_out\": " << detail::json_number(ctx->held_out) << ",\n ";
+  os << "\"rows\": [";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
     os << (i ? ",\n  " : "\n  ") << "{\"split\": " << detail::json_string(r.split)
