@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reads sparse_ffn_bench JSON (Google Benchmark --benchmark_out) and prints, per sparse benchmark,
-the median time, GB/s on bytes touched, % of BM_stream_read bandwidth and the speedup over the dense
-OpenBLAS FFN of the same shape and batch from the same run; writes PNG plots.
+the median time, GB/s on bytes touched, % of BM_stream_read bandwidth and the speedups over the dense
+FFN of the same shape and batch from the same run: over OpenBLAS f32, and over the best dense
+baseline measured (the fastest of OpenBLAS f32, oneDNN f32 and oneDNN bf16); writes PNG plots.
 
   report.py results.json [--plots DIR] [--markdown]
 """
@@ -14,7 +15,7 @@ import sys
 from collections import defaultdict
 
 NAME = re.compile(
-    r"^BM_(?P<kind>sparse|dense)_(?P<sel>avg_k|hash|learned_gate|oracle|openblas)_(?P<dt>f32|bf16|f16)"
+    r"^BM_(?P<kind>sparse|dense)_(?P<sel>avg_k|hash|learned_gate|oracle|openblas|onednn)_(?P<dt>f32|bf16|f16)"
     r"/d:(?P<d>\d+)/dff:(?P<f>\d+)(?:/g:(?P<g>\d+)/density:(?P<p>\d+))?/batch:(?P<n>\d+)")
 UNIT_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 
@@ -63,30 +64,35 @@ def parse(name):
 
 def table(context, rows, markdown):
     stream = next((v["gbs"] for k, v in rows.items() if k.startswith("BM_stream_read")), None)
-    dense = {}
+    dense = defaultdict(dict)  # (d, f, n) -> {"openblas f32": ms, "onednn bf16": ms, ...}
     for name, v in rows.items():
         p = parse(name)
         if p and p["kind"] == "dense":
-            dense[(p["d"], p["f"], p["n"])] = v["ms"]
+            dense[(p["d"], p["f"], p["n"])]["%s %s" % (p["sel"], p["dt"])] = v["ms"]
     out = []
     for name, v in rows.items():
         p = parse(name)
         if not p or p["kind"] != "sparse":
             continue
-        base = dense.get((p["d"], p["f"], p["n"]))
-        out.append((p, v, base / v["ms"] if base else None))
+        base = dense.get((p["d"], p["f"], p["n"]), {})
+        blas = base.get("openblas f32")
+        best = min(base.values()) if base else None
+        v = dict(v, vs_best=best / v["ms"] if best else None)
+        out.append((p, v, blas / v["ms"] if blas else None))
     out.sort(key=lambda e: (e[0]["d"], e[0]["f"], e[0]["sel"], e[0]["dt"], e[0]["g"], e[0]["p"], e[0]["n"]))
     hdr = ["selector", "dtype", "d×d_ff", "g", "density %", "batch", "median ms", "GB/s", "% stream",
-           "vs dense", "touched", "reps"]
-    fmt = "{:<13}{:<6}{:<12}{:>4}{:>10}{:>6}{:>11}{:>7}{:>9}{:>9}{:>8}{:>6}"
+           "vs OpenBLAS", "vs best dense", "touched", "reps"]
+    fmt = "{:<13}{:<6}{:<12}{:>4}{:>10}{:>6}{:>11}{:>7}{:>9}{:>12}{:>14}{:>8}{:>6}"
     print("machine: %s, %s CPUs @ %s MHz, threads %s, ISA %s, activation %s" % (
         context.get("host_name", "?"), context.get("num_cpus", "?"), context.get("mhz_per_cpu", "?"),
         context.get("sparse_ffn.threads", "?"), context.get("sparse_ffn.isa", "?"),
         context.get("sparse_ffn.activation", "?")))
     if stream:
         print("BM_stream_read: %.1f GB/s" % stream)
-    for (d, f, n), ms in sorted(dense.items()):
-        print("dense OpenBLAS f32 %d×%d batch %d: %.2f ms" % (d, f, n, ms))
+    for (d, f, n), libs in sorted(dense.items()):
+        best = min(libs, key=libs.get)
+        print("dense %d×%d batch %d: %s (best: %s)" % (
+            d, f, n, ", ".join("%s %.2f ms" % (k, libs[k]) for k in sorted(libs)), best))
     print("| " + " | ".join(hdr) + " |" if markdown else fmt.format(*hdr))
     if markdown:
         print("|" + "---|" * len(hdr))
@@ -94,7 +100,7 @@ def table(context, rows, markdown):
         cells = [p["sel"], p["dt"], "%d×%d" % (p["d"], p["f"]), str(p["g"]), str(p["p"]), str(p["n"]),
                  "%.2f" % v["ms"], "%.1f" % v["gbs"],
                  "%.0f%%" % (100 * v["gbs"] / stream) if stream else "-",
-                 "%.2f×" % sp if sp else "-",
+                 "%.2f×" % sp if sp else "-", "%.2f×" % v["vs_best"] if v["vs_best"] else "-",
                  "%.0f%%" % (100 * v["touched"]) if v["touched"] is not None else "-", str(v["reps"])]
         print("| " + " | ".join(cells) + " |" if markdown else fmt.format(*cells))
     return out, stream

@@ -2,7 +2,7 @@
 # Installs the Debian packages the build, tests and benchmarks need, when run as root and something is
 # missing. Without root it only reports what is missing (the build then fails with a clear message).
 set -euo pipefail
-pkgs=(cmake g++ make catch2 libbenchmark-dev libopenblas-openmp-dev nlohmann-json3-dev
+pkgs=(cmake g++ make catch2 libbenchmark-dev libopenblas-openmp-dev libdnnl-dev nlohmann-json3-dev
       libmetis-dev libcli11-dev python3 python3-matplotlib)
 # With clang present, the fuzz targets are built and run briefly: libFuzzer's runtime is in libclang-rt.
 if command -v clang++ >/dev/null && clang++ --version | grep -q 'version 14\.'; then pkgs+=(libclang-rt-14-dev); fi

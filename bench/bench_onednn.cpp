@@ -1,0 +1,140 @@
+// sparse_ffn_bench — the dense FFN with oneDNN matmul (f32 and bf16), the strongest dense library on
+// most x86 CPUs (bf16 uses AVX512_BF16 / AMX where the CPU has them). Built when libdnnl-dev is found.
+//
+//   BM_dense_onednn_f32/d:D/dff:F/batch:N    y = W2·act(W1·x + b1) + b2, f32 weights and activations
+//   BM_dense_onednn_bf16/d:D/dff:F/batch:N   bf16 weights, bf16 x and h (as oneDNN and ggml run bf16),
+//                                             f32 accumulation, f32 y
+//
+// Two matmul primitives per FFN, the activation fused as a post-op. The weights (PyTorch layout:
+// W1 [d_ff × d], W2 [d × d_ff], i.e. transposed "ba" matmul weights) are reordered once, outside the
+// timed loop, into the layout the primitive prefers (format_tag::any), as an inference engine would
+// prepack them; copies are rotated (≥ 4× the L3, like every benchmark here). The bytes counted are the
+// weights (2·d·d_ff elements).
+#include "bench_common.hpp"
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <string>
+#include <vector>
+
+namespace bench {
+
+namespace {
+
+using dnnl::memory;
+using tag = memory::format_tag;
+using dt = memory::data_type;
+
+/// One dense model's weights in oneDNN memory (dtype W), biases f32.
+struct onednn_weights {
+  std::vector<float> w1f, w2f, b1, b2;   // f32 storage (f32 runs)
+  std::vector<sf::bfloat16_t> w1h, w2h;  // bf16 storage (bf16 runs)
+};
+
+struct onednn_copies {
+  std::vector<onednn_weights> copies;
+};
+
+void BM_dense_onednn(benchmark::State& state, sf::index_t d, sf::index_t f, sf::index_t n, bool bf16) {
+  const std::string key =
+      std::string("onednn/") + (bf16 ? "bf16/" : "f32/") + std::to_string(d) + "x" + std::to_string(f);
+  const double weight_bytes = 2.0 * double(d) * double(f) * (bf16 ? 2 : 4);
+  const int copies = copies_for(weight_bytes);
+  auto models = g_models.get<onednn_copies>(key, weight_bytes * copies, [&] {
+    auto* m = new onednn_copies();
+    for (int c = 0; c < copies; ++c) {
+      dense_model dense(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
+      onednn_weights w;
+      w.b1 = dense.ffn.b1;
+      w.b2 = dense.ffn.b2;
+      if (bf16) {
+        w.w1h.resize(dense.ffn.w1.size());
+        w.w2h.resize(dense.ffn.w2.size());
+        for (std::size_t i = 0; i < w.w1h.size(); ++i) w.w1h[i] = sf::bfloat16_t(dense.ffn.w1[i]);
+        for (std::size_t i = 0; i < w.w2h.size(); ++i) w.w2h[i] = sf::bfloat16_t(dense.ffn.w2[i]);
+      } else {
+        w.w1f = std::move(dense.ffn.w1);
+        w.w2f = std::move(dense.ffn.w2);
+      }
+      m->copies.push_back(std::move(w));
+    }
+    return m;
+  });
+  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  dnnl::stream strm(eng);
+  const dt wt = bf16 ? dt::bf16 : dt::f32;
+  // First matmul: x [n × d] · W1ᵀ (W1 stored [f × d] = weights [d × f] in "ba") + b1, act → h [n × f].
+  const memory::desc x_md({n, d}, wt, tag::ab), w1_md({d, f}, wt, tag::ba), b1_md({1, f}, dt::f32, tag::ab),
+      h_md({n, f}, wt, tag::ab);
+  // Second matmul: h [n × f] · W2ᵀ (W2 stored [d × f] = weights [f × d] in "ba") + b2 → y [n × d] f32.
+  const memory::desc w2_md({f, d}, wt, tag::ba), b2_md({1, d}, dt::f32, tag::ab),
+      y_md({n, d}, dt::f32, tag::ab);
+  dnnl::post_ops po;
+  if (g_act == "relu")
+    po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+  else
+    po.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);  // silu = swish with alpha 1
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(po);
+  const memory::desc w1_any({d, f}, wt, tag::any), w2_any({f, d}, wt, tag::any);
+  const dnnl::matmul::primitive_desc up_pd(dnnl::matmul::desc(x_md, w1_any, b1_md, h_md), attr, eng);
+  const dnnl::matmul::primitive_desc down_pd(dnnl::matmul::desc(h_md, w2_any, b2_md, y_md), eng);
+  const dnnl::matmul up(up_pd), down(down_pd);
+  // Prepacked weights of one copy, in the layout each primitive chose.
+  auto prepack = [&](const memory::desc& user_md, void* user, const memory::desc& want) {
+    memory src(user_md, eng, user), dst(want, eng);
+    dnnl::reorder(src, dst).execute(strm, src, dst);
+    strm.wait();
+    return dst;
+  };
+
+  const auto xf = random_x(n, d, 7);
+  std::vector<sf::bfloat16_t> xh(bf16 ? xf.size() : 0), hh(bf16 ? static_cast<std::size_t>(n * f) : 0);
+  for (std::size_t i = 0; i < xh.size(); ++i) xh[i] = sf::bfloat16_t(xf[i]);
+  std::vector<float> hf(bf16 ? 0 : static_cast<std::size_t>(n * f)), y(static_cast<std::size_t>(n * d));
+  memory x_mem(x_md, eng, bf16 ? static_cast<void*>(xh.data()) : const_cast<float*>(xf.data()));
+  memory h_mem(h_md, eng, bf16 ? static_cast<void*>(hh.data()) : static_cast<void*>(hf.data()));
+  memory y_mem(y_md, eng, y.data());
+  struct mems {
+    memory w1, b1, w2, b2;
+  };
+  std::vector<mems> ms;
+  for (auto& c : models->copies)
+    ms.push_back(
+        {prepack(w1_md, bf16 ? static_cast<void*>(c.w1h.data()) : c.w1f.data(), up_pd.weights_desc()),
+         memory(b1_md, eng, c.b1.data()),
+         prepack(w2_md, bf16 ? static_cast<void*>(c.w2h.data()) : c.w2f.data(), down_pd.weights_desc()),
+         memory(b2_md, eng, c.b2.data())});
+  std::size_t next = 0;
+  for (auto _ : state) {
+    const mems& m = ms[next++ % ms.size()];
+    up.execute(
+        strm,
+        {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, m.w1}, {DNNL_ARG_BIAS, m.b1}, {DNNL_ARG_DST, h_mem}});
+    down.execute(
+        strm,
+        {{DNNL_ARG_SRC, h_mem}, {DNNL_ARG_WEIGHTS, m.w2}, {DNNL_ARG_BIAS, m.b2}, {DNNL_ARG_DST, y_mem}});
+    strm.wait();
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(double(state.iterations()) * weight_bytes));
+  state.counters["density"] = 1.0;
+}
+
+}  // namespace
+
+void register_dense_onednn() {
+  for (const shape& s : k_shapes)
+    for (int n : k_batches)
+      for (bool bf16 : {false, true})
+        benchmark::RegisterBenchmark(
+            (std::string("BM_dense_onednn_") + (bf16 ? "bf16" : "f32") + "/d:" + std::to_string(s.d) +
+             "/dff:" + std::to_string(s.f) + "/batch:" + std::to_string(n))
+                .c_str(),
+            BM_dense_onednn, s.d, s.f, sf::index_t{n}, bf16)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+}
+
+}  // namespace bench
