@@ -102,32 +102,31 @@ inline CLI::Validator unsigned64() {
       "UINT64", "unsigned64");
 }
 
-/// A finite real strictly inside (0, 1).
-inline bool parse_fraction(const std::string& s, double& v) {
-  if (s.empty() || s.size() > 64) return false;
-  for (char c : s)
-    if (!((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '-' || c == '+')) return false;
-  errno = 0;
-  char* end = nullptr;
-  v = std::strtod(s.c_str(), &end);
-  return errno != ERANGE && end == s.c_str() + s.size() && std::isfinite(v) && v > 0 && v < 1;
-}
-
 /// A CLI11 validator: a non-empty value (file and tensor names).
 inline CLI::Validator non_empty() {
   return CLI::Validator([](std::string& s) -> std::string { return s.empty() ? "the value is empty" : ""; },
                         "", "non_empty");
 }
 
-/// A finite real in (0, 1].
-inline bool parse_density(const std::string& s, double& v) {
+/// A finite decimal real: digits, '.', an exponent and signs only (no "nan", "inf", hex or spaces).
+inline bool parse_real(const std::string& s, double& v) {
   if (s.empty() || s.size() > 64) return false;
   for (char c : s)
     if (!((c >= '0' && c <= '9') || c == '.' || c == 'e' || c == 'E' || c == '-' || c == '+')) return false;
   errno = 0;
   char* end = nullptr;
   v = std::strtod(s.c_str(), &end);
-  return errno != ERANGE && end == s.c_str() + s.size() && std::isfinite(v) && v > 0 && v <= 1;
+  return errno != ERANGE && end == s.c_str() + s.size() && std::isfinite(v);
+}
+
+/// A density: a real in (0, 1].
+inline bool parse_density(const std::string& s, double& v) {
+  return parse_real(s, v) && v > 0 && v <= 1;
+}
+
+/// A share: a real strictly inside (0, 1).
+inline bool parse_fraction(const std::string& s, double& v) {
+  return parse_real(s, v) && v > 0 && v < 1;
 }
 
 }  // namespace detail

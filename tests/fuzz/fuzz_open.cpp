@@ -6,12 +6,7 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   try {
-    const auto f = sparse_ffn::io::safetensors_file::open(fuzz::as_file(data, size));
-    for (const auto& [name, t] : f.tensors()) {
-      (void)f.bytes(name);
-      if (t.dtype == "F32" || t.dtype == "F16" || t.dtype == "BF16") (void)f.read_finite(name);
-      if (t.dtype == "I32" || t.dtype == "I64") (void)f.read_int(name);
-    }
+    fuzz::read_all(sparse_ffn::io::safetensors_file::open(fuzz::as_file(data, size)));
   } catch (const sparse_ffn::error&) {
   }
   return 0;

@@ -4,17 +4,14 @@
 // Inputs it finds worth keeping go to tests/fuzz/corpus/, which test_io replays on every test run.
 #include <sparse_ffn/io/safetensors.hpp>
 
+#include "fuzz_support.hpp"
+
 #include <cstddef>
 #include <cstdint>
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   try {
-    const auto f = sparse_ffn::io::safetensors_file::from_memory(data, size);
-    for (const auto& [name, t] : f.tensors()) {
-      (void)f.bytes(name);
-      if (t.dtype == "F32" || t.dtype == "F16" || t.dtype == "BF16") (void)f.read_float(name);
-      if (t.dtype == "I32" || t.dtype == "I64") (void)f.read_int(name);
-    }
+    fuzz::read_all(sparse_ffn::io::safetensors_file::from_memory(data, size));
   } catch (const sparse_ffn::error&) {
   }
   return 0;
