@@ -7,6 +7,7 @@
 #include <sparse_ffn/io/safetensors.hpp>
 
 #include <dirent.h>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iterator>
@@ -446,4 +447,21 @@ TEST_CASE("the quality report's JSON is valid for any values", "[io]") {
   REQUIRE(j["rows"][1]["coverage"].is_null());
   REQUIRE(j["rows"][1]["split"] == "we\"ird\\");
   REQUIRE(j["rows"][0]["density"] == 0.25);
+}
+
+TEST_CASE("safetensors: a header with many tensors opens in linear time", "[io][errors]") {
+  // 100k distinct tensor names (a 6 MB header). The duplicate-key check once used nlohmann's parse
+  // callback, which rescans the parent object at each object's end: quadratic, ~2 minutes here. The
+  // bound is a complexity guard with a wide margin (linear: well under a second), not a benchmark.
+  std::string h = "{";
+  for (int i = 0; i < 100000; ++i)
+    h += (i ? ",\"t" : "\"t") + std::to_string(i) + R"(":{"dtype":"U8","shape":[0],"data_offsets":[0,0]})";
+  h += "}";
+  const auto img = image(h, 0);
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto f = io::safetensors_file::from_memory(img.data(), img.size());
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  REQUIRE(f.tensors().size() == 100000);
+  INFO("seconds: " << s);
+  REQUIRE(s < 30.0);
 }

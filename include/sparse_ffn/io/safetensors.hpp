@@ -25,6 +25,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -222,26 +223,45 @@ class safetensors_file {
     return v;
   }
 
-  void parse_header(const std::string& header, std::uint64_t data_size) {
-    // nlohmann::json keeps the last of duplicate keys; a callback sees every key as it is parsed.
-    std::vector<std::vector<std::string>> open_objects;
+  /// SAX handler that records the first key repeated within one JSON object (a set per open object:
+  /// O(k log k) for k keys). Errors end the pass quietly; the DOM parse that follows reports them.
+  struct duplicate_key_finder : nlohmann::json_sax<nlohmann::json> {
+    std::vector<std::set<std::string>> open;
     std::string duplicate;
-    const nlohmann::json::parser_callback_t on_event = [&](int, nlohmann::json::parse_event_t ev,
-                                                           nlohmann::json& parsed) {
-      using E = nlohmann::json::parse_event_t;
-      if (ev == E::object_start) {
-        open_objects.emplace_back();
-      } else if (ev == E::object_end) {
-        if (!open_objects.empty()) open_objects.pop_back();
-      } else if (ev == E::key && !open_objects.empty() && parsed.is_string()) {
-        auto& keys = open_objects.back();
-        const std::string& k = parsed.get_ref<const std::string&>();
-        if (duplicate.empty() && std::find(keys.begin(), keys.end(), k) != keys.end()) duplicate = k;
-        keys.push_back(k);
-      }
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override {
+      open.emplace_back();
       return true;
-    };
-    const nlohmann::json j = nlohmann::json::parse(header, on_event, /*allow_exceptions=*/false);
+    }
+    bool key(string_t& k) override {
+      if (!open.empty() && !open.back().insert(k).second && duplicate.empty()) duplicate = k;
+      return true;
+    }
+    bool end_object() override {
+      if (!open.empty()) open.pop_back();
+      return true;
+    }
+    bool start_array(std::size_t) override { return true; }
+    bool end_array() override { return true; }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) override {
+      return false;
+    }
+  };
+
+  void parse_header(const std::string& header, std::uint64_t data_size) {
+    // nlohmann::json keeps the last of duplicate keys: a SAX pass sees every key first. (Not a parse
+    // callback: nlohmann's callback parser rescans the parent object at every object's end, which is
+    // quadratic in the number of tensors.)
+    duplicate_key_finder dup;
+    nlohmann::json::sax_parse(header, &dup, nlohmann::json::input_format_t::json, /*strict=*/true);
+    const std::string& duplicate = dup.duplicate;
+    const nlohmann::json j = nlohmann::json::parse(header, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded()) fail_io(name_, "header is not valid JSON");
     if (!duplicate.empty()) fail_io(name_, "header has the key '", duplicate, "' twice");
     if (!j.is_object()) fail_io(name_, "header is not a JSON object");
