@@ -41,6 +41,15 @@
 namespace sparse_ffn {
 namespace io {
 
+namespace detail {
+/// "[a, b, c]"
+inline std::string shape_string(const std::vector<std::int64_t>& s) {
+  std::string r = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+}  // namespace detail
+
 /// Bytes per element of a safetensors dtype name, 0 if unknown.
 inline std::size_t dtype_size(const std::string& dt) {
   static const std::map<std::string, std::size_t> sizes = {
@@ -209,13 +218,8 @@ class safetensors_file {
   void check_shape(const std::string& tensor, const tensor_info& t,
                    const std::vector<std::int64_t>& shape) const {
     if (shape.empty() || shape == t.shape) return;
-    auto str = [](const std::vector<std::int64_t>& s) {
-      std::string r = "[";
-      for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-      return r + "]";
-    };
-    sparse_ffn::detail::fail(status::invalid_shape, name_, ": tensor '", tensor, "' has shape ", str(t.shape),
-                             ", expected ", str(shape));
+    sparse_ffn::detail::fail(status::invalid_shape, name_, ": tensor '", tensor, "' has shape ",
+                             detail::shape_string(t.shape), ", expected ", detail::shape_string(shape));
   }
   static std::uint64_t read_le64(const unsigned char* p) {
     std::uint64_t v = 0;
