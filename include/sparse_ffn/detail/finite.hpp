@@ -18,18 +18,23 @@ inline index_t first_non_finite(const float* p, index_t n) {
   return -1;
 }
 
+/// "[a, b, c]": a shape or a multi-index, as the error messages print them.
+inline std::string shape_string(const std::vector<std::int64_t>& s) {
+  std::string r = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
 /// "[i, j, …]" of flat index `flat` in a row-major array of `shape` ("[flat]" without a shape).
 inline std::string multi_index(index_t flat, const std::vector<std::int64_t>& shape) {
-  if (shape.empty()) return "[" + std::to_string(flat) + "]";
+  if (shape.empty()) return shape_string({flat});
   std::vector<std::int64_t> idx(shape.size());
   for (std::size_t d = shape.size(); d-- > 0;) {
     const std::int64_t s = shape[d] > 0 ? shape[d] : 1;
     idx[d] = flat % s;
     flat /= s;
   }
-  std::string r = "[";
-  for (std::size_t d = 0; d < idx.size(); ++d) r += (d ? ", " : "") + std::to_string(idx[d]);
-  return r + "]";
+  return shape_string(idx);
 }
 
 /// Throws invalid_argument naming `what` and the first non-finite element of p [shape].

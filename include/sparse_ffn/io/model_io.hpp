@@ -152,8 +152,8 @@ blocked_ffn<T> load_blocked_impl(const safetensors_file& f, blocked_file_info* i
     const tensor_info& t = f.info(name);
     if (t.shape != shape)
       sparse_ffn::detail::fail(status::io_error, path, ": tensor '", name, "' has shape ",
-                               shape_string(t.shape), ", expected ", shape_string(shape),
-                               " from the file's metadata");
+                               sparse_ffn::detail::shape_string(t.shape), ", expected ",
+                               sparse_ffn::detail::shape_string(shape), " from the file's metadata");
     return true;
   };
   if (!check("weights", wshape))
@@ -277,7 +277,8 @@ inline dense_ffn<float> load_dense(const safetensors_file& f, const dense_names&
   const tensor_info& t1 = f.info(n.w1);
   if (t1.shape.size() != 2)
     sparse_ffn::detail::fail(status::invalid_shape, file, ": W1 '", n.w1,
-                             "' must be 2-D [d_ff, d_model], has shape ", detail::shape_string(t1.shape));
+                             "' must be 2-D [d_ff, d_model], has shape ",
+                             sparse_ffn::detail::shape_string(t1.shape));
   const index_t F = t1.shape[0], d = t1.shape[1];
   sparse_ffn::detail::require(F > 0 && d > 0, status::invalid_shape, file, ": W1 '", n.w1,
                               "' has an empty dimension");
@@ -296,7 +297,8 @@ inline dense_ffn<float> load_dense(const safetensors_file& f, const dense_names&
                                t.dtype, "; expected F32, F16 or BF16");
     if (t.shape != w.shape)
       sparse_ffn::detail::fail(status::invalid_shape, file, ": ", w.role, " '", *w.name, "' has shape ",
-                               detail::shape_string(t.shape), ", expected ", detail::shape_string(w.shape));
+                               sparse_ffn::detail::shape_string(t.shape), ", expected ",
+                               sparse_ffn::detail::shape_string(w.shape));
   }
   try {
     dense_ffn<float> out;

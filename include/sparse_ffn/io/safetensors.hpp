@@ -41,15 +41,6 @@
 namespace sparse_ffn {
 namespace io {
 
-namespace detail {
-/// "[a, b, c]"
-inline std::string shape_string(const std::vector<std::int64_t>& s) {
-  std::string r = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
-  return r + "]";
-}
-}  // namespace detail
-
 /// Bytes per element of a safetensors dtype name, 0 if unknown.
 inline std::size_t dtype_size(const std::string& dt) {
   static const std::map<std::string, std::size_t> sizes = {
@@ -219,7 +210,8 @@ class safetensors_file {
                    const std::vector<std::int64_t>& shape) const {
     if (shape.empty() || shape == t.shape) return;
     sparse_ffn::detail::fail(status::invalid_shape, name_, ": tensor '", tensor, "' has shape ",
-                             detail::shape_string(t.shape), ", expected ", detail::shape_string(shape));
+                             sparse_ffn::detail::shape_string(t.shape), ", expected ",
+                             sparse_ffn::detail::shape_string(shape));
   }
   static std::uint64_t read_le64(const unsigned char* p) {
     std::uint64_t v = 0;
