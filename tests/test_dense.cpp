@@ -49,7 +49,8 @@ void dense_case(std::uint64_t salt) {
     sfx::cpu::forward<P>(model.view(), n, x.data(), ys.data(), a);
     REQUIRE(ys.guard_intact());
     for (sfx::index_t t = 0; t < n; ++t)
-      REQUIRE(test::close_to(ys.data() + t * d, test::dense_ref(dense_f, A::kind, x.data() + t * d)));
+      REQUIRE(test::close_to(ys.data() + t * d, test::dense_ref(dense_f, A::kind, x.data() + t * d), nullptr,
+                             test::activation_rounding<T>()));
   };
   run(sfx::type_tag<sfx::policy<16, sfx::select::avg_k, T, A>>{});
   run(sfx::type_tag<sfx::policy<16, sfx::select::hash, T, A>>{});

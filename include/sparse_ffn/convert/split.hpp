@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "../cpu/kernels/dot_tile.hpp"
-#include "../cpu/simd.hpp"
+#include "../cpu/isa.hpp"
+#include "../cpu/kernels/kernels.hpp"
 #include "../detail/aligned_buffer.hpp"
 #include "../error.hpp"
 #include "../layout.hpp"
@@ -85,9 +85,8 @@ namespace detail {
 inline std::vector<std::int32_t> kmeans_once(const float* X, index_t N, index_t d_model, index_t ld,
                                              index_t g, std::uint64_t seed, int iterations,
                                              const progress_fn& progress) {
-  using Isa = cpu::isa::native;
-  using V = cpu::simd<Isa>;
-  constexpr int R = 8;
+  const auto& ops = cpu::kernels::ops_for<float>(cpu::active_isa());
+  const index_t R = ops.key_r;
   const index_t B = N / g;
   sparse_ffn::detail::aligned_buffer<float> C(B * ld);
   std::vector<const float*> cptr(static_cast<std::size_t>(B));
@@ -123,16 +122,13 @@ inline std::vector<std::int32_t> kmeans_once(const float* X, index_t N, index_t 
 #pragma omp parallel
 #endif
     {
-      sparse_ffn::detail::aligned_buffer<float> spill(B * R * V::width), dots(B * R);
+      sparse_ffn::detail::aligned_buffer<float> spill(B * R * cpu::kernels::k_max_width), dots(B * R);
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(dynamic, 4)
 #endif
       for (index_t i0 = 0; i0 < N; i0 += R) {
         const int rr = static_cast<int>(std::min<index_t>(R, N - i0));
-        cpu::kernels::dispatch_count<R>(rr, [&](auto RR) {
-          cpu::kernels::project<Isa, 3, decltype(RR)::value>(cptr.data(), B, X + i0 * ld, ld, ld,
-                                                             spill.data(), dots.data());
-        });
+        ops.dots(cptr.data(), nullptr, B, X + i0 * ld, rr, ld, ld, spill.data(), dots.data());
         for (index_t b = 0; b < B; ++b)
           for (int r = 0; r < rr; ++r)
             value[static_cast<std::size_t>((i0 + r) * B + b)] =

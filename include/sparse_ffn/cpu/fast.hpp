@@ -7,18 +7,21 @@
 //  2. group     counting sort of (token, slot) pairs by block, tokens ascending: each block's weights
 //               are then read once per batch and applied to all tokens that chose it.
 //  3. keys      parallel over blocks: H = act(X_b K_bᵀ + b1) (gated: ⊙ (X_b U_bᵀ + b3)) with an
-//               M-token × R-row register tile, cache-blocked over d (kernels/dot_tile.hpp).
+//               M-token × R-row register tile, cache-blocked over d (kernels/kernels.inl).
 //  4. values    parallel over column ranges of Y: for every block in ascending order, groups of up to
-//               rows_m tokens stream the block's value rows (kernels/axpy_rows.hpp); rows whose
+//               rows_m tokens stream the block's value rows (kernels/kernels.inl); rows whose
 //               coefficient is zero for the whole group are skipped (ReLU reads only active rows).
 // then Y = Yacc + b2 in the output dtype.
+//
+// The glue below is compiled once, for the consumer's flags; the micro-kernels are called through the
+// table kernels::ops_for<T>(cpu::active_isa()), resolved once per call (run-time ISA dispatch).
 //
 // Every float a token's output depends on is computed by exactly one thread with a fixed operation
 // order (keys by one thread per block; values into two partial sums per token — the first and second
 // half of its selected blocks by block id — each by one thread per column, blocks ascending, rows
 // ascending; y = (partial0 + partial1) + b2), so results are bit-identical across runs *and* thread
 // counts, and a token's output does not depend on the rest of the batch (up to the sign of an exact
-// zero). No allocation when a
+// zero), for a given ISA. No allocation when a
 // workspace that has seen the size before is passed.
 #pragma once
 
@@ -30,9 +33,8 @@
 #include "../policy.hpp"
 #include "../routing.hpp"
 #include "checks.hpp"
-#include "kernels/axpy_rows.hpp"
-#include "kernels/dot_tile.hpp"
-#include "simd.hpp"
+#include "isa.hpp"
+#include "kernels/kernels.hpp"
 #include "workspace.hpp"
 
 #if SPARSE_FFN_HAS_OPENMP
@@ -43,24 +45,6 @@ SPARSE_FFN_SIMD_WARNINGS_OFF
 
 namespace sparse_ffn {
 namespace cpu {
-
-/// Register-tile shapes of the fast path per ISA: key tiles are key_m tokens × key_r rows (one
-/// accumulator each); the value pass streams a block's rows for groups of up to rows_m tokens
-/// (rows_m × 4 broadcast coefficients stay in registers).
-template <class Isa>
-struct tile_shape;
-template <>
-struct tile_shape<isa::scalar> {
-  static constexpr int key_m = 2, key_r = 4, rows_m = 2;
-};
-template <>
-struct tile_shape<isa::avx2> {
-  static constexpr int key_m = 2, key_r = 4, rows_m = 2;
-};
-template <>
-struct tile_shape<isa::avx512> {
-  static constexpr int key_m = 3, key_r = 8, rows_m = 6;
-};
 
 namespace detail {
 
@@ -88,19 +72,21 @@ inline int num_threads() {
 
 /// Per-thread scratch of the key and value passes (for a batch of n tokens).
 struct thread_scratch {
-  const float** xs;    // n token input pointers
-  float* spill;        // n × key_r vectors: key accumulators between d chunks
-  float* dots;         // n × key_r dot products
-  float* s;            // n × g value coefficients (weight × activation)
-  std::int32_t* rows;  // tiles × g nonzero value rows per token tile
-  index_t* nrows;      // tiles
-  float** ys;          // n output pointers
-  const float** sp;    // n coefficient pointers
+  const float** xs;       // n token input pointers
+  const bfloat16_t** xb;  // n token input pointers (bf16-rounded copies, when the kernels read them)
+  float* spill;           // n × key_r vectors: key accumulators between d chunks
+  float* dots;            // 2 × n × max(g, key_r) dot products (keys, then up projections)
+  float* s;               // n × g value coefficients (weight × activation)
+  std::int32_t* rows;     // tiles × g nonzero value rows per token tile
+  index_t* nrows;         // tiles
+  float** ys;             // n output pointers
+  const float** sp;       // n coefficient pointers
 };
 
 /// Scratch arrays of one forward (carved from a workspace).
 struct fast_buffers {
   float* xpad = nullptr;                  // n × ld, zero padded
+  bfloat16_t* xpad16 = nullptr;           // n × ld, xpad rounded to bf16 (kernels with bf16_x)
   float* yacc = nullptr;                  // n × 2 × ld: two partial accumulators per token
   std::uint8_t* part = nullptr;           // n × k: which partial a (token, slot) adds into
   block_index_t* blocks = nullptr;        // n × k
@@ -117,16 +103,16 @@ struct fast_buffers {
   std::vector<thread_scratch> per_thread;
 };
 
-template <class Isa, class Sel, class Act>
+template <class Sel, class Act>
 fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index_t k, int threads,
-                          bool compute) {
-  using V = simd<Isa>;
-  constexpr int KR = tile_shape<Isa>::key_r;
+                          bool compute, bool bf16_x) {
+  constexpr index_t KR = kernels::k_max_key_r, W = kernels::k_max_width;
   fast_buffers f;
   const index_t B = l.num_blocks, g = l.g;
   // Every size is an overflow-checked product (arena_plan::take checks the byte count and the sum).
   auto mul = [](index_t a, index_t b) { return sparse_ffn::detail::checked_mul(a, b, "workspace"); };
   f.xpad = a.take<float>(mul(n, l.ld));
+  if (bf16_x) f.xpad16 = a.take<bfloat16_t>(mul(n, l.ld));
   f.blocks = a.take<block_index_t>(mul(n, k));
   f.weights = a.take<float>(mul(n, k));
   if (Sel::scoring != scoring_kind::token) f.scores = a.take<float>(mul(n, B));
@@ -147,8 +133,9 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index
   f.per_thread.resize(static_cast<std::size_t>(threads));
   for (auto& t : f.per_thread) {
     t.xs = a.take<const float*>(n);
-    t.spill = a.take<float>(mul(mul(n, KR), V::width));
-    t.dots = a.take<float>(mul(mul(2, n), KR));
+    t.xb = a.take<const bfloat16_t*>(n);
+    t.spill = a.take<float>(mul(mul(n, KR), W));
+    t.dots = a.take<float>(mul(mul(2, n), std::max<index_t>(g, KR)));
     if (compute) {
       t.s = a.take<float>(mul(n, g));
       t.rows = a.take<std::int32_t>(g);
@@ -160,27 +147,27 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index
 }
 
 /// Key pass of one block for the m (token, slot) pairs in `entries`: emit(t, j, i, pre, up).
-template <class Isa, int G, class T, class Act, class Emit>
-void key_block(const blocked_ffn_view<T>& w, index_t b, const std::int32_t* entries, index_t m,
-               const float* xpad, const thread_scratch& ts, Emit&& emit) {
-  constexpr int KM = tile_shape<Isa>::key_m;
-  constexpr int R = G < tile_shape<Isa>::key_r ? G : tile_shape<Isa>::key_r;
+template <int G, class T, class Act, class Emit>
+void key_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, index_t b,
+               const std::int32_t* entries, index_t m, const float* xpad, const bfloat16_t* xpad16,
+               const thread_scratch& ts, Emit&& emit) {
   const block_layout& l = w.layout;
-  for (index_t q = 0; q < m; ++q) ts.xs[q] = xpad + static_cast<index_t>(entries[2 * q]) * l.ld;
-  float* dk = ts.dots;
-  float* du = ts.dots + m * R;  // gated: up projections after the key dots (dots holds 2 × n × key_r)
-  for (index_t r0 = 0; r0 < G; r0 += R) {
-    kernels::project<Isa, KM, R>(ts.xs, m, w.keys(b) + r0 * l.ld, l.ld, l.ld, ts.spill, dk);
-    if constexpr (Act::gated)
-      kernels::project<Isa, KM, R>(ts.xs, m, w.up(b) + r0 * l.ld, l.ld, l.ld, ts.spill, du);
-    for (index_t q = 0; q < m; ++q)
-      for (int r = 0; r < R; ++r) {
-        const index_t i = r0 + r, neuron = b * G + i;
-        const float pre = dk[q * R + r] + (w.b1 ? w.b1[neuron] : 0.0f);
-        const float u = Act::gated ? du[q * R + r] + (w.b3 ? w.b3[neuron] : 0.0f) : 0.0f;
-        emit(static_cast<index_t>(entries[2 * q]), static_cast<index_t>(entries[2 * q + 1]), i, pre, u);
-      }
+  for (index_t q = 0; q < m; ++q) {
+    const index_t t = entries[2 * q];
+    ts.xs[q] = xpad + t * l.ld;
+    ts.xb[q] = xpad16 ? xpad16 + t * l.ld : nullptr;
   }
+  float* dk = ts.dots;
+  float* du = ts.dots + m * G;  // gated: up projections after the key dots
+  ops.dots(ts.xs, ts.xb, m, w.keys(b), G, l.ld, l.ld, ts.spill, dk);
+  if constexpr (Act::gated) ops.dots(ts.xs, ts.xb, m, w.up(b), G, l.ld, l.ld, ts.spill, du);
+  for (index_t q = 0; q < m; ++q)
+    for (index_t i = 0; i < G; ++i) {
+      const index_t neuron = b * G + i;
+      const float pre = dk[q * G + i] + (w.b1 ? w.b1[neuron] : 0.0f);
+      const float u = Act::gated ? du[q * G + i] + (w.b3 ? w.b3[neuron] : 0.0f) : 0.0f;
+      emit(static_cast<index_t>(entries[2 * q]), static_cast<index_t>(entries[2 * q + 1]), i, pre, u);
+    }
 }
 
 /// Value pass of one block over columns [c_lo, c_hi) for its m (token, slot) pairs (each adding into
@@ -188,11 +175,12 @@ void key_block(const blocked_ffn_view<T>& w, index_t b, const std::int32_t* entr
 /// rows_m tokens, each streaming the block's value rows that are nonzero for one of its tokens.
 /// (Measured on AVX-512: row streaming beats an M×C register tile walking column tiles by ~18% at
 /// batch 64, because the tile's strided walk over 64 rows defeats the hardware prefetcher.)
-template <class Isa, int G, class T>
-void value_block(const blocked_ffn_view<T>& w, index_t b, const std::int32_t* entries, index_t m, index_t k,
-                 const float* h, const float* weights, const std::uint8_t* part, float* yacc, index_t c_lo,
-                 index_t c_hi, const thread_scratch& ts) {
-  constexpr int RM = tile_shape<Isa>::rows_m;
+template <int G, class T>
+void value_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, index_t b,
+                 const std::int32_t* entries, index_t m, index_t k, const float* h, const float* weights,
+                 const std::uint8_t* part, float* yacc, index_t c_lo, index_t c_hi,
+                 const thread_scratch& ts) {
+  const index_t RM = ops.rows_m;
   const index_t ld = w.layout.ld;
   const T* values = w.values(b);
   for (index_t q = 0; q < m; ++q) {  // coefficients s = weight × activation
@@ -213,10 +201,7 @@ void value_block(const blocked_ffn_view<T>& w, index_t b, const std::int32_t* en
       if (any) ts.rows[nr++] = i;
     }
     if (nr == 0) continue;
-    kernels::dispatch_count<RM>(static_cast<int>(q1 - q0), [&](auto M) {
-      kernels::axpy_rows<Isa, decltype(M)::value>(ts.ys + q0, ts.sp + q0, ts.rows, nr, values, ld, c_lo,
-                                                  c_hi);
-    });
+    ops.apply_rows(ts.ys + q0, ts.sp + q0, q1 - q0, ts.rows, nr, G, values, ld, c_lo, c_hi);
   }
 }
 
@@ -228,22 +213,20 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
   using T = typename Policy::dtype;
   using Sel = typename Policy::selector;
   using Act = typename Policy::activation;
-  using Isa = isa::native;
-  using V = simd<Isa>;
   constexpr int G = Policy::block_size;
-  constexpr int KM = tile_shape<Isa>::key_m;
-  constexpr int KR = tile_shape<Isa>::key_r;
   const block_layout& l = w.layout;
   const index_t k = args ? args->k : given.k, d = l.d_model, ld = l.ld, B = l.num_blocks, F = l.d_ff;
   if (n == 0) return;
   const bool compute = y != nullptr;
   const int threads = max_threads();
+  const kernels::kernel_ops<T>& ops = kernels::ops_for<T>(active_isa());
+  const index_t KR = ops.key_r;
 
   arena_plan sizing(nullptr);
-  plan_buffers<Isa, Sel, Act>(sizing, l, n, k, threads, compute);
+  plan_buffers<Sel, Act>(sizing, l, n, k, threads, compute, ops.bf16_x);
   ws.reserve(sizing.bytes());
   arena_plan carve(ws.data());
-  const fast_buffers f = plan_buffers<Isa, Sel, Act>(carve, l, n, k, threads, compute);
+  const fast_buffers f = plan_buffers<Sel, Act>(carve, l, n, k, threads, compute, ops.bf16_x);
   float* const cache_pre = cache ? cache->pre : nullptr;
   float* const cache_up = cache ? cache->up : nullptr;
 
@@ -261,6 +244,8 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
       float* xp = f.xpad + t * ld;
       for (index_t c = 0; c < d; ++c) xp[c] = to_float(x[t * d + c]);
       for (index_t c = d; c < ld; ++c) xp[c] = 0.0f;
+      if (f.xpad16)
+        for (index_t c = 0; c < ld; ++c) f.xpad16[t * ld + c] = bfloat16_t(xp[c]);
       if (compute) std::fill(f.yacc + 2 * t * ld, f.yacc + 2 * (t + 1) * ld, 0.0f);
       f.all_tokens[2 * t] = static_cast<std::int32_t>(t);
       f.all_tokens[2 * t + 1] = 0;
@@ -291,10 +276,11 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #endif
       for (index_t b0 = 0; b0 < B; b0 += KR) {
         const int rr = static_cast<int>(std::min<index_t>(KR, B - b0));
-        for (index_t t = 0; t < n; ++t) ts.xs[t] = f.xpad + t * ld;
-        kernels::dispatch_count<KR>(rr, [&](auto R) {
-          kernels::project<Isa, KM, decltype(R)::value>(ts.xs, n, rows + b0 * ld, ld, ld, ts.spill, ts.dots);
-        });
+        for (index_t t = 0; t < n; ++t) {
+          ts.xs[t] = f.xpad + t * ld;
+          ts.xb[t] = f.xpad16 ? f.xpad16 + t * ld : nullptr;
+        }
+        ops.dots(ts.xs, ts.xb, n, rows + b0 * ld, rr, ld, ld, ts.spill, ts.dots);
         for (index_t t = 0; t < n; ++t)
           for (int r = 0; r < rr; ++r)
             f.scores[t * B + b0 + r] = Sel::linear_score(ts.dots[t * rr + r], bias ? bias[b0 + r] : 0.0f);
@@ -311,11 +297,11 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #pragma omp for schedule(dynamic, 1)
 #endif
       for (index_t b = 0; b < B; ++b)
-        key_block<Isa, G, T, Act>(w, b, f.all_tokens, n, f.xpad, ts,
-                                  [&](index_t t, index_t, index_t i, float pre, float u) {
-                                    f.pre_all[t * F + b * G + i] = pre;
-                                    if constexpr (Act::gated) f.up_all[t * F + b * G + i] = u;
-                                  });
+        key_block<G, T, Act>(ops, w, b, f.all_tokens, n, f.xpad, f.xpad16, ts,
+                             [&](index_t t, index_t, index_t i, float pre, float u) {
+                               f.pre_all[t * F + b * G + i] = pre;
+                               if constexpr (Act::gated) f.up_all[t * F + b * G + i] = u;
+                             });
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -400,7 +386,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #endif
         for (index_t b = 0; b < B; ++b) {
           const index_t m = f.offsets[b + 1] - f.offsets[b];
-          if (m) key_block<Isa, G, T, Act>(w, b, f.entries + 2 * f.offsets[b], m, f.xpad, ts, emit);
+          if (m) key_block<G, T, Act>(ops, w, b, f.entries + 2 * f.offsets[b], m, f.xpad, f.xpad16, ts, emit);
         }
       }
       // ---- 4. values ------------------------------------------------------------------------------
@@ -413,19 +399,19 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
         for (int p = 0; p < 2; ++p)
           for (index_t b = 0; b < B; ++b)
             if (f.offsets[b + 1] > f.offsets[b] && f.part[f.entries[2 * f.offsets[b] + 1]] == p)
-              value_block<Isa, G, T>(w, b, f.entries + 2 * f.offsets[b], 1, k, f.h, f.weights, f.part, f.yacc,
-                                     0, ld, ts);
+              value_block<G, T>(ops, w, b, f.entries + 2 * f.offsets[b], 1, k, f.h, f.weights, f.part, f.yacc,
+                                0, ld, ts);
       } else {
         // A batch: thread tid owns the columns [c_lo, c_hi) of every accumulator, so every block's rows
         // are read once for all the tokens that chose it.
-        const index_t vecs = ld / V::width;
-        const index_t c_lo = vecs * tid / nth * V::width, c_hi = vecs * (tid + 1) / nth * V::width;
+        const index_t gran = ops.col_granule, vecs = ld / gran;
+        const index_t c_lo = vecs * tid / nth * gran, c_hi = vecs * (tid + 1) / nth * gran;
         if (c_lo < c_hi)
           for (index_t b = 0; b < B; ++b) {
             const index_t m = f.offsets[b + 1] - f.offsets[b];
             if (m)
-              value_block<Isa, G, T>(w, b, f.entries + 2 * f.offsets[b], m, k, f.h, f.weights, f.part, f.yacc,
-                                     c_lo, c_hi, ts);
+              value_block<G, T>(ops, w, b, f.entries + 2 * f.offsets[b], m, k, f.h, f.weights, f.part, f.yacc,
+                                c_lo, c_hi, ts);
           }
       }
 #if SPARSE_FFN_HAS_OPENMP
@@ -433,9 +419,11 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #pragma omp for schedule(static)
 #endif
       for (index_t t = 0; t < n; ++t)
-        for (index_t c = 0; c < d; ++c)
-          y[t * d + c] = from_float<Ty>((f.yacc[2 * t * ld + c] + f.yacc[(2 * t + 1) * ld + c]) +
+        for (index_t c = 0; c < d; ++c) {
+          const index_t pc = ops.permuted_y ? ops.y_position(c) : c;
+          y[t * d + c] = from_float<Ty>((f.yacc[2 * t * ld + pc] + f.yacc[(2 * t + 1) * ld + pc]) +
                                         (w.b2 ? w.b2[c] : 0.0f));
+        }
     }
   }
 }

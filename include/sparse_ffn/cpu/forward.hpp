@@ -7,9 +7,9 @@
 // X and Y are [n × d_model] row-major of float, half_t or bfloat16_t (independently of the weights'
 // dtype); accumulation is in float. Every argument is validated first; a bad one throws
 // sparse_ffn::error and nothing is written. They run the fast path (fast.hpp): vectorised for the
-// compile-time ISA, OpenMP-parallel, bit-identical for any thread count. Pass a `workspace` to reuse
-// scratch memory across calls (otherwise a per-thread one is used). The simple reference versions
-// are in reference.hpp.
+// CPU it runs on (run-time dispatch, cpu/isa.hpp), OpenMP-parallel, bit-identical for any thread count. Pass
+// a `workspace` to reuse scratch memory across calls (otherwise a per-thread one is used). The simple
+// reference versions are in reference.hpp.
 #pragma once
 
 #include "checks.hpp"
@@ -19,6 +19,13 @@
 
 namespace sparse_ffn {
 namespace cpu {
+
+/// Whether the kernels now active (active_isa()) round x and the value coefficients to bf16 for
+/// weights of type T: avx512_bf16 with bf16 weights (docs/design.md, "Accuracy of the bf16 kernels").
+template <class T>
+bool rounds_inputs_to_bf16() {
+  return kernels::ops_for<T>(active_isa()).bf16_x;
+}
 
 template <class Policy, class Tx>
 void route(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, const route_args& args,

@@ -1,28 +1,26 @@
-// sparse_ffn — the CPU SIMD layer: ISA tags and one small wrapper per ISA.
+// sparse_ffn — the CPU SIMD layer: one small wrapper per instruction set (cpu/isa.hpp).
 //
-// The fast-path kernels (cpu/kernels/) are written once over `simd<Isa>`; each wrapper provides a
-// float vector `reg` of `width` lanes, loads that convert float / half / bfloat16 to float, fused
+// The micro-kernels (cpu/kernels/) are written once over `simd<Isa>`; each wrapper provides a float
+// vector `reg` of `width` lanes, loads that convert float / half / bfloat16 to float, fused
 // multiply-add, broadcast and a horizontal sum with a fixed reduction tree (so a dot product's bits
-// do not depend on how the kernel was tiled). The ISA is chosen at compile time from the target flags
-// (`native_isa`): AVX-512F > AVX2+FMA+F16C > portable scalar code that compilers auto-vectorise.
-// ISA tags inherit (avx512 : avx2 : scalar) like xsimd's, so an overload for a base ISA serves newer ones.
+// do not depend on how the kernel was tiled). simd<avx512_bf16> adds bf16-pair operations for
+// `vdpbf16ps`. Every wrapper is compiled in its own target region whatever the consumer's flags, so one
+// binary carries all of them; cpu::active_isa() decides at run time which one runs.
 #pragma once
 
 #include <cstring>
 
 #include "../config.hpp"
 #include "../types.hpp"
-
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__))
-#include <immintrin.h>
-#endif
+#include "isa.hpp"
 
 // GCC 12 reports its own AVX-512 intrinsics (their internal "undefined" operands) as uninitialised
 // where they are inlined (GCC bug 105593). Silence exactly those two warnings for our SIMD code.
 #if defined(__GNUC__) && !defined(__clang__)
 #define SPARSE_FFN_SIMD_WARNINGS_OFF                                                   \
   _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") \
-      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")                      \
+          _Pragma("GCC diagnostic ignored \"-Wpsabi\"")
 #define SPARSE_FFN_SIMD_WARNINGS_ON _Pragma("GCC diagnostic pop")
 #else
 #define SPARSE_FFN_SIMD_WARNINGS_OFF
@@ -33,27 +31,6 @@ SPARSE_FFN_SIMD_WARNINGS_OFF
 
 namespace sparse_ffn {
 namespace cpu {
-namespace isa {
-
-struct scalar {
-  static constexpr const char* name = "scalar";
-};
-struct avx2 : scalar {
-  static constexpr const char* name = "avx2";
-};
-struct avx512 : avx2 {
-  static constexpr const char* name = "avx512";
-};
-
-#if defined(__AVX512F__)
-using native = avx512;
-#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-using native = avx2;
-#else
-using native = scalar;
-#endif
-
-}  // namespace isa
 
 template <class Isa>
 struct simd;
@@ -92,7 +69,8 @@ struct simd<isa::scalar> {
   static void prefetch(const void*) {}
 };
 
-#if (defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)) || defined(__AVX512F__)
+#if SPARSE_FFN_X86_DISPATCH
+SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX2)
 // ---- AVX2 + FMA + F16C: 8 lanes -------------------------------------------------------------------
 template <>
 struct simd<isa::avx2> {
@@ -118,9 +96,9 @@ struct simd<isa::avx2> {
   }
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 };
-#endif
+SPARSE_FFN_TARGET_END
 
-#if defined(__AVX512F__)
+SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX512)
 // ---- AVX-512F: 16 lanes ---------------------------------------------------------------------------
 template <>
 struct simd<isa::avx512> {
@@ -148,7 +126,36 @@ struct simd<isa::avx512> {
   }
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 };
-#endif
+SPARSE_FFN_TARGET_END
+
+SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX512_BF16)
+// ---- AVX-512 + AVX512_BF16: the float operations of avx512, plus bf16 pairs for vdpbf16ps ---------
+// A `pairs` register holds 32 bf16 = 16 pairs; dot(acc, a, b) adds a[2i]·b[2i] + a[2i+1]·b[2i+1] to
+// lane i (the products are exact in float; the instruction adds the odd product, then the even one,
+// rounding to nearest even, with denormal inputs and outputs flushed to zero).
+template <>
+struct simd<isa::avx512_bf16> : simd<isa::avx512> {
+  using pairs = __m512bh;
+  static constexpr int pair_width = 32;  // bf16 elements per `pairs` register
+  static pairs load_pairs(const bfloat16_t* p) { return (pairs)_mm512_loadu_si512(p); }
+  static reg dot(reg acc, pairs a, pairs b) { return _mm512_dpbf16_ps(acc, a, b); }
+  /// Columns c..c+31 of two bf16 rows as pairs (r0[j], r1[j]): `lo` holds columns {0-3, 8-11, 16-19,
+  /// 24-27} and `hi` {4-7, 12-15, 20-23, 28-31} (unpack works within 128-bit lanes; see y_position).
+  static void interleave(const bfloat16_t* r0, const bfloat16_t* r1, pairs& lo, pairs& hi) {
+    const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r1);
+    lo = (pairs)_mm512_unpacklo_epi16(a, b);
+    hi = (pairs)_mm512_unpackhi_epi16(a, b);
+  }
+  static void interleave_zero(const bfloat16_t* r0, pairs& lo, pairs& hi) {
+    const __m512i a = _mm512_loadu_si512(r0), z = _mm512_setzero_si512();
+    lo = (pairs)_mm512_unpacklo_epi16(a, z);
+    hi = (pairs)_mm512_unpackhi_epi16(a, z);
+  }
+  /// A broadcast coefficient pair (low half = even row).
+  static pairs set1_pair(std::uint32_t packed) { return (pairs)_mm512_set1_epi32(static_cast<int>(packed)); }
+};
+SPARSE_FFN_TARGET_END
+#endif  // SPARSE_FFN_X86_DISPATCH
 
 }  // namespace cpu
 }  // namespace sparse_ffn

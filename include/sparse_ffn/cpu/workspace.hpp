@@ -23,13 +23,13 @@ class workspace {
   /// Grows the arena to at least `bytes` (never shrinks).
   void reserve(std::size_t bytes) {
     if (bytes > static_cast<std::size_t>(buf_.size()))
-      buf_ = detail::aligned_buffer<unsigned char>(static_cast<index_t>(bytes));
+      buf_ = sparse_ffn::detail::aligned_buffer<unsigned char>(static_cast<index_t>(bytes));
   }
   std::size_t capacity() const { return static_cast<std::size_t>(buf_.size()); }
   unsigned char* data() { return buf_.data(); }
 
  private:
-  detail::aligned_buffer<unsigned char> buf_;
+  sparse_ffn::detail::aligned_buffer<unsigned char> buf_;
 };
 
 namespace detail {

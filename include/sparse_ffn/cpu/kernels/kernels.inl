@@ -1,0 +1,285 @@
+// sparse_ffn — the CPU micro-kernels, written once over simd<Isa>. NOT a standalone header:
+// kernels/kernels.hpp includes this file once per instruction set, inside that set's target region
+// and with SPARSE_FFN_KERNEL_NS naming a namespace of its own (Highway's "foreach target" model), so
+// one binary carries every ISA's code whatever flags the consumer compiles with.
+//
+// Key kernel: out[m][r] = sum_q rows[r*ld + q] * x[m][q]. Each (m, r) pair owns one vector accumulator
+// that runs over q in order and is reduced with the ISA's fixed tree, so a dot product's bits are the
+// same in every tile shape and blocking: a token gets the same pre-activations alone or in a batch.
+// `project` walks d in chunks of k_dchunk so the R rows' chunk stays in L1 while every token tile of the
+// batch uses it; accumulators are parked in a per-thread spill buffer between chunks (exact).
+//
+// Value kernel: y_t += sum_i s[t][i] * v_i over a block's listed value rows, every y element updated
+// in ascending row order in every tile shape (so a token's output bits do not depend on tiling or batch
+// size, up to the sign of an exact zero). Rows whose coefficient is zero for every token of the tile
+// are left out by the caller, so a ReLU block reads only the value rows of its active neurons.
+//
+// avx512_bf16 with bf16 weights (`bf16_pairs`): the key kernel multiplies bf16 rows by the token's x
+// rounded to bf16 with vdpbf16ps (32 elements per instruction); the value kernel takes value rows in
+// fixed pairs (2p, 2p+1) — a pair is applied when either row is listed, the other's coefficient being
+// the token's own (possibly zero) value, so the pairing is the same alone or in a batch — interleaves
+// the two rows' columns with unpack and applies bf16-rounded coefficient pairs. Its accumulators hold
+// each 32-column group in the order of y_position() (undone when Y is written).
+
+namespace SPARSE_FFN_KERNEL_NS {
+
+template <class Isa>
+struct impl {
+  using V = simd<Isa>;
+  using reg = typename V::reg;
+  static constexpr int key_m = tile_shape<Isa>::key_m, key_r = tile_shape<Isa>::key_r,
+                       rows_m = tile_shape<Isa>::rows_m, width = V::width;
+  template <class T>
+  static constexpr bool bf16_pairs =
+      std::is_base_of<isa::avx512_bf16, Isa>::value&& std::is_same<T, bfloat16_t>::value;
+
+  /// Calls f(std::integral_constant<int, v>{}) for the runtime v in [1, Max].
+  template <int Max, class F>
+  static void count(int v, F&& f) {
+    static_assert(Max >= 1 && Max <= 8, "count supports 1..8");
+    switch (v) {
+      case 1: f(std::integral_constant<int, 1>{}); break;
+      case 2:
+        if constexpr (Max >= 2) f(std::integral_constant<int, 2>{});
+        break;
+      case 3:
+        if constexpr (Max >= 3) f(std::integral_constant<int, 3>{});
+        break;
+      case 4:
+        if constexpr (Max >= 4) f(std::integral_constant<int, 4>{});
+        break;
+      case 5:
+        if constexpr (Max >= 5) f(std::integral_constant<int, 5>{});
+        break;
+      case 6:
+        if constexpr (Max >= 6) f(std::integral_constant<int, 6>{});
+        break;
+      case 7:
+        if constexpr (Max >= 7) f(std::integral_constant<int, 7>{});
+        break;
+      case 8:
+        if constexpr (Max >= 8) f(std::integral_constant<int, 8>{});
+        break;
+      default: break;
+    }
+  }
+
+  /// acc[m][r] += rows[r][q] * x[m][q] for q in [q0, q1). acc holds M*R vectors (spill format);
+  /// `first` starts from zero. With `prefetch`, software prefetch runs 1 KiB ahead along each row and,
+  /// near the end of the rows, into the next R rows (the next tile of a block); the caller asks for it
+  /// on the first token tile of a chunk only (later tiles find the chunk in L1).
+  template <int M, int R, class T, class X>
+  static void dot_tile_acc(const X* const* x, const T* SPARSE_FFN_RESTRICT rows, index_t ld, index_t len,
+                           index_t q0, index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first,
+                           bool prefetch) {
+    constexpr index_t ahead = 1024 / sizeof(T), per_line = 64 / sizeof(T);
+    reg a[M][R];
+    for (int m = 0; m < M; ++m)
+      for (int r = 0; r < R; ++r) a[m][r] = first ? V::zero() : V::load(acc + (m * R + r) * width);
+    constexpr int step = [] {
+      if constexpr (bf16_pairs<T>) return V::pair_width;
+      return width;
+    }();
+    for (index_t q = q0; q < q1; q += step) {
+      if (prefetch && q % per_line == 0) {  // one prefetch per cache line and row
+        const index_t p = q + ahead;
+        const T* pf = p < len ? rows + p : rows + R * ld + (p - len);
+        for (int r = 0; r < R; ++r) V::prefetch(pf + r * ld);
+      }
+      if constexpr (bf16_pairs<T>) {
+        typename V::pairs xv[M];
+        for (int m = 0; m < M; ++m) xv[m] = V::load_pairs(x[m] + q);
+        for (int r = 0; r < R; ++r) {
+          const typename V::pairs kv = V::load_pairs(rows + r * ld + q);
+          for (int m = 0; m < M; ++m) a[m][r] = V::dot(a[m][r], kv, xv[m]);
+        }
+      } else {
+        reg xv[M];
+        for (int m = 0; m < M; ++m) xv[m] = V::load(x[m] + q);
+        for (int r = 0; r < R; ++r) {
+          const reg kv = V::load(rows + r * ld + q);
+          for (int m = 0; m < M; ++m) a[m][r] = V::fma(kv, xv[m], a[m][r]);
+        }
+      }
+    }
+    for (int m = 0; m < M; ++m)
+      for (int r = 0; r < R; ++r) V::store(acc + (m * R + r) * width, a[m][r]);
+  }
+
+  /// out[q*ostride + r] = dot(rows[r], x[q]) for m tokens (any number) and R rows, over len elements.
+  /// `spill` holds m*R vectors. Token tiles have up to key_m tokens.
+  template <int R, class T, class X>
+  static void project(const X* const* x, index_t m, const T* rows, index_t ld, index_t len, float* spill,
+                      float* out, index_t ostride) {
+    for (index_t q0 = 0; q0 < len; q0 += k_dchunk) {
+      const index_t q1 = std::min(len, q0 + k_dchunk);
+      for (index_t m0 = 0; m0 < m; m0 += key_m) {
+        count<key_m>(static_cast<int>(std::min<index_t>(key_m, m - m0)), [&](auto M) {
+          dot_tile_acc<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width, q0 == 0,
+                                              m0 == 0);
+        });
+      }
+    }
+    for (index_t q = 0; q < m; ++q)
+      for (int r = 0; r < R; ++r) out[q * ostride + r] = V::hsum(V::load(spill + (q * R + r) * width));
+  }
+
+  /// out[q*nrows + r] = dot(rows[r*ld ..], x[q]) for q < m, r < nrows, over len elements (a multiple of
+  /// 32). x is read from xb (bf16) when bf16_pairs<T>, else from xf. spill: m × key_r × width floats.
+  template <class T>
+  static void dots(const float* const* xf, const bfloat16_t* const* xb, index_t m, const T* rows,
+                   index_t nrows, index_t ld, index_t len, float* spill, float* out) {
+    for (index_t r0 = 0; r0 < nrows; r0 += key_r) {
+      count<key_r>(static_cast<int>(std::min<index_t>(key_r, nrows - r0)), [&](auto R) {
+        if constexpr (bf16_pairs<T>)
+          project<decltype(R)::value>(xb, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
+        else
+          project<decltype(R)::value>(xf, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
+      });
+    }
+  }
+
+  /// Position of column c in an accumulator written by the value kernel for weights T.
+  template <class T>
+  static index_t y_position(index_t c) {
+    if constexpr (bf16_pairs<T>) {
+      const index_t w = c & 31, lane = w >> 3, j = w & 7;
+      return (c & ~index_t{31}) | (j < 4 ? (lane << 2) | j : 16 | (lane << 2) | (j - 4));
+    } else {
+      return c;
+    }
+  }
+
+  /// Groups of four value rows applied to M tokens, streaming the rows front to back over the column
+  /// range (four sequential streams, software-prefetched across row groups) with the 4·M coefficients
+  /// in registers and y in L1/L2.
+  template <int M, class T>
+  static void axpy_rows(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
+                        const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_begin, index_t c_end) {
+    constexpr index_t ahead = 1024 / sizeof(T), per_line = 64 / sizeof(T);
+    const index_t span = c_end - c_begin;
+    index_t idx = 0;
+    for (; idx + 4 <= nrows; idx += 4) {
+      const T* vr[4];
+      const T* next[4];
+      reg sb[M][4];
+      for (int u = 0; u < 4; ++u) {
+        vr[u] = v + rows[idx + u] * ld;
+        next[u] = idx + 4 + u < nrows ? v + rows[idx + 4 + u] * ld : vr[u];
+        for (int m = 0; m < M; ++m) sb[m][u] = V::set1(s[m][rows[idx + u]]);
+      }
+      for (index_t c = c_begin; c < c_end; c += width) {
+        if ((c - c_begin) % per_line == 0) {  // one prefetch per cache line and row
+          const index_t p = c + ahead;
+          for (int u = 0; u < 4; ++u)
+            V::prefetch(p < c_end ? vr[u] + p : next[u] + c_begin + (p - c_end) % span);
+        }
+        reg vv[4];
+        for (int u = 0; u < 4; ++u) vv[u] = V::load(vr[u] + c);
+        for (int m = 0; m < M; ++m) {
+          reg a = V::load(y[m] + c);
+          for (int u = 0; u < 4; ++u) a = V::fma(sb[m][u], vv[u], a);
+          V::store(y[m] + c, a);
+        }
+      }
+    }
+    for (; idx < nrows; ++idx) {
+      const T* vi = v + rows[idx] * ld;
+      for (int m = 0; m < M; ++m) {
+        const reg si = V::set1(s[m][rows[idx]]);
+        for (index_t c = c_begin; c < c_end; c += width)
+          V::store(y[m] + c, V::fma(si, V::load(vi + c), V::load(y[m] + c)));
+      }
+    }
+  }
+
+  /// bf16 pairs: NP (1 or 2) row pairs p[u] = (2p, 2p+1) — or single rows when g == 1 (Single) —
+  /// applied to M tokens over columns [c_begin, c_end) (multiples of 32).
+  template <int M, int NP, bool Single>
+  static void axpy_pairs(float* const* y, const float* const* s, const index_t* p, const bfloat16_t* v,
+                         index_t ld, index_t c_begin, index_t c_end, const index_t* next_p) {
+    using pairs = typename V::pairs;
+    const bfloat16_t* r0[NP];
+    const bfloat16_t* pf0[NP];
+    pairs cf[M][NP];
+    for (int u = 0; u < NP; ++u) {
+      const index_t row = Single ? p[u] : 2 * p[u];
+      r0[u] = v + row * ld;
+      pf0[u] = next_p[u] >= 0 ? v + (Single ? next_p[u] : 2 * next_p[u]) * ld : r0[u];
+      for (int m = 0; m < M; ++m) {
+        const std::uint32_t lo = bfloat16_t(s[m][row]).bits;
+        const std::uint32_t hi = Single ? 0u : bfloat16_t(s[m][row + 1]).bits;
+        cf[m][u] = V::set1_pair(lo | (hi << 16));
+      }
+    }
+    constexpr index_t ahead = 512;  // elements (1 KiB)
+    const index_t span = c_end - c_begin;
+    for (index_t c = c_begin; c < c_end; c += 32) {
+      const index_t a = c + ahead;
+      for (int u = 0; u < NP; ++u) {
+        const bfloat16_t* q = a < c_end ? r0[u] + a : pf0[u] + c_begin + (a - c_end) % span;
+        V::prefetch(q);
+        if (!Single) V::prefetch(q + ld);
+      }
+      pairs lo[NP], hi[NP];
+      for (int u = 0; u < NP; ++u) {
+        if (Single)
+          V::interleave_zero(r0[u] + c, lo[u], hi[u]);
+        else
+          V::interleave(r0[u] + c, r0[u] + ld + c, lo[u], hi[u]);
+      }
+      for (int m = 0; m < M; ++m) {
+        reg a0 = V::load(y[m] + c), a1 = V::load(y[m] + c + 16);
+        for (int u = 0; u < NP; ++u) {
+          a0 = V::dot(a0, lo[u], cf[m][u]);
+          a1 = V::dot(a1, hi[u], cf[m][u]);
+        }
+        V::store(y[m] + c, a0);
+        V::store(y[m] + c + 16, a1);
+      }
+    }
+  }
+
+  /// y[q] += sum over the listed rows i of s[q][i] * v[i] for q < m (<= rows_m) tokens, columns
+  /// [c_lo, c_hi) (multiples of col_granule<T>). rows: ascending, nrows of the block's g rows.
+  template <class T>
+  static void apply_rows(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
+                         index_t nrows, index_t g, const T* v, index_t ld, index_t c_lo, index_t c_hi) {
+    if constexpr (bf16_pairs<T>) {
+      // The pairs (or, for g == 1, rows) that hold a listed row, ascending; two at a time.
+      index_t j = 0;
+      auto next = [&]() -> index_t {
+        if (j >= nrows) return -1;
+        const index_t pr = g == 1 ? rows[j] : rows[j] >> 1;
+        ++j;
+        if (g != 1 && j < nrows && (rows[j] >> 1) == pr) ++j;
+        return pr;
+      };
+      index_t cur[2] = {next(), next()};
+      while (cur[0] >= 0) {
+        const index_t nxt[2] = {next(), next()};
+        count<rows_m>(static_cast<int>(m), [&](auto M) {
+          constexpr int Mv = decltype(M)::value;
+          if (g == 1) {
+            if (cur[1] >= 0)
+              axpy_pairs<Mv, 2, true>(y, s, cur, v, ld, c_lo, c_hi, nxt);
+            else
+              axpy_pairs<Mv, 1, true>(y, s, cur, v, ld, c_lo, c_hi, nxt);
+          } else {
+            if (cur[1] >= 0)
+              axpy_pairs<Mv, 2, false>(y, s, cur, v, ld, c_lo, c_hi, nxt);
+            else
+              axpy_pairs<Mv, 1, false>(y, s, cur, v, ld, c_lo, c_hi, nxt);
+          }
+        });
+        cur[0] = nxt[0];
+        cur[1] = nxt[1];
+      }
+    } else {
+      count<rows_m>(static_cast<int>(m),
+                    [&](auto M) { axpy_rows<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi); });
+    }
+  }
+};
+
+}  // namespace SPARSE_FFN_KERNEL_NS

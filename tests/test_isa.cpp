@@ -1,0 +1,164 @@
+// Run-time ISA dispatch: detection agrees with the kernel's own report (/proc/cpuinfo), the best
+// supported level is chosen, set_isa()/reset_isa() and SPARSE_FFN_ISA override it, and every level
+// this CPU runs gives the float64 reference's answer (the full matrix runs per ISA under CTest).
+#include <fstream>
+#include <set>
+
+#include "support/test_support.hpp"
+
+namespace {
+
+namespace cpu = sfx::cpu;
+
+/// The flags the Linux kernel reports for CPU 0 (empty elsewhere).
+std::set<std::string> proc_cpuinfo_flags() {
+  std::set<std::string> flags;
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("flags", 0) == 0) {
+      std::istringstream is(line.substr(line.find(':') + 1));
+      std::string f;
+      while (is >> f) flags.insert(f);
+      break;
+    }
+  return flags;
+}
+
+}  // namespace
+
+TEST_CASE("isa: detected features agree with /proc/cpuinfo", "[isa]") {
+  const auto flags = proc_cpuinfo_flags();
+  if (flags.empty()) {
+    WARN("SKIPPED: no /proc/cpuinfo flags to compare with");
+    return;
+  }
+  const cpu::cpu_features& f = cpu::features();
+  INFO(cpu::isa_description());
+#if SPARSE_FFN_X86_DISPATCH
+  // /proc/cpuinfo lists a feature only when the kernel enabled its state (XSAVE), like our XGETBV check.
+  CHECK(f.avx2 == (flags.count("avx2") == 1));
+  CHECK(f.fma == (flags.count("fma") == 1));
+  CHECK(f.f16c == (flags.count("f16c") == 1));
+  CHECK((f.avx512f && f.os_zmm) == (flags.count("avx512f") == 1));
+  CHECK((f.avx512bw && f.os_zmm) == (flags.count("avx512bw") == 1));
+  CHECK((f.avx512_vnni && f.os_zmm) == (flags.count("avx512_vnni") == 1));
+  CHECK((f.avx512_bf16 && f.os_zmm) == (flags.count("avx512_bf16") == 1));
+#else
+  CHECK(cpu::best_isa() == cpu::isa_level::scalar);
+#endif
+}
+
+TEST_CASE("isa: the best supported level is the default, levels are ordered", "[isa]") {
+  cpu::reset_isa();
+  const cpu::isa_level best = cpu::best_isa();
+  INFO(cpu::isa_description());
+  REQUIRE(cpu::isa_supported(best));
+  REQUIRE(cpu::isa_supported(cpu::isa_level::scalar));
+  for (int l = static_cast<int>(best) + 1; l < cpu::k_isa_levels; ++l)
+    REQUIRE_FALSE(cpu::isa_supported(static_cast<cpu::isa_level>(l)));
+  for (int l = 0; l <= static_cast<int>(best); ++l)
+    REQUIRE(cpu::isa_supported(static_cast<cpu::isa_level>(l)));
+  if (!std::getenv("SPARSE_FFN_ISA")) REQUIRE(cpu::active_isa() == best);
+  // What the levels need, from the detected features.
+  const cpu::cpu_features& f = cpu::features();
+  if (cpu::isa_supported(cpu::isa_level::avx512_bf16)) REQUIRE((f.avx512_bf16 && f.avx512_vnni && f.os_zmm));
+  if (f.avx512_bf16 && f.avx512_vnni && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.os_zmm &&
+      SPARSE_FFN_X86_DISPATCH)
+    REQUIRE(best == cpu::isa_level::avx512_bf16);
+  // Names round-trip.
+  for (int l = 0; l < cpu::k_isa_levels; ++l) {
+    cpu::isa_level back = cpu::isa_level::scalar;
+    REQUIRE(cpu::parse_isa(cpu::isa_name(static_cast<cpu::isa_level>(l)), back));
+    REQUIRE(static_cast<int>(back) == l);
+  }
+  cpu::isa_level ignored = cpu::isa_level::scalar;
+  REQUIRE_FALSE(cpu::parse_isa("avx512bf16", ignored));
+  REQUIRE_FALSE(cpu::parse_isa("", ignored));
+  REQUIRE_FALSE(cpu::parse_isa(nullptr, ignored));
+}
+
+TEST_CASE("isa: set_isa forces a lower level, refuses one the CPU lacks, reset_isa undoes it", "[isa]") {
+  const cpu::isa_level best = cpu::best_isa();
+  for (int l = 0; l <= static_cast<int>(best); ++l) {
+    cpu::set_isa(static_cast<cpu::isa_level>(l));
+    REQUIRE(static_cast<int>(cpu::active_isa()) == l);
+    REQUIRE(cpu::kernels::ops_for<float>(cpu::active_isa()).level == static_cast<cpu::isa_level>(l));
+  }
+  for (int l = static_cast<int>(best) + 1; l < cpu::k_isa_levels; ++l) {
+    INFO("unsupported level " << cpu::isa_name(static_cast<cpu::isa_level>(l)));
+    REQUIRE_ERROR(cpu::set_isa(static_cast<cpu::isa_level>(l)), sfx::status::unsupported, "cannot run");
+    WARN("SKIPPED: " << cpu::isa_name(static_cast<cpu::isa_level>(l)) << " is not supported by this CPU");
+  }
+  REQUIRE_ERROR(cpu::set_isa(static_cast<cpu::isa_level>(7)), sfx::status::invalid_argument,
+                "not an ISA level");
+  cpu::reset_isa();
+  if (!std::getenv("SPARSE_FFN_ISA")) REQUIRE(cpu::active_isa() == best);
+}
+
+TEST_CASE("isa: every supported level computes the same forward up to its rounding", "[isa]") {
+  // A bf16 model at each level: float levels agree with each other to float accumulation error;
+  // avx512_bf16 rounds x and the value coefficients to bf16 and stays within that bound.
+  using P = sfx::policy<64, sfx::select::avg_k, sfx::bfloat16_t, sfx::act::silu>;
+  auto r = test::rng(1);
+  const sfx::index_t d = 200, B = 8, F = B * 64, k = 3, n = 5;
+  const auto dense = test::random_dense<sfx::bfloat16_t>(r, d, F, false, true);
+  sfx::pack_options po;
+  po.g = 64;
+  const auto model = sfx::pack<sfx::bfloat16_t>(dense.view(), po);
+  std::vector<float> x(static_cast<std::size_t>(n * d));
+  test::fill_normal(x, r, 1.0);
+  sfx::route_args args;
+  args.k = k;
+  for (int l = 0; l <= static_cast<int>(cpu::best_isa()); ++l) {
+    cpu::set_isa(static_cast<cpu::isa_level>(l));
+    INFO("isa " << cpu::isa_name(cpu::active_isa()));
+    test::guarded_output<float> y(static_cast<std::size_t>(n * d));
+    std::vector<sfx::block_index_t> blocks(static_cast<std::size_t>(n * k));
+    std::vector<float> weights(static_cast<std::size_t>(n * k));
+    sfx::forward_cache cache{blocks.data(), weights.data(), nullptr, nullptr};
+    sfx::cpu::forward<P>(model.view(), n, x.data(), y.data(), args, &cache);
+    REQUIRE(y.all_written());
+    for (sfx::index_t t = 0; t < n; ++t) {
+      const auto ref = test::forward_ref(model.view(), sfx::activation_kind::silu, x.data() + t * d,
+                                         blocks.data() + t * k, weights.data() + t * k, k);
+      double err = 0;
+      INFO("token " << t);
+      REQUIRE(test::close_to(y.data() + t * d, ref, &err, test::activation_rounding<sfx::bfloat16_t>()));
+    }
+  }
+  cpu::reset_isa();
+}
+
+TEST_CASE("isa: SPARSE_FFN_ISA forces a lower level, is clamped to the best, a bad name is an error",
+          "[.][isa_env]") {
+  const char* env = std::getenv("SPARSE_FFN_ISA");
+  REQUIRE(env != nullptr);
+  cpu::reset_isa();
+  cpu::isa_level want = cpu::isa_level::scalar;
+  if (!cpu::parse_isa(env, want)) {
+    REQUIRE_ERROR(cpu::active_isa(), sfx::status::invalid_argument, "SPARSE_FFN_ISA=");
+    // The forward reports it too (nothing runs on an unknown setting).
+    using P = sfx::policy<16, sfx::select::avg_k, float, sfx::act::relu>;
+    auto r = test::rng(2);
+    const auto dense = test::random_dense<float>(r, 16, 64, false, false);
+    sfx::pack_options po;
+    po.g = 16;
+    const auto model = sfx::pack<float>(dense.view(), po);
+    std::vector<float> x(16, 1.0f), y(16);
+    sfx::route_args args;
+    args.k = 1;
+    REQUIRE_ERROR(sfx::cpu::forward<P>(model.view(), 1, x.data(), y.data(), args),
+                  sfx::status::invalid_argument, "not an instruction set");
+    return;
+  }
+  const cpu::isa_level expect =
+      static_cast<int>(want) < static_cast<int>(cpu::best_isa()) ? want : cpu::best_isa();
+  INFO("SPARSE_FFN_ISA=" << env << ": " << cpu::isa_description());
+  REQUIRE(cpu::active_isa() == expect);
+  // set_isa still wins over the environment, and reset_isa goes back to it.
+  cpu::set_isa(cpu::isa_level::scalar);
+  REQUIRE(cpu::active_isa() == cpu::isa_level::scalar);
+  cpu::reset_isa();
+  REQUIRE(cpu::active_isa() == expect);
+}
