@@ -30,8 +30,8 @@ struct impl {
   static constexpr int key_m = tile_shape<Isa>::key_m, key_r = tile_shape<Isa>::key_r,
                        rows_m = tile_shape<Isa>::rows_m, width = V::width;
   template <class T>
-  static constexpr bool bf16_pairs =
-      std::is_base_of<isa::avx512_bf16, Isa>::value&& std::is_same<T, bfloat16_t>::value;
+  static constexpr bool bf16_pairs = (std::is_base_of<isa::avx512_bf16, Isa>::value &&
+                                      std::is_same<T, bfloat16_t>::value);
 
   /// Calls f(std::integral_constant<int, v>{}) for the runtime v in [1, Max].
   template <int Max, class F>
