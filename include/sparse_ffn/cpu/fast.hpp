@@ -201,7 +201,7 @@ void value_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w
       if (any) ts.rows[nr++] = i;
     }
     if (nr == 0) continue;
-    ops.apply_rows(ts.ys + q0, ts.sp + q0, q1 - q0, ts.rows, nr, G, values, ld, c_lo, c_hi);
+    ops.apply_rows(ts.ys + q0, ts.sp + q0, q1 - q0, ts.rows, nr, values, ld, c_lo, c_hi);
   }
 }
 
@@ -404,7 +404,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
       } else {
         // A batch: thread tid owns the columns [c_lo, c_hi) of every accumulator, so every block's rows
         // are read once for all the tokens that chose it.
-        const index_t gran = ops.col_granule, vecs = ld / gran;
+        const index_t gran = ops.width, vecs = ld / gran;
         const index_t c_lo = vecs * tid / nth * gran, c_hi = vecs * (tid + 1) / nth * gran;
         if (c_lo < c_hi)
           for (index_t b = 0; b < B; ++b) {
@@ -419,11 +419,9 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #pragma omp for schedule(static)
 #endif
       for (index_t t = 0; t < n; ++t)
-        for (index_t c = 0; c < d; ++c) {
-          const index_t pc = ops.permuted_y ? ops.y_position(c) : c;
-          y[t * d + c] = from_float<Ty>((f.yacc[2 * t * ld + pc] + f.yacc[(2 * t + 1) * ld + pc]) +
+        for (index_t c = 0; c < d; ++c)
+          y[t * d + c] = from_float<Ty>((f.yacc[2 * t * ld + c] + f.yacc[(2 * t + 1) * ld + c]) +
                                         (w.b2 ? w.b2[c] : 0.0f));
-        }
     }
   }
 }

@@ -139,20 +139,6 @@ struct simd<isa::avx512_bf16> : simd<isa::avx512> {
   static constexpr int pair_width = 32;  // bf16 elements per `pairs` register
   static pairs load_pairs(const bfloat16_t* p) { return (pairs)_mm512_loadu_si512(p); }
   static reg dot(reg acc, pairs a, pairs b) { return _mm512_dpbf16_ps(acc, a, b); }
-  /// Columns c..c+31 of two bf16 rows as pairs (r0[j], r1[j]): `lo` holds columns {0-3, 8-11, 16-19,
-  /// 24-27} and `hi` {4-7, 12-15, 20-23, 28-31} (unpack works within 128-bit lanes; see y_position).
-  static void interleave(const bfloat16_t* r0, const bfloat16_t* r1, pairs& lo, pairs& hi) {
-    const __m512i a = _mm512_loadu_si512(r0), b = _mm512_loadu_si512(r1);
-    lo = (pairs)_mm512_unpacklo_epi16(a, b);
-    hi = (pairs)_mm512_unpackhi_epi16(a, b);
-  }
-  static void interleave_zero(const bfloat16_t* r0, pairs& lo, pairs& hi) {
-    const __m512i a = _mm512_loadu_si512(r0), z = _mm512_setzero_si512();
-    lo = (pairs)_mm512_unpacklo_epi16(a, z);
-    hi = (pairs)_mm512_unpackhi_epi16(a, z);
-  }
-  /// A broadcast coefficient pair (low half = even row).
-  static pairs set1_pair(std::uint32_t packed) { return (pairs)_mm512_set1_epi32(static_cast<int>(packed)); }
 };
 SPARSE_FFN_TARGET_END
 #endif  // SPARSE_FFN_X86_DISPATCH

@@ -87,14 +87,12 @@ template <class T>
 struct kernel_ops {
   isa_level level = isa_level::scalar;
   int key_r = 1, rows_m = 1;
-  int col_granule = 1;      ///< value-pass column ranges are multiples of this
-  bool bf16_x = false;      ///< the key kernel reads x rounded to bf16 (dots' xb argument)
-  bool permuted_y = false;  ///< value accumulators hold columns in y_position order
+  int width = 1;        ///< floats per vector: value-pass column ranges are multiples of it
+  bool bf16_x = false;  ///< the key kernel reads x rounded to bf16 (dots' xb argument)
   void (*dots)(const float* const* xf, const bfloat16_t* const* xb, index_t m, const T* rows, index_t nrows,
                index_t ld, index_t len, float* spill, float* out) = nullptr;
   void (*apply_rows)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
-                     index_t nrows, index_t g, const T* v, index_t ld, index_t c_lo, index_t c_hi) = nullptr;
-  index_t (*y_position)(index_t c) = nullptr;
+                     index_t nrows, const T* v, index_t ld, index_t c_lo, index_t c_hi) = nullptr;
 };
 
 template <class Isa, class T>
@@ -105,11 +103,9 @@ kernel_ops<T> make_ops(isa_level level) {
   o.key_r = K::key_r;
   o.rows_m = K::rows_m;
   o.bf16_x = K::template bf16_pairs<T>;
-  o.permuted_y = K::template bf16_pairs<T>;
-  o.col_granule = K::template bf16_pairs<T> ? 32 : K::width;
+  o.width = K::width;
   o.dots = &K::template dots<T>;
   o.apply_rows = &K::template apply_rows<T>;
-  o.y_position = &K::template y_position<T>;
   return o;
 }
 

@@ -15,11 +15,10 @@
 // are left out by the caller, so a ReLU block reads only the value rows of its active neurons.
 //
 // avx512_bf16 with bf16 weights (`bf16_pairs`): the key kernel multiplies bf16 rows by the token's x
-// rounded to bf16 with vdpbf16ps (32 elements per instruction); the value kernel takes value rows in
-// fixed pairs (2p, 2p+1) — a pair is applied when either row is listed, the other's coefficient being
-// the token's own (possibly zero) value, so the pairing is the same alone or in a batch — interleaves
-// the two rows' columns with unpack and applies bf16-rounded coefficient pairs. Its accumulators hold
-// each 32-column group in the order of y_position() (undone when Y is written).
+// rounded to bf16 with vdpbf16ps (32 elements per instruction). The value kernel stays in float: a
+// bf16-pair version (rows 2p, 2p+1 interleaved, coefficients rounded to bf16) was measured slower on
+// a Sapphire Rapids VM at every batch (ReLU skips single rows, pairs read ~1.5x the value rows) and
+// was removed.
 
 namespace SPARSE_FFN_KERNEL_NS {
 
@@ -73,36 +72,50 @@ struct impl {
                            index_t q0, index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first,
                            bool prefetch) {
     constexpr index_t ahead = 1024 / sizeof(T), per_line = 64 / sizeof(T);
+    constexpr index_t step = bf16_pairs<T> ? 32 : width;
+    static_assert(per_line % step == 0, "a cache line holds whole steps");
+    // Every loop over m and r is unrolled so the M×R accumulators live in registers (GCC at -O2, and
+    // even at -O3 for the float path, otherwise keeps the arrays on the stack: 3-5x slower).
     reg a[M][R];
+#pragma GCC unroll 8
     for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
       for (int r = 0; r < R; ++r) a[m][r] = first ? V::zero() : V::load(acc + (m * R + r) * width);
-    constexpr int step = [] {
-      if constexpr (bf16_pairs<T>) return V::pair_width;
-      return width;
-    }();
-    for (index_t q = q0; q < q1; q += step) {
-      if (prefetch && q % per_line == 0) {  // one prefetch per cache line and row
-        const index_t p = q + ahead;
+    for (index_t line = q0; line < q1; line += per_line) {  // q0, q1: multiples of a cache line
+      if (prefetch) {                                       // one prefetch per cache line and row
+        const index_t p = line + ahead;
         const T* pf = p < len ? rows + p : rows + R * ld + (p - len);
+#pragma GCC unroll 8
         for (int r = 0; r < R; ++r) V::prefetch(pf + r * ld);
       }
-      if constexpr (bf16_pairs<T>) {
-        typename V::pairs xv[M];
-        for (int m = 0; m < M; ++m) xv[m] = V::load_pairs(x[m] + q);
-        for (int r = 0; r < R; ++r) {
-          const typename V::pairs kv = V::load_pairs(rows + r * ld + q);
-          for (int m = 0; m < M; ++m) a[m][r] = V::dot(a[m][r], kv, xv[m]);
-        }
-      } else {
-        reg xv[M];
-        for (int m = 0; m < M; ++m) xv[m] = V::load(x[m] + q);
-        for (int r = 0; r < R; ++r) {
-          const reg kv = V::load(rows + r * ld + q);
-          for (int m = 0; m < M; ++m) a[m][r] = V::fma(kv, xv[m], a[m][r]);
+#pragma GCC unroll 4
+      for (index_t q = line; q < line + per_line; q += step) {
+        if constexpr (bf16_pairs<T>) {
+          typename V::pairs xv[M];
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m) xv[m] = V::load_pairs(x[m] + q);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+            const typename V::pairs kv = V::load_pairs(rows + r * ld + q);
+#pragma GCC unroll 8
+            for (int m = 0; m < M; ++m) a[m][r] = V::dot(a[m][r], kv, xv[m]);
+          }
+        } else {
+          reg xv[M];
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m) xv[m] = V::load(x[m] + q);
+#pragma GCC unroll 8
+          for (int r = 0; r < R; ++r) {
+            const reg kv = V::load(rows + r * ld + q);
+#pragma GCC unroll 8
+            for (int m = 0; m < M; ++m) a[m][r] = V::fma(kv, xv[m], a[m][r]);
+          }
         }
       }
     }
+#pragma GCC unroll 8
     for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
       for (int r = 0; r < R; ++r) V::store(acc + (m * R + r) * width, a[m][r]);
   }
 
@@ -139,17 +152,6 @@ struct impl {
     }
   }
 
-  /// Position of column c in an accumulator written by the value kernel for weights T.
-  template <class T>
-  static index_t y_position(index_t c) {
-    if constexpr (bf16_pairs<T>) {
-      const index_t w = c & 31, lane = w >> 3, j = w & 7;
-      return (c & ~index_t{31}) | (j < 4 ? (lane << 2) | j : 16 | (lane << 2) | (j - 4));
-    } else {
-      return c;
-    }
-  }
-
   /// Groups of four value rows applied to M tokens, streaming the rows front to back over the column
   /// range (four sequential streams, software-prefetched across row groups) with the 4·M coefficients
   /// in registers and y in L1/L2.
@@ -163,21 +165,27 @@ struct impl {
       const T* vr[4];
       const T* next[4];
       reg sb[M][4];
+#pragma GCC unroll 4
       for (int u = 0; u < 4; ++u) {
         vr[u] = v + rows[idx + u] * ld;
         next[u] = idx + 4 + u < nrows ? v + rows[idx + 4 + u] * ld : vr[u];
+#pragma GCC unroll 8
         for (int m = 0; m < M; ++m) sb[m][u] = V::set1(s[m][rows[idx + u]]);
       }
       for (index_t c = c_begin; c < c_end; c += width) {
         if ((c - c_begin) % per_line == 0) {  // one prefetch per cache line and row
           const index_t p = c + ahead;
+#pragma GCC unroll 4
           for (int u = 0; u < 4; ++u)
             V::prefetch(p < c_end ? vr[u] + p : next[u] + c_begin + (p - c_end) % span);
         }
         reg vv[4];
+#pragma GCC unroll 4
         for (int u = 0; u < 4; ++u) vv[u] = V::load(vr[u] + c);
+#pragma GCC unroll 8
         for (int m = 0; m < M; ++m) {
           reg a = V::load(y[m] + c);
+#pragma GCC unroll 4
           for (int u = 0; u < 4; ++u) a = V::fma(sb[m][u], vv[u], a);
           V::store(y[m] + c, a);
         }
@@ -193,92 +201,13 @@ struct impl {
     }
   }
 
-  /// bf16 pairs: NP (1 or 2) row pairs p[u] = (2p, 2p+1) — or single rows when g == 1 (Single) —
-  /// applied to M tokens over columns [c_begin, c_end) (multiples of 32).
-  template <int M, int NP, bool Single>
-  static void axpy_pairs(float* const* y, const float* const* s, const index_t* p, const bfloat16_t* v,
-                         index_t ld, index_t c_begin, index_t c_end, const index_t* next_p) {
-    using pairs = typename V::pairs;
-    const bfloat16_t* r0[NP];
-    const bfloat16_t* pf0[NP];
-    pairs cf[M][NP];
-    for (int u = 0; u < NP; ++u) {
-      const index_t row = Single ? p[u] : 2 * p[u];
-      r0[u] = v + row * ld;
-      pf0[u] = next_p[u] >= 0 ? v + (Single ? next_p[u] : 2 * next_p[u]) * ld : r0[u];
-      for (int m = 0; m < M; ++m) {
-        const std::uint32_t lo = bfloat16_t(s[m][row]).bits;
-        const std::uint32_t hi = Single ? 0u : bfloat16_t(s[m][row + 1]).bits;
-        cf[m][u] = V::set1_pair(lo | (hi << 16));
-      }
-    }
-    constexpr index_t ahead = 512;  // elements (1 KiB)
-    const index_t span = c_end - c_begin;
-    for (index_t c = c_begin; c < c_end; c += 32) {
-      const index_t a = c + ahead;
-      for (int u = 0; u < NP; ++u) {
-        const bfloat16_t* q = a < c_end ? r0[u] + a : pf0[u] + c_begin + (a - c_end) % span;
-        V::prefetch(q);
-        if (!Single) V::prefetch(q + ld);
-      }
-      pairs lo[NP], hi[NP];
-      for (int u = 0; u < NP; ++u) {
-        if (Single)
-          V::interleave_zero(r0[u] + c, lo[u], hi[u]);
-        else
-          V::interleave(r0[u] + c, r0[u] + ld + c, lo[u], hi[u]);
-      }
-      for (int m = 0; m < M; ++m) {
-        reg a0 = V::load(y[m] + c), a1 = V::load(y[m] + c + 16);
-        for (int u = 0; u < NP; ++u) {
-          a0 = V::dot(a0, lo[u], cf[m][u]);
-          a1 = V::dot(a1, hi[u], cf[m][u]);
-        }
-        V::store(y[m] + c, a0);
-        V::store(y[m] + c + 16, a1);
-      }
-    }
-  }
-
   /// y[q] += sum over the listed rows i of s[q][i] * v[i] for q < m (<= rows_m) tokens, columns
-  /// [c_lo, c_hi) (multiples of col_granule<T>). rows: ascending, nrows of the block's g rows.
+  /// [c_lo, c_hi) (multiples of width). rows: ascending, nrows of them.
   template <class T>
   static void apply_rows(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
-                         index_t nrows, index_t g, const T* v, index_t ld, index_t c_lo, index_t c_hi) {
-    if constexpr (bf16_pairs<T>) {
-      // The pairs (or, for g == 1, rows) that hold a listed row, ascending; two at a time.
-      index_t j = 0;
-      auto next = [&]() -> index_t {
-        if (j >= nrows) return -1;
-        const index_t pr = g == 1 ? rows[j] : rows[j] >> 1;
-        ++j;
-        if (g != 1 && j < nrows && (rows[j] >> 1) == pr) ++j;
-        return pr;
-      };
-      index_t cur[2] = {next(), next()};
-      while (cur[0] >= 0) {
-        const index_t nxt[2] = {next(), next()};
-        count<rows_m>(static_cast<int>(m), [&](auto M) {
-          constexpr int Mv = decltype(M)::value;
-          if (g == 1) {
-            if (cur[1] >= 0)
-              axpy_pairs<Mv, 2, true>(y, s, cur, v, ld, c_lo, c_hi, nxt);
-            else
-              axpy_pairs<Mv, 1, true>(y, s, cur, v, ld, c_lo, c_hi, nxt);
-          } else {
-            if (cur[1] >= 0)
-              axpy_pairs<Mv, 2, false>(y, s, cur, v, ld, c_lo, c_hi, nxt);
-            else
-              axpy_pairs<Mv, 1, false>(y, s, cur, v, ld, c_lo, c_hi, nxt);
-          }
-        });
-        cur[0] = nxt[0];
-        cur[1] = nxt[1];
-      }
-    } else {
-      count<rows_m>(static_cast<int>(m),
-                    [&](auto M) { axpy_rows<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi); });
-    }
+                         index_t nrows, const T* v, index_t ld, index_t c_lo, index_t c_hi) {
+    count<rows_m>(static_cast<int>(m),
+                  [&](auto M) { axpy_rows<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi); });
   }
 };
 
