@@ -39,6 +39,21 @@ inline int copies_for(double bytes) {
   return std::max(1, static_cast<int>(std::ceil(4.0 * g_l3_bytes / bytes)));
 }
 
+/// Memory the weight copies of one configuration may take (the machines have 24 GiB).
+inline constexpr double k_copies_budget = 5.5 * 1024 * 1024 * 1024;
+
+/// Copies of a sparse model so that the bytes the rotation *touches* are >= 4 * L3: a forward at
+/// batch n and `density` reads about 1 - (1 - density)^n of the blocks (keys and values) plus the
+/// selector rows, far less than the whole model at batch 1. Capped by k_copies_budget.
+inline int sparse_copies_for(double model_bytes, double density, sf::index_t n) {
+  const double frac = 1.0 - std::pow(1.0 - density, static_cast<double>(n));
+  const int want = copies_for(std::max(frac, 0.01) * model_bytes);
+  return std::max(1, std::min(want, static_cast<int>(k_copies_budget / model_bytes)));
+}
+
+/// Inputs cycled through by the sparse benchmarks, so that the selected blocks change every iteration.
+inline constexpr int k_x_variants = 16;
+
 /// Fast deterministic fill (normal-ish: sum of uniforms), scaled.
 inline void fill(float* p, std::size_t n, std::uint64_t seed, float scale) {
 #pragma omp parallel
@@ -114,11 +129,10 @@ struct model_cache {
 inline model_cache g_models;
 
 template <class T>
-std::shared_ptr<sparse_models<T>> get_sparse(sf::index_t d, sf::index_t f, int g) {
-  const std::string key =
-      std::to_string(d) + "x" + std::to_string(f) + "/" + sf::dtype_traits<T>::name + "/" + std::to_string(g);
+std::shared_ptr<sparse_models<T>> get_sparse(sf::index_t d, sf::index_t f, int g, int copies) {
+  const std::string key = std::to_string(d) + "x" + std::to_string(f) + "/" + sf::dtype_traits<T>::name +
+                          "/" + std::to_string(g) + "/" + std::to_string(copies);
   const double bytes = 2.0 * double(d) * double(f) * sizeof(T);
-  const int copies = copies_for(bytes);
   return g_models.get<sparse_models<T>>(key, bytes * copies, [&] {
     auto* m = new sparse_models<T>();
     const sf::index_t B = f / g;
@@ -183,9 +197,12 @@ template <class P>
 void BM_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int density, sf::index_t n) {
   using T = typename P::dtype;
   constexpr int G = P::block_size;
-  auto models = get_sparse<T>(d, f, G);
   const sf::index_t B = f / G, k = std::max<sf::index_t>(1, (B * density + 50) / 100);
-  const auto x = random_x(n, d, 7);
+  const int copies = sparse_copies_for(2.0 * double(d) * double(f) * sizeof(T), double(k) / double(B), n);
+  auto models = get_sparse<T>(d, f, G, copies);
+  std::vector<std::vector<float>> xs;
+  for (int v = 0; v < k_x_variants; ++v)
+    xs.push_back(random_x(n, d, 7 + 131 * static_cast<std::uint64_t>(v)));
   std::vector<float> y(static_cast<std::size_t>(n * d));
   std::vector<sf::token_id_t> ids(static_cast<std::size_t>(n));
   for (sf::index_t t = 0; t < n; ++t) ids[static_cast<std::size_t>(t)] = (t * 7919 + 13) % 50000;
@@ -195,17 +212,26 @@ void BM_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int densit
   args.vocab_size = 50000;
   sf::cpu::workspace ws;
 
-  // Bytes touched, from one untimed run with the forward cache (routing + pre-activations).
+  // Bytes touched: the mean over the inputs, from untimed runs with the forward cache (routing +
+  // pre-activations).
   std::vector<sf::block_index_t> blocks(static_cast<std::size_t>(n * k));
   std::vector<float> pre(static_cast<std::size_t>(n * k * G));
   sf::forward_cache cache{blocks.data(), nullptr, pre.data(), nullptr};
-  sf::cpu::forward<P>(models->copies[0].view(), n, x.data(), y.data(), args, &cache, &ws);
-  double touched = 0;
-  const double bytes = bytes_touched<P>(models->copies[0].view(), n, k, blocks, pre, &touched);
+  double touched = 0, bytes = 0;
+  for (const auto& x : xs) {
+    sf::cpu::forward<P>(models->copies[0].view(), n, x.data(), y.data(), args, &cache, &ws);
+    double t = 0;
+    bytes += bytes_touched<P>(models->copies[0].view(), n, k, blocks, pre, &t) / k_x_variants;
+    touched += t / k_x_variants;
+  }
 
-  std::size_t next = 0;
+  // Iteration i reads copy i mod C with input (i + i / C) mod k_x_variants: the pair changes every time.
+  std::size_t i = 0;
+  const std::size_t C = models->copies.size();
   for (auto _ : state) {
-    const auto w = models->copies[next++ % models->copies.size()].view();
+    const auto w = models->copies[i % C].view();
+    const auto& x = xs[(i + i / C) % k_x_variants];
+    ++i;
     sf::cpu::forward<P>(w, n, x.data(), y.data(), args, nullptr, &ws);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
@@ -213,6 +239,8 @@ void BM_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int densit
   state.SetBytesProcessed(static_cast<std::int64_t>(double(state.iterations()) * bytes));
   state.counters["density"] = double(k) / double(B);
   state.counters["touched"] = touched;
+  state.counters["copies"] = static_cast<double>(C);
+  state.counters["touched_mb"] = bytes / 1e6;
 }
 
 template <class S, class T, class A>

@@ -1,6 +1,6 @@
 // sparse_ffn_bench — CPU benchmarks (Google Benchmark).
 //
-//   BM_stream_read                                       bytes/s of a plain vector sum over 1 GiB
+//   BM_stream_read/<reader>                              bytes/s of plain reads over 1 GiB (bench_stream.cpp)
 //   BM_dense_openblas_f32/d:D/dff:F/batch:N              dense FFN with OpenBLAS sgemv/sgemm
 //   BM_dense_onednn_f32|bf16/d:D/dff:F/batch:N           dense FFN with oneDNN matmul (bench_onednn.cpp;
 //                                                        when libdnnl-dev is found)
@@ -40,47 +40,7 @@ namespace sf = sparse_ffn;
 
 namespace bench {
 
-// ---- stream read ----------------------------------------------------------------------------------
-void BM_stream_read(benchmark::State& state) {
-  const std::size_t n = std::size_t{1} << 28;  // 1 GiB of float
-  std::unique_ptr<float[]> buf(new float[n]);
-#pragma omp parallel for schedule(static)
-  for (std::size_t i = 0; i < n; ++i) buf[i] = 1.0f;
-  using V = sf::cpu::simd<sf::cpu::isa::native>;
-  for (auto _ : state) {
-    float total = 0;
-#pragma omp parallel reduction(+ : total)
-    {
-#if SPARSE_FFN_HAS_OPENMP
-      const std::size_t tid = static_cast<std::size_t>(omp_get_thread_num()),
-                        nth = static_cast<std::size_t>(omp_get_num_threads());
-#else
-      const std::size_t tid = 0, nth = 1;
-#endif
-      // Four independent sequential streams per thread with software prefetch 1 KiB ahead: the
-      // best plain read we found on this machine (one stream without prefetch is ~25% slower).
-      const std::size_t per = n / nth, len = per / 4 / V::width * V::width;
-      const float* base = buf.get() + per * tid;
-      const V::reg one = V::set1(1.0f);
-      V::reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
-      for (std::size_t i = 0; i < len; i += V::width) {
-        V::prefetch(base + i + 256);
-        V::prefetch(base + len + i + 256);
-        V::prefetch(base + 2 * len + i + 256);
-        V::prefetch(base + 3 * len + i + 256);
-        a0 = V::fma(one, V::load(base + i), a0);
-        a1 = V::fma(one, V::load(base + len + i), a1);
-        a2 = V::fma(one, V::load(base + 2 * len + i), a2);
-        a3 = V::fma(one, V::load(base + 3 * len + i), a3);
-      }
-      total += V::hsum(a0) + V::hsum(a1) + V::hsum(a2) + V::hsum(a3);
-    }
-    benchmark::DoNotOptimize(total);
-  }
-  const std::size_t read = n / 64 * 64;  // what the loop reads (n is a multiple of 4 * 16 * threads here)
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) *
-                          static_cast<std::int64_t>(read * sizeof(float)));
-}
+void register_stream();  // bench_stream.cpp
 
 // ---- dense OpenBLAS baseline ----------------------------------------------------------------------
 #if defined(SPARSE_FFN_BENCH_OPENBLAS)
@@ -138,9 +98,7 @@ void register_sparse_learned_gate(const std::string& act);
 void register_sparse_oracle(const std::string& act);
 
 void register_all(const std::string& act) {
-  benchmark::RegisterBenchmark("BM_stream_read", BM_stream_read)
-      ->Unit(benchmark::kMillisecond)
-      ->UseRealTime();
+  register_stream();
 #if defined(SPARSE_FFN_BENCH_OPENBLAS)
   for (const shape& s : k_shapes)
     for (int n : k_batches)
@@ -190,7 +148,7 @@ int main(int argc, char** argv) {
   }
   bench::register_all(bench::g_act);
   int rc = static_cast<int>(rest.size());
-  benchmark::AddCustomContext("sparse_ffn.isa", sf::cpu::isa::native::name);
+  benchmark::AddCustomContext("sparse_ffn.isa", sf::cpu::isa_description());
   benchmark::AddCustomContext("sparse_ffn.activation", bench::g_act);
   benchmark::AddCustomContext("sparse_ffn.l3_mib_defeated",
                               std::to_string(bench::g_l3_bytes / (1024 * 1024)));

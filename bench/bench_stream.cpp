@@ -1,0 +1,150 @@
+// BM_stream_read/<reader>: the best plain read bandwidth we can write for this machine, so that
+// "% of stream" means "% of what these cores can read". Several readers over the same 1 GiB buffer
+// (split between the OpenMP threads); report.py takes the fastest as the reference:
+//   f32_4streams_prefetch  four sequential streams per thread, software prefetch 1 KiB ahead, FMA sum
+//   f32_1stream            one stream per thread, four accumulators, hardware prefetch only
+//   bf16_dot               ggml's vec_dot_bf16 shape: bf16 rows · a bf16 vector (vdpbf16ps; needs
+//                          AVX512_BF16, else not registered)
+// Each runs with the widest vectors the CPU has (run-time dispatch, like the kernels).
+#include "bench_common.hpp"
+
+#include <memory>
+
+namespace bench {
+
+namespace {
+
+constexpr std::size_t k_stream_bytes = std::size_t{1} << 30;
+
+struct stream_buffer {
+  std::unique_ptr<float[]> buf;
+  std::size_t n = k_stream_bytes / sizeof(float);
+  stream_buffer() : buf(new float[k_stream_bytes / sizeof(float)]) {
+#pragma omp parallel for schedule(static)
+    for (std::size_t i = 0; i < n; ++i) buf[i] = 1.0f;  // bf16 view: pairs of (0, 1.0) — harmless
+  }
+};
+stream_buffer& the_buffer() {
+  static stream_buffer b;
+  return b;
+}
+
+// The two float readers, defined once per instruction set inside its target region (a template
+// defined outside the region would not be compiled for it).
+#define SFFN_STREAM_READERS(NS, ISA)                                       \
+  namespace NS {                                                           \
+  using V = sf::cpu::simd<ISA>;                                            \
+  float read_4streams(const float* base, std::size_t len) {                \
+    const V::reg one = V::set1(1.0f);                                      \
+    V::reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero(); \
+    for (std::size_t i = 0; i < len; i += V::width) {                      \
+      V::prefetch(base + i + 256);                                         \
+      V::prefetch(base + len + i + 256);                                   \
+      V::prefetch(base + 2 * len + i + 256);                               \
+      V::prefetch(base + 3 * len + i + 256);                               \
+      a0 = V::fma(one, V::load(base + i), a0);                             \
+      a1 = V::fma(one, V::load(base + len + i), a1);                       \
+      a2 = V::fma(one, V::load(base + 2 * len + i), a2);                   \
+      a3 = V::fma(one, V::load(base + 3 * len + i), a3);                   \
+    }                                                                      \
+    return V::hsum(a0) + V::hsum(a1) + V::hsum(a2) + V::hsum(a3);          \
+  }                                                                        \
+  float read_1stream(const float* base, std::size_t len) {                 \
+    const V::reg one = V::set1(1.0f);                                      \
+    V::reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero(); \
+    for (std::size_t i = 0; i < len; i += 4 * V::width) {                  \
+      a0 = V::fma(one, V::load(base + i), a0);                             \
+      a1 = V::fma(one, V::load(base + i + V::width), a1);                  \
+      a2 = V::fma(one, V::load(base + i + 2 * V::width), a2);              \
+      a3 = V::fma(one, V::load(base + i + 3 * V::width), a3);              \
+    }                                                                      \
+    return V::hsum(a0) + V::hsum(a1) + V::hsum(a2) + V::hsum(a3);          \
+  }                                                                        \
+  }
+
+SFFN_STREAM_READERS(scalar_readers, sf::cpu::isa::scalar)
+#if SPARSE_FFN_X86_DISPATCH
+SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX2)
+SFFN_STREAM_READERS(avx2_readers, sf::cpu::isa::avx2)
+SPARSE_FFN_TARGET_END
+SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX512)
+SFFN_STREAM_READERS(avx512_readers, sf::cpu::isa::avx512)
+SPARSE_FFN_TARGET_END
+SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX512_BF16)
+/// rows of 4096 bf16 · one bf16 vector, four accumulators (ggml_vec_dot_bf16 on AVX512_BF16).
+float read_bf16_dot(const float* base, std::size_t len_floats, const sf::bfloat16_t* x) {
+  using V = sf::cpu::simd<sf::cpu::isa::avx512_bf16>;
+  const auto* p = reinterpret_cast<const sf::bfloat16_t*>(base);
+  const std::size_t len = len_floats * 2, row = 4096;
+  V::reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();
+  for (std::size_t r = 0; r + row <= len; r += row)
+    for (std::size_t i = 0; i < row; i += 128) {
+      a0 = V::dot(a0, V::load_pairs(p + r + i), V::load_pairs(x + i));
+      a1 = V::dot(a1, V::load_pairs(p + r + i + 32), V::load_pairs(x + i + 32));
+      a2 = V::dot(a2, V::load_pairs(p + r + i + 64), V::load_pairs(x + i + 64));
+      a3 = V::dot(a3, V::load_pairs(p + r + i + 96), V::load_pairs(x + i + 96));
+    }
+  return V::hsum(a0) + V::hsum(a1) + V::hsum(a2) + V::hsum(a3);
+}
+SPARSE_FFN_TARGET_END
+#endif
+
+enum class reader { f32_4streams_prefetch, f32_1stream, bf16_dot };
+
+void BM_stream(benchmark::State& state, reader which) {
+  stream_buffer& sb = the_buffer();
+  std::vector<sf::bfloat16_t> x(4096, sf::bfloat16_t(1.0f));
+  const auto level = sf::cpu::best_isa();
+  for (auto _ : state) {
+    float total = 0;
+#pragma omp parallel reduction(+ : total)
+    {
+#if SPARSE_FFN_HAS_OPENMP
+      const std::size_t tid = static_cast<std::size_t>(omp_get_thread_num()),
+                        nth = static_cast<std::size_t>(omp_get_num_threads());
+#else
+      const std::size_t tid = 0, nth = 1;
+#endif
+      const std::size_t per = sb.n / nth / 2048 * 2048;  // floats per thread: whole 4096-bf16 rows
+      const float* base = sb.buf.get() + per * tid;
+      float s = 0;
+#if SPARSE_FFN_X86_DISPATCH
+      const bool avx512 = level >= sf::cpu::isa_level::avx512, avx2 = level >= sf::cpu::isa_level::avx2;
+      if (which == reader::bf16_dot) {
+        s = read_bf16_dot(base, per, x.data());
+      } else if (which == reader::f32_4streams_prefetch) {
+        s = avx512 ? avx512_readers::read_4streams(base, per / 4)
+            : avx2 ? avx2_readers::read_4streams(base, per / 4)
+                   : scalar_readers::read_4streams(base, per / 4);
+      } else {
+        s = avx512 ? avx512_readers::read_1stream(base, per)
+            : avx2 ? avx2_readers::read_1stream(base, per)
+                   : scalar_readers::read_1stream(base, per);
+      }
+#else
+      s = which == reader::f32_4streams_prefetch ? scalar_readers::read_4streams(base, per / 4)
+                                                 : scalar_readers::read_1stream(base, per);
+#endif
+      total += s;
+    }
+    benchmark::DoNotOptimize(total);
+  }
+  (void)level;
+  const std::size_t nth = static_cast<std::size_t>(sf::cpu::detail::max_threads());
+  const std::size_t read = sb.n / nth / 2048 * 2048 * nth * sizeof(float);
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * static_cast<std::int64_t>(read));
+}
+
+}  // namespace
+
+void register_stream() {
+  auto reg = [](const char* name, reader r) {
+    benchmark::RegisterBenchmark(name, BM_stream, r)->Unit(benchmark::kMillisecond)->UseRealTime();
+  };
+  reg("BM_stream_read/f32_4streams_prefetch", reader::f32_4streams_prefetch);
+  reg("BM_stream_read/f32_1stream", reader::f32_1stream);
+  if (sf::cpu::isa_supported(sf::cpu::isa_level::avx512_bf16))
+    reg("BM_stream_read/bf16_dot", reader::bf16_dot);
+}
+
+}  // namespace bench
