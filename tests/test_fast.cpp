@@ -145,7 +145,7 @@ TEST_CASE("fast path equals the reference up to float rounding on larger shapes"
     e += (y[i] - yr[i]) * double(y[i] - yr[i]);
     nrm += double(yr[i]) * yr[i];
   }
-  // On avx512_bf16 the fast path rounds x and the value coefficients to bf16 (the reference does not):
+  // On avx512_bf16 the fast path rounds x to bf16 (the reference does not):
   // a relative error of about 2^-9 (the forward matrix checks it element-wise against its bound).
   REQUIRE(std::sqrt(e / nrm) < 1e-5 + 2 * test::activation_rounding<sfx::bfloat16_t>());
 }

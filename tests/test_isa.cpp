@@ -98,7 +98,7 @@ TEST_CASE("isa: set_isa forces a lower level, refuses one the CPU lacks, reset_i
 
 TEST_CASE("isa: every supported level computes the same forward up to its rounding", "[isa]") {
   // A bf16 model at each level: float levels agree with each other to float accumulation error;
-  // avx512_bf16 rounds x and the value coefficients to bf16 and stays within that bound.
+  // avx512_bf16 rounds x to bf16 and stays within that bound.
   using P = sfx::policy<64, sfx::select::avg_k, sfx::bfloat16_t, sfx::act::silu>;
   auto r = test::rng(1);
   const sfx::index_t d = 200, B = 8, F = B * 64, k = 3, n = 5;

@@ -30,8 +30,8 @@ int main() {
   const double rel = std::sqrt(err / norm);
   std::printf("sparse_ffn %d.%d.%d consumer: k = B relative error vs dense %.3g\n", SPARSE_FFN_VERSION_MAJOR,
               SPARSE_FFN_VERSION_MINOR, SPARSE_FFN_VERSION_PATCH, rel);
-  // Float inputs: float accumulation only. On a CPU with AVX512_BF16 the bf16 kernels round x and the
-  // value coefficients to bf16 (docs/design.md): a relative error of a few 2^-9.
+  // Float inputs: float accumulation only. On a CPU with AVX512_BF16 the bf16 kernels round x to bf16
+  // (docs/design.md): a relative error of about 2e-3.
   const bool rounded = sf::cpu::rounds_inputs_to_bf16<sf::bfloat16_t>();
   std::printf("kernels: %s%s\n", sf::cpu::isa_description().c_str(), rounded ? ", bf16 inputs" : "");
   return rel < (rounded ? 1e-2 : 1e-5) ? 0 : 1;

@@ -63,9 +63,9 @@ inline bool select_test_isa() {
 inline const bool g_test_isa_selected = select_test_isa();
 
 /// Relative rounding of the kernels' inputs for weights T at the active ISA: 2^-8 (bf16's unit
-/// roundoff) where x and the value coefficients are rounded to bf16 (avx512_bf16 with bf16
-/// weights), else 0. Tolerances add a multiple of it times the root-sum-square magnitudes (mag2):
-/// the roundings are independent, so their sum grows like a random walk, not like the worst case.
+/// roundoff) where x is rounded to bf16 (avx512_bf16 with bf16 weights), else 0. Tolerances add a multiple of
+/// it times the root-sum-square magnitudes (mag2): the roundings are independent, so their sum grows like a
+/// random walk, not like the worst case.
 template <class T>
 double activation_rounding() {
   return sfx::cpu::rounds_inputs_to_bf16<T>() ? std::ldexp(1.0, -8) : 0.0;

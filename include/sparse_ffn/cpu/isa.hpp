@@ -11,9 +11,9 @@
 //   avx512        AVX-512 F/BW/DQ/VL; OS saves ZMM and opmasks              Skylake-SP+, Zen 4
 //   avx512_bf16   avx512 + AVX512_BF16 + AVX512_VNNI                        Cooper Lake, SPR+, Zen 4
 //
-// avx512_bf16 runs bf16 weights with `vdpbf16ps`, which multiplies bf16 by bf16: it rounds each token's
-// input x and each value coefficient (routing weight × activation) to bf16 first (see docs/design.md,
-// "Accuracy of the bf16 kernels"). Force `avx512` to keep them in float.
+// avx512_bf16 runs the key pass of bf16 weights with `vdpbf16ps`, which multiplies bf16 by bf16: it
+// rounds each token's input x to bf16 first (see docs/design.md, "Accuracy of the bf16 kernels").
+// Force `avx512` to keep x in float.
 //
 // Override: the environment variable SPARSE_FFN_ISA (scalar | avx2 | avx512 | avx512_bf16), read once
 // on first use, or set_isa() at run time; both force a *lower* level (asking for a level the CPU lacks
