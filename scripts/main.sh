@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: a short (~2 min) selector comparison with the benchmark suite, and its table.
-#   - BM_stream_read/<reader> (the fastest is the bandwidth yardstick) and the dense FFN with OpenBLAS f32 and oneDNN f32/bf16 (d=4096, d_ff=16384;
-#     batch 1, 8, 64): speedups are given over OpenBLAS and over the best of them
+#   - BM_stream_read/<reader> (the fastest is the bandwidth yardstick) and the dense FFN with OpenBLAS
+#     f32 and oneDNN f32/bf16 (d=4096, d_ff=16384; batch 1, 8, 64): speedups are given over OpenBLAS
+#     and over the best of them
 #   - every selector, f32, g=64, 25% of blocks, batch 1; Avg-K f32 and bf16 at batch 1, 8, 64
 # Writes build/bench/main.json and PNG plots in build/bench/plots. Extra arguments go to
 # sparse_ffn_bench (e.g. --benchmark_repetitions=5). Also builds and runs the quickstart example.
