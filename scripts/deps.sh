@@ -6,6 +6,8 @@ pkgs=(cmake g++ make catch2 libbenchmark-dev libopenblas-openmp-dev libdnnl-dev 
       libmetis-dev libcli11-dev python3 python3-matplotlib)
 # With clang present, the fuzz targets are built and run briefly: libFuzzer's runtime is in libclang-rt.
 if command -v clang++ >/dev/null && clang++ --version | grep -q 'version 14\.'; then pkgs+=(libclang-rt-14-dev); fi
+# On x86-64, the ISA tests run test_isa on emulated older CPUs (no AVX; AVX2 without AVX-512).
+if [ "$(uname -m)" = x86_64 ]; then pkgs+=(qemu-user); fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
