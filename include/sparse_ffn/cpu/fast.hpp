@@ -75,7 +75,7 @@ struct thread_scratch {
   const float** xs;       // n token input pointers
   const bfloat16_t** xb;  // n token input pointers (bf16-rounded copies, when the kernels read them)
   float* spill;           // n × key_r vectors: key accumulators between d chunks
-  float* dots;            // 2 × n × max(g, key_r) dot products (keys, then up projections)
+  float* dots;            // 2 × n × key_r dot products (keys, then up projections)
   float* s;               // n × g value coefficients (weight × activation)
   std::int32_t* rows;     // tiles × g nonzero value rows per token tile
   index_t* nrows;         // tiles
@@ -135,7 +135,7 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index
     t.xs = a.take<const float*>(n);
     t.xb = a.take<const bfloat16_t*>(n);
     t.spill = a.take<float>(mul(mul(n, KR), W));
-    t.dots = a.take<float>(mul(mul(2, n), std::max<index_t>(g, KR)));
+    t.dots = a.take<float>(mul(mul(2, n), KR));
     if (compute) {
       t.s = a.take<float>(mul(n, g));
       t.rows = a.take<std::int32_t>(g);
@@ -157,17 +157,21 @@ void key_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, 
     ts.xs[q] = xpad + t * l.ld;
     ts.xb[q] = xpad16 ? xpad16 + t * l.ld : nullptr;
   }
+  // R rows at a time (one register tile of rows), so the scratch stays 2 × m × R floats for any g.
+  constexpr index_t R = G < kernels::k_max_key_r ? G : kernels::k_max_key_r;
   float* dk = ts.dots;
-  float* du = ts.dots + m * G;  // gated: up projections after the key dots
-  ops.dots(ts.xs, ts.xb, m, w.keys(b), G, l.ld, l.ld, ts.spill, dk);
-  if constexpr (Act::gated) ops.dots(ts.xs, ts.xb, m, w.up(b), G, l.ld, l.ld, ts.spill, du);
-  for (index_t q = 0; q < m; ++q)
-    for (index_t i = 0; i < G; ++i) {
-      const index_t neuron = b * G + i;
-      const float pre = dk[q * G + i] + (w.b1 ? w.b1[neuron] : 0.0f);
-      const float u = Act::gated ? du[q * G + i] + (w.b3 ? w.b3[neuron] : 0.0f) : 0.0f;
-      emit(static_cast<index_t>(entries[2 * q]), static_cast<index_t>(entries[2 * q + 1]), i, pre, u);
-    }
+  float* du = ts.dots + m * R;  // gated: up projections after the key dots
+  for (index_t r0 = 0; r0 < G; r0 += R) {
+    ops.dots(ts.xs, ts.xb, m, w.keys(b) + r0 * l.ld, R, l.ld, l.ld, ts.spill, dk);
+    if constexpr (Act::gated) ops.dots(ts.xs, ts.xb, m, w.up(b) + r0 * l.ld, R, l.ld, l.ld, ts.spill, du);
+    for (index_t q = 0; q < m; ++q)
+      for (index_t r = 0; r < R; ++r) {
+        const index_t i = r0 + r, neuron = b * G + i;
+        const float pre = dk[q * R + r] + (w.b1 ? w.b1[neuron] : 0.0f);
+        const float u = Act::gated ? du[q * R + r] + (w.b3 ? w.b3[neuron] : 0.0f) : 0.0f;
+        emit(static_cast<index_t>(entries[2 * q]), static_cast<index_t>(entries[2 * q + 1]), i, pre, u);
+      }
+  }
 }
 
 /// Value pass of one block over columns [c_lo, c_hi) for its m (token, slot) pairs (each adding into
