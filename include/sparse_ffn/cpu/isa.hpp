@@ -29,8 +29,11 @@
 
 #include "../error.hpp"
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__)) && \
-    !defined(__CUDACC__) && !defined(SPARSE_FFN_NO_ISA_DISPATCH)
+// Needs target attributes with AVX512_BF16: GCC >= 10 or Clang >= 9 (older compilers: scalar only).
+#if (defined(__x86_64__) || defined(__i386__)) && !defined(__CUDACC__) && \
+    !defined(SPARSE_FFN_NO_ISA_DISPATCH) &&                               \
+    ((defined(__clang__) && __clang_major__ >= 9) ||                      \
+     (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 10))
 #define SPARSE_FFN_X86_DISPATCH 1
 #include <cpuid.h>
 #include <immintrin.h>
