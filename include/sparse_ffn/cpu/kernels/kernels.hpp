@@ -15,6 +15,11 @@
 #include "../simd.hpp"
 
 SPARSE_FFN_SIMD_WARNINGS_OFF
+// nvcc's front end (host code of .cu files that include the CPU headers) does not know GCC's unroll
+// pragma in kernels.inl: silence exactly that diagnostic (#1675 "unrecognized GCC pragma") here.
+#if defined(__CUDACC__)
+#pragma nv_diag_suppress 1675
+#endif
 
 namespace sparse_ffn {
 namespace cpu {
@@ -128,4 +133,7 @@ const kernel_ops<T>& ops_for(isa_level level) {
 }  // namespace cpu
 }  // namespace sparse_ffn
 
+#if defined(__CUDACC__)
+#pragma nv_diag_default 1675
+#endif
 SPARSE_FFN_SIMD_WARNINGS_ON
