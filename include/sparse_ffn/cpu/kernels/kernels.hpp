@@ -49,7 +49,7 @@ namespace kernels {
 /// Elements of d per cache block of the key kernel (a multiple of 32).
 inline constexpr index_t k_dchunk = 512;
 /// Upper bounds over every ISA (scratch sizing).
-inline constexpr int k_max_key_r = 8, k_max_rows_m = 6, k_max_width = 16;
+inline constexpr int k_max_key_r = 8, k_max_width = 16;
 
 /// kernels<Isa>: the micro-kernels compiled for Isa (static member templates; see kernels.inl).
 template <class Isa>
