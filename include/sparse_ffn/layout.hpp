@@ -25,6 +25,7 @@
 
 #include "config.hpp"
 #include "error.hpp"
+#include "quant.hpp"
 #include "types.hpp"
 
 namespace sparse_ffn {
@@ -54,15 +55,27 @@ struct block_layout {
   }
 };
 
-/// Row stride (elements): d_model padded to whole 64-byte lines, plus one line when the count of
-/// lines is even. An odd line stride spreads consecutive rows over all L1/L2 sets; a power-of-two
-/// stride (d = 4096 floats: 16 KiB) would map every row of a block to the same set and thrash.
+/// Row stride (units of T): the row (d_model elements; quantised: quants and scales, quant.hpp) padded
+/// to whole 64-byte lines, plus one line when the count of lines is even. An odd line stride spreads
+/// consecutive rows over all L1/L2 sets; a power-of-two stride (d = 4096 floats: 16 KiB) would map
+/// every row of a block to the same set and thrash.
 template <class T>
 constexpr index_t padded_ld(index_t d_model) {
-  constexpr index_t per_line = static_cast<index_t>(k_row_alignment / sizeof(T));
-  index_t lines = (d_model + per_line - 1) / per_line;
-  if (lines % 2 == 0) ++lines;
-  return lines * per_line;
+  return row_format<T>::ld(d_model);
+}
+
+/// Values per row the CPU kernels walk: x, y and accumulators are padded to it (= ld for the element
+/// dtypes; d_model rounded up to 64 for the quantised ones).
+template <class T>
+constexpr index_t padded_cols(index_t d_model) {
+  return row_format<T>::cols(d_model);
+}
+
+/// Values per row the CPU kernels walk for a layout: ld for the element dtypes (a hand-made view's
+/// larger ld included), padded_cols for the quantised ones.
+template <class T>
+constexpr index_t row_cols(const block_layout& l) {
+  return row_format<T>::quantized ? padded_cols<T>(l.d_model) : l.ld;
 }
 
 /// Builds and validates a layout: g ≥ 1 divides d_ff, B < 2^31, all offsets fit in 64 bits.
@@ -156,8 +169,9 @@ void validate(const blocked_ffn_view<T>& w) {
   const block_layout expect = make_layout<T>(l.d_model, l.d_ff, l.g, l.gated);
   require(l.num_blocks == expect.num_blocks, status::invalid_shape, "layout.num_blocks (", l.num_blocks,
           ") != d_ff / g (", expect.num_blocks, ")");
-  require(l.ld >= l.d_model, status::invalid_shape, "layout.ld (", l.ld, ") must be >= d_model (", l.d_model,
-          ")");
+  require(l.ld >= row_format<T>::min_ld(l.d_model), status::invalid_shape, "layout.ld (", l.ld,
+          ") must be >= ", row_format<T>::min_ld(l.d_model), " for d_model ", l.d_model, " and dtype ",
+          dtype_traits<T>::name);
   // Every product below is checked before it is formed (a hand-made view may carry any ld).
   const index_t row_bytes = detail::checked_mul(l.ld, static_cast<index_t>(sizeof(T)), "layout.ld");
   require(row_bytes % 64 == 0, status::invalid_shape, "layout.ld (", l.ld,

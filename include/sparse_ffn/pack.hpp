@@ -2,16 +2,21 @@
 //
 //   dense_ffn<T>    owning dense FFN in PyTorch layout (view(): dense_ffn_view<T>)
 //   blocked_ffn<T>  owning blocked FFN (view(): blocked_ffn_view<T>, what kernels take)
-//   pack<T>(dense, options)   dense (any dtype) -> blocked T, with an optional neuron permutation
-//   unpack(view)              blocked -> dense float in the original neuron order (inverse of pack)
+//   pack<T>(dense, options)   dense (any dtype) -> blocked T, with an optional neuron permutation;
+//                             T = q8_t / q4_t quantises every row (quant.hpp) from the float packing
+//   unpack(view)              blocked -> dense float in the original neuron order (inverse of pack;
+//                             quantised models give their dequantised weights)
 #pragma once
 
 #include <cmath>
+#include <exception>
+#include <utility>
 #include <vector>
 
 #include "detail/aligned_buffer.hpp"
 #include "error.hpp"
 #include "layout.hpp"
+#include "quant.hpp"
 #include "types.hpp"
 
 namespace sparse_ffn {
@@ -58,7 +63,9 @@ struct pack_options {
 /// selector data and the neuron permutation. Copyable; `view()` is what kernels take.
 template <class T>
 class blocked_ffn {
-  static_assert(is_dtype<T>::value, "sparse_ffn: blocked_ffn<T> needs T = float, half_t or bfloat16_t");
+  static_assert(is_weight_dtype<T>::value,
+                "sparse_ffn: blocked_ffn<T> needs T = float, half_t, bfloat16_t, q8_t or q4_t");
+  using row = row_format<T>;
 
  public:
   using value_type = T;
@@ -115,13 +122,16 @@ class blocked_ffn {
 #endif
     for (index_t b = 0; b < l.num_blocks; ++b) {
       std::vector<double> acc(static_cast<std::size_t>(l.d_model), 0.0);
+      std::vector<float> r(static_cast<std::size_t>(l.d_model));
       const T* k = weights_.data() + l.key_offset(b);
-      for (index_t i = 0; i < l.g; ++i)
+      for (index_t i = 0; i < l.g; ++i) {
+        row::decode(k + i * l.ld, l.d_model, r.data());
         for (index_t j = 0; j < l.d_model; ++j)
-          acc[static_cast<std::size_t>(j)] += static_cast<double>(to_float(k[i * l.ld + j]));
-      T* c = centroids_.data() + b * l.ld;
+          acc[static_cast<std::size_t>(j)] += static_cast<double>(r[static_cast<std::size_t>(j)]);
+      }
       for (index_t j = 0; j < l.d_model; ++j)
-        c[j] = from_float<T>(static_cast<float>(acc[static_cast<std::size_t>(j)] * inv_g));
+        r[static_cast<std::size_t>(j)] = static_cast<float>(acc[static_cast<std::size_t>(j)] * inv_g);
+      row::encode(r.data(), l.d_model, centroids_.data() + b * l.ld, l.ld);
     }
     centroid_bias_.clear();
     if (!b1_.empty()) {
@@ -138,6 +148,18 @@ class blocked_ffn {
     detail::require_not_null(w, "learned-gate weights");
     gate_w_ = rows_to_padded(w);
     gate_b_.assign(b ? b : nullptr, b ? b + layout_.num_blocks : nullptr);
+  }
+  /// Zeroed selector rows [B × ld] in the stored format, for loaders that copy them as they are;
+  /// `bias`: [B] or empty.
+  T* alloc_centroids(std::vector<float> bias) {
+    centroids_ = detail::aligned_buffer<T>(detail::checked_mul(layout_.num_blocks, layout_.ld, "centroids"));
+    centroid_bias_ = std::move(bias);
+    return centroids_.data();
+  }
+  T* alloc_gate(std::vector<float> bias) {
+    gate_w_ = detail::aligned_buffer<T>(detail::checked_mul(layout_.num_blocks, layout_.ld, "gate rows"));
+    gate_b_ = std::move(bias);
+    return gate_w_.data();
   }
   /// Read access to the selector data as float [B × d_model] (empty when absent).
   std::vector<float> centroids_float() const {
@@ -162,7 +184,7 @@ class blocked_ffn {
     const block_layout& l = layout_;
     detail::aligned_buffer<T> out(detail::checked_mul(l.num_blocks, l.ld, "per-block rows"));
     for (index_t b = 0; b < l.num_blocks; ++b)
-      for (index_t j = 0; j < l.d_model; ++j) out[b * l.ld + j] = from_float<T>(src[b * l.d_model + j]);
+      row::encode(src + b * l.d_model, l.d_model, out.data() + b * l.ld, l.ld);
     return out;
   }
   std::vector<float> padded_to_rows(const detail::aligned_buffer<T>& src) const {
@@ -171,8 +193,7 @@ class blocked_ffn {
     if (src.empty()) return out;
     out.resize(static_cast<std::size_t>(l.num_blocks * l.d_model));
     for (index_t b = 0; b < l.num_blocks; ++b)
-      for (index_t j = 0; j < l.d_model; ++j)
-        out[static_cast<std::size_t>(b * l.d_model + j)] = to_float(src[b * l.ld + j]);
+      row::decode(src.data() + b * l.ld, l.d_model, out.data() + b * l.d_model);
     return out;
   }
 
@@ -201,69 +222,119 @@ inline void validate_permutation(const std::int32_t* p, index_t n) {
   }
 }
 
-/// Packs a dense FFN (element type S) into the blocked layout with element type T.
+template <class T, class S>
+blocked_ffn<T> pack(const dense_ffn_view<S>& dense, const pack_options& opt);
+
+namespace detail {
+
+/// A float blocked FFN re-encoded row by row in weight dtype T (quantised at pack time). Avg-K
+/// centroids are the float model's (the mean of the unquantised keys), then encoded like every row.
+template <class T>
+blocked_ffn<T> encode_rows(const blocked_ffn<float>& src) {
+  using row = row_format<T>;
+  const block_layout& ls = src.layout();
+  const block_layout l = make_layout<T>(ls.d_model, ls.d_ff, ls.g, ls.gated);
+  blocked_ffn<T> out(l);
+  out.permutation() = src.permutation();
+  const blocked_ffn_view<float> v = src.view();
+  const index_t rows = l.num_blocks * l.matrices() * l.g;
+  // Rows are independent; a failure (a non-finite weight) is rethrown after the loop.
+  std::vector<std::exception_ptr> fails(1);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+  for (index_t r = 0; r < rows; ++r) {
+    try {
+      row::encode(v.weights + r * ls.ld, l.d_model, out.weights() + r * l.ld, l.ld);
+    } catch (...) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp critical(sparse_ffn_encode_rows)
+#endif
+      if (!fails[0]) fails[0] = std::current_exception();
+    }
+  }
+  if (fails[0]) std::rethrow_exception(fails[0]);
+  out.b1() = std::vector<float>(v.b1 ? v.b1 : nullptr, v.b1 ? v.b1 + l.d_ff : nullptr);
+  out.b3() = std::vector<float>(v.b3 ? v.b3 : nullptr, v.b3 ? v.b3 + l.d_ff : nullptr);
+  out.b2() = std::vector<float>(v.b2 ? v.b2 : nullptr, v.b2 ? v.b2 + l.d_model : nullptr);
+  if (src.has_centroids())
+    out.set_centroids(src.centroids_float().data(),
+                      src.centroid_bias().empty() ? nullptr : src.centroid_bias().data());
+  if (src.has_gate())
+    out.set_gate(src.gate_float().data(), src.gate_bias().empty() ? nullptr : src.gate_bias().data());
+  return out;
+}
+
+}  // namespace detail
+
+/// Packs a dense FFN (element type S) into the blocked layout with weight dtype T.
 template <class T, class S>
 blocked_ffn<T> pack(const dense_ffn_view<S>& dense, const pack_options& opt) {
-  static_assert(is_dtype<S>::value && is_dtype<T>::value, "sparse_ffn: pack needs float/half_t/bfloat16_t");
-  validate(dense);
-  const block_layout l = make_layout<T>(dense.d_model, dense.d_ff, opt.g, dense.gated());
-  if (opt.permutation) validate_permutation(opt.permutation, l.d_ff);
-  detail::require(opt.gate_b == nullptr || opt.gate_w != nullptr, status::invalid_argument,
-                  "pack_options.gate_b given without gate_w");
+  static_assert(is_dtype<S>::value && is_weight_dtype<T>::value,
+                "sparse_ffn: pack reads float/half_t/bfloat16_t and writes those or q8_t/q4_t");
+  if constexpr (is_quantized<T>::value) {
+    return detail::encode_rows<T>(pack<float>(dense, opt));
+  } else {
+    validate(dense);
+    const block_layout l = make_layout<T>(dense.d_model, dense.d_ff, opt.g, dense.gated());
+    if (opt.permutation) validate_permutation(opt.permutation, l.d_ff);
+    detail::require(opt.gate_b == nullptr || opt.gate_w != nullptr, status::invalid_argument,
+                    "pack_options.gate_b given without gate_w");
 
-  blocked_ffn<T> out(l);
-  std::vector<std::int32_t>& perm = out.permutation();
-  if (opt.permutation) perm.assign(opt.permutation, opt.permutation + l.d_ff);
+    blocked_ffn<T> out(l);
+    std::vector<std::int32_t>& perm = out.permutation();
+    if (opt.permutation) perm.assign(opt.permutation, opt.permutation + l.d_ff);
 
-  const index_t d = l.d_model, F = l.d_ff;
-  T* w = out.weights();
-  // Keys (and up rows) are rows of W1 (W3): one contiguous copy per neuron.
+    const index_t d = l.d_model, F = l.d_ff;
+    T* w = out.weights();
+    // Keys (and up rows) are rows of W1 (W3): one contiguous copy per neuron.
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-  for (index_t j = 0; j < F; ++j) {  // packed position j
-    const index_t src = perm[static_cast<std::size_t>(j)];
-    const index_t b = j / l.g, i = j % l.g;
-    T* key = w + l.key_offset(b) + i * l.ld;
-    for (index_t c = 0; c < d; ++c) key[c] = from_float<T>(to_float(dense.w1[src * d + c]));
-    if (l.gated) {
-      T* up = w + l.up_offset(b) + i * l.ld;
-      for (index_t c = 0; c < d; ++c) up[c] = from_float<T>(to_float(dense.w3[src * d + c]));
-    }
-  }
-  // Values are columns of W2: transpose in 32×32 tiles so reads and writes both use whole lines.
-  std::vector<index_t> pos(static_cast<std::size_t>(F));  // original neuron -> packed position
-  for (index_t j = 0; j < F; ++j) pos[static_cast<std::size_t>(perm[static_cast<std::size_t>(j)])] = j;
-  constexpr index_t tile = 32;
-#if SPARSE_FFN_HAS_OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-  for (index_t c0 = 0; c0 < d; c0 += tile) {
-    const index_t c1 = c0 + tile < d ? c0 + tile : d;
-    for (index_t s0 = 0; s0 < F; s0 += tile) {
-      const index_t s1 = s0 + tile < F ? s0 + tile : F;
-      for (index_t src = s0; src < s1; ++src) {
-        const index_t j = pos[static_cast<std::size_t>(src)];
-        T* val = w + l.value_offset(j / l.g) + (j % l.g) * l.ld;
-        for (index_t c = c0; c < c1; ++c) val[c] = from_float<T>(to_float(dense.w2[c * F + src]));
+    for (index_t j = 0; j < F; ++j) {  // packed position j
+      const index_t src = perm[static_cast<std::size_t>(j)];
+      const index_t b = j / l.g, i = j % l.g;
+      T* key = w + l.key_offset(b) + i * l.ld;
+      for (index_t c = 0; c < d; ++c) key[c] = from_float<T>(to_float(dense.w1[src * d + c]));
+      if (l.gated) {
+        T* up = w + l.up_offset(b) + i * l.ld;
+        for (index_t c = 0; c < d; ++c) up[c] = from_float<T>(to_float(dense.w3[src * d + c]));
       }
     }
+    // Values are columns of W2: transpose in 32×32 tiles so reads and writes both use whole lines.
+    std::vector<index_t> pos(static_cast<std::size_t>(F));  // original neuron -> packed position
+    for (index_t j = 0; j < F; ++j) pos[static_cast<std::size_t>(perm[static_cast<std::size_t>(j)])] = j;
+    constexpr index_t tile = 32;
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (index_t c0 = 0; c0 < d; c0 += tile) {
+      const index_t c1 = c0 + tile < d ? c0 + tile : d;
+      for (index_t s0 = 0; s0 < F; s0 += tile) {
+        const index_t s1 = s0 + tile < F ? s0 + tile : F;
+        for (index_t src = s0; src < s1; ++src) {
+          const index_t j = pos[static_cast<std::size_t>(src)];
+          T* val = w + l.value_offset(j / l.g) + (j % l.g) * l.ld;
+          for (index_t c = c0; c < c1; ++c) val[c] = from_float<T>(to_float(dense.w2[c * F + src]));
+        }
+      }
+    }
+    auto permuted_bias = [&](const S* src, std::vector<float>& dst) {
+      if (!src) return;
+      dst.resize(static_cast<std::size_t>(F));
+      for (index_t j = 0; j < F; ++j)
+        dst[static_cast<std::size_t>(j)] = to_float(src[perm[static_cast<std::size_t>(j)]]);
+    };
+    permuted_bias(dense.b1, out.b1());
+    permuted_bias(dense.b3, out.b3());
+    if (dense.b2) {
+      out.b2().resize(static_cast<std::size_t>(d));
+      for (index_t c = 0; c < d; ++c) out.b2()[static_cast<std::size_t>(c)] = to_float(dense.b2[c]);
+    }
+    if (opt.centroids) out.compute_centroids();
+    if (opt.gate_w) out.set_gate(opt.gate_w, opt.gate_b);
+    return out;
   }
-  auto permuted_bias = [&](const S* src, std::vector<float>& dst) {
-    if (!src) return;
-    dst.resize(static_cast<std::size_t>(F));
-    for (index_t j = 0; j < F; ++j)
-      dst[static_cast<std::size_t>(j)] = to_float(src[perm[static_cast<std::size_t>(j)]]);
-  };
-  permuted_bias(dense.b1, out.b1());
-  permuted_bias(dense.b3, out.b3());
-  if (dense.b2) {
-    out.b2().resize(static_cast<std::size_t>(d));
-    for (index_t c = 0; c < d; ++c) out.b2()[static_cast<std::size_t>(c)] = to_float(dense.b2[c]);
-  }
-  if (opt.centroids) out.compute_centroids();
-  if (opt.gate_w) out.set_gate(opt.gate_w, opt.gate_b);
-  return out;
 }
 
 /// Unpacks a blocked FFN to a dense float FFN in the original neuron order (exact for every dtype).
@@ -274,19 +345,15 @@ dense_ffn<float> unpack(const blocked_ffn_view<T>& w) {
   const bool biases = w.b1 || w.b2 || w.b3;
   dense_ffn<float> out(l.d_model, l.d_ff, l.gated, biases);
   const index_t d = l.d_model, F = l.d_ff;
+  std::vector<float> val(static_cast<std::size_t>(d));
   for (index_t j = 0; j < F; ++j) {
     const index_t dst = w.perm ? w.perm[j] : j;
     const index_t b = j / l.g, i = j % l.g;
-    const T* key = w.keys(b) + i * l.ld;
-    const T* val = w.values(b) + i * l.ld;
-    for (index_t c = 0; c < d; ++c) {
-      out.w1[static_cast<std::size_t>(dst * d + c)] = to_float(key[c]);
-      out.w2[static_cast<std::size_t>(c * F + dst)] = to_float(val[c]);
-    }
-    if (l.gated) {
-      const T* up = w.up(b) + i * l.ld;
-      for (index_t c = 0; c < d; ++c) out.w3[static_cast<std::size_t>(dst * d + c)] = to_float(up[c]);
-    }
+    row_format<T>::decode(w.keys(b) + i * l.ld, d, out.w1.data() + dst * d);
+    row_format<T>::decode(w.values(b) + i * l.ld, d, val.data());
+    for (index_t c = 0; c < d; ++c)
+      out.w2[static_cast<std::size_t>(c * F + dst)] = val[static_cast<std::size_t>(c)];
+    if (l.gated) row_format<T>::decode(w.up(b) + i * l.ld, d, out.w3.data() + dst * d);
     if (biases) {
       out.b1[static_cast<std::size_t>(dst)] = w.b1 ? w.b1[j] : 0.0f;
       if (l.gated) out.b3[static_cast<std::size_t>(dst)] = w.b3 ? w.b3[j] : 0.0f;

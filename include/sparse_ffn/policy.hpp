@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include "activation.hpp"
+#include "quant.hpp"
 #include "selector/avg_k.hpp"
 #include "selector/hash.hpp"
 #include "selector/learned_gate.hpp"
@@ -32,8 +33,9 @@ struct policy {
   static_assert(is_selector<Selector>::value,
                 "sparse_ffn::policy: Selector must be a selector tag (sparse_ffn::select::avg_k, hash, "
                 "learned_gate or oracle)");
-  static_assert(is_dtype<T>::value,
-                "sparse_ffn::policy: T must be float, sparse_ffn::half_t or sparse_ffn::bfloat16_t");
+  static_assert(is_weight_dtype<T>::value,
+                "sparse_ffn::policy: T must be float, sparse_ffn::half_t, sparse_ffn::bfloat16_t, "
+                "sparse_ffn::q8_t or sparse_ffn::q4_t");
   static_assert(is_activation<Act>::value,
                 "sparse_ffn::policy: Act must be an activation tag (sparse_ffn::act::relu, gelu_erf, "
                 "gelu_tanh, silu, swiglu or geglu)");

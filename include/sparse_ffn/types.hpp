@@ -141,13 +141,16 @@ static_assert(std::is_standard_layout<half_t>::value && std::is_standard_layout<
               "half_t/bfloat16_t must be standard layout");
 
 /// Runtime tag of an element type (for the runtime->compile-time dispatch and file formats).
-enum class dtype : int { f32 = 0, f16 = 1, bf16 = 2 };
+/// f32/f16/bf16 are element types; q8/q4 are block-quantised weight formats (quant.hpp).
+enum class dtype : int { f32 = 0, f16 = 1, bf16 = 2, q8 = 3, q4 = 4 };
 
 inline const char* dtype_name(dtype d) noexcept {
   switch (d) {
     case dtype::f32: return "f32";
     case dtype::f16: return "f16";
     case dtype::bf16: return "bf16";
+    case dtype::q8: return "q8";
+    case dtype::q4: return "q4";
   }
   return "?";
 }

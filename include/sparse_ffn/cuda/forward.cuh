@@ -343,6 +343,8 @@ result run(void* ws, std::size_t& ws_bytes, const blocked_ffn_view<typename Poli
            const Tx* x, Ty* y, const route_args* args, const const_routing_view* given, routing_view* out,
            const forward_cache* cache, cudaStream_t s) {
   static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
+  static_assert(!is_quantized<typename Policy::dtype>::value,
+                "sparse_ffn: the CUDA path does not take q8/q4 weights yet (CPU only; see docs/api.md)");
   buffers sizing;
   grids gr;
   const index_t k = args ? args->k : given->k;

@@ -2,14 +2,35 @@
 // independent partial sums (so the compiler vectorises it without -ffast-math) and an axpy.
 #pragma once
 
+#include <type_traits>
+
 #include "../config.hpp"
+#include "../quant.hpp"
 #include "../types.hpp"
 
 namespace sparse_ffn {
 namespace detail {
 
 /// sum_j float(w[j]) * x[j], j < n, accumulated in float with 16 independent partial sums.
-template <class T>
+/// A quantised row (quant.hpp) of n values: the dequantised values (exact in float) times x, in the
+/// order of the element-type dot below.
+template <class T, std::enable_if_t<is_quantized<T>::value, int> = 0>
+inline float dot(const T* SPARSE_FFN_RESTRICT w, const float* SPARSE_FFN_RESTRICT x, index_t n) {
+  constexpr int L = 16;
+  float acc[L] = {};
+  for (index_t j = 0; j < n; ++j) acc[j % L] += row_format<T>::get(w, j, n) * x[j];
+  float s = 0.0f;
+  for (int l = 0; l < L; ++l) s += acc[l];
+  return s;
+}
+
+/// y[j] += a * value j of a quantised row of n values.
+template <class T, std::enable_if_t<is_quantized<T>::value, int> = 0>
+inline void axpy(float a, const T* SPARSE_FFN_RESTRICT v, float* SPARSE_FFN_RESTRICT y, index_t n) {
+  for (index_t j = 0; j < n; ++j) y[j] += a * row_format<T>::get(v, j, n);
+}
+
+template <class T, std::enable_if_t<!is_quantized<T>::value, int> = 0>
 inline float dot(const T* SPARSE_FFN_RESTRICT w, const float* SPARSE_FFN_RESTRICT x, index_t n) {
   constexpr int L = 16;
   float acc[L] = {};
@@ -23,7 +44,7 @@ inline float dot(const T* SPARSE_FFN_RESTRICT w, const float* SPARSE_FFN_RESTRIC
 }
 
 /// y[j] += a * float(v[j]), j < n.
-template <class T>
+template <class T, std::enable_if_t<!is_quantized<T>::value, int> = 0>
 inline void axpy(float a, const T* SPARSE_FFN_RESTRICT v, float* SPARSE_FFN_RESTRICT y, index_t n) {
   for (index_t j = 0; j < n; ++j) y[j] += a * to_float(v[j]);
 }

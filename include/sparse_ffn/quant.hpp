@@ -1,0 +1,270 @@
+// sparse_ffn — block-quantised weights (q8, q4) and the row format of every weight dtype.
+//
+// A weight row (a key, up or value row of a block, an Avg-K centroid, a learned-gate row) covers the
+// d_model inputs (or outputs) of one neuron. For float / half / bfloat16 a row is `ld` elements, the
+// first d_model of them the values and the rest zeros. A quantised row splits the d_model values into
+// groups of 32 consecutive ones, each with one scale:
+//
+//   q8  value = q · s,        q int8 in [-127, 127]        8 bits + 16 bits per 32  (8.5 bits / value)
+//   q4  value = (u − 8) · s,  u a nibble in [0, 15]         4 bits + 16 bits per 32  (4.5 bits / value)
+//
+// Byte layout of one row (`row_format<T>`; cols = d_model rounded up to 64 values for q8, 128 for q4:
+// one 64-byte line of quants, the kernels' unit):
+//
+//   [ quants: q8 cols bytes, value c at byte c
+//             q4 cols/2 bytes in chunks of 32 bytes per 64 values: byte j of chunk k holds value 64k+j
+//                in its low nibble and value 64k+32+j in its high nibble (one AVX-512 load, an AND and
+//                a shift give two whole groups)                                                          ]
+//   [ scales: cols/32 bfloat16, group k's scale at index k, padded with zeros to a 64-byte line        ]
+//   [ zeros up to ld, an odd number of 64-byte lines (as every row: layout.hpp)                        ]
+//
+// So a row is one contiguous, 64-byte aligned run (quants, then scales) and a block is still one run.
+// Values past d_model (the tail of the last group and the whole groups up to cols) are zero: a tail
+// group's scale comes from its real values only. Scales are bfloat16 rather than ggml's binary16: the
+// product q·s of an int8 (or nibble) and a bfloat16 is exact in float (≤ 16 significant bits), the
+// range is float's (no overflow for large weights, no subnormal precision loss for small groups), and
+// widening one is a shift. Because q·s is exact, a kernel that dequantises and then multiplies in float
+// computes exactly what a float kernel computes on the dequantised weights (`dequantize` / unpack).
+//
+// Quantisation (host, at pack time): q8 rounds to nearest with s = max|v| / 127 (rounded to bfloat16,
+// then every q from the stored s, so the grid is the one the kernels use). q4 searches the scale: v_max
+// (the value of largest magnitude) placed at −8, −7.75, …, −7 (−8 is ggml's q4_0 rule) or at 7, 6.5,
+// each candidate also refitted once by least squares to its own integers; the one with the least
+// squared error on the group wins (never worse than the max-abs rule; measured in test_quant).
+// Error bound per value: s/2 for q8; for q4 one step s (the range −8..7 is asymmetric: a value of the
+// opposite sign to v_max may clamp at 7). NaN or Inf weights are rejected (status invalid_argument): a
+// quantised model cannot carry them.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include "config.hpp"
+#include "error.hpp"
+#include "types.hpp"
+
+namespace sparse_ffn {
+
+/// One byte of a q8 row (see the file comment): an opaque storage unit, never a value on its own.
+struct alignas(1) q8_t {
+  std::uint8_t bits;
+};
+/// One byte of a q4 row (two nibbles of two different values; see the file comment).
+struct alignas(1) q4_t {
+  std::uint8_t bits;
+};
+static_assert(sizeof(q8_t) == 1 && sizeof(q4_t) == 1, "quantised storage units are bytes");
+
+template <class T>
+struct is_quantized
+    : std::integral_constant<bool, std::is_same<T, q8_t>::value || std::is_same<T, q4_t>::value> {};
+template <class T>
+inline constexpr bool is_quantized_v = is_quantized<std::remove_cv_t<T>>::value;
+
+/// Weight dtypes: the element types plus the quantised formats.
+template <class T>
+struct is_weight_dtype : std::integral_constant<bool, is_dtype<T>::value || is_quantized<T>::value> {};
+
+template <>
+struct dtype_traits<q8_t> {
+  static constexpr dtype id = dtype::q8;
+  static constexpr const char* name = "q8";
+  using accum_type = float;
+};
+template <>
+struct dtype_traits<q4_t> {
+  static constexpr dtype id = dtype::q4;
+  static constexpr const char* name = "q4";
+  using accum_type = float;
+};
+
+/// Values per quantisation group (one scale each).
+inline constexpr index_t k_quant_group = 32;
+/// The kernels' column unit for quantised rows: values per 64-value chunk (two groups).
+inline constexpr index_t k_quant_chunk = 64;
+
+namespace detail {
+
+SPARSE_FFN_HD index_t round_up(index_t v, index_t m) {
+  return (v + m - 1) / m * m;
+}
+
+/// Row stride in units of T for `payload` units: whole 64-byte lines, an odd number of them.
+template <class T>
+constexpr index_t odd_lines(index_t payload_units) {
+  constexpr index_t per_line = static_cast<index_t>(k_row_alignment / sizeof(T));
+  index_t lines = (payload_units + per_line - 1) / per_line;
+  if (lines % 2 == 0) ++lines;
+  return lines * per_line;
+}
+
+}  // namespace detail
+
+/// Row format of an unquantised weight dtype: `ld` elements, values first, zeros after.
+template <class T, class Enable = void>
+struct row_format {
+  static_assert(is_dtype<T>::value,
+                "sparse_ffn: weight dtype must be float, half_t, bfloat16_t, q8_t or q4_t");
+  static constexpr bool quantized = false;
+  /// Values per row the kernels walk (x, y and accumulators are padded to it): the whole row.
+  static constexpr index_t cols(index_t d_model) { return detail::odd_lines<T>(d_model); }
+  /// Row stride in elements.
+  static constexpr index_t ld(index_t d_model) { return detail::odd_lines<T>(d_model); }
+  /// Units a row needs at least (a hand-made view may use a larger 64-byte multiple).
+  static constexpr index_t min_ld(index_t d_model) { return d_model; }
+  /// Units a file stores per row (the values, no padding).
+  static constexpr index_t payload_bytes(index_t d_model) { return d_model; }
+  static float get(const T* row, index_t c, index_t /*d_model*/) { return to_float(row[c]); }
+  /// Writes the row (values then zeros up to ld) from src[0..d_model).
+  static void encode(const float* src, index_t d_model, T* row, index_t ld) {
+    for (index_t c = 0; c < d_model; ++c) row[c] = from_float<T>(src[c]);
+    for (index_t c = d_model; c < ld; ++c) row[c] = from_float<T>(0.0f);
+  }
+  static void decode(const T* row, index_t d_model, float* dst) {
+    for (index_t c = 0; c < d_model; ++c) dst[c] = to_float(row[c]);
+  }
+};
+
+/// Row format of q8 / q4 (see the file comment).
+template <class T>
+struct row_format<T, std::enable_if_t<is_quantized<T>::value>> {
+  static constexpr bool quantized = true;
+  static constexpr int bits = std::is_same<T, q8_t>::value ? 8 : 4;
+  /// q8: d_model rounded up to 64; q4: to 128 (one 64-byte line of nibbles: the VNNI kernel's load).
+  static constexpr index_t cols(index_t d_model) { return detail::round_up(d_model, bits == 8 ? 64 : 128); }
+  /// Bytes of quants (the scales start there).
+  static constexpr index_t quant_bytes(index_t cols_) { return cols_ * bits / 8; }
+  static constexpr index_t groups(index_t cols_) { return cols_ / k_quant_group; }
+  static constexpr index_t min_ld(index_t d_model) {
+    return quant_bytes(cols(d_model)) + detail::round_up(groups(cols(d_model)) * 2, 64);
+  }
+  static constexpr index_t ld(index_t d_model) { return detail::odd_lines<T>(min_ld(d_model)); }
+  /// Bytes of quants and scales of a row, without padding (what a file stores per row).
+  static constexpr index_t payload_bytes(index_t d_model) {
+    return quant_bytes(cols(d_model)) + groups(cols(d_model)) * 2;
+  }
+
+  static const bfloat16_t* scales(const T* row, index_t cols_) {
+    return reinterpret_cast<const bfloat16_t*>(reinterpret_cast<const std::uint8_t*>(row) +
+                                               quant_bytes(cols_));
+  }
+  /// The integer of value c (q8: q; q4: u − 8).
+  static int quant(const T* row, index_t c) {
+    const std::uint8_t* p = reinterpret_cast<const std::uint8_t*>(row);
+    if constexpr (bits == 8) {
+      return static_cast<int>(static_cast<std::int8_t>(p[c]));
+    } else {
+      const index_t chunk = c / k_quant_chunk, j = c % k_quant_chunk;
+      const std::uint8_t b = p[chunk * 32 + (j % 32)];
+      return static_cast<int>(j < 32 ? (b & 0x0f) : (b >> 4)) - 8;
+    }
+  }
+  static float get(const T* row, index_t c, index_t d_model) {
+    return static_cast<float>(quant(row, c)) * to_float(scales(row, cols(d_model))[c / k_quant_group]);
+  }
+  static void decode(const T* row, index_t d_model, float* dst) {
+    for (index_t c = 0; c < d_model; ++c) dst[c] = get(row, c, d_model);
+  }
+
+  /// Quantises src[0..d_model) into the row (quants, scales, zero padding up to ld). Throws on a
+  /// non-finite value.
+  static void encode(const float* src, index_t d_model, T* row, index_t ld) {
+    const index_t nc = cols(d_model);
+    std::uint8_t* p = reinterpret_cast<std::uint8_t*>(row);
+    for (index_t u = 0; u < ld; ++u) p[u] = 0;
+    bfloat16_t* sc = reinterpret_cast<bfloat16_t*>(p + quant_bytes(nc));
+    for (index_t c = 0; c < d_model; ++c)
+      detail::require(std::isfinite(src[c]), status::invalid_argument,
+                      "cannot quantise a non-finite weight (", src[c], " at column ", c, ")");
+    float v[k_quant_group];
+    int q[k_quant_group];
+    for (index_t grp = 0; grp < groups(nc); ++grp) {
+      for (index_t i = 0; i < k_quant_group; ++i) {
+        const index_t c = grp * k_quant_group + i;
+        v[i] = c < d_model ? src[c] : 0.0f;
+      }
+      const float s = quantize_group(v, q);
+      sc[grp] = bfloat16_t(s);
+      for (index_t i = 0; i < k_quant_group; ++i) {
+        const index_t c = grp * k_quant_group + i;
+        if constexpr (bits == 8) {
+          p[c] = static_cast<std::uint8_t>(static_cast<std::int8_t>(q[i]));
+        } else {
+          const index_t chunk = c / k_quant_chunk, j = c % k_quant_chunk;
+          std::uint8_t& b = p[chunk * 32 + (j % 32)];
+          const auto u = static_cast<std::uint8_t>(q[i] + 8);
+          b = static_cast<std::uint8_t>(j < 32 ? ((b & 0xf0) | u) : ((b & 0x0f) | (u << 4)));
+        }
+      }
+    }
+  }
+
+  /// Quantises one group of 32 values: returns the scale (exactly representable in bfloat16) and the
+  /// integers q (q8: [-127, 127]; q4: [-8, 7]).
+  static float quantize_group(const float* v, int* q) {
+    float amax = 0.0f, vmax = 0.0f;
+    for (index_t i = 0; i < k_quant_group; ++i)
+      if (std::fabs(v[i]) > amax) {
+        amax = std::fabs(v[i]);
+        vmax = v[i];
+      }
+    if (amax == 0.0f) {
+      for (index_t i = 0; i < k_quant_group; ++i) q[i] = 0;
+      return 0.0f;
+    }
+    if constexpr (bits == 8) {
+      const float s = stored_scale(amax / 127.0f);
+      round_with(v, s, -127, 127, q);
+      return s;
+    } else {
+      // Candidates: v_max at -8, -7.75, ..., -7 or at 7, 6.5, each followed by one least-squares refit of s
+      // to its own integers (s = Σ q v / Σ q²). Keep the least squared error.
+      float best_s = 0.0f;
+      double best_err = -1.0;
+      int tmp[k_quant_group];
+      auto consider = [&](float s) {
+        if (!(s != 0.0f) || !std::isfinite(s)) return;
+        const double err = round_with(v, s, -8, 7, tmp);
+        if (best_err < 0 || err < best_err) {
+          best_err = err;
+          best_s = s;
+          for (index_t i = 0; i < k_quant_group; ++i) q[i] = tmp[i];
+        }
+      };
+      static constexpr float targets[] = {-8.0f, -7.75f, -7.5f, -7.25f, -7.0f, 7.0f, 6.5f};
+      for (const float target : targets) {
+        const float s = stored_scale(vmax / target);
+        consider(s);
+        if (!(s != 0.0f)) continue;
+        round_with(v, s, -8, 7, tmp);
+        double qv = 0, qq = 0;
+        for (index_t i = 0; i < k_quant_group; ++i) {
+          qv += static_cast<double>(tmp[i]) * v[i];
+          qq += static_cast<double>(tmp[i]) * tmp[i];
+        }
+        if (qq > 0) consider(stored_scale(static_cast<float>(qv / qq)));
+      }
+      return best_s;
+    }
+  }
+
+ private:
+  /// A scale as stored (bfloat16, round to nearest even), as a float.
+  static float stored_scale(float s) { return to_float(bfloat16_t(s)); }
+  /// q = clamp(round(v / s)); returns the squared error of q·s.
+  static double round_with(const float* v, float s, int lo, int hi, int* q) {
+    double err = 0.0;
+    for (index_t i = 0; i < k_quant_group; ++i) {
+      float r = std::nearbyint(v[i] / s);
+      r = r < static_cast<float>(lo) ? static_cast<float>(lo)
+                                     : (r > static_cast<float>(hi) ? static_cast<float>(hi) : r);
+      q[i] = static_cast<int>(r);
+      const double e = static_cast<double>(q[i]) * static_cast<double>(s) - static_cast<double>(v[i]);
+      err += e * e;
+    }
+    return err;
+  }
+};
+
+}  // namespace sparse_ffn
