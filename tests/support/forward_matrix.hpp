@@ -105,11 +105,16 @@ struct case_data {
     REQUIRE(y.all_written());
     REQUIRE(y.guard_intact());
     const bool gated = sfx::activation_is_gated(act);
-    const double act_round = activation_rounding<T>();
-    INFO("kernels " << sfx::cpu::isa_name(sfx::cpu::active_isa()) << ", bf16 input rounding " << act_round);
+    // Rounding of x in the key pass (bf16 or int8; tolerances below, x_rounding): xr bounds it per element.
+    const bool rounds_x = sfx::cpu::rounds_inputs_to_bf16<T>() || sfx::cpu::quantizes_inputs_to_int8<T>();
+    const double act_round = rounds_x ? 1.0 : 0.0;
+    INFO("kernels " << sfx::cpu::isa_name(sfx::cpu::active_isa()) << ", x rounded to bf16 "
+                    << sfx::cpu::rounds_inputs_to_bf16<T>() << ", to int8 "
+                    << sfx::cpu::quantizes_inputs_to_int8<T>());
     for (sfx::index_t t = 0; t < n; ++t) {
       INFO("token " << t);
       const Tio* xt = x.data() + t * d;
+      const std::vector<double> xr = x_rounding<T>(xt, d);
       const sfx::block_index_t* bt = cblocks.data() + t * k;
       const float* wt = cweights.data() + t * k;
       // Routing: distinct, in range, top-k of the reference scores (hash: its permutation property is
@@ -120,7 +125,7 @@ struct case_data {
       if (sel == sfx::selector_kind::hash) std::fill(sc.begin(), sc.end(), 0.0);
       // Rounding x to bf16 moves a score by a random walk of its terms' roundings (4 deviations of
       // margin over the largest per-block root-sum-square).
-      const double score_round = act_round > 0 ? 4 * act_round * max_score_mag2(w, sel, act, xt) : 0.0;
+      const double score_round = rounds_x ? 4 * max_score_mag2(w, sel, act, xt, xr.data()) : 0.0;
       const std::string bad = check_topk(sc, bt, k, 1e-4 * scale + score_round);
       REQUIRE(bad == "");
       if (sel == sfx::selector_kind::learned_gate) {
@@ -144,7 +149,7 @@ struct case_data {
           neuron_ref(w, xt, bt[j], i, a, u);
           const auto at = static_cast<std::size_t>((t * k + j) * g + i);
           double a2 = 0, u2 = 0;
-          neuron_mag2(w, xt, bt[j], i, a2, u2);
+          neuron_mag2(w, xr.data(), bt[j], i, a2, u2);
           REQUIRE(std::fabs(cpre[at] - a) <=
                   1e-5 * (1 + std::fabs(a)) * std::sqrt(double(d)) + 5 * act_round * a2);
           if (gated)
@@ -152,7 +157,7 @@ struct case_data {
                     1e-5 * (1 + std::fabs(u)) * std::sqrt(double(d)) + 5 * act_round * u2);
         }
       // Output.
-      const auto ref = forward_ref(w, act, xt, bt, wt, k);
+      const auto ref = forward_ref(w, act, xt, bt, wt, k, xr.data());
       double err = 0;
       const bool ok = close_to(y.data() + t * d, ref, &err, act_round);
       INFO("||y - ref|| / ||mag|| = " << err << ", rel L2 " << rel_l2(y.data() + t * d, ref.y));
@@ -186,10 +191,12 @@ void check_policy_cpu(std::uint64_t salt) {
   }
 }
 
+/// I/O in float and in T (for q8/q4 weights: bfloat16, the I/O of a quantised model in practice).
 template <class Selector, int G, class T, class... Acts>
 void check_acts(std::uint64_t& salt) {
+  using Tio = std::conditional_t<sfx::is_quantized<T>::value, sfx::bfloat16_t, T>;
   ((check_policy_cpu<sfx::policy<G, Selector, T, Acts>, float>(++salt),
-    check_policy_cpu<sfx::policy<G, Selector, T, Acts>, T>(++salt)),
+    check_policy_cpu<sfx::policy<G, Selector, T, Acts>, Tio>(++salt)),
    ...);
 }
 
@@ -207,6 +214,26 @@ void check_dtypes(std::uint64_t& salt) {
   (check_acts<Selector, G, Ts, sfx::act::relu, sfx::act::gelu_erf, sfx::act::gelu_tanh, sfx::act::silu,
               sfx::act::swiglu, sfx::act::geglu>(salt),
    ...);
+#endif
+}
+
+/// The quantised weight dtypes: Selector × {q8,q4} × {16,64} × relu (inactive rows skipped), silu,
+/// gelu_tanh and swiglu (the memory-access patterns and a second scalar function). The kernels are the
+/// float ones after an exact dequantisation (quant.hpp), compared with the float64 reference of the
+/// dequantised weights at the float tolerance; test_quant checks the quantisation itself.
+template <class Selector>
+void check_selector_matrix_quant() {
+  std::uint64_t salt = 1000;
+#if defined(SPARSE_FFN_TEST_MEMORY_MATRIX)  // see check_dtypes
+  check_acts<Selector, 16, sfx::q8_t, sfx::act::relu, sfx::act::swiglu>(salt);
+  check_acts<Selector, 64, sfx::q4_t, sfx::act::relu, sfx::act::silu, sfx::act::swiglu>(salt);
+#else
+  check_acts<Selector, 16, sfx::q8_t, sfx::act::relu, sfx::act::silu, sfx::act::gelu_tanh, sfx::act::swiglu>(
+      salt);
+  check_acts<Selector, 16, sfx::q4_t, sfx::act::relu, sfx::act::silu, sfx::act::gelu_tanh, sfx::act::swiglu>(
+      salt);
+  check_acts<Selector, 64, sfx::q8_t, sfx::act::relu, sfx::act::silu, sfx::act::swiglu>(salt);
+  check_acts<Selector, 64, sfx::q4_t, sfx::act::relu, sfx::act::silu, sfx::act::swiglu>(salt);
 #endif
 }
 

@@ -71,6 +71,28 @@ double activation_rounding() {
   return sfx::cpu::rounds_inputs_to_bf16<T>() ? std::ldexp(1.0, -8) : 0.0;
 }
 
+/// Per element of a token's x, a bound of how far the kernels' key pass moves it for weights T at the
+/// active ISA: 2^-8 |x_c| where x is rounded to bf16; half a step (max |x| of the group of 32 / 254)
+/// where it is quantised to int8 (q8/q4 on VNNI); 0 otherwise. Tolerances add a multiple of the
+/// root-sum-square of the terms' sensitivities to it (a random walk of independent roundings).
+template <class T, class Tx>
+std::vector<double> x_rounding(const Tx* x, sfx::index_t d) {
+  std::vector<double> xr(static_cast<std::size_t>(d), 0.0);
+  if (sfx::cpu::rounds_inputs_to_bf16<T>()) {
+    for (sfx::index_t c = 0; c < d; ++c)
+      xr[static_cast<std::size_t>(c)] =
+          std::ldexp(1.0, -8) * std::fabs(static_cast<double>(sfx::to_float(x[c])));
+  } else if (sfx::cpu::quantizes_inputs_to_int8<T>()) {
+    for (sfx::index_t g0 = 0; g0 < d; g0 += 32) {
+      double amax = 0;
+      for (sfx::index_t c = g0; c < std::min(d, g0 + 32); ++c)
+        amax = std::max(amax, std::fabs(static_cast<double>(sfx::to_float(x[c]))));
+      for (sfx::index_t c = g0; c < std::min(d, g0 + 32); ++c) xr[static_cast<std::size_t>(c)] = amax / 254.0;
+    }
+  }
+  return xr;
+}
+
 /// Fresh randomness per run: Catch's --rng-seed (ctest passes "time"), mixed with a per-use salt.
 inline std::mt19937_64 rng(std::uint64_t salt) {
   return std::mt19937_64(Catch::rngSeed() * 0x9e3779b97f4a7c15ull + salt);
@@ -82,7 +104,8 @@ void fill_normal(std::vector<T>& v, std::mt19937_64& r, double stddev, double me
   for (auto& e : v) e = sfx::from_float<T>(static_cast<float>(nd(r)));
 }
 
-/// A random dense FFN whose values are exactly representable in T (so packing is exact).
+/// A random dense FFN whose values are exactly representable in T (so packing is exact; q8/q4: float
+/// values, quantised by pack, and the references read the packed, dequantised weights).
 template <class T>
 sfx::dense_ffn<float> random_dense(std::mt19937_64& r, sfx::index_t d, sfx::index_t f, bool gated,
                                    bool biases) {
@@ -90,7 +113,10 @@ sfx::dense_ffn<float> random_dense(std::mt19937_64& r, sfx::index_t d, sfx::inde
   const double ks = 1.0 / std::sqrt(static_cast<double>(d));
   auto fill = [&](std::vector<float>& v, double s, double mean) {
     std::normal_distribution<double> nd(mean, s);
-    for (auto& e : v) e = sfx::to_float(sfx::from_float<T>(static_cast<float>(nd(r))));
+    for (auto& e : v) {
+      e = static_cast<float>(nd(r));
+      if constexpr (!sfx::is_quantized<T>::value) e = sfx::to_float(sfx::from_float<T>(e));
+    }
   };
   fill(ffn.w1, ks, 0.0);
   fill(ffn.w2, 1.0 / std::sqrt(static_cast<double>(f)), 0.0);
@@ -147,6 +173,12 @@ double to_double(T v) {
   return static_cast<double>(sfx::to_float(v));
 }
 
+/// Value c of a weight row of d values (dequantised for q8/q4: the weights the kernels compute with).
+template <class T>
+double wval(const T* row, sfx::index_t c, sfx::index_t d) {
+  return static_cast<double>(sfx::row_format<T>::get(row, c, d));
+}
+
 /// Activation in double, written from the textbook formulas.
 inline double act_ref(sfx::activation_kind k, double a, double u) {
   using K = sfx::activation_kind;
@@ -173,8 +205,8 @@ void neuron_ref(const sfx::blocked_ffn_view<T>& w, const Tx* x, sfx::index_t b, 
   a = w.b1 ? w.b1[j] : 0.0;
   u = w.b3 ? w.b3[j] : 0.0;
   for (sfx::index_t c = 0; c < l.d_model; ++c) {
-    a += to_double(w.keys(b)[i * l.ld + c]) * to_double(x[c]);
-    if (l.gated) u += to_double(w.up(b)[i * l.ld + c]) * to_double(x[c]);
+    a += wval(w.keys(b) + i * l.ld, c, l.d_model) * to_double(x[c]);
+    if (l.gated) u += wval(w.up(b) + i * l.ld, c, l.d_model) * to_double(x[c]);
   }
 }
 
@@ -186,8 +218,8 @@ void neuron_mag2(const sfx::blocked_ffn_view<T>& w, const Tx* x, sfx::index_t b,
   const auto& l = w.layout;
   a2 = u2 = 0;
   for (sfx::index_t c = 0; c < l.d_model; ++c) {
-    a2 += std::pow(to_double(w.keys(b)[i * l.ld + c]) * to_double(x[c]), 2);
-    if (l.gated) u2 += std::pow(to_double(w.up(b)[i * l.ld + c]) * to_double(x[c]), 2);
+    a2 += std::pow(wval(w.keys(b) + i * l.ld, c, l.d_model) * to_double(x[c]), 2);
+    if (l.gated) u2 += std::pow(wval(w.up(b) + i * l.ld, c, l.d_model) * to_double(x[c]), 2);
   }
   a2 = std::sqrt(a2);
   u2 = std::sqrt(u2);
@@ -202,9 +234,12 @@ struct ref_output {
 };
 
 /// y_t = b2 + sum_j w_j * V_bjᵀ act(K_bj x + b1) for one token, in double.
+/// `xr` (optional): per element, the bound of the kernels' rounding of x (x_rounding); mag2 then uses
+/// it in place of x (callers pass act_round 1 to close_to), else mag2 is relative to x.
 template <class T, class Tx>
 ref_output forward_ref(const sfx::blocked_ffn_view<T>& w, sfx::activation_kind act, const Tx* x,
-                       const sfx::block_index_t* blocks, const float* weights, sfx::index_t k) {
+                       const sfx::block_index_t* blocks, const float* weights, sfx::index_t k,
+                       const double* xr = nullptr) {
   const auto& l = w.layout;
   ref_output out;
   out.y.resize(static_cast<std::size_t>(l.d_model));
@@ -222,13 +257,14 @@ ref_output forward_ref(const sfx::blocked_ffn_view<T>& w, sfx::activation_kind a
                    umag = w.b3 ? std::fabs(w.b3[b * l.g + i]) : 0.0, amag2 = 0, umag2 = 0;
       neuron_ref(w, x, b, i, a, u);
       for (sfx::index_t c = 0; c < l.d_model; ++c) {
-        const double ka = to_double(w.keys(b)[i * l.ld + c]) * to_double(x[c]);
-        amag += std::fabs(ka);
-        amag2 += ka * ka;
+        const double xc = to_double(x[c]), rc = xr ? xr[c] : xc;
+        const double kc = wval(w.keys(b) + i * l.ld, c, l.d_model);
+        amag += std::fabs(kc * xc);
+        amag2 += (kc * rc) * (kc * rc);
         if (l.gated) {
-          const double ku = to_double(w.up(b)[i * l.ld + c]) * to_double(x[c]);
-          umag += std::fabs(ku);
-          umag2 += ku * ku;
+          const double uc = wval(w.up(b) + i * l.ld, c, l.d_model);
+          umag += std::fabs(uc * xc);
+          umag2 += (uc * rc) * (uc * rc);
         }
       }
       amag2 = std::sqrt(amag2);
@@ -242,7 +278,7 @@ ref_output forward_ref(const sfx::blocked_ffn_view<T>& w, sfx::activation_kind a
           std::fabs(wb) * (std::fabs(h / (wb == 0 ? 1 : wb)) + 1.2 * amag2 * (l.gated ? std::fabs(u) : 1.0) +
                            (l.gated ? (std::fabs(a) + 1) * umag2 : 0.0));
       for (sfx::index_t c = 0; c < l.d_model; ++c) {
-        const double v = to_double(w.values(b)[i * l.ld + c]);
+        const double v = wval(w.values(b) + i * l.ld, c, l.d_model);
         out.y[static_cast<std::size_t>(c)] += h * v;
         out.mag[static_cast<std::size_t>(c)] += (std::fabs(h) + hsens) * std::fabs(v);
         out.mag2[static_cast<std::size_t>(c)] += std::pow((std::fabs(h) + hsens2) * std::fabs(v), 2);
@@ -353,7 +389,8 @@ bool close_to(const Ty* y, const ref_output& r, double* err_out = nullptr, doubl
   if (err_out) *err_out = err / std::max(norm(r.mag), 1e-300);
   const double round2 = act_round > 0 ? 3 * act_round * norm(r.mag2) : 0.0;
   const double subnormal = output_subnormal_rounding<Ty>() * std::sqrt(static_cast<double>(r.y.size()));
-  return err <= output_rounding<Ty>() * norm(r.y) + subnormal + accumulation_tolerance() * norm(r.mag) + round2;
+  return err <=
+         output_rounding<Ty>() * norm(r.y) + subnormal + accumulation_tolerance() * norm(r.mag) + round2;
 }
 
 /// Selector scores in double (what the selected blocks must be the top-k of).
@@ -368,7 +405,7 @@ std::vector<double> scores_ref(const sfx::blocked_ffn_view<T>& w, sfx::selector_
       const T* row = s == sfx::selector_kind::avg_k ? w.centroid(b) : w.gate_row(b);
       const float* bias = s == sfx::selector_kind::avg_k ? w.centroid_bias : w.gate_b;
       v = bias ? bias[b] : 0.0;
-      for (sfx::index_t c = 0; c < l.d_model; ++c) v += to_double(row[c]) * to_double(x[c]);
+      for (sfx::index_t c = 0; c < l.d_model; ++c) v += wval(row, c, l.d_model) * to_double(x[c]);
     } else if (s == sfx::selector_kind::oracle) {
       for (sfx::index_t i = 0; i < l.g; ++i) {
         double a, u;
@@ -384,7 +421,7 @@ std::vector<double> scores_ref(const sfx::blocked_ffn_view<T>& w, sfx::selector_
 /// The largest per-block root-sum-square sensitivity of the selector scores to x's rounding.
 template <class T, class Tx>
 double max_score_mag2(const sfx::blocked_ffn_view<T>& w, sfx::selector_kind s, sfx::activation_kind act,
-                      const Tx* x) {
+                      const Tx* x, const double* xr = nullptr) {
   const auto& l = w.layout;
   const bool gated = sfx::activation_is_gated(act);
   double worst = 0;
@@ -392,12 +429,16 @@ double max_score_mag2(const sfx::blocked_ffn_view<T>& w, sfx::selector_kind s, s
     double v = 0;
     if (s == sfx::selector_kind::avg_k || s == sfx::selector_kind::learned_gate) {
       const T* row = s == sfx::selector_kind::avg_k ? w.centroid(b) : w.gate_row(b);
-      for (sfx::index_t c = 0; c < l.d_model; ++c) v += std::pow(to_double(row[c]) * to_double(x[c]), 2);
+      for (sfx::index_t c = 0; c < l.d_model; ++c)
+        v += std::pow(wval(row, c, l.d_model) * (xr ? xr[c] : to_double(x[c])), 2);
     } else if (s == sfx::selector_kind::oracle) {
       for (sfx::index_t i = 0; i < l.g; ++i) {
         double a, u, a2, u2;
         neuron_ref(w, x, b, i, a, u);
-        neuron_mag2(w, x, b, i, a2, u2);
+        if (xr)
+          neuron_mag2(w, xr, b, i, a2, u2);
+        else
+          neuron_mag2(w, x, b, i, a2, u2);
         const double e =
             1.2 * a2 * (gated ? std::fabs(u) + 1 : 1.0) + (gated ? (std::fabs(a) + 1) * u2 : 0.0);
         v += e * e;

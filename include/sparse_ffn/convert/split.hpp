@@ -128,7 +128,7 @@ inline std::vector<std::int32_t> kmeans_once(const float* X, index_t N, index_t 
 #endif
       for (index_t i0 = 0; i0 < N; i0 += R) {
         const int rr = static_cast<int>(std::min<index_t>(R, N - i0));
-        ops.dots(cptr.data(), nullptr, B, X + i0 * ld, rr, ld, ld, spill.data(), dots.data());
+        ops.dots(cptr.data(), nullptr, nullptr, B, X + i0 * ld, rr, ld, ld, spill.data(), dots.data());
         for (index_t b = 0; b < B; ++b)
           for (int r = 0; r < rr; ++r)
             value[static_cast<std::size_t>((i0 + r) * B + b)] =

@@ -13,6 +13,10 @@
 //               coefficient is zero for the whole group are skipped (ReLU reads only active rows).
 // then Y = Yacc + b2 in the output dtype.
 //
+// q8/q4 weights (quant.hpp): x, y and the accumulators are padded to row_cols (d rounded up to 64 /
+// 128) rather than ld (which counts the row's bytes); on the VNNI level each token's x is also quantised
+// once to int8 (kernels::prepare_x_int8) for the key kernel.
+//
 // The glue below is compiled once, for the consumer's flags; the micro-kernels are called through the
 // table kernels::ops_for<T>(cpu::active_isa()), resolved once per call (run-time ISA dispatch).
 //
@@ -72,22 +76,24 @@ inline int num_threads() {
 
 /// Per-thread scratch of the key and value passes (for a batch of n tokens).
 struct thread_scratch {
-  const float** xs;       // n token input pointers
-  const bfloat16_t** xb;  // n token input pointers (bf16-rounded copies, when the kernels read them)
-  float* spill;           // n × key_r vectors: key accumulators between d chunks
-  float* dots;            // 2 × n × key_r dot products (keys, then up projections)
-  float* s;               // n × g value coefficients (weight × activation)
-  std::int32_t* rows;     // tiles × g nonzero value rows per token tile
-  index_t* nrows;         // tiles
-  float** ys;             // n output pointers
-  const float** sp;       // n coefficient pointers
+  const float** xs;         // n token input pointers
+  const bfloat16_t** xb;    // n token input pointers (bf16-rounded copies, when the kernels read them)
+  const std::uint8_t** xq;  // n token input pointers (int8 copies, when the kernels read them)
+  float* spill;             // n × key_r vectors: key accumulators between d chunks
+  float* dots;              // 2 × n × key_r dot products (keys, then up projections)
+  float* s;                 // n × g value coefficients (weight × activation)
+  std::int32_t* rows;       // tiles × g nonzero value rows per token tile
+  index_t* nrows;           // tiles
+  float** ys;               // n output pointers
+  const float** sp;         // n coefficient pointers
 };
 
 /// Scratch arrays of one forward (carved from a workspace).
 struct fast_buffers {
-  float* xpad = nullptr;                  // n × ld, zero padded
-  bfloat16_t* xpad16 = nullptr;           // n × ld, xpad rounded to bf16 (kernels with bf16_x)
-  float* yacc = nullptr;                  // n × 2 × ld: two partial accumulators per token
+  float* xpad = nullptr;                  // n × cols, zero padded (cols: row_cols)
+  bfloat16_t* xpad16 = nullptr;           // n × cols, xpad rounded to bf16 (kernels with bf16_x)
+  std::uint8_t* xq8 = nullptr;            // n × x_int8_bytes(cols), xpad as int8 (kernels with int8_x)
+  float* yacc = nullptr;                  // n × 2 × cols: two partial accumulators per token
   std::uint8_t* part = nullptr;           // n × k: which partial a (token, slot) adds into
   block_index_t* blocks = nullptr;        // n × k
   float* weights = nullptr;               // n × k
@@ -104,15 +110,16 @@ struct fast_buffers {
 };
 
 template <class Sel, class Act>
-fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index_t k, int threads,
-                          bool compute, bool bf16_x) {
+fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t cols, index_t n, index_t k,
+                          int threads, bool compute, bool bf16_x, bool int8_x) {
   constexpr index_t KR = kernels::k_max_key_r, W = kernels::k_max_width;
   fast_buffers f;
   const index_t B = l.num_blocks, g = l.g;
   // Every size is an overflow-checked product (arena_plan::take checks the byte count and the sum).
   auto mul = [](index_t a, index_t b) { return sparse_ffn::detail::checked_mul(a, b, "workspace"); };
-  f.xpad = a.take<float>(mul(n, l.ld));
-  if (bf16_x) f.xpad16 = a.take<bfloat16_t>(mul(n, l.ld));
+  f.xpad = a.take<float>(mul(n, cols));
+  if (bf16_x) f.xpad16 = a.take<bfloat16_t>(mul(n, cols));
+  if (int8_x) f.xq8 = a.take<std::uint8_t>(mul(n, kernels::x_int8_bytes(cols)));
   f.blocks = a.take<block_index_t>(mul(n, k));
   f.weights = a.take<float>(mul(n, k));
   if (Sel::scoring != scoring_kind::token) f.scores = a.take<float>(mul(n, B));
@@ -123,7 +130,7 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index
   f.all_tokens = a.take<std::int32_t>(mul(2, n));
   f.topk_scratch = a.take<block_index_t>(mul(threads, B));
   if (compute) {
-    f.yacc = a.take<float>(mul(2, mul(n, l.ld)));
+    f.yacc = a.take<float>(mul(2, mul(n, cols)));
     f.part = a.take<std::uint8_t>(mul(n, k));
     f.h = a.take<float>(mul(mul(n, k), g));
     f.offsets = a.take<index_t>(B + 1);
@@ -134,6 +141,7 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index
   for (auto& t : f.per_thread) {
     t.xs = a.take<const float*>(n);
     t.xb = a.take<const bfloat16_t*>(n);
+    t.xq = a.take<const std::uint8_t*>(n);
     t.spill = a.take<float>(mul(mul(n, KR), W));
     t.dots = a.take<float>(mul(mul(2, n), KR));
     if (compute) {
@@ -150,20 +158,22 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t n, index
 template <int G, class T, class Act, class Emit>
 void key_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, index_t b,
                const std::int32_t* entries, index_t m, const float* xpad, const bfloat16_t* xpad16,
-               const thread_scratch& ts, Emit&& emit) {
+               const std::uint8_t* xq8, index_t cols, const thread_scratch& ts, Emit&& emit) {
   const block_layout& l = w.layout;
   for (index_t q = 0; q < m; ++q) {
     const index_t t = entries[2 * q];
-    ts.xs[q] = xpad + t * l.ld;
-    ts.xb[q] = xpad16 ? xpad16 + t * l.ld : nullptr;
+    ts.xs[q] = xpad + t * cols;
+    ts.xb[q] = xpad16 ? xpad16 + t * cols : nullptr;
+    ts.xq[q] = xq8 ? xq8 + t * kernels::x_int8_bytes(cols) : nullptr;
   }
   // R rows at a time (one register tile of rows), so the scratch stays 2 × m × R floats for any g.
   constexpr index_t R = G < kernels::k_max_key_r ? G : kernels::k_max_key_r;
   float* dk = ts.dots;
   float* du = ts.dots + m * R;  // gated: up projections after the key dots
   for (index_t r0 = 0; r0 < G; r0 += R) {
-    ops.dots(ts.xs, ts.xb, m, w.keys(b) + r0 * l.ld, R, l.ld, l.ld, ts.spill, dk);
-    if constexpr (Act::gated) ops.dots(ts.xs, ts.xb, m, w.up(b) + r0 * l.ld, R, l.ld, l.ld, ts.spill, du);
+    ops.dots(ts.xs, ts.xb, ts.xq, m, w.keys(b) + r0 * l.ld, R, l.ld, cols, ts.spill, dk);
+    if constexpr (Act::gated)
+      ops.dots(ts.xs, ts.xb, ts.xq, m, w.up(b) + r0 * l.ld, R, l.ld, cols, ts.spill, du);
     for (index_t q = 0; q < m; ++q)
       for (index_t r = 0; r < R; ++r) {
         const index_t i = r0 + r, neuron = b * G + i;
@@ -182,10 +192,10 @@ void key_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, 
 template <int G, class T>
 void value_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, index_t b,
                  const std::int32_t* entries, index_t m, index_t k, const float* h, const float* weights,
-                 const std::uint8_t* part, float* yacc, index_t c_lo, index_t c_hi,
+                 const std::uint8_t* part, float* yacc, index_t cols, index_t c_lo, index_t c_hi,
                  const thread_scratch& ts) {
   const index_t RM = ops.rows_m;
-  const index_t ld = w.layout.ld;
+  const index_t ld = w.layout.ld;  // weight row stride; y accumulators have cols floats
   const T* values = w.values(b);
   for (index_t q = 0; q < m; ++q) {  // coefficients s = weight × activation
     const index_t t = entries[2 * q], j = entries[2 * q + 1];
@@ -193,7 +203,7 @@ void value_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w
     const float* ht = h + (t * k + j) * G;
     float* sq = ts.s + q * G;
     for (int i = 0; i < G; ++i) sq[i] = wt * ht[i];
-    ts.ys[q] = yacc + (2 * t + part[t * k + j]) * ld;
+    ts.ys[q] = yacc + (2 * t + part[t * k + j]) * cols;
     ts.sp[q] = sq;
   }
   for (index_t q0 = 0; q0 < m; q0 += RM) {
@@ -205,7 +215,7 @@ void value_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w
       if (any) ts.rows[nr++] = i;
     }
     if (nr == 0) continue;
-    ops.apply_rows(ts.ys + q0, ts.sp + q0, q1 - q0, ts.rows, nr, values, ld, c_lo, c_hi);
+    ops.apply_rows(ts.ys + q0, ts.sp + q0, q1 - q0, ts.rows, nr, values, ld, cols, c_lo, c_hi);
   }
 }
 
@@ -220,6 +230,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
   constexpr int G = Policy::block_size;
   const block_layout& l = w.layout;
   const index_t k = args ? args->k : given.k, d = l.d_model, ld = l.ld, B = l.num_blocks, F = l.d_ff;
+  const index_t cols = row_cols<T>(l);
   if (n == 0) return;
   const bool compute = y != nullptr;
   const int threads = max_threads();
@@ -227,10 +238,11 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
   const index_t KR = ops.key_r;
 
   arena_plan sizing(nullptr);
-  plan_buffers<Sel, Act>(sizing, l, n, k, threads, compute, ops.bf16_x);
+  plan_buffers<Sel, Act>(sizing, l, cols, n, k, threads, compute, ops.bf16_x, ops.int8_x);
   ws.reserve(sizing.bytes());
   arena_plan carve(ws.data());
-  const fast_buffers f = plan_buffers<Sel, Act>(carve, l, n, k, threads, compute, ops.bf16_x);
+  const fast_buffers f =
+      plan_buffers<Sel, Act>(carve, l, cols, n, k, threads, compute, ops.bf16_x, ops.int8_x);
   float* const cache_pre = cache ? cache->pre : nullptr;
   float* const cache_up = cache ? cache->up : nullptr;
 
@@ -245,12 +257,14 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #pragma omp for schedule(static)
 #endif
     for (index_t t = 0; t < n; ++t) {
-      float* xp = f.xpad + t * ld;
+      float* xp = f.xpad + t * cols;
       for (index_t c = 0; c < d; ++c) xp[c] = to_float(x[t * d + c]);
-      for (index_t c = d; c < ld; ++c) xp[c] = 0.0f;
+      for (index_t c = d; c < cols; ++c) xp[c] = 0.0f;
       if (f.xpad16)
-        for (index_t c = 0; c < ld; ++c) f.xpad16[t * ld + c] = bfloat16_t(xp[c]);
-      if (compute) std::fill(f.yacc + 2 * t * ld, f.yacc + 2 * (t + 1) * ld, 0.0f);
+        for (index_t c = 0; c < cols; ++c) f.xpad16[t * cols + c] = bfloat16_t(xp[c]);
+      if constexpr (is_quantized<T>::value)
+        if (f.xq8) kernels::prepare_x_int8<T>(xp, cols, f.xq8 + t * kernels::x_int8_bytes(cols));
+      if (compute) std::fill(f.yacc + 2 * t * cols, f.yacc + 2 * (t + 1) * cols, 0.0f);
       f.all_tokens[2 * t] = static_cast<std::int32_t>(t);
       f.all_tokens[2 * t + 1] = 0;
     }
@@ -281,10 +295,11 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
       for (index_t b0 = 0; b0 < B; b0 += KR) {
         const int rr = static_cast<int>(std::min<index_t>(KR, B - b0));
         for (index_t t = 0; t < n; ++t) {
-          ts.xs[t] = f.xpad + t * ld;
-          ts.xb[t] = f.xpad16 ? f.xpad16 + t * ld : nullptr;
+          ts.xs[t] = f.xpad + t * cols;
+          ts.xb[t] = f.xpad16 ? f.xpad16 + t * cols : nullptr;
+          ts.xq[t] = f.xq8 ? f.xq8 + t * kernels::x_int8_bytes(cols) : nullptr;
         }
-        ops.dots(ts.xs, ts.xb, n, rows + b0 * ld, rr, ld, ld, ts.spill, ts.dots);
+        ops.dots(ts.xs, ts.xb, ts.xq, n, rows + b0 * ld, rr, ld, cols, ts.spill, ts.dots);
         for (index_t t = 0; t < n; ++t)
           for (int r = 0; r < rr; ++r)
             f.scores[t * B + b0 + r] = Sel::linear_score(ts.dots[t * rr + r], bias ? bias[b0 + r] : 0.0f);
@@ -301,7 +316,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #pragma omp for schedule(dynamic, 1)
 #endif
       for (index_t b = 0; b < B; ++b)
-        key_block<G, T, Act>(ops, w, b, f.all_tokens, n, f.xpad, f.xpad16, ts,
+        key_block<G, T, Act>(ops, w, b, f.all_tokens, n, f.xpad, f.xpad16, f.xq8, cols, ts,
                              [&](index_t t, index_t, index_t i, float pre, float u) {
                                f.pre_all[t * F + b * G + i] = pre;
                                if constexpr (Act::gated) f.up_all[t * F + b * G + i] = u;
@@ -390,7 +405,9 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #endif
         for (index_t b = 0; b < B; ++b) {
           const index_t m = f.offsets[b + 1] - f.offsets[b];
-          if (m) key_block<G, T, Act>(ops, w, b, f.entries + 2 * f.offsets[b], m, f.xpad, f.xpad16, ts, emit);
+          if (m)
+            key_block<G, T, Act>(ops, w, b, f.entries + 2 * f.offsets[b], m, f.xpad, f.xpad16, f.xq8, cols,
+                                 ts, emit);
         }
       }
       // ---- 4. values ------------------------------------------------------------------------------
@@ -404,18 +421,18 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
           for (index_t b = 0; b < B; ++b)
             if (f.offsets[b + 1] > f.offsets[b] && f.part[f.entries[2 * f.offsets[b] + 1]] == p)
               value_block<G, T>(ops, w, b, f.entries + 2 * f.offsets[b], 1, k, f.h, f.weights, f.part, f.yacc,
-                                0, ld, ts);
+                                cols, 0, cols, ts);
       } else {
         // A batch: thread tid owns the columns [c_lo, c_hi) of every accumulator, so every block's rows
         // are read once for all the tokens that chose it.
-        const index_t gran = ops.width, vecs = ld / gran;
+        const index_t gran = ops.col_step, vecs = cols / gran;
         const index_t c_lo = vecs * tid / nth * gran, c_hi = vecs * (tid + 1) / nth * gran;
         if (c_lo < c_hi)
           for (index_t b = 0; b < B; ++b) {
             const index_t m = f.offsets[b + 1] - f.offsets[b];
             if (m)
               value_block<G, T>(ops, w, b, f.entries + 2 * f.offsets[b], m, k, f.h, f.weights, f.part, f.yacc,
-                                c_lo, c_hi, ts);
+                                cols, c_lo, c_hi, ts);
           }
       }
 #if SPARSE_FFN_HAS_OPENMP
@@ -424,7 +441,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #endif
       for (index_t t = 0; t < n; ++t)
         for (index_t c = 0; c < d; ++c)
-          y[t * d + c] = from_float<Ty>((f.yacc[2 * t * ld + c] + f.yacc[(2 * t + 1) * ld + c]) +
+          y[t * d + c] = from_float<Ty>((f.yacc[2 * t * cols + c] + f.yacc[(2 * t + 1) * cols + c]) +
                                         (w.b2 ? w.b2[c] : 0.0f));
     }
   }

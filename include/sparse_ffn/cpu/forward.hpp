@@ -27,6 +27,13 @@ bool rounds_inputs_to_bf16() {
   return kernels::ops_for<T>(active_isa()).bf16_x;
 }
 
+/// Whether the kernels now active quantise x to int8 per group of 32 (key pass) for weights of type T:
+/// q8/q4 on avx512_bf16 (VNNI) (docs/design.md, "Quantised weights").
+template <class T>
+bool quantizes_inputs_to_int8() {
+  return kernels::ops_for<T>(active_isa()).int8_x;
+}
+
 template <class Policy, class Tx>
 void route(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, const route_args& args,
            routing_view out, workspace* ws = nullptr) {

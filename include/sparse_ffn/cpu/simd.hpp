@@ -2,12 +2,14 @@
 //
 // The micro-kernels (cpu/kernels/) are written once over `simd<Isa>`; each wrapper provides a float
 // vector `reg` of `width` lanes, loads that convert float / half / bfloat16 to float, fused
-// multiply-add, broadcast and a horizontal sum with a fixed reduction tree (so a dot product's bits
-// do not depend on how the kernel was tiled). simd<avx512_bf16> adds bf16-pair operations for
-// `vdpbf16ps`. Every wrapper is compiled in its own target region whatever the consumer's flags, so one
-// binary carries all of them; cpu::active_isa() decides at run time which one runs.
+// multiply-add, broadcast, int8 / nibble loads for the quantised weights (quant.hpp) and a horizontal sum
+// with a fixed reduction tree (so a dot product's bits do not depend on how the kernel was tiled).
+// simd<avx512_bf16> adds bf16-pair operations for `vdpbf16ps`. Every wrapper is compiled in its own target
+// region whatever the consumer's flags, so one binary carries all of them; cpu::active_isa() decides at run
+// time which one runs.
 #pragma once
 
+#include <cstdint>
 #include <cstring>
 
 #include "../config.hpp"
@@ -54,6 +56,24 @@ struct simd<isa::scalar> {
     for (int l = 0; l < width; ++l) r.v[l] = to_float(p[l]);
     return r;
   }
+  /// width int8 values as floats.
+  static reg load_q8(const std::uint8_t* p) {
+    reg r;
+    for (int l = 0; l < width; ++l) r.v[l] = static_cast<float>(static_cast<std::int8_t>(p[l]));
+    return r;
+  }
+  /// width bytes of nibbles: lo = (low nibble − 8), hi = (high nibble − 8), as floats.
+  static void load_q4(const std::uint8_t* p, reg& lo, reg& hi) {
+    for (int l = 0; l < width; ++l) {
+      lo.v[l] = static_cast<float>(static_cast<int>(p[l] & 0x0f) - 8);
+      hi.v[l] = static_cast<float>(static_cast<int>(p[l] >> 4) - 8);
+    }
+  }
+  static reg mul(reg a, reg b) {
+    reg r;
+    for (int l = 0; l < width; ++l) r.v[l] = a.v[l] * b.v[l];
+    return r;
+  }
   static void store(float* p, reg a) { std::memcpy(p, a.v, sizeof a.v); }
   /// a * b + c
   static reg fma(reg a, reg b, reg c) {
@@ -86,6 +106,16 @@ struct simd<isa::avx2> {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
+  static reg load_q8(const std::uint8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static void load_q4(const std::uint8_t* p, reg& lo, reg& hi) {
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    const __m256i eight = _mm256_set1_epi32(8);
+    lo = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x0f)), eight));
+    hi = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(b, 4), eight));
+  }
+  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   static void store(float* p, reg a) { _mm256_storeu_ps(p, a); }
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   static float hsum(reg a) {
@@ -114,6 +144,16 @@ struct simd<isa::avx512> {
     const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
   }
+  static reg load_q8(const std::uint8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static void load_q4(const std::uint8_t* p, reg& lo, reg& hi) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m512i eight = _mm512_set1_epi32(8);
+    lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x0f)), eight));
+    hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(b, 4), eight));
+  }
+  static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static void store(float* p, reg a) { _mm512_storeu_ps(p, a); }
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static float hsum(reg a) {
@@ -139,6 +179,39 @@ struct simd<isa::avx512_bf16> : simd<isa::avx512> {
   static constexpr int pair_width = 32;  // bf16 elements per `pairs` register
   static pairs load_pairs(const bfloat16_t* p) { return (pairs)_mm512_loadu_si512(p); }
   static reg dot(reg acc, pairs a, pairs b) { return _mm512_dpbf16_ps(acc, a, b); }
+
+  // AVX512_VNNI (part of this level): int8 dot products for the quantised weights. An `ireg` holds 64
+  // bytes = 16 int32 lanes; dpbusd(acc, u, s) adds to lane i the four products u[4i+j]·s[4i+j] (u
+  // unsigned, s signed bytes; exact in int32).
+  using ireg = __m512i;
+  static ireg iload(const void* p) { return _mm512_loadu_si512(p); }
+  static ireg dpbusd(ireg acc, ireg u, ireg s) { return _mm512_dpbusd_epi32(acc, u, s); }
+  /// Signed bytes + 128 as unsigned bytes (q8 weights for dpbusd's unsigned operand).
+  static ireg flip_sign(ireg v) { return _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80))); }
+  /// The low and high nibbles of every byte.
+  static void nibbles(ireg v, ireg& lo, ireg& hi) {
+    const ireg m = _mm512_set1_epi8(0x0f);
+    lo = _mm512_and_si512(v, m);
+    hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
+  }
+  static reg cvt(ireg i) { return _mm512_cvtepi32_ps(i); }
+  /// Lanes 0-7 = float(s[A]), lanes 8-15 = float(s[B]) for bfloat16 scales s[0..N) (N = 2 or 4).
+  template <int N, int A, int B>
+  static reg scale_lanes(const bfloat16_t* s) {
+    static_assert((N == 2 || N == 4) && A < N && B < N, "scale_lanes reads 2 or 4 scales");
+    __m128i v;
+    if constexpr (N == 2) {
+      std::uint32_t u;
+      std::memcpy(&u, s, 4);
+      v = _mm_cvtsi32_si128(static_cast<int>(u));
+    } else {
+      v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s));
+    }
+    // Word 7 of v is zero: each dword lane takes it as its low half and the scale as its high half.
+    const __m512i idx = _mm512_set_epi16(B, 7, B, 7, B, 7, B, 7, B, 7, B, 7, B, 7, B, 7,  //
+                                         A, 7, A, 7, A, 7, A, 7, A, 7, A, 7, A, 7, A, 7);
+    return _mm512_castsi512_ps(_mm512_permutexvar_epi16(idx, _mm512_zextsi128_si512(v)));
+  }
 };
 SPARSE_FFN_TARGET_END
 #endif  // SPARSE_FFN_X86_DISPATCH

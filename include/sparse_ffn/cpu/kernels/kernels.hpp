@@ -7,10 +7,13 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "../../config.hpp"
+#include "../../quant.hpp"
 #include "../isa.hpp"
 #include "../simd.hpp"
 
@@ -50,6 +53,53 @@ namespace kernels {
 inline constexpr index_t k_dchunk = 512;
 /// Upper bounds over every ISA (scratch sizing).
 inline constexpr int k_max_key_r = 8, k_max_width = 16;
+
+/// Bytes of one token's prepared int8 x for `cols` values (prepare_x_int8).
+inline constexpr index_t x_int8_bytes(index_t cols) {
+  return 3 * cols;
+}
+
+/// Quantises one token's x (cols values, zero padded) for the VNNI key kernel of weights T, into
+/// x_int8_bytes(cols) bytes: [cols int8 in kernel order][cols/4 int32: the initial accumulator of each
+/// dpbusd lane, −zero_point × the sum of its four x values][cols/4 float: each lane's x scale].
+/// Groups of 32 values, scale max|x|/127, round to nearest. Kernel order: q8 natural; q4 per 128
+/// values [0,32) [64,96) [32,64) [96,128) (the low, then the high nibbles of one 64-byte line). A group
+/// holding NaN or Inf gets a NaN scale, so the token's affected dot products are NaN (as in float).
+template <class T>
+void prepare_x_int8(const float* x, index_t cols, std::uint8_t* out) {
+  constexpr bool q8 = std::is_same<T, q8_t>::value;
+  constexpr std::int32_t zero_point = q8 ? 128 : 8;
+  auto* xq = reinterpret_cast<std::int8_t*>(out);
+  auto* corr = reinterpret_cast<std::int32_t*>(out + cols);
+  auto* xs = reinterpret_cast<float*>(out + 2 * cols);
+  for (index_t g0 = 0; g0 < cols; g0 += 32) {
+    float amax = 0.0f;
+    bool finite = true;
+    for (index_t i = 0; i < 32; ++i) {
+      finite &= std::isfinite(x[g0 + i]);
+      amax = std::max(amax, std::fabs(x[g0 + i]));
+    }
+    const float sx = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
+    const float inv = finite && amax > 0.0f ? 127.0f / amax : 0.0f;
+    // Kernel-order position of this group.
+    index_t kb = g0;
+    if constexpr (!q8) {
+      const index_t base = g0 / 128 * 128, part = (g0 % 128) / 32;  // natural quarter 0..3
+      static constexpr index_t order[4] = {0, 2, 1, 3};             // -> kernel quarter
+      kb = base + order[part] * 32;
+    }
+    for (index_t i = 0; i < 32; ++i) {
+      const float v = finite ? std::nearbyint(x[g0 + i] * inv) : 0.0f;
+      xq[kb + i] = static_cast<std::int8_t>(std::max(-127.0f, std::min(127.0f, v)));
+    }
+    for (index_t l = 0; l < 8; ++l) {
+      std::int32_t sum = 0;
+      for (index_t j = 0; j < 4; ++j) sum += xq[kb + 4 * l + j];
+      corr[kb / 4 + l] = -zero_point * sum;
+      xs[kb / 4 + l] = sx;
+    }
+  }
+}
 
 /// kernels<Isa>: the micro-kernels compiled for Isa (static member templates; see kernels.inl).
 template <class Isa>
@@ -92,12 +142,15 @@ template <class T>
 struct kernel_ops {
   isa_level level = isa_level::scalar;
   int key_r = 1, rows_m = 1;
-  int width = 1;        ///< floats per vector: value-pass column ranges are multiples of it
+  int width = 1;        ///< floats per vector
+  int col_step = 1;     ///< value-pass column ranges are multiples of it (width; 64 for q8/q4)
   bool bf16_x = false;  ///< the key kernel reads x rounded to bf16 (dots' xb argument)
-  void (*dots)(const float* const* xf, const bfloat16_t* const* xb, index_t m, const T* rows, index_t nrows,
-               index_t ld, index_t len, float* spill, float* out) = nullptr;
+  bool int8_x = false;  ///< the key kernel reads x quantised to int8 (dots' xq argument, prepare_x_int8)
+  void (*dots)(const float* const* xf, const bfloat16_t* const* xb, const std::uint8_t* const* xq, index_t m,
+               const T* rows, index_t nrows, index_t ld, index_t len, float* spill, float* out) = nullptr;
   void (*apply_rows)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
-                     index_t nrows, const T* v, index_t ld, index_t c_lo, index_t c_hi) = nullptr;
+                     index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo,
+                     index_t c_hi) = nullptr;
 };
 
 template <class Isa, class T>
@@ -108,7 +161,9 @@ kernel_ops<T> make_ops(isa_level level) {
   o.key_r = K::key_r;
   o.rows_m = K::rows_m;
   o.bf16_x = K::template bf16_pairs<T>;
+  o.int8_x = K::template vnni_q<T>;
   o.width = K::width;
+  o.col_step = is_quantized<T>::value ? static_cast<int>(k_quant_chunk) : K::width;
   o.dots = &K::template dots<T>;
   o.apply_rows = &K::template apply_rows<T>;
   return o;

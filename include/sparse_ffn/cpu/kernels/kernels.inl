@@ -128,8 +128,15 @@ struct impl {
       const index_t q1 = std::min(len, q0 + k_dchunk);
       for (index_t m0 = 0; m0 < m; m0 += key_m) {
         count<key_m>(static_cast<int>(std::min<index_t>(key_m, m - m0)), [&](auto M) {
-          dot_tile_acc<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width, q0 == 0,
-                                              m0 == 0);
+          if constexpr (vnni_q<T>)
+            dot_tile_acc_vnni<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
+                                                     q0 == 0, m0 == 0);
+          else if constexpr (is_quantized<T>::value)
+            dot_tile_acc_q<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
+                                                  q0 == 0, m0 == 0);
+          else
+            dot_tile_acc<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
+                                                q0 == 0, m0 == 0);
         });
       }
     }
@@ -138,18 +145,233 @@ struct impl {
   }
 
   /// out[q*nrows + r] = dot(rows[r*ld ..], x[q]) for q < m, r < nrows, over len elements (a multiple of
-  /// 32). x is read from xb (bf16) when bf16_pairs<T>, else from xf. spill: m × key_r × width floats.
+  /// 32). x is read from xq (int8, prepare_x_int8) when vnni_q<T>, from xb (bf16) when bf16_pairs<T>,
+  /// else from xf. spill: m × key_r × width floats.
   template <class T>
-  static void dots(const float* const* xf, const bfloat16_t* const* xb, index_t m, const T* rows,
-                   index_t nrows, index_t ld, index_t len, float* spill, float* out) {
+  static void dots(const float* const* xf, const bfloat16_t* const* xb, const std::uint8_t* const* xq,
+                   index_t m, const T* rows, index_t nrows, index_t ld, index_t len, float* spill,
+                   float* out) {
     for (index_t r0 = 0; r0 < nrows; r0 += key_r) {
       count<key_r>(static_cast<int>(std::min<index_t>(key_r, nrows - r0)), [&](auto R) {
-        if constexpr (bf16_pairs<T>)
+        if constexpr (vnni_q<T>)
+          project<decltype(R)::value>(xq, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
+        else if constexpr (bf16_pairs<T>)
           project<decltype(R)::value>(xb, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
         else
           project<decltype(R)::value>(xf, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
       });
     }
+  }
+
+  // ---- quantised rows (quant.hpp): dequantise in registers, then the float arithmetic ---------------
+  // Every weight is widened and multiplied by its group's scale (exact in float), so a quantised key or
+  // value kernel computes bit for bit what the float kernel computes on the dequantised weights, in the
+  // same per-accumulator order. A 64-value chunk is two groups: a = values [0, 32), b = [32, 64).
+
+  /// Widened, scaled weights of one row at value offset q + j (a) and q + 32 + j (b), j < 32.
+  template <class T>
+  static void load_chunk(const std::uint8_t* row, index_t q, index_t j, reg sa, reg sb, reg& a, reg& b) {
+    if constexpr (std::is_same<T, q8_t>::value) {
+      a = V::mul(V::load_q8(row + q + j), sa);
+      b = V::mul(V::load_q8(row + q + 32 + j), sb);
+    } else {
+      reg lo, hi;
+      V::load_q4(row + q / 2 + j, lo, hi);
+      a = V::mul(lo, sa);
+      b = V::mul(hi, sb);
+    }
+  }
+
+  /// dot_tile_acc for q8/q4 rows: cols values per row (a multiple of 64), scales after the quants.
+  template <int M, int R, class T>
+  static void dot_tile_acc_q(const float* const* x, const T* rows_t, index_t ld, index_t cols, index_t q0,
+                             index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first, bool prefetch) {
+    using F = row_format<T>;
+    const auto* rows = reinterpret_cast<const std::uint8_t*>(rows_t);
+    const index_t qbytes = F::quant_bytes(cols);
+    reg a[M][R];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) a[m][r] = first ? V::zero() : V::load(acc + (m * R + r) * width);
+    for (index_t q = q0; q < q1; q += k_quant_chunk) {  // q0, q1: multiples of 64
+      const index_t byte = q * F::bits / 8;
+      if (prefetch && byte % 64 == 0) {  // one prefetch per cache line and row, 1 KiB ahead
+        const index_t p = byte + 1024;
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r)
+          V::prefetch(p < qbytes ? rows + r * ld + p : rows + (R + r) * ld + (p - qbytes));
+      }
+      reg xa[M], xb[M];
+      (void)xa;
+      (void)xb;
+#pragma GCC unroll 4
+      for (index_t j = 0; j < 32; j += width) {
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          xa[m] = V::load(x[m] + q + j);
+          xb[m] = V::load(x[m] + q + 32 + j);
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          const std::uint8_t* row = rows + r * ld;
+          const bfloat16_t* sc = F::scales(reinterpret_cast<const T*>(row), cols) + q / 32;
+          reg wa, wb;
+          load_chunk<T>(row, q, j, V::set1(to_float(sc[0])), V::set1(to_float(sc[1])), wa, wb);
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m) {
+            a[m][r] = V::fma(wa, xa[m], a[m][r]);
+            a[m][r] = V::fma(wb, xb[m], a[m][r]);
+          }
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) V::store(acc + (m * R + r) * width, a[m][r]);
+  }
+
+  /// axpy_rows for q8/q4 value rows: columns [c_begin, c_end) are multiples of 64.
+  template <int M, class T>
+  static void axpy_rows_q(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
+                          const T* v_t, index_t ld, index_t cols, index_t c_begin, index_t c_end) {
+    using F = row_format<T>;
+    const auto* v = reinterpret_cast<const std::uint8_t*>(v_t);
+    const index_t qbytes = F::quant_bytes(cols);
+    index_t idx = 0;
+    for (; idx + 4 <= nrows; idx += 4) {
+      const std::uint8_t* vr[4];
+      const std::uint8_t* next[4];
+      const bfloat16_t* sc[4];
+      reg sb[M][4];
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        vr[u] = v + rows[idx + u] * ld;
+        next[u] = idx + 4 + u < nrows ? v + rows[idx + 4 + u] * ld : vr[u];
+        sc[u] = F::scales(reinterpret_cast<const T*>(vr[u]), cols);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) sb[m][u] = V::set1(s[m][rows[idx + u]]);
+      }
+      const index_t b_begin = c_begin * F::bits / 8, b_end = c_end * F::bits / 8;
+      for (index_t c = c_begin; c < c_end; c += k_quant_chunk) {
+        const index_t byte = c * F::bits / 8;
+        if ((byte - b_begin) % 64 == 0) {  // one prefetch per cache line and row, 1 KiB ahead
+          const index_t p = byte + 1024;
+#pragma GCC unroll 4
+          for (int u = 0; u < 4; ++u)
+            V::prefetch(p < b_end ? vr[u] + p : next[u] + b_begin + (p - b_end) % (b_end - b_begin));
+        }
+        (void)qbytes;
+#pragma GCC unroll 4
+        for (index_t j = 0; j < 32; j += width) {
+          reg va[4], vb[4];
+#pragma GCC unroll 4
+          for (int u = 0; u < 4; ++u)
+            load_chunk<T>(vr[u], c, j, V::set1(to_float(sc[u][c / 32])), V::set1(to_float(sc[u][c / 32 + 1])),
+                          va[u], vb[u]);
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m) {
+            reg ya = V::load(y[m] + c + j), yb = V::load(y[m] + c + 32 + j);
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; ++u) {
+              ya = V::fma(sb[m][u], va[u], ya);
+              yb = V::fma(sb[m][u], vb[u], yb);
+            }
+            V::store(y[m] + c + j, ya);
+            V::store(y[m] + c + 32 + j, yb);
+          }
+        }
+      }
+    }
+    for (; idx < nrows; ++idx) {
+      const std::uint8_t* vi = v + rows[idx] * ld;
+      const bfloat16_t* sci = F::scales(reinterpret_cast<const T*>(vi), cols);
+      for (int m = 0; m < M; ++m) {
+        const reg si = V::set1(s[m][rows[idx]]);
+        for (index_t c = c_begin; c < c_end; c += k_quant_chunk)
+          for (index_t j = 0; j < 32; j += width) {
+            reg va, vb;
+            load_chunk<T>(vi, c, j, V::set1(to_float(sci[c / 32])), V::set1(to_float(sci[c / 32 + 1])), va,
+                          vb);
+            V::store(y[m] + c + j, V::fma(si, va, V::load(y[m] + c + j)));
+            V::store(y[m] + c + 32 + j, V::fma(si, vb, V::load(y[m] + c + 32 + j)));
+          }
+      }
+    }
+  }
+
+  // ---- quantised rows on a VNNI level: int8 × int8 dot products (vpdpbusd) ---------------------------
+  // x is quantised per group of 32 to int8 (prepare_x_int8 in kernels.hpp, once per token) and the
+  // weights are the unsigned operand: q8 as q + 128 (a sign flip of the byte), q4 as its nibble u = q + 8.
+  // Each 64-byte unit of weights (q8: 64 values; q4: the low or the high nibbles of a 64-byte line)
+  // gives 16 int32 lanes, lanes 0-7 from one group and 8-15 from another; the int32 accumulator starts
+  // at −zero_point × (sum of the lane's four x values), so it ends at the exact Σ q·xq, then
+  // acc += float(lanes) × (weight scale × x scale) per lane. Same accumulator order in every tile shape.
+  template <class T>
+  static constexpr bool vnni_q = (std::is_base_of<isa::avx512_bf16, Isa>::value && is_quantized<T>::value);
+
+  template <int M, int R, class T>
+  static void dot_tile_acc_vnni(const std::uint8_t* const* xq, const T* rows_t, index_t ld, index_t cols,
+                                index_t q0, index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first,
+                                bool prefetch) {
+    using F = row_format<T>;
+    using I = typename V::ireg;
+    constexpr bool q8 = std::is_same<T, q8_t>::value;
+    constexpr index_t step = q8 ? 64 : 128;  // values per 64-byte line of quants
+    const auto* rows = reinterpret_cast<const std::uint8_t*>(rows_t);
+    const index_t qbytes = F::quant_bytes(cols);
+    reg a[M][R];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) a[m][r] = first ? V::zero() : V::load(acc + (m * R + r) * width);
+    for (index_t q = q0; q < q1; q += step) {  // q0, q1: multiples of step
+      const index_t byte = q * F::bits / 8;
+      if (prefetch) {
+        const index_t p = byte + 1024;
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r)
+          V::prefetch(p < qbytes ? rows + r * ld + p : rows + (R + r) * ld + (p - qbytes));
+      }
+      // Kernel-order offsets of this line's units in a token's prepared x (prepare_x_int8).
+      const index_t kb0 = q, kb1 = q + 64;
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const std::uint8_t* row = rows + r * ld;
+        const bfloat16_t* sc = F::scales(reinterpret_cast<const T*>(row), cols) + q / 32;
+        const I v = V::iload(row + byte);
+        if constexpr (q8) {
+          const I w = V::flip_sign(v);
+          const reg s = V::template scale_lanes<2, 0, 1>(sc);
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m) {
+            const std::uint8_t* xm = xq[m];
+            const I i = V::dpbusd(V::iload(xm + cols + kb0), w, V::iload(xm + kb0));
+            a[m][r] =
+                V::fma(V::cvt(i), V::mul(s, V::load(reinterpret_cast<const float*>(xm + 2 * cols) + kb0 / 4)),
+                       a[m][r]);
+          }
+        } else {
+          I lo, hi;
+          V::nibbles(v, lo, hi);
+          const reg s_lo = V::template scale_lanes<4, 0, 2>(sc), s_hi = V::template scale_lanes<4, 1, 3>(sc);
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m) {
+            const std::uint8_t* xm = xq[m];
+            const float* xs = reinterpret_cast<const float*>(xm + 2 * cols);
+            const I il = V::dpbusd(V::iload(xm + cols + kb0), lo, V::iload(xm + kb0));
+            a[m][r] = V::fma(V::cvt(il), V::mul(s_lo, V::load(xs + kb0 / 4)), a[m][r]);
+            const I ih = V::dpbusd(V::iload(xm + cols + kb1), hi, V::iload(xm + kb1));
+            a[m][r] = V::fma(V::cvt(ih), V::mul(s_hi, V::load(xs + kb1 / 4)), a[m][r]);
+          }
+        }
+      }
+    }
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m)
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) V::store(acc + (m * R + r) * width, a[m][r]);
   }
 
   /// Groups of four value rows applied to M tokens, streaming the rows front to back over the column
@@ -202,12 +424,17 @@ struct impl {
   }
 
   /// y[q] += sum over the listed rows i of s[q][i] * v[i] for q < m (<= rows_m) tokens, columns
-  /// [c_lo, c_hi) (multiples of width). rows: ascending, nrows of them.
+  /// [c_lo, c_hi) (multiples of width; of 64 for quantised rows). rows: ascending, nrows of them.
+  /// cols: values per row (quantised rows: where the scales start).
   template <class T>
   static void apply_rows(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
-                         index_t nrows, const T* v, index_t ld, index_t c_lo, index_t c_hi) {
-    count<rows_m>(static_cast<int>(m),
-                  [&](auto M) { axpy_rows<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi); });
+                         index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo, index_t c_hi) {
+    count<rows_m>(static_cast<int>(m), [&](auto M) {
+      if constexpr (is_quantized<T>::value)
+        axpy_rows_q<decltype(M)::value>(y, s, rows, nrows, v, ld, cols, c_lo, c_hi);
+      else
+        axpy_rows<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi);
+    });
   }
 };
 
