@@ -5,7 +5,7 @@
 //         --hidden states.safetensors --hidden-name NAME [--max-tokens N]
 //         --activation relu|gelu_erf|gelu_tanh|silu|swiglu|geglu  --g 1|16|32|64|128
 //         [--split kmeans|coactivation|random] [--router avg_k|similarity|linear|mlp]
-//         [--dtype f32|bf16|f16] [--seed N] [--iterations N] [--restarts N] [--epochs N]
+//         [--dtype f32|bf16|f16|q8|q4] [--seed N] [--iterations N] [--restarts N] [--epochs N]
 //         [--report-splits random,kmeans,coactivation] [--densities 0.1,0.2,0.25,0.3,0.5]
 //         [--held-out 0.25 | --no-report] --out blocked.safetensors [--report report.json]
 //
@@ -123,10 +123,17 @@ int main(int argc, char** argv) {
                                                      {"selector", o.router == "mlp" ? "routed" : "avg_k"},
                                                      {"source", o.in}};
     const sf::convert::moefy_result r = sf::convert::moefy(dense, x.data(), n, mo);
-    sf::dispatch_dtype(sf::parse_dtype(o.dtype), [&](auto t) {
-      using T = typename decltype(t)::type;
-      sf::io::save_blocked(o.out, sf::convert::moefy_pack<T>(dense, r), meta, r.has_mlp ? &r.mlp : nullptr);
-    });
+    const sf::convert::mlp_router* mlp = r.has_mlp ? &r.mlp : nullptr;
+    if (o.dtype == "q8") {  // quantised weights (docs/design.md): not in the run-time dtype dispatch
+      sf::io::save_blocked(o.out, sf::convert::moefy_pack<sf::q8_t>(dense, r), meta, mlp);
+    } else if (o.dtype == "q4") {
+      sf::io::save_blocked(o.out, sf::convert::moefy_pack<sf::q4_t>(dense, r), meta, mlp);
+    } else {
+      sf::dispatch_dtype(sf::parse_dtype(o.dtype), [&](auto t) {
+        using T = typename decltype(t)::type;
+        sf::io::save_blocked(o.out, sf::convert::moefy_pack<T>(dense, r), meta, mlp);
+      });
+    }
     progress("wrote " + o.out, 1.0);
     if (mo.report) std::printf("%s", sf::convert::format_report(r.report).c_str());
     if (!o.report.empty()) {

@@ -163,7 +163,7 @@ inline void define(CLI::App& app, options& o) {
       ->check(CLI::IsMember({"kmeans", "coactivation", "random"}));
   app.add_option("--router", o.router, "router installed in the model")->capture_default_str()
       ->check(CLI::IsMember({"avg_k", "similarity", "linear", "mlp"}));
-  app.add_option("--dtype", o.dtype, "weight dtype of the converted model")->capture_default_str()->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  app.add_option("--dtype", o.dtype, "weight dtype of the converted model")->capture_default_str()->check(CLI::IsMember({"f32", "bf16", "f16", "q8", "q4"}));
   app.add_option("--seed", o.seed, "seed of the split and the router training")->capture_default_str()->check(detail::unsigned64());
   app.add_option("--iterations", o.iterations, "k-means iterations")->capture_default_str()->check(detail::integer(1, 1000000));
   app.add_option("--restarts", o.restarts, "k-means restarts (the best is kept)")->capture_default_str()->check(detail::integer(1, 1000));

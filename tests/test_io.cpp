@@ -10,7 +10,9 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iterator>
+#include <map>
 
 #include <signal.h>
 #include <sys/resource.h>
@@ -464,4 +466,108 @@ TEST_CASE("safetensors: a header with many tensors opens in linear time", "[io][
   REQUIRE(f.tensors().size() == 100000);
   INFO("seconds: " << s);
   REQUIRE(s < 30.0);
+}
+
+TEMPLATE_TEST_CASE("quantised blocked models: saved and loaded bit-identical; conversions and errors",
+                   "[io][quant]", sfx::q8_t, sfx::q4_t) {
+  using Q = TestType;
+  using Other = std::conditional_t<std::is_same<Q, sfx::q8_t>::value, sfx::q4_t, sfx::q8_t>;
+  const auto p = sparse_ffn::convert::make_planted_ffn(88, 8, 16, 20, 3, 3);  // odd d: a tail group
+  std::vector<float> gw(8 * 88);
+  auto r = test::rng(21);
+  test::fill_normal(gw, r, 0.2);
+  sfx::pack_options po{16};
+  po.gate_w = gw.data();
+  const auto model = sfx::pack<Q>(p.dense.view(), po);
+  const std::string path = tmp_path("qmodel");
+  io::save_blocked(path, model, {{"activation", "relu"}});
+  {
+    const auto f = io::safetensors_file::open(path);
+    REQUIRE(f.metadata().at("dtype") == sfx::dtype_traits<Q>::name);
+    REQUIRE(f.metadata().at("format_version") == "2");
+    REQUIRE(f.info("weights").dtype == "U8");
+  }
+  const auto back = io::load_blocked<Q>(path);
+  // The same bytes: every stored row, centroid and gate row.
+  const auto& l = model.layout();
+  REQUIRE(back.layout().ld == l.ld);
+  const auto w0 = model.view(), w1 = back.view();
+  REQUIRE(std::memcmp(w0.weights, w1.weights, static_cast<std::size_t>(l.total_elements())) == 0);
+  REQUIRE(std::memcmp(w0.centroids, w1.centroids, static_cast<std::size_t>(l.num_blocks * l.ld)) == 0);
+  REQUIRE(std::memcmp(w0.gate_w, w1.gate_w, static_cast<std::size_t>(l.num_blocks * l.ld)) == 0);
+  using P = sfx::policy<16, sfx::select::avg_k, Q, sfx::act::relu>;
+  std::vector<float> y1(20 * 88), y2(20 * 88);
+  sfx::cpu::forward<P>(w0, 20, p.x.data(), y1.data(), {2});
+  sfx::cpu::forward<P>(w1, 20, p.x.data(), y2.data(), {2});
+  REQUIRE(y1 == y2);
+  // As float: the dequantised weights, exactly.
+  const auto as_float = io::load_blocked<float>(path);
+  REQUIRE(sfx::unpack(as_float.view()).w1 == sfx::unpack(w0).w1);
+  REQUIRE(sfx::unpack(as_float.view()).w2 == sfx::unpack(w0).w2);
+  // As the other quantised dtype: refused, with a message naming both.
+  try {
+    (void)io::load_blocked<Other>(path);
+    FAIL("loading " << sfx::dtype_traits<Q>::name << " as " << sfx::dtype_traits<Other>::name
+                    << " did not throw");
+  } catch (const sfx::error& e) {
+    REQUIRE(e.code() == sfx::status::unsupported);
+    REQUIRE(std::string(e.what()).find(sfx::dtype_traits<Other>::name) != std::string::npos);
+  }
+  // A float file loads as Q: quantised as pack<Q> does.
+  io::save_blocked(path, sfx::pack<float>(p.dense.view(), po));
+  const auto quantised = io::load_blocked<Q>(path);
+  REQUIRE(std::memcmp(quantised.view().weights, w0.weights, static_cast<std::size_t>(l.total_elements())) ==
+          0);
+
+  // Damaged files: a truncated row tensor, a non-finite scale, a float dtype claimed for U8 rows.
+  io::save_blocked(path, model);
+  const auto good = io::safetensors_file::open(path);
+  std::map<std::string, std::vector<unsigned char>> data;
+  for (const auto& kv : good.tensors()) data[kv.first] = good.bytes(kv.first);
+  auto rewrite =
+      [&](const std::function<void(const std::string&, io::tensor_info&, std::vector<unsigned char>&)>& edit,
+          const std::map<std::string, std::string>& meta) {
+        io::safetensors_writer w;
+        for (const auto& [name, t0] : good.tensors()) {
+          auto t = t0;
+          auto bytes = data.at(name);
+          edit(name, t, bytes);
+          w.add(name, t.dtype, t.shape, bytes.data(), bytes.size());
+        }
+        for (const auto& [k, v] : good.metadata()) w.add_metadata(k, meta.count(k) ? meta.at(k) : v);
+        w.write(path);
+      };
+  const sfx::index_t payload = sfx::row_format<Q>::payload_bytes(88);
+  const sfx::index_t scale_at = sfx::row_format<Q>::quant_bytes(sfx::row_format<Q>::cols(88));
+  rewrite(
+      [&](const std::string& n, io::tensor_info& t, std::vector<unsigned char>& b) {
+        if (n == "weights") {
+          t.shape.back() = payload - 2;  // rows two bytes short
+          b.resize(static_cast<std::size_t>(t.numel()));
+        }
+      },
+      {});
+  REQUIRE_THROWS_AS(io::load_blocked<Q>(path), sfx::error);
+  rewrite(
+      [&](const std::string& n, io::tensor_info&, std::vector<unsigned char>& b) {
+        if (n == "weights") {  // row 3's first scale := +Inf (bfloat16 0x7f80)
+          b[static_cast<std::size_t>(3 * payload + scale_at)] = 0x80;
+          b[static_cast<std::size_t>(3 * payload + scale_at + 1)] = 0x7f;
+        }
+      },
+      {});
+  try {
+    (void)io::load_blocked<Q>(path);
+    FAIL("a non-finite scale was accepted");
+  } catch (const sfx::error& e) {
+    REQUIRE(e.code() == sfx::status::io_error);
+    REQUIRE(std::string(e.what()).find("non-finite scale") != std::string::npos);
+  }
+  rewrite([](const std::string&, io::tensor_info&, std::vector<unsigned char>&) {},
+          {{"format_version", "1"}});
+  REQUIRE_THROWS_AS(io::load_blocked<Q>(path), sfx::error);  // q8/q4 need version 2
+  rewrite([](const std::string&, io::tensor_info&, std::vector<unsigned char>&) {},
+          {{"dtype", sfx::dtype_traits<Other>::name}});
+  REQUIRE_THROWS_AS(io::load_blocked<float>(path), sfx::error);  // row size of the other format
+  std::remove(path.c_str());
 }

@@ -1,7 +1,10 @@
 // sparse_ffn — blocked models on disk (safetensors) and dense FFNs from checkpoints.
 //
 // save_blocked / load_blocked store everything a kernel and a converter need:
-//   weights        [B, m, g, d_model]  keys, (up), values of each block, in the model dtype, unpadded
+//   weights        [B, m, g, d_model]  keys, (up), values of each block, in the model dtype, unpadded;
+//                  q8/q4 models (format_version 2): U8 [B, m, g, P], each row's quants and bfloat16
+//                  scales as in memory (quant.hpp) without the line padding, P = row_format::payload_bytes
+//                  (centroids and gate_w likewise U8 [B, P])
 //   b1, b3         [d_ff]  F32 packed-order biases (when present); b2 [d_model]
 //   centroids      [B, d_model] model dtype, centroid_bias [B] F32       (Avg-K / linear router rows)
 //   gate_w         [B, d_model] model dtype, gate_b [B] F32              (learned gate)
@@ -13,8 +16,11 @@
 // atomically (io/file.hpp). load_blocked checks, before allocating the model: the format and its
 // version, a valid layout from the metadata, every tensor's presence and shape against it, no unknown
 // tensor; then the values: finite weights, biases and router rows, a permutation that is a bijection.
-// It converts to the requested dtype. Every failure is a sparse_ffn::error naming the file (and the
-// tensor); running out of memory is an io_error too, never std::bad_alloc.
+// It converts to the requested dtype: a float file loads as any dtype (q8/q4: quantised as pack does);
+// a q8/q4 file loads as its own dtype (bytes copied; every scale must be finite) or as a float dtype
+// (dequantised), never as the other quantised dtype (an unsupported error: requantising loses more).
+// Files of format_version 1 (float dtypes only) still load. Every failure is a sparse_ffn::error naming the
+// file (and the tensor); running out of memory is an io_error too, never std::bad_alloc.
 //
 // load_dense reads a dense FFN in PyTorch layout from a checkpoint, by tensor names, with the same
 // checks (shapes implied by W1, float dtypes, finite values) before and while reading.
@@ -28,6 +34,7 @@
 #include <vector>
 
 #include "../convert/router_fit.hpp"
+#include "../dispatch.hpp"
 #include "../pack.hpp"
 #include "safetensors.hpp"
 
@@ -35,7 +42,8 @@ namespace sparse_ffn {
 namespace io {
 
 inline constexpr const char* k_blocked_format = "sparse_ffn.blocked";
-inline constexpr int k_blocked_format_version = 1;
+/// Version 2 added q8/q4 weights; files with float weights are still written as version 1.
+inline constexpr int k_blocked_format_version = 2;
 
 struct blocked_file_info {
   std::map<std::string, std::string> metadata;
@@ -50,12 +58,21 @@ void save_blocked(const std::string& path, const blocked_ffn<T>& model,
   const block_layout& l = model.layout();
   const blocked_ffn_view<T> w = model.view();
   const index_t B = l.num_blocks, m = l.matrices(), g = l.g, d = l.d_model;
-  std::vector<T> rows(static_cast<std::size_t>(B * m * g * d));
-  for (index_t b = 0; b < B; ++b)
-    for (index_t r = 0; r < m * g; ++r)
-      std::copy(w.keys(b) + r * l.ld, w.keys(b) + r * l.ld + d, rows.begin() + (b * m * g + r) * d);
+  // Elements (float dtypes) or bytes (q8/q4) stored per row.
+  constexpr bool quant = is_quantized<T>::value;
+  const index_t per_row = row_format<T>::payload_bytes(d);
   safetensors_writer out;
-  out.add_typed("weights", {B, m, g, d}, rows.data(), rows.size());
+  auto add_rows_of = [&](const char* name, const T* p, index_t count, std::vector<std::int64_t> shape) {
+    std::vector<T> rows(static_cast<std::size_t>(count * per_row));
+    for (index_t r = 0; r < count; ++r)
+      std::copy(p + r * l.ld, p + r * l.ld + per_row, rows.begin() + r * per_row);
+    shape.push_back(per_row);
+    if constexpr (quant)
+      out.add(name, "U8", shape, rows.data(), rows.size());
+    else
+      out.add_typed(name, shape, rows.data(), rows.size());
+  };
+  add_rows_of("weights", w.weights, B * m * g, {B, m, g});
   auto add_vec = [&](const char* name, const float* p, index_t count) {
     if (p) out.add(name, "F32", {count}, p, static_cast<std::size_t>(count) * 4);
   };
@@ -63,10 +80,7 @@ void save_blocked(const std::string& path, const blocked_ffn<T>& model,
   add_vec("b3", w.b3, l.d_ff);
   add_vec("b2", w.b2, d);
   auto add_rows = [&](const char* name, const T* p) {
-    if (!p) return;
-    std::vector<T> r(static_cast<std::size_t>(B * d));
-    for (index_t b = 0; b < B; ++b) std::copy(p + b * l.ld, p + b * l.ld + d, r.begin() + b * d);
-    out.add_typed(name, {B, d}, r.data(), r.size());
+    if (p) add_rows_of(name, p, B, {B});
   };
   add_rows("centroids", w.centroids);
   add_vec("centroid_bias", w.centroid_bias, B);
@@ -83,7 +97,7 @@ void save_blocked(const std::string& path, const blocked_ffn<T>& model,
   }
   for (const auto& [k, v] : extra) out.add_metadata(k, v);
   out.add_metadata("format", k_blocked_format);
-  out.add_metadata("format_version", std::to_string(k_blocked_format_version));
+  out.add_metadata("format_version", quant ? "2" : "1");
   out.add_metadata("d_model", std::to_string(d));
   out.add_metadata("d_ff", std::to_string(l.d_ff));
   out.add_metadata("g", std::to_string(g));
@@ -130,8 +144,18 @@ blocked_ffn<T> load_blocked_impl(const safetensors_file& f, blocked_file_info* i
     sparse_ffn::detail::fail(status::io_error, path,
                              ": not a sparse_ffn blocked model (metadata format != ", k_blocked_format, ")");
   const index_t version = meta_int(f, "format_version");
-  if (version != k_blocked_format_version)
+  if (version != 1 && version != 2)
     sparse_ffn::detail::fail(status::unsupported, path, ": unsupported format_version ", version);
+  // The stored weight dtype: q8/q4 files keep their bytes; float files hold F32/F16/BF16 tensors.
+  const auto dt_it = f.metadata().find("dtype");
+  const std::string fdt = dt_it == f.metadata().end() ? std::string() : dt_it->second;
+  const bool fquant = fdt == "q8" || fdt == "q4";
+  sparse_ffn::detail::require(!fquant || version >= 2, status::io_error, path, ": dtype ", fdt,
+                              " needs format_version 2 (the file says ", version, ")");
+  if constexpr (is_quantized<T>::value)
+    sparse_ffn::detail::require(!fquant || fdt == dtype_traits<T>::name, status::unsupported, path,
+                                ": the file holds ", fdt, " weights; load it as ", fdt,
+                                " or as a float dtype (dequantised), not as ", dtype_traits<T>::name);
   const index_t d = meta_int(f, "d_model"), F = meta_int(f, "d_ff"), g = meta_int(f, "g");
   const index_t gated = meta_int(f, "gated");
   sparse_ffn::detail::require(gated == 0 || gated == 1, status::io_error, path,
@@ -144,12 +168,21 @@ blocked_ffn<T> load_blocked_impl(const safetensors_file& f, blocked_file_info* i
                              ")");
   }
   const index_t B = l.num_blocks, m = l.matrices();
+  // Per stored row: d values, or a q8/q4 row's payload bytes.
+  const index_t per_row = fdt == "q8"   ? row_format<q8_t>::payload_bytes(d)
+                          : fdt == "q4" ? row_format<q4_t>::payload_bytes(d)
+                                        : d;
   // Everything the file declares is checked against the metadata before the model is allocated: the
   // metadata alone must not make us allocate (a few bytes of header can claim terabytes).
-  const std::vector<std::int64_t> wshape{B, m, g, d};
+  const std::vector<std::int64_t> wshape{B, m, g, per_row};
   auto check = [&](const char* name, const std::vector<std::int64_t>& shape) {
     if (!f.has(name)) return false;
     const tensor_info& t = f.info(name);
+    const bool rows_tensor =
+        std::string(name) == "weights" || std::string(name) == "centroids" || std::string(name) == "gate_w";
+    if (fquant && rows_tensor && t.dtype != "U8")
+      sparse_ffn::detail::fail(status::io_error, path, ": tensor '", name, "' has dtype ", t.dtype, "; a ",
+                               fdt, " model stores U8 rows");
     if (t.shape != shape)
       sparse_ffn::detail::fail(status::io_error, path, ": tensor '", name, "' has shape ",
                                sparse_ffn::detail::shape_string(t.shape), ", expected ",
@@ -164,8 +197,8 @@ blocked_ffn<T> load_blocked_impl(const safetensors_file& f, blocked_file_info* i
   check("b2", {d});
   if (check("b3", {F}))
     sparse_ffn::detail::require(l.gated, status::io_error, path, ": b3 present in a non-gated model");
-  const bool has_c = check("centroids", {B, d}), has_cb = check("centroid_bias", {B});
-  const bool has_g = check("gate_w", {B, d}), has_gb = check("gate_b", {B});
+  const bool has_c = check("centroids", {B, per_row}), has_cb = check("centroid_bias", {B});
+  const bool has_g = check("gate_w", {B, per_row}), has_gb = check("gate_b", {B});
   sparse_ffn::detail::require(has_c || !has_cb, status::io_error, path, ": centroid_bias without centroids");
   sparse_ffn::detail::require(has_g || !has_gb, status::io_error, path, ": gate_b without gate_w");
   const bool has_mlp = f.has("router.w1");
@@ -185,15 +218,40 @@ blocked_ffn<T> load_blocked_impl(const safetensors_file& f, blocked_file_info* i
   }
 
   blocked_ffn<T> model(l);
-  {
-    const std::vector<float> rows = read_tensor(f, "weights", wshape);
-    T* wp = model.weights();
-    for (index_t b = 0; b < B; ++b)
-      for (index_t r = 0; r < m * g; ++r)
-        for (index_t c = 0; c < d; ++c)
-          wp[b * l.block_stride() + r * l.ld + c] =
-              from_float<T>(rows[static_cast<std::size_t>((b * m * g + r) * d + c)]);
-  }
+  // Reads `count` stored rows of tensor `name` into dst (row stride ld) in T.
+  auto read_rows = [&](const char* name, index_t count, const std::vector<std::int64_t>& shape, T* dst) {
+    if (fquant) {
+      const std::vector<unsigned char> raw = f.bytes(name);
+      auto rows_of = [&](auto qtag) {
+        using Q = typename decltype(qtag)::type;
+        using RQ = row_format<Q>;
+        const index_t groups = RQ::groups(RQ::cols(d));
+        std::vector<float> tmp(static_cast<std::size_t>(d));
+        for (index_t r = 0; r < count; ++r) {
+          const auto* src = reinterpret_cast<const Q*>(raw.data() + r * per_row);
+          const bfloat16_t* sc = RQ::scales(src, RQ::cols(d));
+          for (index_t k = 0; k < groups; ++k)
+            sparse_ffn::detail::require((sc[k].bits & 0x7f80u) != 0x7f80u, status::io_error, path,
+                                        ": tensor '", name, "' row ", r, " has a non-finite scale (group ", k,
+                                        ")");
+          if constexpr (std::is_same<Q, T>::value) {
+            std::copy(src, src + per_row, dst + r * l.ld);
+          } else if constexpr (!is_quantized<T>::value) {
+            RQ::decode(src, d, tmp.data());
+            row_format<T>::encode(tmp.data(), d, dst + r * l.ld, l.ld);
+          }
+        }
+      };
+      if (fdt == "q8")
+        rows_of(type_tag<q8_t>{});
+      else
+        rows_of(type_tag<q4_t>{});
+    } else {
+      const std::vector<float> rows = read_tensor(f, name, shape);
+      for (index_t r = 0; r < count; ++r) row_format<T>::encode(rows.data() + r * d, d, dst + r * l.ld, l.ld);
+    }
+  };
+  read_rows("weights", B * m * g, wshape, model.weights());
   if (f.has("b1")) model.b1() = read_tensor(f, "b1", {F});
   if (f.has("b3")) model.b3() = read_tensor(f, "b3", {F});
   if (f.has("b2")) model.b2() = read_tensor(f, "b2", {d});
@@ -211,16 +269,14 @@ blocked_ffn<T> load_blocked_impl(const safetensors_file& f, blocked_file_info* i
     sparse_ffn::detail::fail(status::io_error, path, ": tensor 'permutation': ", e.what());
   }
   if (has_c) {
-    const auto c = read_tensor(f, "centroids", {B, d});
     std::vector<float> cb;
     if (has_cb) cb = read_tensor(f, "centroid_bias", {B});
-    model.set_centroids(c.data(), cb.empty() ? nullptr : cb.data());
+    read_rows("centroids", B, {B, per_row}, model.alloc_centroids(std::move(cb)));
   }
   if (has_g) {
-    const auto gw = read_tensor(f, "gate_w", {B, d});
     std::vector<float> gb;
     if (has_gb) gb = read_tensor(f, "gate_b", {B});
-    model.set_gate(gw.data(), gb.empty() ? nullptr : gb.data());
+    read_rows("gate_w", B, {B, per_row}, model.alloc_gate(std::move(gb)));
   }
   if (info) {
     info->metadata = f.metadata();
