@@ -125,28 +125,40 @@ struct model_cache {
     entries.push_back({key, bytes, std::shared_ptr<void>(make())});
     return std::static_pointer_cast<V>(entries.back().value);
   }
+  /// Records that entry `key` now holds `bytes`.
+  void resize(const std::string& key, double bytes) {
+    for (auto& e : entries)
+      if (e.key == key) e.bytes = bytes;
+  }
 };
 inline model_cache g_models;
 
+/// Bytes of a packed (not gated) model's weights: 2 matrices of d_ff padded rows (q8/q4: with scales).
+template <class T>
+double packed_bytes(sf::index_t d, sf::index_t f) {
+  return 2.0 * double(f) * double(sf::padded_ld<T>(d)) * sizeof(T);
+}
+
+/// At least `copies` packed copies of one configuration: the cache keeps one entry per configuration and
+/// grows it, so batch 8 and 64 reuse the first copies packed for batch 1 (packing q4 is the slow part).
 template <class T>
 std::shared_ptr<sparse_models<T>> get_sparse(sf::index_t d, sf::index_t f, int g, int copies) {
-  const std::string key = std::to_string(d) + "x" + std::to_string(f) + "/" + sf::dtype_traits<T>::name +
-                          "/" + std::to_string(g) + "/" + std::to_string(copies);
-  const double bytes = 2.0 * double(d) * double(f) * sizeof(T);
-  return g_models.get<sparse_models<T>>(key, bytes * copies, [&] {
-    auto* m = new sparse_models<T>();
-    const sf::index_t B = f / g;
-    std::vector<float> gate(static_cast<std::size_t>(B * d));
-    fill(gate.data(), gate.size(), 99, 1.0f / std::sqrt(float(d)));
-    for (int c = 0; c < copies; ++c) {
-      dense_model dense(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
-      sf::pack_options po;
-      po.g = g;
-      po.gate_w = gate.data();
-      m->copies.push_back(sf::pack<T>(dense.ffn.view(), po));
-    }
-    return m;
-  });
+  const std::string key =
+      std::to_string(d) + "x" + std::to_string(f) + "/" + sf::dtype_traits<T>::name + "/" + std::to_string(g);
+  const double bytes = packed_bytes<T>(d, f);
+  auto m = g_models.get<sparse_models<T>>(key, bytes * copies, [] { return new sparse_models<T>(); });
+  const sf::index_t B = f / g;
+  std::vector<float> gate(static_cast<std::size_t>(B * d));
+  fill(gate.data(), gate.size(), 99, 1.0f / std::sqrt(float(d)));
+  for (int c = static_cast<int>(m->copies.size()); c < copies; ++c) {
+    dense_model dense(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
+    sf::pack_options po;
+    po.g = g;
+    po.gate_w = gate.data();
+    m->copies.push_back(sf::pack<T>(dense.ffn.view(), po));
+  }
+  g_models.resize(key, bytes * static_cast<double>(m->copies.size()));
+  return m;
 }
 
 inline std::vector<float> random_x(sf::index_t n, sf::index_t d, std::uint64_t seed) {
@@ -198,7 +210,7 @@ void BM_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int densit
   using T = typename P::dtype;
   constexpr int G = P::block_size;
   const sf::index_t B = f / G, k = std::max<sf::index_t>(1, (B * density + 50) / 100);
-  const int copies = sparse_copies_for(2.0 * double(d) * double(f) * sizeof(T), double(k) / double(B), n);
+  const int copies = sparse_copies_for(packed_bytes<T>(d, f), double(k) / double(B), n);
   auto models = get_sparse<T>(d, f, G, copies);
   std::vector<std::vector<float>> xs;
   for (int v = 0; v < k_x_variants; ++v)
@@ -227,7 +239,7 @@ void BM_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int densit
 
   // Iteration i reads copy i mod C with input (i + i / C) mod k_x_variants: the pair changes every time.
   std::size_t i = 0;
-  const std::size_t C = models->copies.size();
+  const std::size_t C = static_cast<std::size_t>(copies);  // the first `copies` of the cached ones
   for (auto _ : state) {
     const auto w = models->copies[i % C].view();
     const auto& x = xs[(i + i / C) % k_x_variants];

@@ -15,7 +15,7 @@ import sys
 from collections import defaultdict
 
 NAME = re.compile(
-    r"^BM_(?P<kind>sparse|dense)_(?P<sel>avg_k|hash|learned_gate|oracle|openblas|onednn)_(?P<dt>f32|bf16|f16)"
+    r"^BM_(?P<kind>sparse|dense)_(?P<sel>avg_k|hash|learned_gate|oracle|openblas|onednn)_(?P<dt>f32|bf16|f16|q8|q4)"
     r"/d:(?P<d>\d+)/dff:(?P<f>\d+)(?:/g:(?P<g>\d+)/density:(?P<p>\d+))?/batch:(?P<n>\d+)")
 UNIT_MS = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}
 

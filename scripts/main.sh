@@ -3,7 +3,7 @@
 #   - BM_stream_read/<reader> (the fastest is the bandwidth yardstick) and the dense FFN with OpenBLAS
 #     f32 and oneDNN f32/bf16 (d=4096, d_ff=16384; batch 1, 8, 64): speedups are given over OpenBLAS
 #     and over the best of them
-#   - every selector, f32, g=64, 25% of blocks, batch 1; Avg-K f32 and bf16 at batch 1, 8, 64
+#   - every selector, f32, g=64, 25% of blocks, batch 1; Avg-K f32, bf16, q8 and q4 at batch 1, 8, 64
 # Writes build/bench/main.json and PNG plots in build/bench/plots. Extra arguments go to
 # sparse_ffn_bench (e.g. --benchmark_repetitions=5). Also builds and runs the quickstart example.
 set -euo pipefail
@@ -18,7 +18,7 @@ cmake --build "$build" -j"$(nproc)" --target quickstart sparse_ffn_bench
 echo
 mkdir -p "$out"
 shape='d:4096/dff:16384'
-filter="BM_stream_read|BM_dense_(openblas_f32|onednn_f32|onednn_bf16)/${shape}/|BM_sparse_(avg_k|hash|learned_gate|oracle)_f32/${shape}/g:64/density:25/batch:1/|BM_sparse_avg_k_(f32|bf16)/${shape}/g:64/density:25/batch:(8|64)/|BM_sparse_avg_k_bf16/${shape}/g:64/density:25/batch:1/"
+filter="BM_stream_read|BM_dense_(openblas_f32|onednn_f32|onednn_bf16)/${shape}/|BM_sparse_(avg_k|hash|learned_gate|oracle)_f32/${shape}/g:64/density:25/batch:1/|BM_sparse_avg_k_(f32|bf16)/${shape}/g:64/density:25/batch:(8|64)/|BM_sparse_avg_k_(bf16|q8|q4)/${shape}/g:64/density:25/batch:(1|8|64)/"
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$build/bench/sparse_ffn_bench" \
   --benchmark_filter="$filter" --benchmark_min_time=0.3 --benchmark_repetitions=3 \
   --benchmark_report_aggregates_only=true --benchmark_out="$out/main.json" --benchmark_out_format=json "$@" >/dev/null
