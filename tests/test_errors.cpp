@@ -233,6 +233,7 @@ TEST_CASE("dispatch rejects values outside the supported set", "[errors][dispatc
   auto noop = [](auto) {};
   REQUIRE_ERROR(sfx::dispatch_block_size(48, noop), status::unsupported, "g=48");
   REQUIRE_ERROR(sfx::dispatch_dtype(static_cast<sfx::dtype>(9), noop), status::unsupported, "dtype 9");
+  REQUIRE_ERROR(sfx::dispatch_dtype(sfx::dtype::q4, noop), status::unsupported, "dtype 4 (q4)");
   REQUIRE_ERROR(sfx::dispatch_selector(static_cast<sfx::selector_kind>(9), noop), status::unsupported,
                 "selector 9");
   REQUIRE_ERROR(sfx::dispatch_activation(static_cast<sfx::activation_kind>(9), noop), status::unsupported,

@@ -87,6 +87,30 @@ struct workdir {
 
 }  // namespace
 
+TEST_CASE("moefy --dtype q8|q4 writes a quantised model that loads as itself and as float",
+          "[moefy][quant]") {
+  workdir w;
+  for (const std::string dt : {"q8", "q4"}) {
+    const auto r = run(w.base() + " --no-report --dtype " + dt);
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+    io::blocked_file_info info;
+    const std::string out = w.dir + "/out.safetensors";
+    const auto as_float = io::load_blocked<float>(out, &info);
+    REQUIRE(info.metadata.at("dtype") == dt);
+    REQUIRE(info.metadata.at("format_version") == "2");
+    REQUIRE(as_float.has_centroids());
+    if (dt == "q8") {
+      const auto m = io::load_blocked<sfx::q8_t>(out);
+      REQUIRE(sfx::unpack(m.view()).w1 == sfx::unpack(as_float.view()).w1);
+    } else {
+      const auto m = io::load_blocked<sfx::q4_t>(out);
+      REQUIRE(sfx::unpack(m.view()).w1 == sfx::unpack(as_float.view()).w1);
+    }
+  }
+  REQUIRE(run(w.base() + " --no-report --dtype q5").status != 0);
+}
+
 TEST_CASE("moefy: a valid conversion writes the model and a valid JSON report", "[moefy]") {
   workdir w;
   const auto r = run(w.base() + " --report " + w.dir + "/report.json --densities 0.25,0.5 --dtype bf16");

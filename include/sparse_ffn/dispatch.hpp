@@ -62,8 +62,8 @@ decltype(auto) dispatch_dtype(dtype d, F&& f) {
     default:
       // q8/q4 are not dispatched at run time yet (each would add every policy's instantiation to
       // a dispatching consumer's build): name them in the policy at compile time.
-      detail::fail(status::unsupported, "dtype ", dtype_name(d), " (", static_cast<int>(d),
-                   ") is not dispatched at run time (f32, f16, bf16); use policy<G, Sel, q8_t/q4_t, Act>");
+      detail::fail(status::unsupported, "dtype ", static_cast<int>(d), " (", dtype_name(d),
+                   ") is not dispatched at run time (f32, f16, bf16); q8/q4: name q8_t/q4_t in the policy");
   }
 }
 
