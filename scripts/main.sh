@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job: a short (~2 min) selector comparison with the benchmark suite, and its table.
+# The main job (~12 min on 2 cores, most of it packing the q8/q4 weight copies): a selector
+# comparison with the benchmark suite, and its table.
 #   - BM_stream_read/<reader> (the fastest is the bandwidth yardstick) and the dense FFN with OpenBLAS
 #     f32 and oneDNN f32/bf16 (d=4096, d_ff=16384; batch 1, 8, 64): speedups are given over OpenBLAS
 #     and over the best of them
