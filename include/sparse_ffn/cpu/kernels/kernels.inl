@@ -203,8 +203,6 @@ struct impl {
           V::prefetch(p < qbytes ? rows + r * ld + p : rows + (R + r) * ld + (p - qbytes));
       }
       reg xa[M], xb[M];
-      (void)xa;
-      (void)xb;
 #pragma GCC unroll 4
       for (index_t j = 0; j < 32; j += width) {
 #pragma GCC unroll 8
@@ -238,7 +236,6 @@ struct impl {
                           const T* v_t, index_t ld, index_t cols, index_t c_begin, index_t c_end) {
     using F = row_format<T>;
     const auto* v = reinterpret_cast<const std::uint8_t*>(v_t);
-    const index_t qbytes = F::quant_bytes(cols);
     index_t idx = 0;
     for (; idx + 4 <= nrows; idx += 4) {
       const std::uint8_t* vr[4];
@@ -262,7 +259,6 @@ struct impl {
           for (int u = 0; u < 4; ++u)
             V::prefetch(p < b_end ? vr[u] + p : next[u] + b_begin + (p - b_end) % (b_end - b_begin));
         }
-        (void)qbytes;
 #pragma GCC unroll 4
         for (index_t j = 0; j < 32; j += width) {
           reg va[4], vb[4];
