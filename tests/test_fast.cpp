@@ -84,12 +84,17 @@ TEST_CASE("fast path: identical bits for any thread count and across runs", "[fa
   check_thread_invariance<sfx::policy<64, sfx::select::learned_gate, sfx::bfloat16_t, sfx::act::swiglu>>(2);
   check_thread_invariance<sfx::policy<16, sfx::select::oracle, sfx::half_t, sfx::act::gelu_erf>>(3);
   check_thread_invariance<sfx::policy<1, sfx::select::hash, float, sfx::act::silu>>(4);
+  check_thread_invariance<sfx::policy<32, sfx::select::avg_k, sfx::q8_t, sfx::act::relu>>(8);
+  check_thread_invariance<sfx::policy<16, sfx::select::learned_gate, sfx::q4_t, sfx::act::swiglu>>(9);
 }
 
 TEST_CASE("fast path: a token's output does not depend on the rest of the batch", "[fast]") {
   check_batch_invariance<sfx::policy<16, sfx::select::avg_k, float, sfx::act::gelu_tanh>>(5);
   check_batch_invariance<sfx::policy<32, sfx::select::learned_gate, sfx::bfloat16_t, sfx::act::geglu>>(6);
   check_batch_invariance<sfx::policy<16, sfx::select::oracle, float, sfx::act::relu>>(7);
+  // Quantised weights: x's int8 copy (VNNI levels) is per token, the value coefficients per (token, row).
+  check_batch_invariance<sfx::policy<16, sfx::select::avg_k, sfx::q8_t, sfx::act::relu>>(10);
+  check_batch_invariance<sfx::policy<32, sfx::select::hash, sfx::q4_t, sfx::act::silu>>(11);
 }
 
 TEST_CASE("fast path: a reused workspace stops growing", "[fast]") {

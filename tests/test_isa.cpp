@@ -63,10 +63,24 @@ TEST_CASE("isa: the best supported level is the default, levels are ordered", "[
   if (!std::getenv("SPARSE_FFN_ISA")) REQUIRE(cpu::active_isa() == best);
   // What the levels need, from the detected features.
   const cpu::cpu_features& f = cpu::features();
+  if (cpu::isa_supported(cpu::isa_level::avx512_vnni)) REQUIRE((f.avx512_vnni && f.avx512f && f.os_zmm));
   if (cpu::isa_supported(cpu::isa_level::avx512_bf16)) REQUIRE((f.avx512_bf16 && f.avx512_vnni && f.os_zmm));
-  if (f.avx512_bf16 && f.avx512_vnni && f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.os_zmm &&
-      SPARSE_FFN_X86_DISPATCH)
-    REQUIRE(best == cpu::isa_level::avx512_bf16);
+  const bool avx512 = f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512cd && f.os_zmm &&
+                      f.avx2 && f.fma && f.f16c && f.bmi2 && f.os_ymm && SPARSE_FFN_X86_DISPATCH;
+  if (avx512 && f.avx512_vnni)
+    REQUIRE(best == (f.avx512_bf16 ? cpu::isa_level::avx512_bf16 : cpu::isa_level::avx512_vnni));
+  // What each level runs: VNNI (int8 x) for q8/q4 from avx512_vnni up, bf16 pairs only on avx512_bf16.
+  for (int l = 0; l <= static_cast<int>(best); ++l) {
+    const auto level = static_cast<cpu::isa_level>(l);
+    INFO("level " << cpu::isa_name(level));
+    REQUIRE(cpu::kernels::ops_for<sfx::q8_t>(level).int8_x ==
+            (l >= static_cast<int>(cpu::isa_level::avx512_vnni)));
+    REQUIRE(cpu::kernels::ops_for<sfx::q4_t>(level).int8_x ==
+            (l >= static_cast<int>(cpu::isa_level::avx512_vnni)));
+    REQUIRE_FALSE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).int8_x);
+    REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).bf16_x == (level == cpu::isa_level::avx512_bf16));
+    REQUIRE(cpu::kernels::ops_for<float>(level).level == level);
+  }
   // Names round-trip.
   for (int l = 0; l < cpu::k_isa_levels; ++l) {
     cpu::isa_level back = cpu::isa_level::scalar;

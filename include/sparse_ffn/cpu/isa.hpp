@@ -9,13 +9,16 @@
 //   scalar        nothing (portable C++, auto-vectorised for the baseline)  any CPU, any compiler
 //   avx2          AVX2, FMA, F16C; OS saves YMM                             Haswell+, Zen 1+
 //   avx512        AVX-512 F/BW/DQ/VL; OS saves ZMM and opmasks              Skylake-SP+, Zen 4
-//   avx512_bf16   avx512 + AVX512_BF16 + AVX512_VNNI                        Cooper Lake, SPR+, Zen 4
+//   avx512_vnni   avx512 + AVX512_VNNI                                      Cascade Lake, Ice Lake+, Zen 4
+//   avx512_bf16   avx512_vnni + AVX512_BF16                                 Cooper Lake, SPR+, Zen 4
 //
-// avx512_bf16 runs the key pass of bf16 weights with `vdpbf16ps`, which multiplies bf16 by bf16: it
-// rounds each token's input x to bf16 first (see docs/design.md, "Accuracy of the bf16 kernels").
-// Force `avx512` to keep x in float.
+// avx512_vnni runs the key pass of q8/q4 weights with `vpdpbusd` on x quantised to int8 per group of 32
+// (docs/design.md, "Quantised weights"); avx512_bf16 adds the key pass of bf16 weights with `vdpbf16ps`,
+// which multiplies bf16 by bf16: it rounds each token's input x to bf16 first (docs/design.md, "Accuracy
+// of the bf16 kernels"). Force `avx512` to keep x in float.
 //
-// Override: the environment variable SPARSE_FFN_ISA (scalar | avx2 | avx512 | avx512_bf16), read once
+// Override: the environment variable SPARSE_FFN_ISA (scalar | avx2 | avx512 | avx512_vnni | avx512_bf16),
+// read once
 // on first use, or set_isa() at run time; both force a *lower* level (asking for a level the CPU lacks
 // is an error from set_isa(), and is clamped to the best supported level with SPARSE_FFN_ISA, whose
 // effect active_isa() reports). Non-x86 targets and compilers without target attributes have `scalar`.
@@ -45,7 +48,8 @@
 #if SPARSE_FFN_X86_DISPATCH
 #define SPARSE_FFN_TARGET_AVX2 "avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt"
 #define SPARSE_FFN_TARGET_AVX512 SPARSE_FFN_TARGET_AVX2 ",avx512f,avx512bw,avx512dq,avx512vl,avx512cd"
-#define SPARSE_FFN_TARGET_AVX512_BF16 SPARSE_FFN_TARGET_AVX512 ",avx512vnni,avx512bf16"
+#define SPARSE_FFN_TARGET_AVX512_VNNI SPARSE_FFN_TARGET_AVX512 ",avx512vnni"
+#define SPARSE_FFN_TARGET_AVX512_BF16 SPARSE_FFN_TARGET_AVX512_VNNI ",avx512bf16"
 #if defined(__clang__)
 #define SPARSE_FFN_PRAGMA(x) _Pragma(#x)
 #define SPARSE_FFN_TARGET_BEGIN(targets) \
@@ -61,8 +65,8 @@
 namespace sparse_ffn {
 namespace cpu {
 
-/// Instruction-set tags. They inherit (avx512_bf16 : avx512 : avx2 : scalar) like xsimd's, so an
-/// overload for a base ISA serves newer ones.
+/// Instruction-set tags. They inherit (avx512_bf16 : avx512_vnni : avx512 : avx2 : scalar) like xsimd's, so
+/// an overload for a base ISA serves newer ones.
 namespace isa {
 struct scalar {
   static constexpr const char* name = "scalar";
@@ -73,26 +77,31 @@ struct avx2 : scalar {
 struct avx512 : avx2 {
   static constexpr const char* name = "avx512";
 };
-struct avx512_bf16 : avx512 {
+struct avx512_vnni : avx512 {
+  static constexpr const char* name = "avx512_vnni";
+};
+struct avx512_bf16 : avx512_vnni {
   static constexpr const char* name = "avx512_bf16";
 };
 }  // namespace isa
 
 /// Run-time ISA levels, ordered: a higher level runs everything a lower one does.
-enum class isa_level : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_bf16 = 3 };
-inline constexpr int k_isa_levels = 4;
+enum class isa_level : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_vnni = 3, avx512_bf16 = 4 };
+inline constexpr int k_isa_levels = 5;
 
 inline const char* isa_name(isa_level l) {
   switch (l) {
     case isa_level::scalar: return "scalar";
     case isa_level::avx2: return "avx2";
     case isa_level::avx512: return "avx512";
+    case isa_level::avx512_vnni: return "avx512_vnni";
     case isa_level::avx512_bf16: return "avx512_bf16";
   }
   return "unknown";
 }
 
-/// Parses an ISA name ("scalar", "avx2", "avx512", "avx512_bf16"); false if it is none of them.
+/// Parses an ISA name ("scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16"); false if it is none
+/// of them.
 inline bool parse_isa(const char* s, isa_level& out) {
   if (!s) return false;
   for (int i = 0; i < k_isa_levels; ++i)
@@ -157,6 +166,7 @@ inline bool level_supported(const cpu_features& f, isa_level l) {
     case isa_level::scalar: return true;
     case isa_level::avx2: return avx2;
     case isa_level::avx512: return avx512;
+    case isa_level::avx512_vnni: return avx512 && f.avx512_vnni;
     case isa_level::avx512_bf16: return avx512 && f.avx512_vnni && f.avx512_bf16;
   }
   return false;
@@ -181,8 +191,9 @@ inline isa_level default_level() {
     if (!env || !*env) return best;
     isa_level want = isa_level::scalar;
     if (!parse_isa(env, want))
-      sparse_ffn::detail::fail(status::invalid_argument, "SPARSE_FFN_ISA=", env,
-                               " is not an instruction set; use scalar, avx2, avx512 or avx512_bf16");
+      sparse_ffn::detail::fail(
+          status::invalid_argument, "SPARSE_FFN_ISA=", env,
+          " is not an instruction set; use scalar, avx2, avx512, avx512_vnni or avx512_bf16");
     return static_cast<int>(want) < static_cast<int>(best) ? want : best;
   }();
   return l;

@@ -4,7 +4,8 @@
 // vector `reg` of `width` lanes, loads that convert float / half / bfloat16 to float, fused
 // multiply-add, broadcast, int8 / nibble loads for the quantised weights (quant.hpp) and a horizontal sum
 // with a fixed reduction tree (so a dot product's bits do not depend on how the kernel was tiled).
-// simd<avx512_bf16> adds bf16-pair operations for `vdpbf16ps`. Every wrapper is compiled in its own target
+// simd<avx512_vnni> adds int8 dot products (`vpdpbusd`), simd<avx512_bf16> bf16-pair operations for
+// `vdpbf16ps`. Every wrapper is compiled in its own target
 // region whatever the consumer's flags, so one binary carries all of them; cpu::active_isa() decides at run
 // time which one runs.
 #pragma once
@@ -147,11 +148,14 @@ struct simd<isa::avx512> {
   static reg load_q8(const std::uint8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
+  /// Nibble u → float(u − 8) through a 16-entry table: vpermps reads only the index's low 4 bits, so
+  /// the low nibble needs no mask (4 operations per 32 values instead of 7).
   static void load_q4(const std::uint8_t* p, reg& lo, reg& hi) {
+    const __m512 table = _mm512_setr_ps(-8.0f, -7.0f, -6.0f, -5.0f, -4.0f, -3.0f, -2.0f, -1.0f, 0.0f, 1.0f,
+                                        2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f);
     const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    const __m512i eight = _mm512_set1_epi32(8);
-    lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x0f)), eight));
-    hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_srli_epi32(b, 4), eight));
+    lo = _mm512_permutexvar_ps(b, table);
+    hi = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), table);
   }
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static void store(float* p, reg a) { _mm512_storeu_ps(p, a); }
@@ -168,19 +172,11 @@ struct simd<isa::avx512> {
 };
 SPARSE_FFN_TARGET_END
 
-SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX512_BF16)
-// ---- AVX-512 + AVX512_BF16: the float operations of avx512, plus bf16 pairs for vdpbf16ps ---------
-// A `pairs` register holds 32 bf16 = 16 pairs; dot(acc, a, b) adds a[2i]·b[2i] + a[2i+1]·b[2i+1] to
-// lane i (the products are exact in float; the instruction adds the odd product, then the even one,
-// rounding to nearest even, with denormal inputs and outputs flushed to zero).
+SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX512_VNNI)
+// ---- AVX-512 + AVX512_VNNI: the float operations of avx512, plus int8 dot products -----------------
 template <>
-struct simd<isa::avx512_bf16> : simd<isa::avx512> {
-  using pairs = __m512bh;
-  static constexpr int pair_width = 32;  // bf16 elements per `pairs` register
-  static pairs load_pairs(const bfloat16_t* p) { return (pairs)_mm512_loadu_si512(p); }
-  static reg dot(reg acc, pairs a, pairs b) { return _mm512_dpbf16_ps(acc, a, b); }
-
-  // AVX512_VNNI (part of this level): int8 dot products for the quantised weights. An `ireg` holds 64
+struct simd<isa::avx512_vnni> : simd<isa::avx512> {
+  // AVX512_VNNI: int8 dot products for the quantised weights. An `ireg` holds 64
   // bytes = 16 int32 lanes; dpbusd(acc, u, s) adds to lane i the four products u[4i+j]·s[4i+j] (u
   // unsigned, s signed bytes; exact in int32).
   using ireg = __m512i;
@@ -212,6 +208,20 @@ struct simd<isa::avx512_bf16> : simd<isa::avx512> {
                                          A, 7, A, 7, A, 7, A, 7, A, 7, A, 7, A, 7, A, 7);
     return _mm512_castsi512_ps(_mm512_permutexvar_epi16(idx, _mm512_zextsi128_si512(v)));
   }
+};
+SPARSE_FFN_TARGET_END
+
+SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX512_BF16)
+// ---- AVX-512 + AVX512_VNNI + AVX512_BF16: avx512_vnni, plus bf16 pairs for vdpbf16ps --------------
+// A `pairs` register holds 32 bf16 = 16 pairs; dot(acc, a, b) adds a[2i]·b[2i] + a[2i+1]·b[2i+1] to
+// lane i (the products are exact in float; the instruction adds the odd product, then the even one,
+// rounding to nearest even, with denormal inputs and outputs flushed to zero).
+template <>
+struct simd<isa::avx512_bf16> : simd<isa::avx512_vnni> {
+  using pairs = __m512bh;
+  static constexpr int pair_width = 32;  // bf16 elements per `pairs` register
+  static pairs load_pairs(const bfloat16_t* p) { return (pairs)_mm512_loadu_si512(p); }
+  static reg dot(reg acc, pairs a, pairs b) { return _mm512_dpbf16_ps(acc, a, b); }
 };
 SPARSE_FFN_TARGET_END
 #endif  // SPARSE_FFN_X86_DISPATCH

@@ -1,7 +1,8 @@
 // sparse_ffn — the CPU micro-kernels for every instruction set, and the run-time table that picks one.
 //
 // kernels.inl holds the kernels, written once over simd<Isa>; this header compiles them once per ISA
-// (scalar; avx2, avx512 and avx512_bf16 in their target regions, on x86 with GCC or Clang) and exposes
+// (scalar; avx2, avx512, avx512_vnni and avx512_bf16 in their target regions, on x86 with GCC or Clang)
+// and exposes
 // them as kernels<Isa>. The fast path asks ops_for<T>(active_isa()) for a table of function pointers
 // (one indirect call per block of work: the glue code is compiled once, for the consumer's flags).
 #pragma once
@@ -44,6 +45,8 @@ template <>
 struct tile_shape<isa::avx512> {
   static constexpr int key_m = 3, key_r = 8, rows_m = 6;
 };
+template <>
+struct tile_shape<isa::avx512_vnni> : tile_shape<isa::avx512> {};
 template <>
 struct tile_shape<isa::avx512_bf16> : tile_shape<isa::avx512> {};
 
@@ -128,6 +131,14 @@ SPARSE_FFN_TARGET_END
 template <>
 struct kernels<isa::avx512> : avx512_impl::impl<isa::avx512> {};
 
+SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX512_VNNI)
+#define SPARSE_FFN_KERNEL_NS avx512_vnni_impl
+#include "kernels.inl"
+#undef SPARSE_FFN_KERNEL_NS
+SPARSE_FFN_TARGET_END
+template <>
+struct kernels<isa::avx512_vnni> : avx512_vnni_impl::impl<isa::avx512_vnni> {};
+
 SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX512_BF16)
 #define SPARSE_FFN_KERNEL_NS avx512_bf16_impl
 #include "kernels.inl"
@@ -169,13 +180,17 @@ kernel_ops<T> make_ops(isa_level level) {
   return o;
 }
 
-/// The kernels for weights T at `level` (which the caller has checked is supported).
+/// The kernels for weights T at `level` (which the caller has checked is supported). avx512_vnni only
+/// differs from avx512 for q8/q4 weights; other dtypes reuse avx512's kernels there (one instantiation
+/// less to compile).
 template <class T>
 const kernel_ops<T>& ops_for(isa_level level) {
 #if SPARSE_FFN_X86_DISPATCH
+  using vnni = typename std::conditional<is_quantized<T>::value, isa::avx512_vnni, isa::avx512>::type;
   static const kernel_ops<T> table[k_isa_levels] = {
       make_ops<isa::scalar, T>(isa_level::scalar), make_ops<isa::avx2, T>(isa_level::avx2),
-      make_ops<isa::avx512, T>(isa_level::avx512), make_ops<isa::avx512_bf16, T>(isa_level::avx512_bf16)};
+      make_ops<isa::avx512, T>(isa_level::avx512), make_ops<vnni, T>(isa_level::avx512_vnni),
+      make_ops<isa::avx512_bf16, T>(isa_level::avx512_bf16)};
   return table[static_cast<int>(level)];
 #else
   (void)level;

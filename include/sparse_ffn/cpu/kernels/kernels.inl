@@ -163,23 +163,30 @@ struct impl {
     }
   }
 
-  // ---- quantised rows (quant.hpp): dequantise in registers, then the float arithmetic ---------------
-  // Every weight is widened and multiplied by its group's scale (exact in float), so a quantised key or
-  // value kernel computes bit for bit what the float kernel computes on the dequantised weights, in the
-  // same per-accumulator order. A 64-value chunk is two groups: a = values [0, 32), b = [32, 64).
+  // ---- quantised rows (quant.hpp): widen in registers, then the float arithmetic ------------------
+  // Key pass (float path): every weight is widened and multiplied by its group's scale (exact in float),
+  // so it computes bit for bit what the float kernel computes on the dequantised weights, in the same
+  // per-accumulator order. Value pass: the coefficient of each (token, row, group) is formed once,
+  // c = s · scale (one rounding), and the inner loop is widen + FMA: y = fma(c, q, y). A 64-value chunk
+  // is two groups: a = values [0, 32), b = [32, 64).
 
-  /// Widened, scaled weights of one row at value offset q + j (a) and q + 32 + j (b), j < 32.
+  /// Widened weights (not scaled) of one row at value offset q + j (a) and q + 32 + j (b), j < 32.
+  template <class T>
+  static void load_raw(const std::uint8_t* row, index_t q, index_t j, reg& a, reg& b) {
+    if constexpr (std::is_same<T, q8_t>::value) {
+      a = V::load_q8(row + q + j);
+      b = V::load_q8(row + q + 32 + j);
+    } else {
+      V::load_q4(row + q / 2 + j, a, b);
+    }
+  }
+
+  /// load_raw times the groups' scales sa (a) and sb (b): the dequantised weights, exactly.
   template <class T>
   static void load_chunk(const std::uint8_t* row, index_t q, index_t j, reg sa, reg sb, reg& a, reg& b) {
-    if constexpr (std::is_same<T, q8_t>::value) {
-      a = V::mul(V::load_q8(row + q + j), sa);
-      b = V::mul(V::load_q8(row + q + 32 + j), sb);
-    } else {
-      reg lo, hi;
-      V::load_q4(row + q / 2 + j, lo, hi);
-      a = V::mul(lo, sa);
-      b = V::mul(hi, sb);
-    }
+    load_raw<T>(row, q, j, a, b);
+    a = V::mul(a, sa);
+    b = V::mul(b, sb);
   }
 
   /// dot_tile_acc for q8/q4 rows: cols values per row (a multiple of 64), scales after the quants.
@@ -230,49 +237,65 @@ struct impl {
       for (int r = 0; r < R; ++r) V::store(acc + (m * R + r) * width, a[m][r]);
   }
 
-  /// axpy_rows for q8/q4 value rows: columns [c_begin, c_end) are multiples of 64.
-  template <int M, class T>
-  static void axpy_rows_q(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
-                          const T* v_t, index_t ld, index_t cols, index_t c_begin, index_t c_end) {
+  /// U value rows (rows[idx .. idx+U)) of q8/q4 weights applied to M tokens over columns
+  /// [c_begin, c_end) (multiples of 64): U sequential streams, software-prefetched 1 KiB ahead and on
+  /// into the next U rows. The M·U coefficients of each group, s[m][row] · scale, are formed for a span
+  /// of columns at a time (vectorised), so the inner loop is one widening and M FMAs per weight vector.
+  template <int M, int U, class T>
+  static void axpy_group_q(float* const* y, const float* const* s, const std::int32_t* rows, index_t idx,
+                           index_t nrows, const std::uint8_t* v, index_t ld, index_t cols, index_t c_begin,
+                           index_t c_end) {
     using F = row_format<T>;
-    const auto* v = reinterpret_cast<const std::uint8_t*>(v_t);
-    index_t idx = 0;
-    for (; idx + 4 <= nrows; idx += 4) {
-      const std::uint8_t* vr[4];
-      const std::uint8_t* next[4];
-      const bfloat16_t* sc[4];
-      reg sb[M][4];
+    constexpr index_t span = 1024, span_groups = span / k_quant_group;
+    alignas(64) float cf[M][U][span_groups];
+    const std::uint8_t* vr[U];
+    const std::uint8_t* next[U];
+    const bfloat16_t* sc[U];
+    float sv[M][U];
 #pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) {
-        vr[u] = v + rows[idx + u] * ld;
-        next[u] = idx + 4 + u < nrows ? v + rows[idx + 4 + u] * ld : vr[u];
-        sc[u] = F::scales(reinterpret_cast<const T*>(vr[u]), cols);
+    for (int u = 0; u < U; ++u) {
+      vr[u] = v + rows[idx + u] * ld;
+      next[u] = idx + U + u < nrows ? v + rows[idx + U + u] * ld : vr[u];
+      sc[u] = F::scales(reinterpret_cast<const T*>(vr[u]), cols);
 #pragma GCC unroll 8
-        for (int m = 0; m < M; ++m) sb[m][u] = V::set1(s[m][rows[idx + u]]);
+      for (int m = 0; m < M; ++m) sv[m][u] = s[m][rows[idx + u]];
+    }
+    const index_t b_begin = c_begin * F::bits / 8, b_end = c_end * F::bits / 8;
+    for (index_t c0 = c_begin; c0 < c_end; c0 += span) {
+      const index_t c1 = std::min(c_end, c0 + span), g0 = c0 / k_quant_group, ng = (c1 - c0) / k_quant_group;
+      for (int u = 0; u < U; ++u) {
+        index_t g = 0;
+        for (; g + width <= ng; g += width) {
+          const reg f = V::load(sc[u] + g0 + g);
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m) V::store(&cf[m][u][g], V::mul(V::set1(sv[m][u]), f));
+        }
+        for (; g < ng; ++g) {
+          const float f = to_float(sc[u][g0 + g]);
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m) cf[m][u][g] = sv[m][u] * f;
+        }
       }
-      const index_t b_begin = c_begin * F::bits / 8, b_end = c_end * F::bits / 8;
-      for (index_t c = c_begin; c < c_end; c += k_quant_chunk) {
-        const index_t byte = c * F::bits / 8;
+      for (index_t c = c0; c < c1; c += k_quant_chunk) {
+        const index_t byte = c * F::bits / 8, g = (c - c0) / k_quant_group;
         if ((byte - b_begin) % 64 == 0) {  // one prefetch per cache line and row, 1 KiB ahead
           const index_t p = byte + 1024;
 #pragma GCC unroll 4
-          for (int u = 0; u < 4; ++u)
+          for (int u = 0; u < U; ++u)
             V::prefetch(p < b_end ? vr[u] + p : next[u] + b_begin + (p - b_end) % (b_end - b_begin));
         }
 #pragma GCC unroll 4
         for (index_t j = 0; j < 32; j += width) {
-          reg va[4], vb[4];
+          reg va[U], vb[U];
 #pragma GCC unroll 4
-          for (int u = 0; u < 4; ++u)
-            load_chunk<T>(vr[u], c, j, V::set1(to_float(sc[u][c / 32])), V::set1(to_float(sc[u][c / 32 + 1])),
-                          va[u], vb[u]);
+          for (int u = 0; u < U; ++u) load_raw<T>(vr[u], c, j, va[u], vb[u]);
 #pragma GCC unroll 8
           for (int m = 0; m < M; ++m) {
             reg ya = V::load(y[m] + c + j), yb = V::load(y[m] + c + 32 + j);
 #pragma GCC unroll 4
-            for (int u = 0; u < 4; ++u) {
-              ya = V::fma(sb[m][u], va[u], ya);
-              yb = V::fma(sb[m][u], vb[u], yb);
+            for (int u = 0; u < U; ++u) {
+              ya = V::fma(V::set1(cf[m][u][g]), va[u], ya);
+              yb = V::fma(V::set1(cf[m][u][g + 1]), vb[u], yb);
             }
             V::store(y[m] + c + j, ya);
             V::store(y[m] + c + 32 + j, yb);
@@ -280,21 +303,18 @@ struct impl {
         }
       }
     }
-    for (; idx < nrows; ++idx) {
-      const std::uint8_t* vi = v + rows[idx] * ld;
-      const bfloat16_t* sci = F::scales(reinterpret_cast<const T*>(vi), cols);
-      for (int m = 0; m < M; ++m) {
-        const reg si = V::set1(s[m][rows[idx]]);
-        for (index_t c = c_begin; c < c_end; c += k_quant_chunk)
-          for (index_t j = 0; j < 32; j += width) {
-            reg va, vb;
-            load_chunk<T>(vi, c, j, V::set1(to_float(sci[c / 32])), V::set1(to_float(sci[c / 32 + 1])), va,
-                          vb);
-            V::store(y[m] + c + j, V::fma(si, va, V::load(y[m] + c + j)));
-            V::store(y[m] + c + 32 + j, V::fma(si, vb, V::load(y[m] + c + 32 + j)));
-          }
-      }
-    }
+  }
+
+  /// axpy_rows for q8/q4 value rows: groups of four rows, then one at a time (the same per-column order
+  /// of FMAs either way, so a token's result does not depend on which rows its tile lists).
+  template <int M, class T>
+  static void axpy_rows_q(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
+                          const T* v_t, index_t ld, index_t cols, index_t c_begin, index_t c_end) {
+    const auto* v = reinterpret_cast<const std::uint8_t*>(v_t);
+    index_t idx = 0;
+    for (; idx + 4 <= nrows; idx += 4)
+      axpy_group_q<M, 4, T>(y, s, rows, idx, nrows, v, ld, cols, c_begin, c_end);
+    for (; idx < nrows; ++idx) axpy_group_q<M, 1, T>(y, s, rows, idx, nrows, v, ld, cols, c_begin, c_end);
   }
 
   // ---- quantised rows on a VNNI level: int8 × int8 dot products (vpdpbusd) ---------------------------
@@ -305,7 +325,7 @@ struct impl {
   // at −zero_point × (sum of the lane's four x values), so it ends at the exact Σ q·xq, then
   // acc += float(lanes) × (weight scale × x scale) per lane. Same accumulator order in every tile shape.
   template <class T>
-  static constexpr bool vnni_q = (std::is_base_of<isa::avx512_bf16, Isa>::value && is_quantized<T>::value);
+  static constexpr bool vnni_q = (std::is_base_of<isa::avx512_vnni, Isa>::value && is_quantized<T>::value);
 
   template <int M, int R, class T>
   static void dot_tile_acc_vnni(const std::uint8_t* const* xq, const T* rows_t, index_t ld, index_t cols,
