@@ -139,8 +139,10 @@ double packed_bytes(sf::index_t d, sf::index_t f) {
   return 2.0 * double(f) * double(sf::padded_ld<T>(d)) * sizeof(T);
 }
 
-/// At least `copies` packed copies of one configuration: the cache keeps one entry per configuration and
-/// grows it, so batch 8 and 64 reuse the first copies packed for batch 1 (packing q4 is the slow part).
+/// At least `copies` copies of one packed model in separate memory (caches cannot serve one copy's
+/// bytes for another's; identical contents, so every copy routes an input alike and the bytes counted on
+/// copy 0 hold for all). Packed once: packing q4 is slow. The cache keeps one entry per configuration
+/// and grows it, so batch 8 and 64 reuse the copies made for batch 1.
 template <class T>
 std::shared_ptr<sparse_models<T>> get_sparse(sf::index_t d, sf::index_t f, int g, int copies) {
   const std::string key =
@@ -150,13 +152,14 @@ std::shared_ptr<sparse_models<T>> get_sparse(sf::index_t d, sf::index_t f, int g
   const sf::index_t B = f / g;
   std::vector<float> gate(static_cast<std::size_t>(B * d));
   fill(gate.data(), gate.size(), 99, 1.0f / std::sqrt(float(d)));
-  for (int c = static_cast<int>(m->copies.size()); c < copies; ++c) {
-    dense_model dense(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
+  if (m->copies.empty()) {
+    dense_model dense(d, f, 1000);
     sf::pack_options po;
     po.g = g;
     po.gate_w = gate.data();
     m->copies.push_back(sf::pack<T>(dense.ffn.view(), po));
   }
+  while (static_cast<int>(m->copies.size()) < copies) m->copies.push_back(m->copies.front());
   g_models.resize(key, bytes * static_cast<double>(m->copies.size()));
   return m;
 }

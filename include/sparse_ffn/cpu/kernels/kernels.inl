@@ -189,6 +189,30 @@ struct impl {
     b = V::mul(b, sb);
   }
 
+  /// Prefetches the scale lines of R rows that cover values [c_begin, c_end). The scales sit after a
+  /// row's quants, far ahead of the stream the kernels read and prefetch, so without this every row's
+  /// first scale line is a demand miss that stalls the kernel for a memory latency.
+  template <int R, class T>
+  static void prefetch_scales(const std::uint8_t* const* rows, index_t cols, index_t c_begin, index_t c_end) {
+    using F = row_format<T>;
+    const index_t first = c_begin / k_quant_group * 2 / 64 * 64, end = c_end / k_quant_group * 2;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const auto* sc =
+          reinterpret_cast<const std::uint8_t*>(F::scales(reinterpret_cast<const T*>(rows[r]), cols));
+      for (index_t b = first; b < end; b += 64) V::prefetch(sc + b);
+    }
+  }
+
+  /// At the start of a key tile: the scale lines of its R rows and of the next R rows (the next tile).
+  template <int R, class T>
+  static void prefetch_tile_scales(const std::uint8_t* rows, index_t ld, index_t cols) {
+    const std::uint8_t* r2[2 * R];
+#pragma GCC unroll 16
+    for (int r = 0; r < 2 * R; ++r) r2[r] = rows + r * ld;
+    prefetch_scales<2 * R, T>(r2, cols, 0, cols);
+  }
+
   /// dot_tile_acc for q8/q4 rows: cols values per row (a multiple of 64), scales after the quants.
   template <int M, int R, class T>
   static void dot_tile_acc_q(const float* const* x, const T* rows_t, index_t ld, index_t cols, index_t q0,
@@ -201,6 +225,7 @@ struct impl {
     for (int m = 0; m < M; ++m)
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) a[m][r] = first ? V::zero() : V::load(acc + (m * R + r) * width);
+    if (prefetch && q0 == 0) prefetch_tile_scales<R, T>(rows, ld, cols);
     for (index_t q = q0; q < q1; q += k_quant_chunk) {  // q0, q1: multiples of 64
       const index_t byte = q * F::bits / 8;
       if (prefetch && byte % 64 == 0) {  // one prefetch per cache line and row, 1 KiB ahead
@@ -260,6 +285,8 @@ struct impl {
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) sv[m][u] = s[m][rows[idx + u]];
     }
+    prefetch_scales<U, T>(vr, cols, c_begin, c_end);  // this group's, then the next group's
+    prefetch_scales<U, T>(next, cols, c_begin, c_end);
     const index_t b_begin = c_begin * F::bits / 8, b_end = c_end * F::bits / 8;
     for (index_t c0 = c_begin; c0 < c_end; c0 += span) {
       const index_t c1 = std::min(c_end, c0 + span), g0 = c0 / k_quant_group, ng = (c1 - c0) / k_quant_group;
@@ -342,6 +369,7 @@ struct impl {
     for (int m = 0; m < M; ++m)
 #pragma GCC unroll 8
       for (int r = 0; r < R; ++r) a[m][r] = first ? V::zero() : V::load(acc + (m * R + r) * width);
+    if (prefetch && q0 == 0) prefetch_tile_scales<R, T>(rows, ld, cols);
     for (index_t q = q0; q < q1; q += step) {  // q0, q1: multiples of step
       const index_t byte = q * F::bits / 8;
       if (prefetch) {
