@@ -242,3 +242,32 @@ TEST_CASE("dispatch rejects values outside the supported set", "[errors][dispatc
   REQUIRE_ERROR(sfx::parse_dtype("f64"), status::unsupported, "unknown dtype 'f64'");
   REQUIRE_ERROR(sfx::parse_activation("tanh"), status::unsupported, "unknown activation 'tanh'");
 }
+
+TEST_CASE("pinned blocks: k must count them; pinned outside [0, B] refused", "[errors][pinned]") {
+  fixture f;
+  sfx::pack_options po{fixture::g};
+  po.pinned = 3;
+  const auto model = sfx::pack<float>(f.dense.view(), po);
+  const auto w = model.view();
+  REQUIRE_ERROR(sfx::cpu::forward<P>(w, fixture::n, f.x.data(), f.y.data(), {2}), status::invalid_argument,
+                "k (2) must be >= the model's pinned blocks (3)");
+  using H = sfx::policy<4, sfx::select::hash, float, sfx::act::relu>;
+  const std::vector<sfx::token_id_t> ids(fixture::n, 1);
+  sfx::route_args a{2, ids.data(), 10};
+  REQUIRE_ERROR(sfx::cpu::forward<H>(w, fixture::n, f.x.data(), f.y.data(), a), status::invalid_argument,
+                "pinned blocks (3)");
+  // k == pinned: only the pinned blocks, every token the same three.
+  std::vector<sfx::block_index_t> blocks(fixture::n * 3);
+  sfx::forward_cache cache{blocks.data(), nullptr, nullptr, nullptr};
+  sfx::cpu::forward<P>(w, fixture::n, f.x.data(), f.y.data(), {3}, &cache);
+  for (sfx::index_t t = 0; t < fixture::n; ++t)
+    for (sfx::index_t j = 0; j < 3; ++j) REQUIRE(blocks[static_cast<std::size_t>(t * 3 + j)] == j);
+  // A caller's own routing table need not list them (forward_routed computes the blocks it is given).
+  const std::vector<sfx::block_index_t> mine(fixture::n, 5);
+  sfx::cpu::forward_routed<P>(w, fixture::n, f.x.data(), f.y.data(), {fixture::n, 1, mine.data(), nullptr});
+  po.pinned = fixture::B + 1;
+  REQUIRE_ERROR(sfx::pack<float>(f.dense.view(), po), status::invalid_argument, "pinned blocks (7)");
+  auto bad = w;
+  bad.layout.pinned = -1;
+  REQUIRE_ERROR(sfx::validate(bad), status::invalid_shape, "layout.pinned (-1)");
+}

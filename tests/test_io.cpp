@@ -571,3 +571,55 @@ TEMPLATE_TEST_CASE("quantised blocked models: saved and loaded bit-identical; co
   REQUIRE_THROWS_AS(io::load_blocked<float>(path), sfx::error);  // row size of the other format
   std::remove(path.c_str());
 }
+
+TEST_CASE("pinned blocks: saved as format_version 3, loaded with them; bad pinned metadata refused",
+          "[io][pinned]") {
+  const auto p = sparse_ffn::convert::make_planted_ffn(40, 8, 16, 12, 3, 5);
+  sfx::pack_options po{16};
+  po.pinned = 2;
+  const auto model = sfx::pack<sfx::bfloat16_t>(p.dense.view(), po);
+  REQUIRE(model.layout().pinned == 2);
+  const std::string path = tmp_path("pinned");
+  io::save_blocked(path, model);
+  const auto good = io::safetensors_file::open(path);
+  REQUIRE(good.metadata().at("format_version") == "3");
+  REQUIRE(good.metadata().at("pinned") == "2");
+  const auto back = io::load_blocked<sfx::bfloat16_t>(path);
+  REQUIRE(back.layout().pinned == 2);
+  // As q8 too (quantised on load), the pinned blocks kept; the forward is the same as the original's.
+  REQUIRE(io::load_blocked<sfx::q8_t>(path).layout().pinned == 2);
+  using P = sfx::policy<16, sfx::select::avg_k, sfx::bfloat16_t, sfx::act::relu>;
+  std::vector<float> y1(12 * 40), y2(12 * 40);
+  sfx::cpu::forward<P>(model.view(), 12, p.x.data(), y1.data(), {3});
+  sfx::cpu::forward<P>(back.view(), 12, p.x.data(), y2.data(), {3});
+  REQUIRE(y1 == y2);
+  // A model without pinned blocks is still written as version 1.
+  io::save_blocked(path, sfx::pack<float>(p.dense.view(), {16}));
+  REQUIRE(io::safetensors_file::open(path).metadata().at("format_version") == "1");
+  REQUIRE(io::load_blocked<float>(path).layout().pinned == 0);
+
+  std::map<std::string, std::vector<unsigned char>> data;
+  for (const auto& kv : good.tensors()) data[kv.first] = good.bytes(kv.first);
+  auto rewrite = [&](const std::map<std::string, std::string>& meta, const std::string& drop) {
+    io::safetensors_writer w;
+    for (const auto& [name, t] : good.tensors())
+      w.add(name, t.dtype, t.shape, data.at(name).data(), data.at(name).size());
+    for (const auto& [k, v] : good.metadata())
+      if (k != drop) w.add_metadata(k, meta.count(k) ? meta.at(k) : v);
+    w.write(path);
+  };
+  rewrite({{"pinned", "9"}}, "");  // B = 8
+  REQUIRE_ERROR(io::load_blocked<float>(path), sfx::status::io_error,
+                "metadata pinned (9) must be in [0, B=8]");
+  rewrite({{"pinned", "-1"}}, "");
+  REQUIRE_ERROR(io::load_blocked<float>(path), sfx::status::io_error, "metadata pinned (-1)");
+  rewrite({}, "pinned");
+  REQUIRE_ERROR(io::load_blocked<float>(path), sfx::status::io_error,
+                "format_version 3 needs metadata 'pinned'");
+  rewrite({{"format_version", "2"}}, "");  // an old version cannot carry pinned blocks
+  REQUIRE_ERROR(io::load_blocked<float>(path), sfx::status::io_error,
+                "metadata 'pinned' needs format_version 3");
+  rewrite({{"format_version", "4"}}, "");
+  REQUIRE_ERROR(io::load_blocked<float>(path), sfx::status::unsupported, "unsupported format_version 4");
+  std::remove(path.c_str());
+}

@@ -18,6 +18,11 @@
 // the rows of a block do not alias in the caches. A kernel that
 // computes one block reads exactly one contiguous range, once. Biases are kept in float, in packed
 // order. Per-block selector data (Avg-K centroids, learned-gate rows) are [B × ld] matrices of T.
+//
+// Pinned blocks: the first `pinned` blocks (0 by default) are computed by every token, outside the
+// top-k (shared experts, PowerInfer's hot neurons; the converter puts a layer's outsized neurons
+// there). A selector ranks them first and fills the rest of a token's k blocks from the others, so
+// route_args::k counts them and every table stays [n × k] (selector/selector.hpp).
 #pragma once
 
 #include <cstdint>
@@ -38,6 +43,7 @@ struct block_layout {
   index_t num_blocks = 0;  ///< B = d_ff / g
   index_t ld = 0;          ///< row stride in elements (>= d_model)
   bool gated = false;
+  index_t pinned = 0;  ///< blocks [0, pinned) are computed by every token (0 <= pinned <= B)
 
   SPARSE_FFN_HD index_t matrices() const { return gated ? 3 : 2; }
   SPARSE_FFN_HD index_t matrix_stride() const { return g * ld; }
@@ -169,6 +175,8 @@ void validate(const blocked_ffn_view<T>& w) {
   const block_layout expect = make_layout<T>(l.d_model, l.d_ff, l.g, l.gated);
   require(l.num_blocks == expect.num_blocks, status::invalid_shape, "layout.num_blocks (", l.num_blocks,
           ") != d_ff / g (", expect.num_blocks, ")");
+  require(l.pinned >= 0 && l.pinned <= l.num_blocks, status::invalid_shape, "layout.pinned (", l.pinned,
+          ") must be in [0, B] where B = ", l.num_blocks);
   require(l.ld >= row_format<T>::min_ld(l.d_model), status::invalid_shape, "layout.ld (", l.ld,
           ") must be >= ", row_format<T>::min_ld(l.d_model), " for d_model ", l.d_model, " and dtype ",
           dtype_traits<T>::name);

@@ -57,6 +57,9 @@ struct pack_options {
   const float* gate_w = nullptr;  ///< [B × d_model] learned-gate weights (optional)
   const float* gate_b = nullptr;  ///< [B] learned-gate bias (optional; needs gate_w)
   bool centroids = true;          ///< compute Avg-K centroids (mean key per block)
+  /// Blocks [0, pinned) (in packed order, after the permutation) are computed by every token, outside
+  /// the top-k (layout.hpp). 0 <= pinned <= B.
+  index_t pinned = 0;
 };
 
 /// Owning blocked FFN: 64-byte aligned weights in the layout of layout.hpp plus float biases, optional
@@ -101,6 +104,13 @@ class blocked_ffn {
   std::vector<float>& b2() { return b2_; }
   std::vector<std::int32_t>& permutation() { return perm_; }
   const std::vector<std::int32_t>& permutation() const { return perm_; }
+
+  /// Makes blocks [0, p) pinned: computed by every token, outside the top-k (layout.hpp).
+  void set_pinned(index_t p) {
+    detail::require(p >= 0 && p <= layout_.num_blocks, status::invalid_argument, "pinned blocks (", p,
+                    ") must be in [0, B] where B = ", layout_.num_blocks);
+    layout_.pinned = p;
+  }
 
   bool has_centroids() const { return !centroids_.empty(); }
   bool has_gate() const { return !gate_w_.empty(); }
@@ -236,6 +246,7 @@ blocked_ffn<T> encode_rows(const blocked_ffn<float>& src) {
   const block_layout l = make_layout<T>(ls.d_model, ls.d_ff, ls.g, ls.gated);
   blocked_ffn<T> out(l);
   out.permutation() = src.permutation();
+  out.set_pinned(ls.pinned);
   const blocked_ffn_view<float> v = src.view();
   const index_t rows = l.num_blocks * l.matrices() * l.g;
   // Rows are independent; a failure (a non-finite weight) is rethrown after the loop.
@@ -282,6 +293,7 @@ blocked_ffn<T> pack(const dense_ffn_view<S>& dense, const pack_options& opt) {
                     "pack_options.gate_b given without gate_w");
 
     blocked_ffn<T> out(l);
+    out.set_pinned(opt.pinned);
     std::vector<std::int32_t>& perm = out.permutation();
     if (opt.permutation) perm.assign(opt.permutation, opt.permutation + l.d_ff);
 

@@ -13,6 +13,7 @@ namespace test {
 struct case_shape {
   sfx::index_t n, d, num_blocks, k;
   bool biases;
+  sfx::index_t pinned;  ///< blocks every token computes (layout.hpp), <= k
 };
 
 inline case_shape random_shape(std::mt19937_64& r, sfx::index_t n, int G) {
@@ -24,6 +25,8 @@ inline case_shape random_shape(std::mt19937_64& r, sfx::index_t n, int G) {
   s.num_blocks = bb(r);
   s.k = std::uniform_int_distribution<sfx::index_t>(1, s.num_blocks)(r);
   s.biases = (r() & 1) != 0;
+  // Half the cases pin 1..k blocks (k == pinned included: nothing left to route).
+  s.pinned = (r() & 1) != 0 ? std::uniform_int_distribution<sfx::index_t>(1, s.k)(r) : 0;
   return s;
 }
 
@@ -63,7 +66,9 @@ struct case_data {
     po.permutation = perm.data();
     po.gate_w = gate_w.data();
     po.gate_b = gate_b.data();
+    po.pinned = s.pinned;
     model = sfx::pack<T>(dense.view(), po);
+    REQUIRE(model.layout().pinned == s.pinned);
 
     x.resize(static_cast<std::size_t>(n * d));
     fill_normal(x, r, 1.0);
@@ -101,7 +106,8 @@ struct case_data {
     const auto w = model.view();
     INFO("g=" << g << " selector=" << sfx::selector_name(sel) << " dtype=" << sfx::dtype_traits<T>::name
               << " act=" << sfx::activation_name(act) << " io=" << sfx::dtype_traits<Tio>::name
-              << " | n=" << n << " d=" << d << " B=" << s.num_blocks << " k=" << k << " biases=" << s.biases);
+              << " | n=" << n << " d=" << d << " B=" << s.num_blocks << " k=" << k << " biases=" << s.biases
+              << " pinned=" << s.pinned);
     REQUIRE(y.all_written());
     REQUIRE(y.guard_intact());
     const bool gated = sfx::activation_is_gated(act);
@@ -123,19 +129,27 @@ struct case_data {
       double scale = 1.0;
       for (double v : sc) scale = std::max(scale, std::fabs(v));
       if (sel == sfx::selector_kind::hash) std::fill(sc.begin(), sc.end(), 0.0);
+      // Pinned blocks come first, in index order; the others are the top-(k - P) of blocks [P, B).
+      const sfx::index_t P = s.pinned;
+      for (sfx::index_t j = 0; j < k; ++j) REQUIRE((j < P ? bt[j] == j : bt[j] >= P));
+      std::vector<double> routed_sc = sc;
+      for (sfx::index_t b = 0; b < P; ++b) sc[static_cast<std::size_t>(b)] = 1e300;
       // Rounding x to bf16 moves a score by a random walk of its terms' roundings (4 deviations of
       // margin over the largest per-block root-sum-square).
       const double score_round = rounds_x ? 4 * max_score_mag2(w, sel, act, xt, xr.data()) : 0.0;
       const std::string bad = check_topk(sc, bt, k, 1e-4 * scale + score_round);
       REQUIRE(bad == "");
       if (sel == sfx::selector_kind::learned_gate) {
+        // Pinned blocks weigh 1; the softmax runs over blocks [P, B).
+        for (sfx::index_t j = 0; j < P; ++j) REQUIRE(wt[j] == 1.0f);
+        const auto& lg = routed_sc;
         double mx = -1e300, all = 0, top = 0;
-        for (double v : sc) mx = std::max(mx, v);
-        for (double v : sc) all += std::exp(v - mx);
-        for (sfx::index_t j = 0; j < k; ++j) top += std::exp(sc[static_cast<std::size_t>(bt[j])] - mx);
-        for (sfx::index_t j = 0; j < k; ++j) {
+        for (sfx::index_t b = P; b < s.num_blocks; ++b) mx = std::max(mx, lg[static_cast<std::size_t>(b)]);
+        for (sfx::index_t b = P; b < s.num_blocks; ++b) all += std::exp(lg[static_cast<std::size_t>(b)] - mx);
+        for (sfx::index_t j = P; j < k; ++j) top += std::exp(lg[static_cast<std::size_t>(bt[j])] - mx);
+        for (sfx::index_t j = P; j < k; ++j) {
           const double p =
-              std::exp(sc[static_cast<std::size_t>(bt[j])] - mx) / (args.renormalize ? top : all);
+              std::exp(lg[static_cast<std::size_t>(bt[j])] - mx) / (args.renormalize ? top : all);
           // Rounding x to bf16 moves every score by <= score_round: p_j by <= 2 p_j score_round.
           REQUIRE(std::fabs(wt[j] - p) <= 1e-5 * (1 + p) + 2 * p * score_round);
         }

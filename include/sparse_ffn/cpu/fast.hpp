@@ -302,14 +302,15 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
         ops.dots(ts.xs, ts.xb, ts.xq, n, rows + b0 * ld, rr, ld, cols, ts.spill, ts.dots);
         for (index_t t = 0; t < n; ++t)
           for (int r = 0; r < rr; ++r)
-            f.scores[t * B + b0 + r] = Sel::linear_score(ts.dots[t * rr + r], bias ? bias[b0 + r] : 0.0f);
+            f.scores[t * B + b0 + r] = ranking_score(
+                Sel::linear_score(ts.dots[t * rr + r], bias ? bias[b0 + r] : 0.0f), b0 + r, w.layout.pinned);
       }
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(static)
 #endif
       for (index_t t = 0; t < n; ++t) {
         topk(f.scores + t * B, B, k, f.blocks + t * k, f.topk_scratch + tid * B);
-        Sel::weights(f.scores + t * B, B, f.blocks + t * k, k, *args, f.weights + t * k);
+        Sel::weights(f.scores + t * B, B, w.layout.pinned, f.blocks + t * k, k, *args, f.weights + t * k);
       }
     } else {  // dense scoring (oracle): every activation, then block scores
 #if SPARSE_FFN_HAS_OPENMP
@@ -331,7 +332,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
             const index_t at = t * F + b * G + i;
             s += Sel::neuron_score(activate<Act>(f.pre_all[at], Act::gated ? f.up_all[at] : 0.0f));
           }
-          f.scores[t * B + b] = s;
+          f.scores[t * B + b] = ranking_score(s, b, w.layout.pinned);
         }
         topk(f.scores + t * B, B, k, f.blocks + t * k, f.topk_scratch + tid * B);
         for (index_t j = 0; j < k; ++j) f.weights[t * k + j] = 1.0f;

@@ -264,7 +264,7 @@ result launch(const buffers& b, const grids& gr, const blocked_ffn_view<typename
                                                                       b.blocks, b.weights, b.error);
   } else if constexpr (Sel::scoring == scoring_kind::token) {
     kernels::hash_route<<<elementwise_grid(n * k), threads, 0, s>>>(
-        args->token_ids, n, k, B, args->vocab_size, args->seed, b.blocks, b.weights, b.error);
+        args->token_ids, n, k, B, l.pinned, args->vocab_size, args->seed, b.blocks, b.weights, b.error);
   } else {
     if constexpr (Sel::scoring == scoring_kind::linear) {
       kernels::linear_scores<Sel, T><<<gr.scores, threads, 0, s>>>(Sel::linear_rows(w), Sel::linear_bias(w),
@@ -275,7 +275,8 @@ result launch(const buffers& b, const grids& gr, const blocked_ffn_view<typename
       kernels::dense_scores<Act, G>
           <<<elementwise_grid(n * B), threads, 0, s>>>(b.pre_all, b.up_all, n, B, b.scores);
     }
-    kernels::sort_keys<<<elementwise_grid(n * B + 1), threads, 0, s>>>(b.scores, n, B, b.keys_in, b.seg);
+    kernels::sort_keys<<<elementwise_grid(n * B + 1), threads, 0, s>>>(b.scores, n, B, l.pinned, b.keys_in,
+                                                                       b.seg);
     std::size_t bytes = b.sort_bytes;
     e = cub::DeviceSegmentedRadixSort::SortKeys(b.sort_temp, bytes, b.keys_in, b.keys_out,
                                                 static_cast<int>(n * B), static_cast<int>(n), b.seg,
@@ -284,7 +285,7 @@ result launch(const buffers& b, const grids& gr, const blocked_ffn_view<typename
     kernels::take_topk<<<elementwise_grid(n * k), threads, 0, s>>>(b.keys_out, n, B, k, b.blocks, b.weights,
                                                                    !Sel::weighted);
     if constexpr (Sel::weighted)
-      kernels::gate_weights<<<gr.gate, threads, 0, s>>>(b.scores, b.blocks, B, k, args->renormalize,
+      kernels::gate_weights<<<gr.gate, threads, 0, s>>>(b.scores, b.blocks, B, k, l.pinned, args->renormalize,
                                                         b.weights);
   }
   auto copy = [&](void* dst, const void* src, std::size_t bytes) {
@@ -350,7 +351,10 @@ result run(void* ws, std::size_t& ws_bytes, const blocked_ffn_view<typename Poli
   const index_t k = args ? args->k : given->k;
   result r = guard([&] {
     check_common<Policy>(w, k);
-    if (args) check_selector<Policy>(w, *args, n);
+    if (args) {
+      sparse_ffn::detail::check_k(k, w.layout);  // k counts the pinned blocks
+      check_selector<Policy>(w, *args, n);
+    }
     if (y) {
       sparse_ffn::detail::check_io(w.layout, n, x, y);
     } else {

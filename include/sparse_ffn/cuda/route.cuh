@@ -70,10 +70,10 @@ __global__ void dense_scores(const float* __restrict__ pre, const float* __restr
   }
 }
 
-__global__ void sort_keys(const float* __restrict__ scores, index_t n, index_t B,
+__global__ void sort_keys(const float* __restrict__ scores, index_t n, index_t B, index_t pinned,
                           std::uint64_t* __restrict__ keys, int* __restrict__ offsets) {
   SPARSE_FFN_GRID_STRIDE(e, n * B > n + 1 ? n * B : n + 1) {
-    if (e < n * B) keys[e] = topk_sort_key(scores[e], e % B);
+    if (e < n * B) keys[e] = topk_sort_key(ranking_score(scores[e], e % B, pinned), e % B);
     if (e <= n) offsets[e] = static_cast<int>(e * B);
   }
 }
@@ -89,16 +89,22 @@ __global__ void take_topk(const std::uint64_t* __restrict__ sorted, index_t n, i
   }
 }
 
-/// Learned-gate weights, one thread block per token; sums in a fixed order.
+/// Learned-gate weights, one thread block per token; sums in a fixed order. Pinned blocks (the first
+/// `pinned` of each row) weigh 1 and stay out of the softmax (selector/learned_gate.hpp).
 __global__ void __launch_bounds__(k_threads)
     gate_weights(const float* __restrict__ logits, const block_index_t* __restrict__ blocks, index_t B,
-                 index_t k, bool renormalize, float* __restrict__ weights) {
+                 index_t k, index_t pinned, bool renormalize, float* __restrict__ weights) {
   __shared__ float red[k_threads];
   const index_t t = blockIdx.x;
+  if (k == pinned) {
+    for (index_t j = threadIdx.x; j < k; j += k_threads) weights[t * k + j] = 1.0f;
+    return;
+  }
   const float* l = logits + t * B;
-  const float mx = l[blocks[t * k]];
+  const float mx = l[blocks[t * k + pinned]];
   float s = 0.0f;
-  for (index_t b = threadIdx.x; b < B; b += k_threads) s += select::learned_gate::softmax_term(l[b], mx);
+  for (index_t b = pinned + threadIdx.x; b < B; b += k_threads)
+    s += select::learned_gate::softmax_term(l[b], mx);
   red[threadIdx.x] = s;
   __syncthreads();
   for (int o = k_threads / 2; o > 0; o >>= 1) {
@@ -108,23 +114,26 @@ __global__ void __launch_bounds__(k_threads)
   const float all = red[0];
   if (threadIdx.x == 0) {
     float top = 0.0f;
-    for (index_t j = 0; j < k; ++j) top += select::learned_gate::softmax_term(l[blocks[t * k + j]], mx);
-    for (index_t j = 0; j < k; ++j)
+    for (index_t j = 0; j < pinned; ++j) weights[t * k + j] = 1.0f;
+    for (index_t j = pinned; j < k; ++j) top += select::learned_gate::softmax_term(l[blocks[t * k + j]], mx);
+    for (index_t j = pinned; j < k; ++j)
       weights[t * k + j] = select::learned_gate::weight(
           select::learned_gate::softmax_term(l[blocks[t * k + j]], mx), all, top, renormalize);
   }
 }
 
-__global__ void hash_route(const token_id_t* __restrict__ ids, index_t n, index_t k, index_t B, index_t vocab,
-                           std::uint64_t seed, block_index_t* __restrict__ blocks,
-                           float* __restrict__ weights, int* __restrict__ error) {
+__global__ void hash_route(const token_id_t* __restrict__ ids, index_t n, index_t k, index_t B,
+                           index_t pinned, index_t vocab, std::uint64_t seed,
+                           block_index_t* __restrict__ blocks, float* __restrict__ weights,
+                           int* __restrict__ error) {
   SPARSE_FFN_GRID_STRIDE(e, n * k) {
     token_id_t id = ids[e / k];
     if (id < 0 || id >= vocab) {
       if (e % k == 0) atomicOr(error, bad_token_id);
       id = 0;
     }
-    blocks[e] = static_cast<block_index_t>(select::hash::block(select::hash::token_key(id, seed), e % k, B));
+    blocks[e] = static_cast<block_index_t>(
+        select::hash::routed_block(select::hash::token_key(id, seed), e % k, B, pinned));
     weights[e] = 1.0f;
   }
 }

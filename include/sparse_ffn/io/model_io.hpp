@@ -10,7 +10,8 @@
 //   gate_w         [B, d_model] model dtype, gate_b [B] F32              (learned gate)
 //   permutation    [d_ff] I32: packed position -> original neuron
 //   router.w1/b1/w2/b2  F32                                               (optional MLP router)
-// and metadata: format=sparse_ffn.blocked, format_version, d_model, d_ff, g, gated, dtype, plus any
+// and metadata: format=sparse_ffn.blocked, format_version, d_model, d_ff, g, gated, dtype, pinned
+// (format_version 3, written only for a model with pinned blocks), plus any
 // caller entries (activation, selector, split, router …). Rows are stored without the in-memory
 // padding, so files do not depend on the padding rule; load_blocked re-pads. save_blocked writes
 // atomically (io/file.hpp). load_blocked checks, before allocating the model: the format and its
@@ -19,8 +20,9 @@
 // It converts to the requested dtype: a float file loads as any dtype (q8/q4: quantised as pack does);
 // a q8/q4 file loads as its own dtype (bytes copied; every scale must be finite) or as a float dtype
 // (dequantised), never as the other quantised dtype (an unsupported error: requantising loses more).
-// Files of format_version 1 (float dtypes only) still load. Every failure is a sparse_ffn::error naming the
-// file (and the tensor); running out of memory is an io_error too, never std::bad_alloc.
+// Files of format_version 1 (float dtypes only) and 2 (no pinned blocks) still load. Every failure is a
+// sparse_ffn::error naming the file (and the tensor); running out of memory is an io_error too, never
+// std::bad_alloc.
 //
 // load_dense reads a dense FFN in PyTorch layout from a checkpoint, by tensor names, with the same
 // checks (shapes implied by W1, float dtypes, finite values) before and while reading.
@@ -42,8 +44,9 @@ namespace sparse_ffn {
 namespace io {
 
 inline constexpr const char* k_blocked_format = "sparse_ffn.blocked";
-/// Version 2 added q8/q4 weights; files with float weights are still written as version 1.
-inline constexpr int k_blocked_format_version = 2;
+/// Version 2 added q8/q4 weights, version 3 pinned blocks (metadata `pinned`); a file is written with
+/// the lowest version that holds it (float weights and no pinned blocks: version 1).
+inline constexpr int k_blocked_format_version = 3;
 
 struct blocked_file_info {
   std::map<std::string, std::string> metadata;
@@ -97,7 +100,8 @@ void save_blocked(const std::string& path, const blocked_ffn<T>& model,
   }
   for (const auto& [k, v] : extra) out.add_metadata(k, v);
   out.add_metadata("format", k_blocked_format);
-  out.add_metadata("format_version", quant ? "2" : "1");
+  out.add_metadata("format_version", l.pinned > 0 ? "3" : quant ? "2" : "1");
+  if (l.pinned > 0) out.add_metadata("pinned", std::to_string(l.pinned));
   out.add_metadata("d_model", std::to_string(d));
   out.add_metadata("d_ff", std::to_string(l.d_ff));
   out.add_metadata("g", std::to_string(g));
@@ -144,8 +148,14 @@ blocked_ffn<T> load_blocked_impl(const safetensors_file& f, blocked_file_info* i
     sparse_ffn::detail::fail(status::io_error, path,
                              ": not a sparse_ffn blocked model (metadata format != ", k_blocked_format, ")");
   const index_t version = meta_int(f, "format_version");
-  if (version != 1 && version != 2)
+  if (version < 1 || version > k_blocked_format_version)
     sparse_ffn::detail::fail(status::unsupported, path, ": unsupported format_version ", version);
+  // Pinned blocks (version 3): an older reader refuses the file instead of routing them like any other.
+  const bool has_pinned = f.metadata().count("pinned") > 0;
+  sparse_ffn::detail::require(has_pinned == (version >= 3), status::io_error, path,
+                              version >= 3 ? ": format_version 3 needs metadata 'pinned'"
+                                           : ": metadata 'pinned' needs format_version 3");
+  const index_t pinned = has_pinned ? meta_int(f, "pinned") : 0;
   // The stored weight dtype: q8/q4 files keep their bytes; float files hold F32/F16/BF16 tensors.
   const auto dt_it = f.metadata().find("dtype");
   const std::string fdt = dt_it == f.metadata().end() ? std::string() : dt_it->second;
@@ -168,6 +178,8 @@ blocked_ffn<T> load_blocked_impl(const safetensors_file& f, blocked_file_info* i
                              ")");
   }
   const index_t B = l.num_blocks, m = l.matrices();
+  sparse_ffn::detail::require(pinned >= 0 && pinned <= B, status::io_error, path, ": metadata pinned (",
+                              pinned, ") must be in [0, B=", B, "]");
   // Per stored row: d values, or a q8/q4 row's payload bytes.
   const index_t per_row = fdt == "q8"   ? row_format<q8_t>::payload_bytes(d)
                           : fdt == "q4" ? row_format<q4_t>::payload_bytes(d)
@@ -218,6 +230,7 @@ blocked_ffn<T> load_blocked_impl(const safetensors_file& f, blocked_file_info* i
   }
 
   blocked_ffn<T> model(l);
+  model.set_pinned(pinned);
   // Reads `count` stored rows of tensor `name` into dst (row stride ld) in T.
   auto read_rows = [&](const char* name, index_t count, const std::vector<std::int64_t>& shape, T* dst) {
     if (fquant) {

@@ -38,13 +38,14 @@ struct avg_k {
     return w.centroid_bias;
   }
   /// Unweighted: every selected block has weight 1.
-  static void weights(const float*, index_t, const block_index_t*, index_t k, const route_args&, float* out) {
+  static void weights(const float*, index_t, index_t, const block_index_t*, index_t k, const route_args&,
+                      float* out) {
     for (index_t j = 0; j < k; ++j) out[j] = 1.0f;
   }
 
   template <class T>
   static void check(const blocked_ffn_view<T>& w, const route_args& a, index_t /*n*/) {
-    detail::check_k(a.k, w.layout.num_blocks);
+    detail::check_k(a.k, w.layout);
     detail::require(w.centroids != nullptr, status::invalid_argument,
                     "the avg_k selector needs centroids: pack with pack_options.centroids = true "
                     "or call blocked_ffn::compute_centroids()");

@@ -10,6 +10,8 @@
 // the rotation: 14.9% of tokens on blocks 0–3, 13.2% on 4–6). Round functions use the splitmix64
 // finaliser. Weights are 1.
 //
+// With pinned blocks (layout.hpp) a token's row is the P pinned blocks, then π_t over the B - P others.
+//
 // Token ids must lie in [0, route_args::vocab_size); out-of-range ids are rejected before any compute.
 #pragma once
 
@@ -64,9 +66,16 @@ struct hash {
     return static_cast<index_t>((v + rotation) % static_cast<std::uint64_t>(num_blocks));
   }
 
+  /// The j-th block of a token's row when blocks [0, pinned) are pinned: those first, then π over the
+  /// B - pinned others.
+  SPARSE_FFN_HD static index_t routed_block(std::uint64_t key, index_t j, index_t num_blocks,
+                                            index_t pinned) {
+    return j < pinned ? j : pinned + block(key, j - pinned, num_blocks - pinned);
+  }
+
   template <class T>
   static void check(const blocked_ffn_view<T>& w, const route_args& a, index_t n) {
-    detail::check_k(a.k, w.layout.num_blocks);
+    detail::check_k(a.k, w.layout);
     detail::require(a.vocab_size > 0, status::invalid_argument,
                     "the hash selector needs route_args::vocab_size > 0 (got ", a.vocab_size, ")");
     if (n == 0) return;
@@ -86,7 +95,7 @@ struct hash {
                           block_index_t* blocks, float* weights) {
     const std::uint64_t key = token_key(a.token_ids[token], a.seed);
     for (index_t j = 0; j < a.k; ++j) {
-      blocks[j] = static_cast<block_index_t>(block(key, j, w.layout.num_blocks));
+      blocks[j] = static_cast<block_index_t>(routed_block(key, j, w.layout.num_blocks, w.layout.pinned));
       if (weights) weights[j] = 1.0f;
     }
   }

@@ -4,7 +4,8 @@
 // p = softmax(logits); the top-k blocks by logit (= by p) are used and block b's output is scaled by
 //   w_b = p_b                          (route_args::renormalize = false, Switch; weights sum to <= 1)
 //   w_b = p_b / sum over top-k of p    (renormalize = true, GShard top-2; weights sum to 1)
-// The softmax is computed stably (max subtracted). y = b2 + sum_b w_b · V_bᵀ act(K_b x + b1_b).
+// The softmax is computed stably (max subtracted). Pinned blocks (layout.hpp) have weight 1; the softmax
+// and the renormalisation run over the other B - P blocks. y = b2 + sum_b w_b · V_bᵀ act(K_b x + b1_b).
 #pragma once
 
 #include <cmath>
@@ -48,7 +49,7 @@ struct learned_gate {
 
   template <class T>
   static void check(const blocked_ffn_view<T>& w, const route_args& a, index_t /*n*/) {
-    detail::check_k(a.k, w.layout.num_blocks);
+    detail::check_k(a.k, w.layout);
     detail::require(w.gate_w != nullptr, status::invalid_argument,
                     "the learned_gate selector needs gate weights: pack_options.gate_w or "
                     "blocked_ffn::set_gate()");
@@ -56,14 +57,17 @@ struct learned_gate {
 
   static index_t scratch_floats(const block_layout& l) { return l.num_blocks; }
 
-  /// Weights of the selected blocks from all B logits (blocks best first).
-  static void weights(const float* logits, index_t num_blocks, const block_index_t* blocks, index_t k,
-                      const route_args& a, float* out) {
-    const float max_logit = logits[blocks[0]];  // best first (NaN only if every logit is NaN)
+  /// Weights of the selected blocks (best first: the `pinned` blocks, then the routed ones) from the
+  /// B logits: 1 for a pinned block; the softmax over the routed blocks [pinned, B) otherwise.
+  static void weights(const float* logits, index_t num_blocks, index_t pinned, const block_index_t* blocks,
+                      index_t k, const route_args& a, float* out) {
+    for (index_t j = 0; j < pinned; ++j) out[j] = 1.0f;
+    if (k == pinned) return;
+    const float max_logit = logits[blocks[pinned]];  // best routed (NaN only if every logit is NaN)
     float sum_all = 0.0f, sum_topk = 0.0f;
-    for (index_t b = 0; b < num_blocks; ++b) sum_all += softmax_term(logits[b], max_logit);
-    for (index_t j = 0; j < k; ++j) sum_topk += softmax_term(logits[blocks[j]], max_logit);
-    for (index_t j = 0; j < k; ++j)
+    for (index_t b = pinned; b < num_blocks; ++b) sum_all += softmax_term(logits[b], max_logit);
+    for (index_t j = pinned; j < k; ++j) sum_topk += softmax_term(logits[blocks[j]], max_logit);
+    for (index_t j = pinned; j < k; ++j)
       out[j] = weight(softmax_term(logits[blocks[j]], max_logit), sum_all, sum_topk, a.renormalize);
   }
 

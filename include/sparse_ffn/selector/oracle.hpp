@@ -30,7 +30,7 @@ struct oracle {
 
   template <class T>
   static void check(const blocked_ffn_view<T>& w, const route_args& a, index_t /*n*/) {
-    detail::check_k(a.k, w.layout.num_blocks);
+    detail::check_k(a.k, w.layout);
   }
 
   static index_t scratch_floats(const block_layout& l) { return l.num_blocks; }
@@ -50,7 +50,7 @@ struct oracle {
           up = detail::dot(w.up(b) + i * l.ld, x, l.d_model) + (w.b3 ? w.b3[j] : 0.0f);
         s += neuron_score(activate<Act>(pre, up));
       }
-      scores[b] = s;
+      scores[b] = ranking_score(s, b, l.pinned);
     }
     topk(scores, l.num_blocks, a.k, blocks, iscratch);
     if (weights)

@@ -15,8 +15,15 @@
 //   token:  route_token reads only the token id
 // The SPARSE_FFN_HD helpers are the selector's math, shared by the CPU and CUDA kernels.
 // Adding a selector: a new file here, a new selector_kind, a case in dispatch.hpp (docs/design.md).
+//
+// Pinned blocks (layout.hpp): blocks [0, P) with P = layout.pinned. Every selector puts them first in a
+// token's row, in index order, and picks the other k - P among blocks [P, B) by its own rule, so
+// k >= max(P, 1). Scoring selectors rank by ranking_score (a pinned block scores +Inf: it ties only
+// with a routed +Inf and wins the tie by its lower index), which keeps one top-k order on the CPU and
+// the GPU; pinned blocks get weight 1 and stay out of the learned gate's softmax.
 #pragma once
 
+#include <cmath>
 #include <type_traits>
 
 #include <vector>
@@ -57,11 +64,28 @@ struct is_selector<S, std::void_t<decltype(S::kind), decltype(S::uses_token_ids)
 
 namespace detail {
 
-/// Checks shared by every selector: 1 <= k <= B, n >= 0.
+/// A routing table's width: 1 <= k <= B.
 inline void check_k(index_t k, index_t num_blocks) {
   require(k >= 1 && k <= num_blocks, status::invalid_argument, "k (", k,
           ") must be in [1, B] where B = d_ff / g = ", num_blocks);
 }
+
+/// Checks shared by every selector: max(1, P) <= k <= B (P = pinned blocks, which k counts).
+inline void check_k(index_t k, const block_layout& l) {
+  check_k(k, l.num_blocks);
+  require(k >= l.pinned, status::invalid_argument, "k (", k, ") must be >= the model's pinned blocks (",
+          l.pinned, "): k counts them, every token computes them");
+}
+
+}  // namespace detail
+
+/// The score block b ranks by: +Inf for a pinned block (b < pinned), which then ranks before every
+/// routed block (see the file comment), else the selector's own score.
+SPARSE_FFN_HD float ranking_score(float score, index_t b, index_t pinned) {
+  return b < pinned ? INFINITY : score;
+}
+
+namespace detail {
 
 /// Host reference routing of one token for a linear-scoring selector: scores, top-k, weights.
 template <class Sel, class T>
@@ -71,9 +95,10 @@ void route_linear_token(const blocked_ffn_view<T>& w, const float* x, const rout
   const T* rows = Sel::linear_rows(w);
   const float* bias = Sel::linear_bias(w);
   for (index_t b = 0; b < l.num_blocks; ++b)
-    scores[b] = Sel::linear_score(dot(rows + b * l.ld, x, l.d_model), bias ? bias[b] : 0.0f);
+    scores[b] = ranking_score(Sel::linear_score(dot(rows + b * l.ld, x, l.d_model), bias ? bias[b] : 0.0f), b,
+                              l.pinned);
   topk(scores, l.num_blocks, a.k, blocks, iscratch);
-  if (weights) Sel::weights(scores, l.num_blocks, blocks, a.k, a, weights);
+  if (weights) Sel::weights(scores, l.num_blocks, l.pinned, blocks, a.k, a, weights);
 }
 
 }  // namespace detail
