@@ -7,7 +7,8 @@
 //         [--split kmeans|coactivation|random] [--router avg_k|similarity|linear|mlp]
 //         [--dtype f32|bf16|f16|q8|q4] [--seed N] [--iterations N] [--restarts N] [--epochs N]
 //         [--report-splits random,kmeans,coactivation] [--densities 0.1,0.2,0.25,0.3,0.5]
-//         [--held-out 0.25 | --no-report] --out blocked.safetensors [--report report.json]
+//         [--held-out 0.25 | --no-report] [--pin-ratio 64] [--max-pinned N]
+//         --out blocked.safetensors [--report report.json]
 //
 // Everything is checked before the conversion starts: every option's value (strictly), the output
 // paths (their directory writable, none of them an input or each other, none a non-regular file),
@@ -117,6 +118,8 @@ int main(int argc, char** argv) {
     mo.report = !o.no_report;
     mo.report_splits = o.report_splits;
     mo.progress = progress;
+    mo.pin.ratio = o.pin_ratio;
+    mo.pin.max_blocks = o.max_pinned;
     const std::map<std::string, std::string> meta = {{"activation", o.activation},
                                                      {"split", o.split},
                                                      {"router", o.router},
@@ -124,6 +127,11 @@ int main(int argc, char** argv) {
                                                      {"source", o.in}};
     const sf::convert::moefy_result r = sf::convert::moefy(dense, x.data(), n, mo);
     const sf::convert::mlp_router* mlp = r.has_mlp ? &r.mlp : nullptr;
+    std::fprintf(stderr,
+                 "moefy: %lld pinned block(s) for %lld hot neuron(s) (energy >= %g x mean; largest %.1f x), "
+                 "%.1f%% of the output energy\n",
+                 static_cast<long long>(r.pinned.blocks), static_cast<long long>(r.pinned.hot), o.pin_ratio,
+                 r.pinned.max_ratio, 100 * r.pinned.pinned_share);
     if (o.dtype == "q8") {  // quantised weights (docs/design.md): not in the run-time dtype dispatch
       sf::io::save_blocked(o.out, sf::convert::moefy_pack<sf::q8_t>(dense, r), meta, mlp);
     } else if (o.dtype == "q4") {

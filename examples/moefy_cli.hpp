@@ -33,6 +33,8 @@ struct options {
   std::vector<std::string> report_splits{"random"};
   std::vector<double> densities{0.10, 0.20, 0.25, 0.30, 0.50};
   double held_out = 0.25;
+  double pin_ratio = 64;
+  std::int64_t max_pinned = -1;
   bool no_report = false;
   std::string out, report;
 };
@@ -204,6 +206,15 @@ inline void define(CLI::App& app, options& o) {
         double v = 0;
         return detail::parse_fraction(s, v) ? std::string{} : "'" + s + "' is not a number in (0, 1)";
       }, "FRACTION", "fraction"));
+  app.add_option_function<std::string>("--pin-ratio", [&o](const std::string& s) { detail::parse_real(s, o.pin_ratio); },
+                  "pin a neuron (every token computes its block) when its output energy is >= this times the mean (convert/pin.hpp); 0 = never; default: 64")
+      ->type_name("RATIO")
+      ->check(CLI::Validator([](std::string& s) -> std::string {
+        double v = 0;
+        return detail::parse_real(s, v) && v >= 0 ? std::string{} : "'" + s + "' is not a number >= 0";
+      }, "RATIO", "ratio"));
+  app.add_option("--max-pinned", o.max_pinned, "at most this many pinned blocks; default: B/8 (at least 1)")
+      ->type_name("N")->check(detail::integer(0, std::numeric_limits<std::int32_t>::max()));
   app.add_flag("--no-report", o.no_report, "skip the quality report (the router is then fitted on all tokens)")
       ->excludes(held)->excludes("--densities")->excludes("--report-splits");
   app.add_option("--out", o.out, "the blocked model to write (safetensors)")->required()->type_name("FILE")->check(detail::non_empty());

@@ -336,3 +336,78 @@ TEST_CASE("moefy: the saved router is fitted on the fit share only, the report's
       cv::fit_linear_router(p.x.data(), mass_all.data(), 200, 16, 4, o.quality.train, sim.data());
   REQUIRE(all.router_rows == lin_all.w);
 }
+
+TEST_CASE("pinned neurons: a massive always-on neuron is found, pinned, and rescues Avg-K",
+          "[convert][pinned]") {
+  // The planted FFN plus one neuron like layer 0 of all-MiniLM-L6-v2's: active on every token (bias 1,
+  // a near-zero key) with a value 30× the others', ~93% of the output energy.
+  const sfx::index_t d = 64, groups = 16, g = 16, F = groups * g, n = 1600, hot = 37;
+  auto p = cv::make_planted_ffn(d, groups, g, n, 3, test::rng(21)() % 1000);
+  for (sfx::index_t c = 0; c < d; ++c) {
+    p.dense.w1[static_cast<std::size_t>(hot * d + c)] *= 0.01f;
+    p.dense.w2[static_cast<std::size_t>(c * F + hot)] *= 30.0f;
+  }
+  p.dense.b1[static_cast<std::size_t>(hot)] = 1.0f;
+  // moefy measures the energies on the fit share (the tokens before the report's held-out quarter).
+  const sfx::index_t n_fit = n - cv::held_out_tokens(n, 0.25);
+  const auto energy = cv::neuron_energy<sfx::act::relu>(p.dense, p.x.data(), n_fit, g);
+  const cv::pin_result pin = cv::choose_pinned(energy, g, {});
+  INFO("largest energy / mean " << pin.max_ratio << ", pinned share " << pin.pinned_share);
+  REQUIRE(pin.hot == 1);
+  REQUIRE(pin.blocks == 1);
+  REQUIRE(pin.neurons.size() == static_cast<std::size_t>(g));
+  REQUIRE(pin.neurons[0] == hot);
+  REQUIRE(pin.share[0] > 0.8);
+  REQUIRE(pin.max_ratio >= 64);
+  REQUIRE(cv::choose_pinned(energy, g, {0.0, -1}).blocks == 0);  // ratio 0: never
+  REQUIRE(cv::choose_pinned(energy, g, {1e-9, 2}).blocks == 2);  // every neuron hot: capped
+  REQUIRE_ERROR(cv::choose_pinned(energy, g, {64, groups + 1}), sfx::status::invalid_argument,
+                "max pinned blocks (17) exceeds B = 16");
+
+  cv::moefy_options o;
+  o.g = g;
+  o.report_splits = {};
+  o.quality.densities = {0.25};
+  o.quality.fit_routers = false;
+  auto errors = [&](const cv::moefy_result& r) {
+    std::map<std::string, double> e;
+    for (const auto& row : r.report) e[row.selector] = row.rel_error;
+    return e;
+  };
+  o.pin.ratio = 0;
+  const auto r0 = cv::moefy(p.dense, p.x.data(), n, o);
+  o.pin.ratio = 64;
+  const auto r1 = cv::moefy(p.dense, p.x.data(), n, o);
+  REQUIRE(r0.pinned.blocks == 0);
+  REQUIRE(r1.pinned.blocks == 1);
+  REQUIRE(std::vector<std::int32_t>(r1.permutation.begin(), r1.permutation.begin() + g) == pin.neurons);
+  require_bijection(r1.permutation, F);
+  const auto e0 = errors(r0), e1 = errors(r1);
+  INFO("no pinning: oracle " << e0.at("oracle") << " avg_k " << e0.at("avg_k") << "; pinned: oracle "
+                             << e1.at("oracle") << " avg_k " << e1.at("avg_k"));
+  REQUIRE(e0.at("avg_k") > 0.5);  // collapses, as on the real model
+  REQUIRE(e1.at("avg_k") < 0.3 * e0.at("avg_k"));
+  REQUIRE(e1.at("avg_k") <= 1.3 * e1.at("oracle"));
+  for (const auto& row : r1.report) REQUIRE(row.pinned == 1);
+  REQUIRE(cv::report_json(r1.report, &r1.context).find("\"pinned_blocks\": 1") != std::string::npos);
+
+  // The packed model routes the pinned block for every token, and its forward is the report's.
+  const auto model = cv::moefy_pack<float>(p.dense, r1);
+  REQUIRE(model.layout().pinned == 1);
+  const sfx::index_t n_eval = r1.context.held_out_tokens, k = 4;
+  const float* xe = p.x.data() + (n - n_eval) * d;
+  std::vector<float> y(static_cast<std::size_t>(n_eval * d)), yd(y.size());
+  std::vector<sfx::block_index_t> blocks(static_cast<std::size_t>(n_eval * k));
+  sfx::forward_cache cache{blocks.data(), nullptr, nullptr, nullptr};
+  sfx::cpu::forward<sfx::policy<16, sfx::select::avg_k, float, sfx::act::relu>>(model.view(), n_eval, xe,
+                                                                                y.data(), {k}, &cache);
+  sfx::cpu::forward<sfx::policy<16, sfx::select::avg_k, float, sfx::act::relu>>(model.view(), n_eval, xe,
+                                                                                yd.data(), {groups});
+  double err = 0, nrm = 0;
+  for (std::size_t i = 0; i < y.size(); ++i) {
+    err += (y[i] - yd[i]) * double(y[i] - yd[i]);
+    nrm += double(yd[i]) * yd[i];
+  }
+  for (sfx::index_t t = 0; t < n_eval; ++t) REQUIRE(blocks[static_cast<std::size_t>(t * k)] == 0);
+  REQUIRE(std::sqrt(err / nrm) == Approx(e1.at("avg_k")).epsilon(1e-3));
+}

@@ -126,6 +126,14 @@ TEST_CASE("moefy: a valid conversion writes the model and a valid JSON report", 
   REQUIRE(j["tokens"] == 200);
   REQUIRE(j["held_out_tokens"] == 50);
   REQUIRE(j["fit_tokens"] == 150);
+  REQUIRE(j.contains("pinned_blocks"));
+  REQUIRE(j["rows"][0]["pinned"] == j["pinned_blocks"]);
+  REQUIRE(r.output.find("pinned block(s)") != std::string::npos);
+  // More pinned blocks than B: refused before the conversion writes anything.
+  const auto r3 = run(w.base() + " --pin-ratio 0.5 --max-pinned 5 --no-report");  // B = 4
+  INFO(r3.output);
+  REQUIRE(r3.status == 1);
+  REQUIRE(r3.output.find("max pinned blocks (5) exceeds B = 4") != std::string::npos);
   // Another held-out share, and no report at all.
   auto r2 = run(w.base() + " --report " + w.dir + "/report.json --held-out 0.5");
   REQUIRE(r2.status == 0);
@@ -169,6 +177,9 @@ TEST_CASE("moefy: bad command lines are refused with the flag's name, before any
       {w.base() + " --held-out 1", "--held-out"},
       {w.base() + " --held-out 0", "--held-out"},
       {w.base() + " --held-out nan", "--held-out"},
+      {w.base() + " --pin-ratio -1", "--pin-ratio"},
+      {w.base() + " --pin-ratio inf", "--pin-ratio"},
+      {w.base() + " --max-pinned -2", "--max-pinned"},
       {w.base() + " --no-report --report " + w.dir + "/r.json", "--no-report"},
       {w.base() + " --no-report --densities 0.5", "--no-report"},
       {w.base() + " --split spectral", "--split"},

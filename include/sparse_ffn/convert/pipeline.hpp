@@ -6,7 +6,9 @@
 // Everything that computes runs on float weights (the report measures the conversion, not the
 // storage dtype); moefy_pack only packs the permuted weights into T and installs the router rows.
 //
-// 1. split the neurons (random | kmeans | coactivation) into blocks of g,
+// 0. pinned neurons (pin.hpp): the outsized neurons by output energy on the fit tokens fill the first P
+//    blocks, which every token computes,
+// 1. split the other neurons (random | kmeans | coactivation) into the remaining blocks of g,
 // 2. pack (weights in T, Avg-K centroids computed),
 // 3. fit / install the router: avg_k (mean keys, the default), similarity (mean normalised keys),
 //    linear (fitted; installed as the Avg-K rows: selection only), mlp (fitted; returned in `r` and
@@ -25,6 +27,7 @@
 #include "../detail/finite.hpp"
 #include "../dispatch.hpp"
 #include "coactivation.hpp"
+#include "pin.hpp"
 #include "report.hpp"
 #include "router_fit.hpp"
 #include "split.hpp"
@@ -44,6 +47,7 @@ struct moefy_options {
   std::vector<std::string> report_splits{"random"};  ///< splits reported besides the chosen one
   bool report = true;                                ///< run the quality report at all
   quality_options quality;                           ///< densities, held-out share, router training
+  pin_options pin;                                   ///< pinned neurons (pin.hpp); ratio 0 = none
   progress_fn progress;                              ///< optional
 };
 
@@ -56,6 +60,7 @@ struct moefy_result {
   bool has_mlp = false;
   mlp_router mlp;
   report_context context;  ///< g and the token counts: all tokens fit the router when report is off
+  pin_result pinned;       ///< the pinned blocks (first `pinned.blocks` of the permutation's blocks)
 };
 
 /// Rejects NaN/Inf in the dense FFN's weights and biases and in the hidden states x [n × d_model],
@@ -103,6 +108,20 @@ std::vector<std::int32_t> make_split(const std::string& name, const dense_ffn<fl
                            "' (random, kmeans, coactivation)");
 }
 
+/// A split whose first pin.blocks blocks are the pinned neurons, the rest split by name.
+template <class Act>
+std::vector<std::int32_t> make_pinned_split(const std::string& name, const dense_ffn<float>& dense,
+                                            const float* x, index_t n, const moefy_options& o,
+                                            const pin_result& pin) {
+  if (pin.blocks == 0) return make_split<Act>(name, dense, x, n, o);
+  std::vector<std::int32_t> rest;
+  const dense_ffn<float> sub = without_neurons(dense, pin.neurons, rest);
+  const auto p = make_split<Act>(name, sub, x, n, o);
+  std::vector<std::int32_t> perm(pin.neurons);
+  for (std::int32_t j : p) perm.push_back(rest[static_cast<std::size_t>(j)]);
+  return perm;
+}
+
 inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t n, const moefy_options& o) {
   sparse_ffn::detail::require(dense.gated() == activation_is_gated(o.activation), status::invalid_argument,
                               "activation '", activation_name(o.activation), "' does not match the FFN (",
@@ -115,6 +134,9 @@ inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t
   sparse_ffn::detail::require_not_null(x, "hidden states");
   check_finite(dense, x, n);
   check_quality_options(o.quality);
+  sparse_ffn::detail::require(o.g > 0 && dense.d_ff % o.g == 0, status::invalid_shape, "d_ff (", dense.d_ff,
+                              ") is not divisible by block size g (", o.g, ")");
+  check_pin_options(o.pin, dense.d_ff / o.g);
   moefy_result r;
   r.g = o.g;
   // With the report on, the router is fitted on the fit share only, exactly as the report fits the one
@@ -127,9 +149,18 @@ inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t
   const index_t n_fit = r.context.fit_tokens;
   dispatch_activation(o.activation, [&](auto a) {
     using Act = typename decltype(a)::type;
-    r.permutation = make_split<Act>(o.split, dense, x, n, o);
+    if (o.pin.ratio > 0) {
+      if (o.progress) o.progress("neuron energy", 0.0);
+      r.pinned = choose_pinned(neuron_energy<Act>(dense, x, n_fit, o.g), o.g, o.pin);
+    }
+    r.context.pinned_blocks = r.pinned.blocks;
+    r.context.hot_neurons = r.pinned.hot;
+    r.context.pinned_share = r.pinned.pinned_share;
+    r.context.max_energy_ratio = r.pinned.max_ratio;
+    r.permutation = make_pinned_split<Act>(o.split, dense, x, n, o, r.pinned);
     pack_options po{o.g};
     po.permutation = r.permutation.data();
+    po.pinned = r.pinned.blocks;
     const blocked_ffn<float> model = pack<float>(dense.view(), po);
     const index_t B = model.layout().num_blocks, d = dense.d_model;
     if (o.router != "avg_k") {
@@ -154,8 +185,8 @@ inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t
     for (const auto& sp : o.report_splits)
       if (sp != o.split) splits.push_back(sp);
     for (const auto& sp : splits) {
-      const auto perm = sp == o.split ? r.permutation : make_split<Act>(sp, dense, x, n, o);
-      const auto rows = evaluate_split<Act>(dense.view(), perm, o.g, x, n, sp, o.quality);
+      const auto perm = sp == o.split ? r.permutation : make_pinned_split<Act>(sp, dense, x, n, o, r.pinned);
+      const auto rows = evaluate_split<Act>(dense.view(), perm, o.g, x, n, sp, o.quality, r.pinned.blocks);
       r.report.insert(r.report.end(), rows.begin(), rows.end());
     }
   });
@@ -168,6 +199,7 @@ template <class T>
 blocked_ffn<T> moefy_pack(const dense_ffn<float>& dense, const moefy_result& r) {
   pack_options po{r.g};
   po.permutation = r.permutation.data();
+  po.pinned = r.pinned.blocks;
   blocked_ffn<T> model = pack<T>(dense.view(), po);
   if (!r.router_rows.empty())
     model.set_centroids(r.router_rows.data(), r.router_bias.empty() ? nullptr : r.router_bias.data());

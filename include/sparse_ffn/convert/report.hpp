@@ -2,7 +2,8 @@
 //
 // For hidden states X [n × d_model] the tokens are split into a training part (routers are fitted on
 // it) and a held-out part (everything is measured on it). For every split (a neuron permutation) and
-// selector, and every density in `densities` (fraction of blocks kept, k = round(density · B) ≥ 1):
+// selector, and every density in `densities` (fraction of blocks kept, k = round(density · B) ≥ 1,
+// and ≥ P when the first P blocks are pinned: they count in k and every selector keeps them):
 //   coverage   mean over tokens of the share of the dense activation mass in the selected blocks
 //   rel_error  ‖Y_sparse − Y_dense‖_F / ‖Y_dense‖_F over the held-out tokens
 // Selectors: oracle (MoEfication ground truth), avg_k (mean key · x + mean bias), similarity
@@ -31,6 +32,7 @@ struct quality_row {
   double density = 0;
   index_t k = 0;
   double coverage = 0, rel_error = 0;
+  index_t pinned = 0;  ///< pinned blocks among the k
 };
 
 struct quality_options {
@@ -62,11 +64,13 @@ inline void check_quality_options(const quality_options& o) {
 template <class Act>
 std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
                                         const std::vector<std::int32_t>& perm, index_t g, const float* x,
-                                        index_t n, const std::string& split_name, const quality_options& o) {
+                                        index_t n, const std::string& split_name, const quality_options& o,
+                                        index_t pinned = 0) {
   sparse_ffn::detail::require(n >= 2, status::invalid_shape, "the quality report needs at least 2 tokens");
   check_quality_options(o);
   pack_options po{g};
   po.permutation = perm.data();
+  po.pinned = pinned;
   const blocked_ffn<float> model = pack<float>(dense, po);
   const block_layout& l = model.layout();
   const index_t B = l.num_blocks, d = l.d_model;
@@ -125,10 +129,14 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
                   y_dense[static_cast<std::size_t>(n_train * d + i)];
   for (std::size_t si = 0; si < scores.size(); ++si) {
     const std::string& name = scores[si].first;
-    const std::vector<float>& sc = scores[si].second;
+    std::vector<float>& sc = scores[si].second;
+    for (index_t t = 0; t < n_eval; ++t)  // pinned blocks rank first (selector/selector.hpp)
+      for (index_t b = 0; b < pinned; ++b)
+        sc[static_cast<std::size_t>(t * B + b)] = ranking_score(0.0f, b, pinned);
     for (double p : o.densities) {
-      const index_t k =
-          std::min<index_t>(B, std::max<index_t>(1, static_cast<index_t>(std::llround(p * double(B)))));
+      const index_t k = std::min<index_t>(
+          B,
+          std::max<index_t>(std::max<index_t>(1, pinned), static_cast<index_t>(std::llround(p * double(B)))));
       routing_table table(n_eval, k);
       std::vector<block_index_t> scratch(static_cast<std::size_t>(B));
       for (index_t t = 0; t < n_eval; ++t)
@@ -149,6 +157,7 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
       row.selector = name;
       row.density = p;
       row.k = k;
+      row.pinned = pinned;
       row.coverage = topk_coverage(sc.data(), mass_eval, n_eval, B, k);
       // A zero dense output: any error is infinitely large relative to it, none is 0.
       row.rel_error = dense_norm > 0 ? std::sqrt(err / dense_norm)
@@ -210,10 +219,15 @@ struct report_context {
   index_t fit_tokens = 0;       ///< the first ones: routers are fitted on these
   index_t held_out_tokens = 0;  ///< the last ones: every row is measured on these
   double held_out = 0;          ///< the requested held-out share
+  index_t pinned_blocks = 0;    ///< blocks every token computes (convert/pin.hpp)
+  index_t hot_neurons = 0;      ///< neurons over the pinning threshold
+  double pinned_share = 0;      ///< the pinned neurons' share of the output energy (fit tokens)
+  double max_energy_ratio = 0;  ///< the largest neuron energy / the mean (fit tokens; 0: not measured)
 };
 
 /// The rows as JSON: {"g":…, "tokens":…, "fit_tokens":…, "held_out_tokens":…, "held_out":…,
-/// "rows": [{"split":…, "selector":…, "density":…, "k":…, "coverage":…, "rel_error":…}, …]} (the
+/// "pinned_blocks":…, "hot_neurons":…, "pinned_share":…, "max_energy_ratio":…,
+/// "rows": [{"split":…, "selector":…, "density":…, "k":…, "coverage":…, "rel_error":…, "pinned":…}, …]} (the
 /// context fields only when `ctx` is given). A value that is not finite (rel_error of an all-zero
 /// dense output) is written as null.
 inline std::string report_json(const std::vector<quality_row>& rows, const report_context* ctx = nullptr) {
@@ -222,7 +236,10 @@ inline std::string report_json(const std::vector<quality_row>& rows, const repor
   if (ctx)
     os << "\"g\": " << ctx->g << ", \"tokens\": " << ctx->tokens << ", \"fit_tokens\": " << ctx->fit_tokens
        << ", \"held_out_tokens\": " << ctx->held_out_tokens
-       << ", \"held_out\": " << detail::json_number(ctx->held_out) << ",\n ";
+       << ", \"held_out\": " << detail::json_number(ctx->held_out)
+       << ", \"pinned_blocks\": " << ctx->pinned_blocks << ", \"hot_neurons\": " << ctx->hot_neurons
+       << ", \"pinned_share\": " << detail::json_number(ctx->pinned_share)
+       << ", \"max_energy_ratio\": " << detail::json_number(ctx->max_energy_ratio) << ",\n ";
   os << "\"rows\": [";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
@@ -230,7 +247,7 @@ inline std::string report_json(const std::vector<quality_row>& rows, const repor
        << ", \"selector\": " << detail::json_string(r.selector)
        << ", \"density\": " << detail::json_number(r.density) << ", \"k\": " << r.k
        << ", \"coverage\": " << detail::json_number(r.coverage)
-       << ", \"rel_error\": " << detail::json_number(r.rel_error) << "}";
+       << ", \"rel_error\": " << detail::json_number(r.rel_error) << ", \"pinned\": " << r.pinned << "}";
   }
   os << "\n]}\n";
   return os.str();
