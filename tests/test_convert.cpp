@@ -2,6 +2,7 @@
 // group recovery), routers and the quality report on a synthetic FFN with planted structure.
 #include "support/test_support.hpp"
 
+#include <sparse_ffn/convert/budget.hpp>
 #include <sparse_ffn/convert/coactivation.hpp>
 #include <sparse_ffn/convert/pipeline.hpp>
 #include <sparse_ffn/convert/report.hpp>
@@ -410,4 +411,84 @@ TEST_CASE("pinned neurons: a massive always-on neuron is found, pinned, and resc
   }
   for (sfx::index_t t = 0; t < n_eval; ++t) REQUIRE(blocks[static_cast<std::size_t>(t * k)] == 0);
   REQUIRE(std::sqrt(err / nrm) == Approx(e1.at("avg_k")).epsilon(1e-3));
+}
+
+TEST_CASE("per-layer budgets: allocate_blocks is the exact optimum; bad curves are refused",
+          "[convert][budget]") {
+  auto r = test::rng(31);
+  for (int rep = 0; rep < 200; ++rep) {
+    const int L = 1 + static_cast<int>(r() % 4);
+    std::vector<cv::layer_curve> layers(static_cast<std::size_t>(L));
+    std::int64_t most = 0;
+    for (auto& c : layers) {
+      const int m = 1 + static_cast<int>(r() % 5);
+      sfx::index_t k = 0;
+      double e = 1.0;
+      for (int i = 0; i < m; ++i) {
+        k += 1 + static_cast<sfx::index_t>(r() % 4);
+        e *= std::uniform_real_distribution<double>(0.3, 1.0)(r);
+        c.k.push_back(k);
+        c.error.push_back(e);
+      }
+      c.min_k = 1 + static_cast<sfx::index_t>(r() % static_cast<std::uint64_t>(c.k.back()));
+      c.block_bytes = 64 * (1 + static_cast<std::int64_t>(r() % 3));
+      c.weight = std::uniform_real_distribution<double>(0.5, 2.0)(r);
+      most += c.k.back() * c.block_bytes;
+    }
+    const std::int64_t budget = static_cast<std::int64_t>(r() % static_cast<std::uint64_t>(most + 1));
+    // Brute force over every combination.
+    double best = std::numeric_limits<double>::infinity();
+    std::vector<std::size_t> idx(static_cast<std::size_t>(L), 0);
+    for (;;) {
+      std::int64_t bytes = 0;
+      double obj = 0;
+      bool ok = true;
+      for (int l = 0; l < L; ++l) {
+        const auto& c = layers[static_cast<std::size_t>(l)];
+        const auto i = idx[static_cast<std::size_t>(l)];
+        ok = ok && c.k[i] >= c.min_k;
+        bytes += c.k[i] * c.block_bytes;
+        obj += c.weight * c.error[i] * c.error[i];
+      }
+      if (ok && bytes <= budget) best = std::min(best, obj);
+      int l = 0;
+      while (l < L && ++idx[static_cast<std::size_t>(l)] == layers[static_cast<std::size_t>(l)].k.size())
+        idx[static_cast<std::size_t>(l++)] = 0;
+      if (l == L) break;
+    }
+    INFO("rep " << rep << " layers " << L << " budget " << budget);
+    if (best == std::numeric_limits<double>::infinity()) {
+      REQUIRE_ERROR(cv::allocate_blocks(layers, budget), sfx::status::invalid_argument, "below the smallest");
+      continue;
+    }
+    const auto a = cv::allocate_blocks(layers, budget);
+    REQUIRE(a.objective == Approx(best).epsilon(1e-12));
+    REQUIRE(a.bytes <= budget);
+    double obj = 0;
+    std::int64_t bytes = 0;
+    for (int l = 0; l < L; ++l) {
+      const auto& c = layers[static_cast<std::size_t>(l)];
+      REQUIRE(a.k[static_cast<std::size_t>(l)] >= c.min_k);
+      bytes += a.k[static_cast<std::size_t>(l)] * c.block_bytes;
+      obj += c.weight * a.error[static_cast<std::size_t>(l)] * a.error[static_cast<std::size_t>(l)];
+    }
+    REQUIRE(bytes == a.bytes);
+    REQUIRE(obj == Approx(a.objective).epsilon(1e-12));
+  }
+  // Two layers, one four times as lossy at every k: it gets the bytes a uniform split would not.
+  cv::layer_curve easy{{2, 4, 6, 8}, {0.10, 0.05, 0.03, 0.02}, 1, 64, 1.0};
+  cv::layer_curve hard{{2, 4, 6, 8}, {0.40, 0.20, 0.12, 0.08}, 1, 64, 1.0};
+  const auto a = cv::allocate_blocks({easy, hard}, 10 * 64);
+  REQUIRE(a.k == std::vector<sfx::index_t>{2, 8});
+  REQUIRE(a.bytes == 10 * 64);
+  REQUIRE(a.objective < 0.05 * 0.05 + 0.20 * 0.20);  // the uniform 4 + 4 blocks
+  REQUIRE_ERROR(cv::allocate_blocks({}, 100), sfx::status::invalid_argument, "at least one layer");
+  REQUIRE_ERROR(cv::allocate_blocks({{{2, 1}, {0.1, 0.2}, 1, 64, 1.0}}, 1000), sfx::status::invalid_argument,
+                "ascending");
+  REQUIRE_ERROR(cv::allocate_blocks({{{1, 2}, {0.1, NAN}, 1, 64, 1.0}}, 1000), sfx::status::invalid_argument,
+                "not a finite number");
+  REQUIRE_ERROR(cv::allocate_blocks({{{1, 2}, {0.2, 0.1}, 3, 64, 1.0}}, 1000), sfx::status::invalid_argument,
+                "no measured k >= min_k (3)");
+  REQUIRE_ERROR(cv::allocate_blocks({{{4}, {0.2}, 1, 64, 1.0}}, 100), sfx::status::invalid_argument,
+                "below the smallest allowed model (256 bytes)");
 }

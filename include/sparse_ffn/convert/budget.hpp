@@ -1,0 +1,130 @@
+// sparse_ffn — per-layer budgets: how many blocks each sparse FFN of a model computes.
+//
+// A uniform density wastes bytes: on all-MiniLM-L6-v2 the oracle's error at 25% of the blocks is 0.12
+// on layer 0 and 0.42 on layer 3. Given each layer's measured error curve (relative output error on
+// held-out tokens against k, e.g. from the quality report at several densities), `allocate_blocks`
+// picks one k per layer that minimises the summed squared errors Σ_l w_l · e_l(k_l)² under a total
+// budget of bytes Σ_l k_l · bytes_per_block_l ≤ budget. Squared relative errors add like independent
+// perturbations of the layers' outputs (a first-order proxy for the model's error; weight a layer by
+// w_l to say how much its output matters). Only measured k are chosen (no interpolation), every k is
+// at least the layer's `min_k` (its pinned blocks, at least 1).
+//
+// Exact: a multiple-choice knapsack solved by dynamic programming over the budget in units of the
+// greatest common divisor of the block sizes (block bytes of real layers share large factors; the
+// table is capped at 2^24 cells); deterministic: among equal objectives the smaller total wins.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "../error.hpp"
+#include "../types.hpp"
+
+namespace sparse_ffn {
+namespace convert {
+
+/// One layer's measured error curve.
+struct layer_curve {
+  std::vector<index_t> k;        ///< blocks computed (ascending, distinct, >= 1)
+  std::vector<double> error;     ///< relative output error at each k (finite, >= 0)
+  index_t min_k = 1;             ///< fewest blocks allowed (pinned blocks; >= 1)
+  std::int64_t block_bytes = 1;  ///< bytes of one block (> 0)
+  double weight = 1.0;           ///< w_l (finite, >= 0)
+};
+
+struct budget_result {
+  std::vector<index_t> k;     ///< chosen k per layer
+  std::vector<double> error;  ///< its error per layer
+  std::int64_t bytes = 0;     ///< Σ k_l · block_bytes_l
+  double objective = 0;       ///< Σ w_l e_l²
+};
+
+/// The best k per layer for at most `budget` bytes (see the file comment). Throws invalid_argument on
+/// a malformed curve and when even the smallest allowed k of every layer exceeds the budget.
+inline budget_result allocate_blocks(const std::vector<layer_curve>& layers, std::int64_t budget) {
+  using sparse_ffn::detail::require;
+  require(!layers.empty(), status::invalid_argument, "allocate_blocks needs at least one layer");
+  require(budget >= 0, status::invalid_argument, "budget (", budget, ") must be >= 0");
+  std::int64_t unit = 0, least = 0;
+  for (std::size_t l = 0; l < layers.size(); ++l) {
+    const layer_curve& c = layers[l];
+    require(!c.k.empty() && c.k.size() == c.error.size(), status::invalid_argument, "layer ", l,
+            ": k and error must be non-empty and of the same length");
+    require(c.block_bytes > 0, status::invalid_argument, "layer ", l, ": block_bytes must be > 0");
+    require(c.min_k >= 1, status::invalid_argument, "layer ", l, ": min_k must be >= 1");
+    require(std::isfinite(c.weight) && c.weight >= 0, status::invalid_argument, "layer ", l,
+            ": weight must be finite and >= 0");
+    bool any = false;
+    for (std::size_t i = 0; i < c.k.size(); ++i) {
+      require(c.k[i] >= 1 && (i == 0 || c.k[i] > c.k[i - 1]), status::invalid_argument, "layer ", l,
+              ": k must be ascending, distinct and >= 1");
+      require(std::isfinite(c.error[i]) && c.error[i] >= 0, status::invalid_argument, "layer ", l,
+              ": error at k = ", c.k[i], " is not a finite number >= 0");
+      require(c.k[i] <= std::numeric_limits<std::int64_t>::max() / c.block_bytes, status::size_overflow,
+              "layer ", l, ": k × block_bytes overflows");
+      any = any || c.k[i] >= c.min_k;
+    }
+    require(any, status::invalid_argument, "layer ", l, ": no measured k >= min_k (", c.min_k, ")");
+    unit = std::gcd(unit, c.block_bytes);
+    std::int64_t smallest = 0;
+    for (index_t k : c.k)
+      if (k >= c.min_k) {
+        smallest = k * c.block_bytes;
+        break;
+      }
+    least += smallest;
+  }
+  require(least <= budget, status::invalid_argument, "the budget (", budget,
+          " bytes) is below the smallest allowed model (", least, " bytes)");
+  const std::int64_t cells = budget / unit + 1;
+  require(cells * static_cast<std::int64_t>(layers.size()) <= (std::int64_t{1} << 24),
+          status::invalid_argument, "allocate_blocks: budget / gcd(block bytes) too fine (", cells,
+          " cells per layer)");
+  const double inf = std::numeric_limits<double>::infinity();
+  const auto L = layers.size();
+  const auto C = static_cast<std::size_t>(cells);
+  // best[c] after layer l: least objective of layers 0..l using exactly c units; choice[l][c]: option.
+  std::vector<double> best(C, inf), next(C);
+  std::vector<std::vector<std::int32_t>> choice(L, std::vector<std::int32_t>(C, -1));
+  best[0] = 0;
+  for (std::size_t l = 0; l < L; ++l) {
+    const layer_curve& c = layers[l];
+    std::fill(next.begin(), next.end(), inf);
+    for (std::size_t i = 0; i < c.k.size(); ++i) {
+      if (c.k[i] < c.min_k) continue;
+      const auto cost = static_cast<std::size_t>(c.k[i] * (c.block_bytes / unit));
+      const double v = c.weight * c.error[i] * c.error[i];
+      for (std::size_t u = 0; u + cost < C; ++u) {
+        if (best[u] == inf) continue;
+        const double t = best[u] + v;
+        if (t < next[u + cost]) {  // strict: the first (smallest) k wins a tie
+          next[u + cost] = t;
+          choice[l][u + cost] = static_cast<std::int32_t>(i);
+        }
+      }
+    }
+    best.swap(next);
+  }
+  std::size_t at = 0;
+  for (std::size_t u = 1; u < C; ++u)
+    if (best[u] < best[at]) at = u;  // strict: the smaller total wins a tie
+  budget_result r;
+  r.objective = best[at];
+  r.k.assign(L, 0);
+  r.error.assign(L, 0.0);
+  for (std::size_t l = L; l-- > 0;) {
+    const layer_curve& c = layers[l];
+    const auto i = static_cast<std::size_t>(choice[l][at]);
+    r.k[l] = c.k[i];
+    r.error[l] = c.error[i];
+    r.bytes += c.k[i] * c.block_bytes;
+    at -= static_cast<std::size_t>(c.k[i] * (c.block_bytes / unit));
+  }
+  return r;
+}
+
+}  // namespace convert
+}  // namespace sparse_ffn
