@@ -30,8 +30,9 @@
 // then every q from the stored s, so the grid is the one the kernels use). q4 searches the scale: v_max
 // (the value of largest magnitude) placed at −8, −7.75, …, −7 (−8 is ggml's q4_0 rule) or at 7, 6.5,
 // each candidate also refitted once by least squares to its own integers; the one with the least
-// squared error on the group wins among those whose every value is within one step (never worse than
-// the max-abs rule, which always is; measured in test_quant).
+// squared error on the group wins among those whose every value is within one step. One candidate is
+// the max-abs rule with its bfloat16 scale rounded away from zero, which always is within one step, so
+// the search is never worse than that rule (checked in test_quant on 2000 Gaussian groups a run).
 // Error bound per value: s/2 for q8; for q4 one step s (the range −8..7 is asymmetric: a value of the
 // opposite sign to v_max may clamp at 7). NaN or Inf weights are rejected (status invalid_argument): a
 // quantised model cannot carry them.
@@ -236,6 +237,10 @@ struct row_format<T, std::enable_if_t<is_quantized<T>::value>> {
           for (index_t i = 0; i < k_quant_group; ++i) q[i] = tmp[i];
         }
       };
+      // The max-abs rule with its scale rounded away from zero: |s| >= max|v| / 8, so it is always within
+      // one step (rounded to nearest, s may come out below max|v| / 8 and clamp a value of the other sign
+      // at 7 by more than a step); the search below never does worse than it.
+      consider(outward_scale(vmax / -8.0f));
       static constexpr float targets[] = {-8.0f, -7.75f, -7.5f, -7.25f, -7.0f, 7.0f, 6.5f};
       for (const float target : targets) {
         const float s = stored_scale(vmax / target);
@@ -256,6 +261,16 @@ struct row_format<T, std::enable_if_t<is_quantized<T>::value>> {
  private:
   /// A scale as stored (bfloat16, round to nearest even), as a float.
   static float stored_scale(float s) { return to_float(bfloat16_t(s)); }
+
+ public:
+  /// A scale as stored, rounded away from zero (|result| >= |s|; s finite and below bfloat16's max).
+  static float outward_scale(float s) {
+    const bfloat16_t b(s);
+    if (std::fabs(to_float(b)) >= std::fabs(s)) return to_float(b);
+    return to_float(bfloat16_t::from_bits(static_cast<std::uint16_t>(b.bits + 1)));
+  }
+
+ private:
   /// q = clamp(round(v / s)); returns the squared error of q·s.
   static double round_with(const float* v, float s, int lo, int hi, int* q, double* worst = nullptr) {
     double err = 0.0;
