@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include <sparse_ffn/activation.hpp>
+#include <sparse_ffn/convert/model.hpp>
 #include <sparse_ffn/dispatch.hpp>
 
 #include <cerrno>
@@ -37,6 +38,8 @@ struct options {
   std::int64_t max_pinned = -1;
   bool no_report = false;
   std::string out, report;
+  std::string layers;  ///< "0-5": convert these layers; names hold {i} (empty: one layer, no {i})
+  double budget = 0;   ///< share of the block bytes the layers may compute together (0: none)
 };
 
 namespace detail {
@@ -217,9 +220,58 @@ inline void define(CLI::App& app, options& o) {
       ->type_name("N")->check(detail::integer(0, std::numeric_limits<std::int32_t>::max()));
   app.add_flag("--no-report", o.no_report, "skip the quality report (the router is then fitted on all tokens)")
       ->excludes(held)->excludes("--densities")->excludes("--report-splits");
-  app.add_option("--out", o.out, "the blocked model to write (safetensors)")->required()->type_name("FILE")->check(detail::non_empty());
-  app.add_option("--report", o.report, "also write the report as JSON")->type_name("FILE")->excludes("--no-report")->check(detail::non_empty());
+  app.add_option("--out", o.out, "the blocked model to write (safetensors); with --layers a pattern with {i}")->required()->type_name("FILE")->check(detail::non_empty());
+  app.add_option("--report", o.report, "also write the report as JSON (with --layers: one report for the model)")->type_name("FILE")->excludes("--no-report")->check(detail::non_empty());
+  app.add_option("--layers", o.layers, "convert these layers in one run, e.g. 0-5 or 0,2,4: every {i} in a tensor name, --hidden and --out becomes the layer's index")
+      ->type_name("LIST")
+      ->check(CLI::Validator([](std::string& s) -> std::string {
+        try {
+          (void)sparse_ffn::convert::parse_layers(s);
+        } catch (const std::exception& e) {
+          return e.what();
+        }
+        return {};
+      }, "LIST", "layers"));
+  app.add_option_function<std::string>("--budget", [&o](const std::string& s) { detail::parse_density(s, o.budget); },
+                  "choose k per layer: the layers together compute at most this share of their block bytes, with the least summed squared error of the report's --split/--router curves (convert/budget.hpp); k is written into each file's metadata")
+      ->type_name("DENSITY")->excludes("--no-report")
+      ->check(CLI::Validator([](std::string& s) -> std::string {
+        double v = 0;
+        return detail::parse_density(s, v) ? std::string{} : "'" + s + "' is not a number in (0, 1]";
+      }, "DENSITY", "density"));
   // clang-format on
+}
+
+/// The layer slot {i}: with --layers, the names that differ per layer must hold it (W1, W2, the output,
+/// and the hidden states' file or name; any bias or W3 given), and --in / --report must not (one
+/// checkpoint, one report); without --layers nothing may hold it. Throws CLI::ValidationError.
+inline void check_layer_slots(const options& o) {
+  using sparse_ffn::convert::has_layer_slot;
+  const std::pair<const char*, const std::string*> per_layer[] = {
+      {"--w1", &o.w1},  {"--w2", &o.w2}, {"--w3", &o.w3},         {"--b1", &o.b1},
+      {"--b2", &o.b2},  {"--b3", &o.b3}, {"--hidden", &o.hidden}, {"--hidden-name", &o.hidden_name},
+      {"--out", &o.out}};
+  if (o.layers.empty()) {
+    for (const auto& [flag, v] : per_layer)
+      if (has_layer_slot(*v))
+        throw CLI::ValidationError(flag, "'" + *v + "' holds the layer slot {i} but --layers is not given");
+  } else {
+    for (const auto& [flag, v] : per_layer) {
+      const std::string f = flag;
+      if (f == "--hidden" || f == "--hidden-name" || v->empty()) continue;
+      if (!has_layer_slot(*v))
+        throw CLI::ValidationError(
+            flag, "'" + *v + "' has no layer slot {i}: with --layers every layer would use the same one");
+    }
+    if (!has_layer_slot(o.hidden) && !has_layer_slot(o.hidden_name))
+      throw CLI::ValidationError(
+          "--hidden-name",
+          "neither --hidden nor --hidden-name has the layer slot {i}: every layer's FFN has its own inputs");
+  }
+  if (has_layer_slot(o.in))
+    throw CLI::ValidationError("--in", "the checkpoint is one file; {i} is not allowed here");
+  if (has_layer_slot(o.report))
+    throw CLI::ValidationError("--report", "the report is one file for all layers; {i} is not allowed here");
 }
 
 /// Parses a whole command line (argv[0] is the program name) into `o`, which `app` keeps references
@@ -227,6 +279,15 @@ inline void define(CLI::App& app, options& o) {
 inline void parse(int argc, const char* const* argv, CLI::App& app, options& o) {
   define(app, o);
   app.parse(argc, argv);
+  check_layer_slots(o);
+}
+
+/// `o` for one layer: every {i} replaced by `layer` (see check_layer_slots).
+inline options for_layer(const options& o, std::int64_t layer) {
+  options l = o;
+  for (std::string* v : {&l.w1, &l.w2, &l.w3, &l.b1, &l.b2, &l.b3, &l.hidden, &l.hidden_name, &l.out})
+    *v = sparse_ffn::convert::layer_name(*v, layer);
+  return l;
 }
 
 }  // namespace moefy

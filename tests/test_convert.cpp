@@ -4,6 +4,7 @@
 
 #include <sparse_ffn/convert/budget.hpp>
 #include <sparse_ffn/convert/coactivation.hpp>
+#include <sparse_ffn/convert/model.hpp>
 #include <sparse_ffn/convert/pipeline.hpp>
 #include <sparse_ffn/convert/report.hpp>
 #include <sparse_ffn/convert/split.hpp>
@@ -11,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <numeric>
 
@@ -491,4 +493,57 @@ TEST_CASE("per-layer budgets: allocate_blocks is the exact optimum; bad curves a
                 "no measured k >= min_k (3)");
   REQUIRE_ERROR(cv::allocate_blocks({{{4}, {0.2}, 1, 64, 1.0}}, 100), sfx::status::invalid_argument,
                 "below the smallest allowed model (256 bytes)");
+}
+
+TEST_CASE("model conversion: layer lists, name patterns, report curves, block bytes", "[convert][layers]") {
+  namespace cv = sparse_ffn::convert;
+  using V = std::vector<sfx::index_t>;
+  REQUIRE(cv::parse_layers("0-5") == V{0, 1, 2, 3, 4, 5});
+  REQUIRE(cv::parse_layers("3,0-1,7") == V{3, 0, 1, 7});
+  REQUIRE(cv::parse_layers("12") == V{12});
+  for (const char* bad :
+       {"", ",", "1,", ",1", "2-1", "1-1-2", "1,1", "0-3,2", "-1", "a", "1 ", "+1", "65536", "1234567"})
+    REQUIRE_THROWS_MATCHES(cv::parse_layers(bad), sfx::error,
+                           Catch::Matchers::Predicate<sfx::error>([](const sfx::error& e) {
+                             return e.code() == sfx::status::invalid_argument;
+                           }));
+  REQUIRE(cv::layer_name("encoder.layer.{i}.intermediate.dense.weight", 11) ==
+          "encoder.layer.11.intermediate.dense.weight");
+  REQUIRE(cv::layer_name("h{i}/x{i}", 3) == "h3/x3");
+  REQUIRE(cv::layer_name("{i", 3) == "{i");
+  REQUIRE(cv::has_layer_slot("a{i}"));
+  REQUIRE(!cv::has_layer_slot("a{j}"));
+  REQUIRE(!cv::has_layer_slot("{ i}"));
+
+  // Bytes of a block: rows × what a file stores per row.
+  REQUIRE(cv::block_bytes<float>(100, 16, false) == 2 * 16 * 100 * 4);
+  REQUIRE(cv::block_bytes<sfx::bfloat16_t>(100, 16, true) == 3 * 16 * 100 * 2);
+  REQUIRE(cv::block_bytes<sfx::q8_t>(100, 16, false) ==
+          2 * 16 * sfx::row_format<sfx::q8_t>::payload_bytes(100));
+  REQUIRE(cv::block_bytes<sfx::q4_t>(4096, 64, false) == 2 * 64 * (2048 + 128 * 2));
+
+  // The curve of one split and selector: its rows only, each k once, ascending; min_k at least 1.
+  std::vector<cv::quality_row> rows;
+  auto row = [&](const char* split, const char* sel, sfx::index_t k, double e) {
+    cv::quality_row r;
+    r.split = split;
+    r.selector = sel;
+    r.k = k;
+    r.rel_error = e;
+    rows.push_back(r);
+  };
+  row("kmeans", "avg_k", 4, 0.2);
+  row("kmeans", "avg_k", 2, 0.5);
+  row("kmeans", "avg_k", 2, 0.5);  // two densities rounding to the same k
+  row("kmeans", "oracle", 3, 0.1);
+  row("random", "avg_k", 1, 0.9);
+  const cv::layer_curve c = cv::report_curve(rows, "kmeans", "avg_k", 0, 96);
+  REQUIRE(c.k == V{2, 4});
+  REQUIRE(c.error == std::vector<double>{0.5, 0.2});
+  REQUIRE(c.min_k == 1);
+  REQUIRE(c.block_bytes == 96);
+  REQUIRE(cv::report_curve(rows, "kmeans", "avg_k", 3, 96).min_k == 3);
+  REQUIRE_THROWS_AS(cv::report_curve(rows, "kmeans", "linear", 0, 96), sfx::error);
+  row("kmeans", "linear", 2, std::numeric_limits<double>::infinity());
+  REQUIRE_THROWS_WITH(cv::report_curve(rows, "kmeans", "linear", 0, 96), Catch::Contains("not finite"));
 }

@@ -148,6 +148,104 @@ TEST_CASE("moefy: a valid conversion writes the model and a valid JSON report", 
     REQUIRE(help.output.find(flag) != std::string::npos);
 }
 
+TEST_CASE("moefy --layers converts every layer in one run; --budget picks k per layer", "[moefy][layers]") {
+  workdir w;
+  // Three layers in one checkpoint (layer.{i}.w1 …) and their inputs in one file (x.{i}); layer 1 is
+  // planted with more active groups, so its error curve is the steepest and the budget favours it.
+  const std::string ckpt = w.dir + "/model.safetensors", hidden = w.dir + "/states.safetensors";
+  io::safetensors_writer cw, hw;
+  const sfx::index_t active[] = {1, 3, 1};
+  for (int l = 0; l < 3; ++l) {
+    const auto p = sparse_ffn::convert::make_planted_ffn(16, 4, 32, 200, active[l], 11 + l);
+    const std::string pre = "layer." + std::to_string(l) + ".";
+    cw.add_float(pre + "w1", {p.dense.d_ff, p.dense.d_model}, p.dense.w1);
+    cw.add_float(pre + "w2", {p.dense.d_model, p.dense.d_ff}, p.dense.w2);
+    cw.add_float(pre + "b1", {p.dense.d_ff}, p.dense.b1);
+    hw.add_float("x." + std::to_string(l), {200, 16}, p.x);
+  }
+  cw.write(ckpt);
+  hw.write(hidden);
+  const std::string common = "--in " + ckpt +
+                             " --w1 layer.{i}.w1 --w2 layer.{i}.w2 --b1 layer.{i}.b1 --hidden " + hidden +
+                             " --hidden-name x.{i} --activation relu --g 16 --epochs 2 --restarts 1 " +
+                             "--iterations 3 --pin-ratio 0 --dtype bf16";
+  const std::string dens = " --densities 0.25,0.5,0.75,1";
+  const std::string out = " --out " + w.dir + "/l{i}.safetensors";
+  const auto r = run(common + dens + out + " --layers 0-2 --budget 0.5 --report " + w.dir + "/model.json");
+  INFO(r.output);
+  REQUIRE(r.status == 0);
+  const auto j = nlohmann::json::parse(slurp(w.dir + "/model.json"));
+  REQUIRE(j["layers"].size() == 3);
+  const auto& b = j["budget"];
+  REQUIRE(b["layers"].size() == 3);
+  std::int64_t bytes = 0;
+  const std::int64_t block = 2 * 16 * 16 * 2;  // keys and values, g = 16 rows of 16 bf16
+  for (int l = 0; l < 3; ++l) {
+    const auto& L = j["layers"][l];
+    REQUIRE(L["layer"] == l);
+    REQUIRE(L["num_blocks"] == 8);
+    REQUIRE(L["block_bytes"] == block);
+    REQUIRE(L["rows"].size() > 0);
+    const std::int64_t k = b["layers"][l]["k"];
+    bytes += k * block;
+    // The file of layer l: loads, and carries its layer and its budgeted k.
+    io::blocked_file_info info;
+    const auto m = io::load_blocked<float>(w.dir + "/l" + std::to_string(l) + ".safetensors", &info);
+    REQUIRE(m.layout().num_blocks == 8);
+    REQUIRE(info.metadata.at("layer") == std::to_string(l));
+    REQUIRE(info.metadata.at("k") == std::to_string(k));
+    // The budget's error is the report's error of the installed split and router at that k.
+    bool found = false;
+    for (const auto& row : L["rows"])
+      if (row["split"] == "kmeans" && row["selector"] == "avg_k" && row["k"] == k) {
+        REQUIRE(row["rel_error"] == b["layers"][l]["rel_error"]);
+        found = true;
+      }
+    REQUIRE(found);
+  }
+  REQUIRE(b["bytes"] == bytes);
+  REQUIRE(bytes <= b["budget_bytes"].get<std::int64_t>());
+  REQUIRE(b["budget_bytes"] == 3 * 8 * block / 2);
+  REQUIRE(r.output.find("layer 1") != std::string::npos);
+  REQUIRE(r.output.find("budget: 50.0%") != std::string::npos);
+
+  // The slot {i}: needed where layers differ, refused where there is one file, and only with --layers.
+  auto bad = [&](const std::string& args, const std::string& says) {
+    const auto e = run(args);
+    INFO(args << "\n" << e.output);
+    REQUIRE(e.status == 2);
+    REQUIRE(e.output.find(says) != std::string::npos);
+  };
+  bad(common + out, "--layers is not given");
+  bad(common + " --out " + w.dir + "/same.safetensors --layers 0-2", "--out");
+  bad(common + out + " --layers 0-2 --report " + w.dir + "/r{i}.json", "--report");
+  for (const char* list : {"2-0", "0,0", "0-1,1", "a", "", "0,", "1-", "99999999"})
+    bad(common + out + " --layers '" + list + "'", "--layers");
+  bad(common + out + " --layers 0-2 --budget 0", "--budget");
+  bad(common + out + " --layers 0-2 --budget 1.5", "--budget");
+  bad(common + out + " --layers 0-2 --budget 0.5 --no-report", "--budget");
+  // A layer whose tensors are missing: refused before any conversion, nothing written.
+  const auto e = run(common + " --out " + w.dir + "/m{i}.safetensors --layers 0-3");
+  INFO(e.output);
+  REQUIRE(e.status == 1);
+  REQUIRE(e.output.find("layer.3.w1") != std::string::npos);
+  REQUIRE(!exists(w.dir + "/m0.safetensors"));
+  // A budget below the smallest model (one block per layer): refused before any conversion.
+  const auto tiny = run(common + out + " --layers 0-2 --budget 0.01");
+  INFO(tiny.output);
+  REQUIRE(tiny.status == 1);
+  REQUIRE(tiny.output.find("below the smallest allowed model") != std::string::npos);
+  REQUIRE(tiny.output.find("loaded dense FFN") == std::string::npos);  // before any work
+  // One layer (no --layers) with a budget: the largest measured k within it, in the metadata and report.
+  const auto one = run(w.base() + " --budget 0.6 --densities 0.25,0.5,0.75 --report " + w.dir + "/one.json");
+  INFO(one.output);
+  REQUIRE(one.status == 0);
+  io::blocked_file_info info;
+  (void)io::load_blocked<float>(w.dir + "/out.safetensors", &info);
+  REQUIRE(info.metadata.at("k") == "2");  // B = 4: 25% and 50% fit in 60%, 75% does not
+  REQUIRE(nlohmann::json::parse(slurp(w.dir + "/one.json"))["budget"]["k"] == 2);
+}
+
 TEST_CASE("moefy: bad command lines are refused with the flag's name, before any work", "[moefy]") {
   workdir w;
   const std::string out = w.dir + "/out.safetensors";
