@@ -51,11 +51,17 @@ std::vector<double> neuron_energy(const dense_ffn<float>& dense, const float* x,
   for (index_t t0 = 0; t0 < n; t0 += chunk) {
     const index_t m = std::min(chunk, n - t0);
     const auto h = neuron_activations<Act>(ident, x + t0 * d, m);
-    for (index_t t = 0; t < m; ++t)
-      for (index_t i = 0; i < F; ++i) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (index_t i = 0; i < F; ++i) {  // each neuron's sum in token order: deterministic
+      double acc = e[static_cast<std::size_t>(i)];
+      for (index_t t = 0; t < m; ++t) {
         const double v = h[static_cast<std::size_t>(t * F + i)];
-        e[static_cast<std::size_t>(i)] += v * v;
+        acc += v * v;
       }
+      e[static_cast<std::size_t>(i)] = acc;
+    }
   }
   for (index_t i = 0; i < F; ++i) {
     double vv = 0;

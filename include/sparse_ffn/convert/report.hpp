@@ -141,10 +141,15 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
       std::vector<block_index_t> scratch(static_cast<std::size_t>(B));
       for (index_t t = 0; t < n_eval; ++t)
         topk(sc.data() + t * B, B, k, table.blocks.data() + t * k, scratch.data());
+      // In chunks of tokens (as block_mass): one pass over 10^5 tokens leaves the caches.
+      const index_t chunk = std::max<index_t>(1, (index_t{1} << 22) / (k * g));
       dispatch_block_size(g, [&](auto G) {
         using P = policy<decltype(G)::value, select::avg_k, float, Act>;
-        cpu::forward_routed<P>(model.view(), n_eval, x_eval, y.data(),
-                               const_routing_view{n_eval, k, table.blocks.data(), nullptr});
+        for (index_t t0 = 0; t0 < n_eval; t0 += chunk) {
+          const index_t m = std::min(chunk, n_eval - t0);
+          cpu::forward_routed<P>(model.view(), m, x_eval + t0 * d, y.data() + t0 * d,
+                                 const_routing_view{m, k, table.blocks.data() + t0 * k, nullptr});
+        }
       });
       double err = 0;
       for (index_t i = 0; i < n_eval * d; ++i) {

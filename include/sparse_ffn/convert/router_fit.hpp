@@ -32,34 +32,59 @@
 namespace sparse_ffn {
 namespace convert {
 
-/// Activation mass [n × B] of every block for n tokens x [n × d_model] (float), via the fast path's
-/// oracle with k = B. Also returns the dense output in `y_dense` [n × d_model] when non-null.
+namespace detail {
+/// Every block for every token: the routed forward on the identity table (no scoring, no top-k: the
+/// oracle at k = B would compute every pre-activation twice). Fills y [n × d], the cache's
+/// pre-activations [n × B × g] (and up projections when gated) and cache.blocks = 0..B-1 per token.
+template <class Act, class T>
+void dense_pass(const blocked_ffn<T>& model, const float* x, index_t n, float* y,
+                const forward_cache& cache) {
+  const index_t B = model.layout().num_blocks;
+  std::vector<block_index_t> table(static_cast<std::size_t>(n * B));
+  for (index_t t = 0; t < n; ++t)
+    for (index_t b = 0; b < B; ++b)
+      table[static_cast<std::size_t>(t * B + b)] = static_cast<block_index_t>(b);
+  dispatch_block_size(model.layout().g, [&](auto G) {
+    using P = policy<decltype(G)::value, select::oracle, T, Act>;
+    cpu::forward_routed<P>(model.view(), n, x, y, const_routing_view{n, B, table.data(), nullptr}, &cache);
+  });
+}
+}  // namespace detail
+
+/// Activation mass [n × B] of every block for n tokens x [n × d_model] (float): every block of every
+/// token computed by the fast path (detail::dense_pass), in chunks of tokens whose pre-activations fit
+/// in 16 MiB (one pass over 10^5 tokens at once is ~1.5× slower: its buffers leave the caches). Also
+/// returns the dense output in `y_dense` [n × d_model] when non-null.
 template <class Act, class T>
 std::vector<float> block_mass(const blocked_ffn<T>& model, const float* x, index_t n,
                               float* y_dense = nullptr) {
   const block_layout& l = model.layout();
-  const index_t B = l.num_blocks, g = l.g;
-  std::vector<float> pre(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n * B, g, "block mass"))),
-      up(Act::gated ? pre.size() : 0), mass(static_cast<std::size_t>(n * B)), y;
-  std::vector<block_index_t> blocks(static_cast<std::size_t>(n * B));
+  const index_t B = l.num_blocks, g = l.g, d = l.d_model;
+  std::vector<float> mass(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, B, "block mass"))), y;
   if (!y_dense) {
-    y.resize(static_cast<std::size_t>(n * l.d_model));
+    y.resize(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, d, "block mass")));
     y_dense = y.data();
   }
-  forward_cache cache{blocks.data(), nullptr, pre.data(), Act::gated ? up.data() : nullptr};
-  dispatch_block_size(g, [&](auto G) {
-    using P = policy<decltype(G)::value, select::oracle, T, Act>;
-    cpu::forward<P>(model.view(), n, x, y_dense, route_args{B}, &cache);
-  });
-  for (index_t t = 0; t < n; ++t)
-    for (index_t j = 0; j < B; ++j) {
-      float s = 0;
-      for (index_t i = 0; i < g; ++i) {
-        const auto at = static_cast<std::size_t>((t * B + j) * g + i);
-        s += select::oracle::neuron_score(activate<Act>(pre[at], Act::gated ? up[at] : 0.0f));
+  const index_t chunk = std::max<index_t>(1, std::min<index_t>(n, (index_t{1} << 22) / l.d_ff));
+  std::vector<float> pre(static_cast<std::size_t>(chunk * B * g)), up(Act::gated ? pre.size() : 0);
+  std::vector<block_index_t> blocks(static_cast<std::size_t>(chunk * B));
+  for (index_t t0 = 0; t0 < n; t0 += chunk) {
+    const index_t m = std::min(chunk, n - t0);
+    const forward_cache cache{blocks.data(), nullptr, pre.data(), Act::gated ? up.data() : nullptr};
+    detail::dense_pass<Act>(model, x + t0 * d, m, y_dense + t0 * d, cache);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (index_t t = 0; t < m; ++t)
+      for (index_t j = 0; j < B; ++j) {
+        float s = 0;
+        for (index_t i = 0; i < g; ++i) {
+          const auto at = static_cast<std::size_t>((t * B + j) * g + i);
+          s += select::oracle::neuron_score(activate<Act>(pre[at], Act::gated ? up[at] : 0.0f));
+        }
+        mass[static_cast<std::size_t>((t0 + t) * B + blocks[static_cast<std::size_t>(t * B + j)])] = s;
       }
-      mass[static_cast<std::size_t>(t * B + blocks[static_cast<std::size_t>(t * B + j)])] = s;
-    }
+  }
   return mass;
 }
 
@@ -72,11 +97,11 @@ std::vector<float> neuron_activations(const blocked_ffn<T>& model, const float* 
   std::vector<float> pre(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, F, "activations"))),
       up(Act::gated ? pre.size() : 0), h(pre.size()), y(static_cast<std::size_t>(n * l.d_model));
   std::vector<block_index_t> blocks(static_cast<std::size_t>(n * B));
-  forward_cache cache{blocks.data(), nullptr, pre.data(), Act::gated ? up.data() : nullptr};
-  dispatch_block_size(g, [&](auto G) {
-    using P = policy<decltype(G)::value, select::oracle, T, Act>;
-    cpu::forward<P>(model.view(), n, x, y.data(), route_args{B}, &cache);
-  });
+  const forward_cache cache{blocks.data(), nullptr, pre.data(), Act::gated ? up.data() : nullptr};
+  detail::dense_pass<Act>(model, x, n, y.data(), cache);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
   for (index_t t = 0; t < n; ++t)
     for (index_t j = 0; j < B; ++j) {
       const index_t b = blocks[static_cast<std::size_t>(t * B + j)];
