@@ -157,6 +157,42 @@ TEST_CASE("isa: every supported level computes the same forward up to its roundi
   cpu::reset_isa();
 }
 
+TEST_CASE("isa: the level-1 loops (vdot, vaxpy) of every supported level match float64 at any n and offset",
+          "[isa]") {
+  auto r = test::rng(4);
+  std::vector<float> a(300), b(300), y0(300);
+  test::fill_normal(a, r, 1.0);
+  test::fill_normal(b, r, 1.0);
+  test::fill_normal(y0, r, 1.0);
+  int levels = 0;
+  for (int l = 0; l <= static_cast<int>(cpu::best_isa()); ++l, ++levels) {
+    const auto& ops = cpu::kernels::ops_for<float>(static_cast<cpu::isa_level>(l));
+    INFO("isa " << cpu::isa_name(static_cast<cpu::isa_level>(l)));
+    REQUIRE(ops.vdot != nullptr);
+    REQUIRE(ops.vaxpy != nullptr);
+    for (sfx::index_t n : {0, 1, 7, 15, 16, 17, 63, 64, 65, 130, 257})
+      for (sfx::index_t off : {0, 1, 3}) {  // unaligned starts
+        INFO("n " << n << " offset " << off);
+        double ref = 0, mag = 0;
+        for (sfx::index_t j = 0; j < n; ++j) {
+          ref += double(a[off + j]) * b[off + j];
+          mag += std::fabs(double(a[off + j]) * b[off + j]);
+        }
+        // float accumulation: at most ~n roundings of the running sums
+        REQUIRE(std::fabs(ops.vdot(a.data() + off, b.data() + off, n) - ref) <= 1.2e-7 * double(n + 4) * mag);
+        std::vector<float> y(y0);
+        const float c = 0.37f;
+        ops.vaxpy(c, a.data() + off, y.data() + off, n);
+        for (sfx::index_t j = 0; j < 300; ++j) {
+          const bool in = j >= off && j < off + n;
+          const double want = in ? double(y0[j]) + double(c) * a[j] : double(y0[j]);
+          REQUIRE(std::fabs(y[j] - want) <= (in ? 1e-6 * (std::fabs(y0[j]) + std::fabs(c * a[j])) : 0.0));
+        }
+      }
+  }
+  REQUIRE(levels == static_cast<int>(cpu::best_isa()) + 1);
+}
+
 TEST_CASE("isa: SPARSE_FFN_ISA forces a lower level, is clamped to the best, a bad name is an error",
           "[.][isa_env]") {
   const char* env = std::getenv("SPARSE_FFN_ISA");

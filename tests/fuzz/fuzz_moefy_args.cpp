@@ -37,6 +37,20 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   for (double d : o.densities) ok = ok && std::isfinite(d) && d > 0 && d <= 1;
   ok = ok && std::isfinite(o.held_out) && o.held_out > 0 && o.held_out < 1 &&
        !(o.no_report && !o.report.empty());
+  // --budget: unset (0) or a density, never without the report; --layers: a valid list, and {i} only with it.
+  ok = ok && std::isfinite(o.budget) && o.budget >= 0 && o.budget <= 1 && !(o.no_report && o.budget > 0);
+  if (!o.layers.empty()) {
+    try {
+      ok = ok && !sparse_ffn::convert::parse_layers(o.layers).empty() &&
+           sparse_ffn::convert::has_layer_slot(o.w1) && sparse_ffn::convert::has_layer_slot(o.out);
+    } catch (const std::exception&) {
+      ok = false;
+    }
+  } else {
+    ok = ok && !sparse_ffn::convert::has_layer_slot(o.w1) && !sparse_ffn::convert::has_layer_slot(o.out) &&
+         !sparse_ffn::convert::has_layer_slot(o.hidden_name);
+  }
+  ok = ok && !sparse_ffn::convert::has_layer_slot(o.in) && !sparse_ffn::convert::has_layer_slot(o.report);
   if (!ok) std::abort();
   return 0;
 }

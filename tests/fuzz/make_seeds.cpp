@@ -85,6 +85,9 @@ int main(int argc, char** argv) {
        "o",
        "--report",
        "r"},
+      {"--in",          "c",     "--w1",         "l.{i}.w1", "--w2",     "l.{i}.w2", "--hidden", "h",
+       "--hidden-name", "x.{i}", "--activation", "gelu_erf", "--g",      "64",       "--layers", "0-3,5",
+       "--budget",      "0.25",  "--out",        "o{i}",     "--report", "r"},
       {"--help"},
   };
   int i = 0;

@@ -163,13 +163,34 @@ inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t
     po.pinned = r.pinned.blocks;
     const blocked_ffn<float> model = pack<float>(dense.view(), po);
     const index_t B = model.layout().num_blocks, d = dense.d_model;
+    // The report's splits (the installed one first) and, in one dense pass for all of them, the dense
+    // output and each split's block masses.
+    std::vector<std::string> splits;
+    std::vector<std::vector<std::int32_t>> other_perms;
+    std::vector<float> y_dense;
+    std::vector<std::vector<float>> masses;
+    if (o.report) {
+      splits.push_back(o.split);
+      for (const auto& sp : o.report_splits)
+        if (sp != o.split) splits.push_back(sp);
+      std::vector<const std::vector<std::int32_t>*> perms{&r.permutation};
+      other_perms.reserve(splits.size());
+      for (std::size_t i = 1; i < splits.size(); ++i) {
+        other_perms.push_back(make_pinned_split<Act>(splits[i], dense, x, n, o, r.pinned));
+        perms.push_back(&other_perms.back());
+      }
+      if (o.progress) o.progress("dense pass", 0.0);
+      dense_reference<Act>(dense.view(), o.g, perms, x, n, y_dense, masses);
+    }
     if (o.router != "avg_k") {
       const auto sim = similarity_rows(model.view());
       if (o.router == "similarity") {
         r.router_rows = sim;
       } else {
         if (o.progress) o.progress("block masses", 0.0);
-        const auto mass = block_mass<Act>(model, x, n_fit);
+        // The fit share's masses: the first n_fit rows of the report's, or a dense pass of their own.
+        const auto mass = o.report ? std::vector<float>(masses[0].begin(), masses[0].begin() + n_fit * B)
+                                   : block_mass<Act>(model, x, n_fit);
         if (o.router == "linear") {
           const auto lin = fit_linear_router(x, mass.data(), n_fit, d, B, o.quality.train, sim.data());
           r.router_rows = lin.w;
@@ -181,12 +202,10 @@ inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t
       }
     }
     if (!o.report) return;
-    std::vector<std::string> splits{o.split};
-    for (const auto& sp : o.report_splits)
-      if (sp != o.split) splits.push_back(sp);
-    for (const auto& sp : splits) {
-      const auto perm = sp == o.split ? r.permutation : make_pinned_split<Act>(sp, dense, x, n, o, r.pinned);
-      const auto rows = evaluate_split<Act>(dense.view(), perm, o.g, x, n, sp, o.quality, r.pinned.blocks);
+    for (std::size_t i = 0; i < splits.size(); ++i) {
+      const auto& perm = i == 0 ? r.permutation : other_perms[i - 1];
+      const auto rows = evaluate_split<Act>(dense.view(), perm, o.g, x, n, splits[i], o.quality,
+                                            r.pinned.blocks, masses[i].data(), y_dense.data());
       r.report.insert(r.report.end(), rows.begin(), rows.end());
     }
   });

@@ -61,11 +61,15 @@ inline void check_quality_options(const quality_options& o) {
 }
 
 /// Evaluates one split (permutation) of a dense float FFN with activation Act on tokens x [n × d].
+/// `mass` [n × B] and `y_dense` [n × d], when given, are the split's block masses and the dense
+/// output (dense_reference computes them for several splits in one pass); otherwise they are
+/// computed here.
 template <class Act>
 std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
                                         const std::vector<std::int32_t>& perm, index_t g, const float* x,
                                         index_t n, const std::string& split_name, const quality_options& o,
-                                        index_t pinned = 0) {
+                                        index_t pinned = 0, const float* mass_in = nullptr,
+                                        const float* y_dense_in = nullptr) {
   sparse_ffn::detail::require(n >= 2, status::invalid_shape, "the quality report needs at least 2 tokens");
   check_quality_options(o);
   pack_options po{g};
@@ -77,14 +81,20 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
   const index_t n_eval = held_out_tokens(n, o.held_out);
   const index_t n_train = n - n_eval;
   const float* x_eval = x + n_train * d;
-  if (o.progress) o.progress("quality " + split_name + " (dense pass)", 0.0);
-
-  std::vector<float> y_dense(static_cast<std::size_t>(n * d));
-  const std::vector<float> mass = block_mass<Act>(model, x, n, y_dense.data());
+  sparse_ffn::detail::require((mass_in == nullptr) == (y_dense_in == nullptr), status::invalid_argument,
+                              "evaluate_split: give both the block masses and the dense output, or neither");
+  std::vector<float> y_dense_own, mass_own;
+  if (!mass_in) {
+    if (o.progress) o.progress("quality " + split_name + " (dense pass)", 0.0);
+    y_dense_own.resize(static_cast<std::size_t>(n * d));
+    mass_own = block_mass<Act>(model, x, n, y_dense_own.data());
+  }
+  const float* y_dense = mass_in ? y_dense_in : y_dense_own.data();
+  const float* mass = mass_in ? mass_in : mass_own.data();
   // Finite weights and inputs can still overflow float; the report's ratios would then be NaN.
-  sparse_ffn::detail::require_finite(y_dense.data(), n * d, "the dense FFN's output (overflow)", {n, d});
-  sparse_ffn::detail::require_finite(mass.data(), n * B, "the block activation mass (overflow)", {n, B});
-  const float* mass_eval = mass.data() + n_train * B;
+  sparse_ffn::detail::require_finite(y_dense, n * d, "the dense FFN's output (overflow)", {n, d});
+  sparse_ffn::detail::require_finite(mass, n * B, "the block activation mass (overflow)", {n, B});
+  const float* mass_eval = mass + n_train * B;
 
   // Scores of every selector on the held-out tokens.
   std::vector<std::pair<std::string, std::vector<float>>> scores;
@@ -112,11 +122,11 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
     scores.push_back({"similarity", s});
   }
   if (o.fit_routers && n_train > 0) {
-    const auto lin = fit_linear_router(x, mass.data(), n_train, d, B, o.train, sim.data());
+    const auto lin = fit_linear_router(x, mass, n_train, d, B, o.train, sim.data());
     std::vector<float> s(static_cast<std::size_t>(n_eval * B));
     lin.scores(x_eval, n_eval, s.data());
     scores.push_back({"linear", s});
-    const auto mlp = fit_mlp_router(x, mass.data(), n_train, d, B, o.train, sim.data());
+    const auto mlp = fit_mlp_router(x, mass, n_train, d, B, o.train, sim.data());
     mlp.scores(x_eval, n_eval, s.data());
     scores.push_back({"mlp", s});
   }

@@ -88,6 +88,55 @@ std::vector<float> block_mass(const blocked_ffn<T>& model, const float* x, index
   return mass;
 }
 
+/// The dense output and the block masses of several splits in one dense pass: y_dense [n × d_model]
+/// and, for each permutation perms[p] (a split with g neurons per block, its pinned blocks first, as
+/// pack takes it), masses[p] [n × B] with block b's mass summed over its neurons in the
+/// permutation's order (what block_mass computes on the model packed with that permutation). The
+/// dense FFN is run once on its own neuron order, in chunks of tokens, instead of once per split.
+template <class Act>
+void dense_reference(const dense_ffn_view<float>& dense, index_t g,
+                     const std::vector<const std::vector<std::int32_t>*>& perms, const float* x, index_t n,
+                     std::vector<float>& y_dense, std::vector<std::vector<float>>& masses) {
+  const blocked_ffn<float> ident = pack<float>(dense, pack_options{g});
+  const block_layout& l = ident.layout();
+  const index_t B = l.num_blocks, F = l.d_ff, d = l.d_model;
+  for (const auto* p : perms)
+    sparse_ffn::detail::require(p && static_cast<index_t>(p->size()) == F, status::invalid_argument,
+                                "dense_reference: a permutation of ", F, " neurons is needed");
+  y_dense.assign(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, d, "dense output")), 0.0f);
+  masses.assign(
+      perms.size(),
+      std::vector<float>(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, B, "block mass"))));
+  const index_t chunk = std::max<index_t>(1, std::min<index_t>(n, (index_t{1} << 22) / F));
+  std::vector<float> pre(static_cast<std::size_t>(chunk * F)), up(Act::gated ? pre.size() : 0),
+      score(pre.size());
+  std::vector<block_index_t> blocks(static_cast<std::size_t>(chunk * B));
+  for (index_t t0 = 0; t0 < n; t0 += chunk) {
+    const index_t m = std::min(chunk, n - t0);
+    const forward_cache cache{blocks.data(), nullptr, pre.data(), Act::gated ? up.data() : nullptr};
+    detail::dense_pass<Act>(ident, x + t0 * d, m, y_dense.data() + t0 * d, cache);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+    for (index_t t = 0; t < m; ++t) {  // identity table: slot j is block j, so neuron i sits at t·F + i
+      for (index_t i = 0; i < F; ++i) {
+        const auto at = static_cast<std::size_t>(t * F + i);
+        score[at] = select::oracle::neuron_score(activate<Act>(pre[at], Act::gated ? up[at] : 0.0f));
+      }
+      for (std::size_t p = 0; p < perms.size(); ++p) {
+        const std::int32_t* perm = perms[p]->data();
+        float* out = masses[p].data() + (t0 + t) * B;
+        const float* st = score.data() + t * F;
+        for (index_t b = 0; b < B; ++b) {
+          float s = 0;
+          for (index_t i = 0; i < g; ++i) s += st[perm[b * g + i]];
+          out[b] = s;
+        }
+      }
+    }
+  }
+}
+
 /// Activations h = act(W1 x + b1 [, W3 x + b3]) of every neuron, [n × d_ff] in the model's packed order
 /// (the original order when it was packed without a permutation): the sample split_coactivation reads.
 template <class Act, class T>
@@ -136,17 +185,23 @@ std::vector<float> similarity_rows(const blocked_ffn_view<T>& w) {
 
 namespace detail {
 
+/// The float level-1 loops of the ISA now active (cpu/kernels: vectorised for the running CPU even
+/// in a build without -march; the portable loops of detail/blas1.hpp are compiled for the baseline).
+inline const cpu::kernels::kernel_ops<float>& level1() {
+  return cpu::kernels::ops_for<float>(cpu::active_isa());
+}
+
 /// out[t·rows + j] = f(W[j]·x_t + b[j]) for W [rows × cols], x [n × cols]; OpenMP over tokens.
 template <class F>
 void affine_rows(const std::vector<float>& w, const std::vector<float>& b, index_t rows, index_t cols,
                  const float* x, index_t n, float* out, F f) {
+  const auto vdot = level1().vdot;
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel for schedule(static)
 #endif
   for (index_t t = 0; t < n; ++t)
     for (index_t j = 0; j < rows; ++j)
-      out[t * rows + j] = f(sparse_ffn::detail::dot(w.data() + j * cols, x + t * cols, cols) +
-                            b[static_cast<std::size_t>(j)]);
+      out[t * rows + j] = f(vdot(w.data() + j * cols, x + t * cols, cols) + b[static_cast<std::size_t>(j)]);
 }
 
 inline float identity(float v) {
@@ -228,6 +283,7 @@ inline float sigmoid(float z) {
 inline void accumulate_grad(const std::vector<float>& G, const float* in, const std::vector<index_t>* idx,
                             index_t in_stride, index_t rows, index_t cols, index_t m,
                             std::vector<float>& dW) {
+  const auto vaxpy = level1().vaxpy;
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel for schedule(static)
 #endif
@@ -238,7 +294,7 @@ inline void accumulate_grad(const std::vector<float>& G, const float* in, const 
       const float gr = G[static_cast<std::size_t>(r * rows + j)];
       if (gr == 0.0f) continue;
       const float* x = in + (idx ? (*idx)[static_cast<std::size_t>(r)] : r) * in_stride;
-      sparse_ffn::detail::axpy(gr, x, dw, cols);
+      vaxpy(gr, x, dw, cols);
     }
   }
 }
@@ -282,14 +338,15 @@ inline linear_router fit_linear_router(const float* x, const float* mass, index_
     detail::batch_targets(mass, idx, B, T);
     Z.resize(static_cast<std::size_t>(m * B));
     G.resize(Z.size());
+    const auto vdot = detail::level1().vdot;
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel for schedule(static)
 #endif
     for (index_t q = 0; q < m; ++q)
       for (index_t j = 0; j < B; ++j) {
-        const float z = sparse_ffn::detail::dot(r.w.data() + j * d_model,
-                                                x + idx[static_cast<std::size_t>(q)] * d_model, d_model) +
-                        r.b[static_cast<std::size_t>(j)];
+        const float z =
+            vdot(r.w.data() + j * d_model, x + idx[static_cast<std::size_t>(q)] * d_model, d_model) +
+            r.b[static_cast<std::size_t>(j)];
         G[static_cast<std::size_t>(q * B + j)] =
             (detail::sigmoid(z) - T[static_cast<std::size_t>(q * B + j)]) / float(m);
       }
@@ -338,7 +395,7 @@ inline mlp_router fit_mlp_router(const float* x, const float* mass, index_t n, i
     r.hidden(Xb.data(), m, H.data());
     for (index_t q = 0; q < m; ++q)
       for (index_t j = 0; j < B; ++j) {
-        const float z = sparse_ffn::detail::dot(r.w2.data() + j * B, H.data() + q * B, B) +
+        const float z = detail::level1().vdot(r.w2.data() + j * B, H.data() + q * B, B) +
                         r.b2[static_cast<std::size_t>(j)];
         G[static_cast<std::size_t>(q * B + j)] =
             (detail::sigmoid(z) - T[static_cast<std::size_t>(q * B + j)]) / float(m);

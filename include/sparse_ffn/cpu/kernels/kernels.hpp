@@ -162,6 +162,9 @@ struct kernel_ops {
   void (*apply_rows)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                      index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo,
                      index_t c_hi) = nullptr;
+  /// Level-1 float loops (any n and alignment) for host code outside the forward: Σ a·b, y += c·x.
+  float (*vdot)(const float* a, const float* b, index_t n) = nullptr;
+  void (*vaxpy)(float c, const float* x, float* y, index_t n) = nullptr;
 };
 
 template <class Isa, class T>
@@ -177,6 +180,8 @@ kernel_ops<T> make_ops(isa_level level) {
   o.col_step = is_quantized<T>::value ? static_cast<int>(k_quant_chunk) : K::width;
   o.dots = &K::template dots<T>;
   o.apply_rows = &K::template apply_rows<T>;
+  o.vdot = &K::vdot;
+  o.vaxpy = &K::vaxpy;
   return o;
 }
 

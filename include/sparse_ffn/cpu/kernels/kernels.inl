@@ -467,6 +467,34 @@ struct impl {
     }
   }
 
+  // ---- level-1 loops for host code outside the forward (the converter's router training and the
+  // fitted routers' scores): any n, any alignment; a fixed order for a given ISA ------------------------
+
+  /// Σ a[j]·b[j], j < n: four vector accumulators over blocks of 4·width, one over the remaining whole
+  /// vectors, then the scalar tail.
+  static float vdot(const float* a, const float* b, index_t n) {
+    reg s0 = V::zero(), s1 = V::zero(), s2 = V::zero(), s3 = V::zero();
+    index_t j = 0;
+    for (; j + 4 * width <= n; j += 4 * width) {
+      s0 = V::fma(V::load(a + j), V::load(b + j), s0);
+      s1 = V::fma(V::load(a + j + width), V::load(b + j + width), s1);
+      s2 = V::fma(V::load(a + j + 2 * width), V::load(b + j + 2 * width), s2);
+      s3 = V::fma(V::load(a + j + 3 * width), V::load(b + j + 3 * width), s3);
+    }
+    for (; j + width <= n; j += width) s0 = V::fma(V::load(a + j), V::load(b + j), s0);
+    float s = (V::hsum(s0) + V::hsum(s1)) + (V::hsum(s2) + V::hsum(s3));
+    for (; j < n; ++j) s += a[j] * b[j];
+    return s;
+  }
+
+  /// y[j] += c·x[j], j < n.
+  static void vaxpy(float c, const float* x, float* y, index_t n) {
+    const reg cv = V::set1(c);
+    index_t j = 0;
+    for (; j + width <= n; j += width) V::store(y + j, V::fma(cv, V::load(x + j), V::load(y + j)));
+    for (; j < n; ++j) y[j] += c * x[j];
+  }
+
   /// y[q] += sum over the listed rows i of s[q][i] * v[i] for q < m (<= rows_m) tokens, columns
   /// [c_lo, c_hi) (multiples of width; of 64 for quantised rows). rows: ascending, nrows of them.
   /// cols: values per row (quantised rows: where the scales start).
