@@ -8,7 +8,8 @@
 //         [--dtype f32|bf16|f16|q8|q4] [--seed N] [--iterations N] [--restarts N] [--epochs N]
 //         [--report-splits random,kmeans,coactivation] [--densities 0.1,0.2,0.25,0.3,0.5]
 //         [--held-out 0.25 | --no-report] [--pin-ratio 64] [--max-pinned N]
-//         --out blocked.safetensors [--report report.json] [--layers 0-5] [--budget 0.25]
+//         --out blocked.safetensors [--report report.json] [--layers 0-5] [--budget 0.25 | --target-error
+//         0.1]
 //
 // With --layers, every {i} in the tensor names, --hidden, --hidden-name and --out is the layer's index:
 // all layers are checked first, then converted, then (with --budget) k is chosen per layer from their
@@ -168,6 +169,13 @@ int main(int argc, char** argv) {
     }
     // The budget: known before the work, so one too small for a block per layer is refused now.
     sf::convert::budget_report budget;
+    const bool budgeted = o.budget > 0 || o.target_error > 0;
+    if (o.target_error > 0) {
+      budget.target_error = o.target_error;
+      budget.budget = all_bytes;
+      budget.split = o.split;
+      budget.selector = o.router;
+    }
     if (o.budget > 0) {
       budget.density = o.budget;
       budget.budget = static_cast<std::int64_t>(std::floor(o.budget * static_cast<double>(all_bytes)));
@@ -222,12 +230,17 @@ int main(int argc, char** argv) {
     stage.clear();
 
     // The budget: k per layer from the report curves of the installed split and router.
-    if (o.budget > 0) {
+    if (budgeted) {
       std::vector<sf::convert::layer_curve> curves;
       for (const auto& job : jobs)
         curves.push_back(sf::convert::report_curve(job.result.report, o.split, o.router,
                                                    job.result.pinned.blocks, job.report.block_bytes));
-      budget.result = sf::convert::allocate_blocks(curves, budget.budget);
+      // --target-error E: the layers' RMS error <= E, i.e. Σ e_l² <= L·E² (unit weights).
+      budget.result = o.target_error > 0
+                          ? sf::convert::allocate_blocks_for_error(
+                                curves, static_cast<double>(curves.size()) * o.target_error * o.target_error,
+                                budget.budget)
+                          : sf::convert::allocate_blocks(curves, budget.budget);
       std::vector<sf::convert::layer_report> reps;
       for (const auto& job : jobs) reps.push_back(job.report);
       std::printf("%s", sf::convert::format_budget(reps, budget).c_str());
@@ -245,7 +258,7 @@ int main(int argc, char** argv) {
                                                  {"selector", o.router == "mlp" ? "routed" : "avg_k"},
                                                  {"source", o.in}};
       if (multi) meta["layer"] = std::to_string(layers[li]);
-      if (o.budget > 0) meta["k"] = std::to_string(budget.result.k[li]);
+      if (budgeted) meta["k"] = std::to_string(budget.result.k[li]);
       const sf::convert::mlp_router* mlp = job.result.has_mlp ? &job.result.mlp : nullptr;
       with_dtype(o.dtype, [&](auto t) {
         using T = decltype(t);
@@ -257,13 +270,13 @@ int main(int argc, char** argv) {
       if (multi) {
         std::vector<sf::convert::layer_report> reps;
         for (const auto& job : jobs) reps.push_back(job.report);
-        sf::io::atomic_write(o.report,
-                             sf::convert::model_report_json(reps, o.budget > 0 ? &budget : nullptr));
+        sf::io::atomic_write(o.report, sf::convert::model_report_json(reps, budgeted ? &budget : nullptr));
       } else {
         std::string json = sf::convert::report_json(jobs[0].result.report, &jobs[0].result.context);
-        if (o.budget > 0) {  // the single-layer report keeps its format; the budget's k is added
+        if (budgeted) {  // the single-layer report keeps its format; the budget's k is added
           json.erase(json.find_last_of('}'));
           json += ", \"budget\": {\"density\": " + sf::convert::detail::json_number(o.budget) +
+                  ", \"target_error\": " + sf::convert::detail::json_number(o.target_error) +
                   ", \"k\": " + std::to_string(budget.result.k[0]) + "}}\n";
         }
         sf::io::atomic_write(o.report, json);

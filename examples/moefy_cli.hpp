@@ -38,8 +38,9 @@ struct options {
   std::int64_t max_pinned = -1;
   bool no_report = false;
   std::string out, report;
-  std::string layers;  ///< "0-5": convert these layers; names hold {i} (empty: one layer, no {i})
-  double budget = 0;   ///< share of the block bytes the layers may compute together (0: none)
+  std::string layers;       ///< "0-5": convert these layers; names hold {i} (empty: one layer, no {i})
+  double budget = 0;        ///< share of the block bytes the layers may compute together (0: none)
+  double target_error = 0;  ///< the layers' RMS relative error to reach with the fewest bytes (0: none)
 };
 
 namespace detail {
@@ -239,6 +240,13 @@ inline void define(CLI::App& app, options& o) {
         double v = 0;
         return detail::parse_density(s, v) ? std::string{} : "'" + s + "' is not a number in (0, 1]";
       }, "DENSITY", "density"));
+  app.add_option_function<std::string>("--target-error", [&o](const std::string& s) { detail::parse_real(s, o.target_error); },
+                  "choose k per layer: the fewest block bytes whose root-mean-square (over the layers) of the report's --split/--router relative error is at most this; k is written into each file's metadata")
+      ->type_name("ERROR")->excludes("--no-report")->excludes("--budget")
+      ->check(CLI::Validator([](std::string& s) -> std::string {
+        double v = 0;
+        return detail::parse_real(s, v) && v > 0 ? std::string{} : "'" + s + "' is not a number > 0";
+      }, "ERROR", "error"));
   // clang-format on
 }
 

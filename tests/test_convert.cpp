@@ -495,6 +495,70 @@ TEST_CASE("per-layer budgets: allocate_blocks is the exact optimum; bad curves a
                 "below the smallest allowed model (256 bytes)");
 }
 
+TEST_CASE("per-layer budgets for a target error: allocate_blocks_for_error is the fewest bytes that reach it",
+          "[convert][budget]") {
+  auto r = test::rng(37);
+  for (int rep = 0; rep < 200; ++rep) {
+    const int L = 1 + static_cast<int>(r() % 4);
+    std::vector<cv::layer_curve> layers(static_cast<std::size_t>(L));
+    std::int64_t most = 0;
+    double worst = 0;
+    for (auto& c : layers) {
+      const int m = 1 + static_cast<int>(r() % 5);
+      sfx::index_t k = 0;
+      double e = 1.0;
+      for (int i = 0; i < m; ++i) {
+        k += 1 + static_cast<sfx::index_t>(r() % 4);
+        e *= std::uniform_real_distribution<double>(0.3, 1.0)(r);
+        c.k.push_back(k);
+        c.error.push_back(e);
+      }
+      c.min_k = 1 + static_cast<sfx::index_t>(r() % static_cast<std::uint64_t>(c.k.back()));
+      c.block_bytes = 64 * (1 + static_cast<std::int64_t>(r() % 3));
+      c.weight = std::uniform_real_distribution<double>(0.5, 2.0)(r);
+      most += c.k.back() * c.block_bytes;
+      worst += c.weight;
+    }
+    const double target = std::uniform_real_distribution<double>(0.0, 0.6)(r) * worst;
+    // Brute force: the fewest bytes whose objective reaches the target, then the least objective there.
+    std::int64_t best_bytes = std::numeric_limits<std::int64_t>::max();
+    double best_obj = std::numeric_limits<double>::infinity();
+    std::vector<std::size_t> idx(static_cast<std::size_t>(L), 0);
+    for (;;) {
+      std::int64_t bytes = 0;
+      double obj = 0;
+      bool ok = true;
+      for (int l = 0; l < L; ++l) {
+        const auto& c = layers[static_cast<std::size_t>(l)];
+        const auto i = idx[static_cast<std::size_t>(l)];
+        ok = ok && c.k[i] >= c.min_k;
+        bytes += c.k[i] * c.block_bytes;
+        obj += c.weight * c.error[i] * c.error[i];
+      }
+      if (ok && obj <= target && (bytes < best_bytes || (bytes == best_bytes && obj < best_obj))) {
+        best_bytes = bytes;
+        best_obj = obj;
+      }
+      int l = 0;
+      while (l < L && ++idx[static_cast<std::size_t>(l)] == layers[static_cast<std::size_t>(l)].k.size())
+        idx[static_cast<std::size_t>(l++)] = 0;
+      if (l == L) break;
+    }
+    INFO("rep " << rep << " layers " << L << " target " << target);
+    if (best_bytes == std::numeric_limits<std::int64_t>::max()) {
+      REQUIRE_ERROR(cv::allocate_blocks_for_error(layers, target, most), sfx::status::invalid_argument,
+                    "reaches the target");
+      continue;
+    }
+    const auto a = cv::allocate_blocks_for_error(layers, target, most);
+    REQUIRE(a.bytes == best_bytes);
+    REQUIRE(a.objective == Approx(best_obj).epsilon(1e-12));
+    REQUIRE(a.objective <= target);
+  }
+  REQUIRE_ERROR(cv::allocate_blocks_for_error({{{1, 2}, {0.2, 0.1}, 1, 64, 1.0}}, -1.0, 1000),
+                sfx::status::invalid_argument, "must be finite and >= 0");
+}
+
 TEST_CASE("model conversion: layer lists, name patterns, report curves, block bytes", "[convert][layers]") {
   namespace cv = sparse_ffn::convert;
   using V = std::vector<sfx::index_t>;

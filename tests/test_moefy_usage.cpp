@@ -12,10 +12,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
+#include <limits>
 
 #ifndef MOEFY_BIN
 #error "MOEFY_BIN must name the moefy executable"
@@ -209,6 +211,41 @@ TEST_CASE("moefy --layers converts every layer in one run; --budget picks k per 
   REQUIRE(r.output.find("layer 1") != std::string::npos);
   REQUIRE(r.output.find("budget: 50.0%") != std::string::npos);
 
+  // --target-error: the fewest block bytes whose RMS error over the layers (the same report curves,
+  // kmeans/avg_k) is at most E; checked against every combination of the measured k.
+  {
+    const double E = 0.05;
+    const auto t =
+        run(common + dens + out + " --layers 0-2 --target-error 0.05 --report " + w.dir + "/t.json");
+    INFO(t.output);
+    REQUIRE(t.status == 0);
+    const auto jt = nlohmann::json::parse(slurp(w.dir + "/t.json"));
+    std::vector<std::vector<std::pair<std::int64_t, double>>> curves(3);
+    for (int l = 0; l < 3; ++l)
+      for (const auto& row : jt["layers"][l]["rows"])
+        if (row["split"] == "kmeans" && row["selector"] == "avg_k")
+          curves[static_cast<std::size_t>(l)].push_back(
+              {row["k"].get<std::int64_t>(), row["rel_error"].get<double>()});
+    std::int64_t fewest = std::numeric_limits<std::int64_t>::max();
+    for (const auto& a : curves[0])
+      for (const auto& b2 : curves[1])
+        for (const auto& c : curves[2])
+          if (a.second * a.second + b2.second * b2.second + c.second * c.second <= 3 * E * E)
+            fewest = std::min(fewest, (a.first + b2.first + c.first) * block);
+    REQUIRE(fewest < std::numeric_limits<std::int64_t>::max());
+    REQUIRE(jt["budget"]["bytes"] == fewest);
+    REQUIRE(jt["budget"]["target_error"] == E);
+    double sq = 0;
+    for (int l = 0; l < 3; ++l) sq += std::pow(jt["budget"]["layers"][l]["rel_error"].get<double>(), 2);
+    REQUIRE(std::sqrt(sq / 3) <= E);
+    REQUIRE(t.output.find("budget: RMS error <= 0.0500") != std::string::npos);
+    // Out of reach (below the error at the largest measured k): a clear error.
+    const auto u = run(common + " --densities 0.25,0.5" + out + " --layers 0-2 --target-error 0.000000001");
+    INFO(u.output);
+    REQUIRE(u.status == 1);
+    REQUIRE(u.output.find("reaches the target") != std::string::npos);
+  }
+
   // The slot {i}: needed where layers differ, refused where there is one file, and only with --layers.
   auto bad = [&](const std::string& args, const std::string& says) {
     const auto e = run(args);
@@ -224,6 +261,9 @@ TEST_CASE("moefy --layers converts every layer in one run; --budget picks k per 
   bad(common + out + " --layers 0-2 --budget 0", "--budget");
   bad(common + out + " --layers 0-2 --budget 1.5", "--budget");
   bad(common + out + " --layers 0-2 --budget 0.5 --no-report", "--budget");
+  bad(common + out + " --layers 0-2 --budget 0.5 --target-error 0.1", "--target-error");
+  bad(common + out + " --layers 0-2 --target-error 0", "--target-error");
+  bad(common + out + " --layers 0-2 --target-error nan", "--target-error");
   // A layer whose tensors are missing: refused before any conversion, nothing written.
   const auto e = run(common + " --out " + w.dir + "/m{i}.safetensors --layers 0-3");
   INFO(e.output);

@@ -39,6 +39,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
        !(o.no_report && !o.report.empty());
   // --budget: unset (0) or a density, never without the report; --layers: a valid list, and {i} only with it.
   ok = ok && std::isfinite(o.budget) && o.budget >= 0 && o.budget <= 1 && !(o.no_report && o.budget > 0);
+  ok = ok && std::isfinite(o.target_error) && o.target_error >= 0 && !(o.no_report && o.target_error > 0) &&
+       !(o.budget > 0 && o.target_error > 0);
   if (!o.layers.empty()) {
     try {
       ok = ok && !sparse_ffn::convert::parse_layers(o.layers).empty() &&

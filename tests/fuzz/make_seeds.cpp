@@ -88,6 +88,9 @@ int main(int argc, char** argv) {
       {"--in",          "c",     "--w1",         "l.{i}.w1", "--w2",     "l.{i}.w2", "--hidden", "h",
        "--hidden-name", "x.{i}", "--activation", "gelu_erf", "--g",      "64",       "--layers", "0-3,5",
        "--budget",      "0.25",  "--out",        "o{i}",     "--report", "r"},
+      {"--in",           "c",   "--w1",         "w.{i}", "--w2", "v.{i}", "--hidden", "h{i}",
+       "--hidden-name",  "x",   "--activation", "relu",  "--g",  "32",    "--layers", "1,3",
+       "--target-error", "0.1", "--out",        "o{i}"},
       {"--help"},
   };
   int i = 0;

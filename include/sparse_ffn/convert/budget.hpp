@@ -9,6 +9,9 @@
 // w_l to say how much its output matters). Only measured k are chosen (no interpolation), every k is
 // at least the layer's `min_k` (its pinned blocks, at least 1).
 //
+// The other way round, `allocate_blocks_for_error` finds the fewest bytes whose objective is at most a
+// target (moefy --target-error E: the layers' root-mean-square error at most E, i.e. Σ e_l² <= L·E²).
+//
 // Exact: a multiple-choice knapsack solved by dynamic programming over the budget in units of the
 // greatest common divisor of the block sizes (block bytes of real layers share large factors; the
 // table is capped at 2^24 cells); deterministic: among equal objectives the smaller total wins.
@@ -42,9 +45,11 @@ struct budget_result {
   double objective = 0;       ///< Σ w_l e_l²
 };
 
-/// The best k per layer for at most `budget` bytes (see the file comment). Throws invalid_argument on
-/// a malformed curve and when even the smallest allowed k of every layer exceeds the budget.
-inline budget_result allocate_blocks(const std::vector<layer_curve>& layers, std::int64_t budget) {
+namespace detail {
+/// The DP of the file comment. max_objective < 0: the least objective within `budget` bytes;
+/// otherwise the fewest bytes (within `budget`) whose objective is <= max_objective.
+inline budget_result allocate_blocks_impl(const std::vector<layer_curve>& layers, std::int64_t budget,
+                                          double max_objective) {
   using sparse_ffn::detail::require;
   require(!layers.empty(), status::invalid_argument, "allocate_blocks needs at least one layer");
   require(budget >= 0, status::invalid_argument, "budget (", budget, ") must be >= 0");
@@ -109,8 +114,22 @@ inline budget_result allocate_blocks(const std::vector<layer_curve>& layers, std
     best.swap(next);
   }
   std::size_t at = 0;
-  for (std::size_t u = 1; u < C; ++u)
-    if (best[u] < best[at]) at = u;  // strict: the smaller total wins a tie
+  if (max_objective < 0) {
+    for (std::size_t u = 1; u < C; ++u)
+      if (best[u] < best[at]) at = u;  // strict: the smaller total wins a tie
+  } else {
+    at = C;
+    double least = inf;
+    for (std::size_t u = 0; u < C; ++u) {
+      least = std::min(least, best[u]);
+      if (best[u] <= max_objective) {
+        at = u;  // the first (fewest bytes) that reaches the target
+        break;
+      }
+    }
+    require(at < C, status::invalid_argument, "no choice of the measured k reaches the target (least Σ w·e² ",
+            least, " > ", max_objective, ")");
+  }
   budget_result r;
   r.objective = best[at];
   r.k.assign(L, 0);
@@ -124,6 +143,23 @@ inline budget_result allocate_blocks(const std::vector<layer_curve>& layers, std
     at -= static_cast<std::size_t>(c.k[i] * (c.block_bytes / unit));
   }
   return r;
+}
+}  // namespace detail
+
+/// The best k per layer for at most `budget` bytes (see the file comment). Throws invalid_argument on
+/// a malformed curve and when even the smallest allowed k of every layer exceeds the budget.
+inline budget_result allocate_blocks(const std::vector<layer_curve>& layers, std::int64_t budget) {
+  return detail::allocate_blocks_impl(layers, budget, -1.0);
+}
+
+/// The fewest bytes (at most `budget`) whose Σ_l w_l e_l(k_l)² is at most `max_objective` (>= 0); among
+/// choices with those bytes, the least objective. Throws invalid_argument when no measured choice
+/// within the budget reaches it (the message gives the least reachable objective).
+inline budget_result allocate_blocks_for_error(const std::vector<layer_curve>& layers, double max_objective,
+                                               std::int64_t budget) {
+  sparse_ffn::detail::require(std::isfinite(max_objective) && max_objective >= 0, status::invalid_argument,
+                              "the target objective (", max_objective, ") must be finite and >= 0");
+  return detail::allocate_blocks_impl(layers, budget, max_objective);
 }
 
 }  // namespace convert

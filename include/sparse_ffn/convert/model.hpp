@@ -135,16 +135,17 @@ struct layer_report {
 
 /// The budget's outcome, as the model report shows it.
 struct budget_report {
-  double density = 0;           ///< the requested share of the model's block bytes
-  std::int64_t budget = 0;      ///< bytes allowed: density × Σ_l B_l · block_bytes_l, rounded down
+  double density = 0;           ///< the requested share of the model's block bytes (0: target_error)
+  double target_error = 0;      ///< the requested RMS error over the layers (0: a byte budget)
+  std::int64_t budget = 0;      ///< bytes allowed: density (or 1) × Σ_l B_l · block_bytes_l, rounded down
   std::string split, selector;  ///< whose curves were used
   budget_result result;
 };
 
 /// The model report: {"layers": [{"layer":…, "out":…, "num_blocks":…, "block_bytes":…, <report_json's
-/// fields>}, …], "budget": {"density":…, "budget_bytes":…, "bytes":…, "split":…, "selector":…,
-/// "objective":…, "layers": [{"layer":…, "k":…, "density":…, "rel_error":…}, …]}} ("budget" only when
-/// `budget` is given).
+/// fields>}, …], "budget": {"density":…, "target_error":…, "budget_bytes":…, "bytes":…, "split":…,
+/// "selector":…, "objective":…, "layers": [{"layer":…, "k":…, "density":…, "rel_error":…}, …]}} ("budget"
+/// only when `budget` is given).
 inline std::string model_report_json(const std::vector<layer_report>& layers, const budget_report* budget) {
   std::ostringstream os;
   os << "{\"layers\": [";
@@ -160,8 +161,8 @@ inline std::string model_report_json(const std::vector<layer_report>& layers, co
   if (budget) {
     const auto& b = *budget;
     os << ",\n\"budget\": {\"density\": " << detail::json_number(b.density)
-       << ", \"budget_bytes\": " << b.budget << ", \"bytes\": " << b.result.bytes
-       << ", \"split\": " << detail::json_string(b.split)
+       << ", \"target_error\": " << detail::json_number(b.target_error) << ", \"budget_bytes\": " << b.budget
+       << ", \"bytes\": " << b.result.bytes << ", \"split\": " << detail::json_string(b.split)
        << ", \"selector\": " << detail::json_string(b.selector)
        << ", \"objective\": " << detail::json_number(b.result.objective) << ", \"layers\": [";
     for (std::size_t i = 0; i < layers.size() && i < b.result.k.size(); ++i)
@@ -179,9 +180,17 @@ inline std::string model_report_json(const std::vector<layer_report>& layers, co
 inline std::string format_budget(const std::vector<layer_report>& layers, const budget_report& b) {
   std::ostringstream os;
   char line[200];
-  std::snprintf(line, sizeof line, "budget: %.1f%% of the block bytes (%lld of %lld), %s/%s curves\n",
-                100 * b.density, static_cast<long long>(b.result.bytes), static_cast<long long>(b.budget),
-                b.split.c_str(), b.selector.c_str());
+  if (b.target_error > 0)
+    std::snprintf(line, sizeof line,
+                  "budget: RMS error <= %.4f with %.1f%% of the block bytes (%lld of %lld), %s/%s curves\n",
+                  b.target_error,
+                  100.0 * double(b.result.bytes) / double(std::max<std::int64_t>(1, b.budget)),
+                  static_cast<long long>(b.result.bytes), static_cast<long long>(b.budget), b.split.c_str(),
+                  b.selector.c_str());
+  else
+    std::snprintf(line, sizeof line, "budget: %.1f%% of the block bytes (%lld of %lld), %s/%s curves\n",
+                  100 * b.density, static_cast<long long>(b.result.bytes), static_cast<long long>(b.budget),
+                  b.split.c_str(), b.selector.c_str());
   os << line;
   std::snprintf(line, sizeof line, "%6s %6s %6s %8s %10s\n", "layer", "k", "B", "density", "rel.error");
   os << line;
