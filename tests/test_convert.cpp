@@ -415,49 +415,69 @@ TEST_CASE("pinned neurons: a massive always-on neuron is found, pinned, and resc
   REQUIRE(std::sqrt(err / nrm) == Approx(e1.at("avg_k")).epsilon(1e-3));
 }
 
+/// 1–4 random layer curves (1–5 measured k each, errors falling, random min_k, block bytes and weight);
+/// `most`: the bytes of every layer at its largest k; `weights`: the sum of the weights.
+template <class Rng>
+std::vector<cv::layer_curve> random_curves(Rng& r, std::int64_t& most, double& weights) {
+  std::vector<cv::layer_curve> layers(1 + static_cast<std::size_t>(r() % 4));
+  most = 0;
+  weights = 0;
+  for (auto& c : layers) {
+    const int m = 1 + static_cast<int>(r() % 5);
+    sfx::index_t k = 0;
+    double e = 1.0;
+    for (int i = 0; i < m; ++i) {
+      k += 1 + static_cast<sfx::index_t>(r() % 4);
+      e *= std::uniform_real_distribution<double>(0.3, 1.0)(r);
+      c.k.push_back(k);
+      c.error.push_back(e);
+    }
+    c.min_k = 1 + static_cast<sfx::index_t>(r() % static_cast<std::uint64_t>(c.k.back()));
+    c.block_bytes = 64 * (1 + static_cast<std::int64_t>(r() % 3));
+    c.weight = std::uniform_real_distribution<double>(0.5, 2.0)(r);
+    most += c.k.back() * c.block_bytes;
+    weights += c.weight;
+  }
+  return layers;
+}
+
+/// Brute force: f(bytes, Σ w·e²) for every choice of one measured k >= min_k per layer.
+template <class F>
+void for_each_choice(const std::vector<cv::layer_curve>& layers, F&& f) {
+  const std::size_t L = layers.size();
+  std::vector<std::size_t> idx(L, 0);
+  for (;;) {
+    std::int64_t bytes = 0;
+    double obj = 0;
+    bool ok = true;
+    for (std::size_t l = 0; l < L; ++l) {
+      const auto& c = layers[l];
+      const auto i = idx[l];
+      ok = ok && c.k[i] >= c.min_k;
+      bytes += c.k[i] * c.block_bytes;
+      obj += c.weight * c.error[i] * c.error[i];
+    }
+    if (ok) f(bytes, obj);
+    std::size_t l = 0;
+    while (l < L && ++idx[l] == layers[l].k.size()) idx[l++] = 0;
+    if (l == L) break;
+  }
+}
+
 TEST_CASE("per-layer budgets: allocate_blocks is the exact optimum; bad curves are refused",
           "[convert][budget]") {
   auto r = test::rng(31);
   for (int rep = 0; rep < 200; ++rep) {
-    const int L = 1 + static_cast<int>(r() % 4);
-    std::vector<cv::layer_curve> layers(static_cast<std::size_t>(L));
     std::int64_t most = 0;
-    for (auto& c : layers) {
-      const int m = 1 + static_cast<int>(r() % 5);
-      sfx::index_t k = 0;
-      double e = 1.0;
-      for (int i = 0; i < m; ++i) {
-        k += 1 + static_cast<sfx::index_t>(r() % 4);
-        e *= std::uniform_real_distribution<double>(0.3, 1.0)(r);
-        c.k.push_back(k);
-        c.error.push_back(e);
-      }
-      c.min_k = 1 + static_cast<sfx::index_t>(r() % static_cast<std::uint64_t>(c.k.back()));
-      c.block_bytes = 64 * (1 + static_cast<std::int64_t>(r() % 3));
-      c.weight = std::uniform_real_distribution<double>(0.5, 2.0)(r);
-      most += c.k.back() * c.block_bytes;
-    }
+    double worst = 0;
+    const auto layers = random_curves(r, most, worst);
+    const int L = static_cast<int>(layers.size());
     const std::int64_t budget = static_cast<std::int64_t>(r() % static_cast<std::uint64_t>(most + 1));
     // Brute force over every combination.
     double best = std::numeric_limits<double>::infinity();
-    std::vector<std::size_t> idx(static_cast<std::size_t>(L), 0);
-    for (;;) {
-      std::int64_t bytes = 0;
-      double obj = 0;
-      bool ok = true;
-      for (int l = 0; l < L; ++l) {
-        const auto& c = layers[static_cast<std::size_t>(l)];
-        const auto i = idx[static_cast<std::size_t>(l)];
-        ok = ok && c.k[i] >= c.min_k;
-        bytes += c.k[i] * c.block_bytes;
-        obj += c.weight * c.error[i] * c.error[i];
-      }
-      if (ok && bytes <= budget) best = std::min(best, obj);
-      int l = 0;
-      while (l < L && ++idx[static_cast<std::size_t>(l)] == layers[static_cast<std::size_t>(l)].k.size())
-        idx[static_cast<std::size_t>(l++)] = 0;
-      if (l == L) break;
-    }
+    for_each_choice(layers, [&](std::int64_t bytes, double obj) {
+      if (bytes <= budget) best = std::min(best, obj);
+    });
     INFO("rep " << rep << " layers " << L << " budget " << budget);
     if (best == std::numeric_limits<double>::infinity()) {
       REQUIRE_ERROR(cv::allocate_blocks(layers, budget), sfx::status::invalid_argument, "below the smallest");
@@ -499,51 +519,20 @@ TEST_CASE("per-layer budgets for a target error: allocate_blocks_for_error is th
           "[convert][budget]") {
   auto r = test::rng(37);
   for (int rep = 0; rep < 200; ++rep) {
-    const int L = 1 + static_cast<int>(r() % 4);
-    std::vector<cv::layer_curve> layers(static_cast<std::size_t>(L));
     std::int64_t most = 0;
     double worst = 0;
-    for (auto& c : layers) {
-      const int m = 1 + static_cast<int>(r() % 5);
-      sfx::index_t k = 0;
-      double e = 1.0;
-      for (int i = 0; i < m; ++i) {
-        k += 1 + static_cast<sfx::index_t>(r() % 4);
-        e *= std::uniform_real_distribution<double>(0.3, 1.0)(r);
-        c.k.push_back(k);
-        c.error.push_back(e);
-      }
-      c.min_k = 1 + static_cast<sfx::index_t>(r() % static_cast<std::uint64_t>(c.k.back()));
-      c.block_bytes = 64 * (1 + static_cast<std::int64_t>(r() % 3));
-      c.weight = std::uniform_real_distribution<double>(0.5, 2.0)(r);
-      most += c.k.back() * c.block_bytes;
-      worst += c.weight;
-    }
+    const auto layers = random_curves(r, most, worst);
+    const int L = static_cast<int>(layers.size());
     const double target = std::uniform_real_distribution<double>(0.0, 0.6)(r) * worst;
     // Brute force: the fewest bytes whose objective reaches the target, then the least objective there.
     std::int64_t best_bytes = std::numeric_limits<std::int64_t>::max();
     double best_obj = std::numeric_limits<double>::infinity();
-    std::vector<std::size_t> idx(static_cast<std::size_t>(L), 0);
-    for (;;) {
-      std::int64_t bytes = 0;
-      double obj = 0;
-      bool ok = true;
-      for (int l = 0; l < L; ++l) {
-        const auto& c = layers[static_cast<std::size_t>(l)];
-        const auto i = idx[static_cast<std::size_t>(l)];
-        ok = ok && c.k[i] >= c.min_k;
-        bytes += c.k[i] * c.block_bytes;
-        obj += c.weight * c.error[i] * c.error[i];
-      }
-      if (ok && obj <= target && (bytes < best_bytes || (bytes == best_bytes && obj < best_obj))) {
+    for_each_choice(layers, [&](std::int64_t bytes, double obj) {
+      if (obj <= target && (bytes < best_bytes || (bytes == best_bytes && obj < best_obj))) {
         best_bytes = bytes;
         best_obj = obj;
       }
-      int l = 0;
-      while (l < L && ++idx[static_cast<std::size_t>(l)] == layers[static_cast<std::size_t>(l)].k.size())
-        idx[static_cast<std::size_t>(l++)] = 0;
-      if (l == L) break;
-    }
+    });
     INFO("rep " << rep << " layers " << L << " target " << target);
     if (best_bytes == std::numeric_limits<std::int64_t>::max()) {
       REQUIRE_ERROR(cv::allocate_blocks_for_error(layers, target, most), sfx::status::invalid_argument,
