@@ -193,6 +193,106 @@ TEST_CASE("isa: the level-1 loops (vdot, vaxpy) of every supported level match f
   REQUIRE(levels == static_cast<int>(cpu::best_isa()) + 1);
 }
 
+namespace {
+
+/// x of `cols` values whose groups of 32 cover the quantiser's cases: Gaussian, all zero, NaN, ±Inf,
+/// denormal and just above k_x_int8_tiny, near FLT_MAX, exact rounding ties (max|x| = 127, so the scale
+/// is 1 and v.5 rounds to even), −0, one outlier.
+std::vector<float> int8_cases(sfx::index_t cols, std::uint64_t seed) {
+  auto r = test::rng(seed);
+  std::vector<float> x(static_cast<std::size_t>(cols));
+  test::fill_normal(x, r, 1.0);
+  const float specials[] = {0.0f,
+                            std::numeric_limits<float>::quiet_NaN(),
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(),
+                            1e-40f,
+                            2e-29f,
+                            3e38f};
+  for (sfx::index_t g0 = 0; g0 < cols; g0 += 32) {
+    const int kind = static_cast<int>((g0 / 32 + seed) % 12);
+    float* gx = x.data() + g0;
+    if (kind < 7) {
+      for (int i = 0; i < 32; ++i)
+        gx[i] = kind == 0 ? (i % 3 ? 0.0f : -0.0f)
+                          : (kind >= 4 ? specials[kind] * (i % 2 ? -1.0f : 0.5f) : gx[i]);
+      if (kind >= 1 && kind <= 3) gx[(g0 / 32) % 32] = specials[kind];  // one non-finite value
+    } else if (kind == 7) {
+      for (int i = 0; i < 32; ++i) gx[i] = static_cast<float>(i % 9) - 4.5f;  // ties after scaling by 1
+      gx[5] = 127.0f;
+    } else if (kind == 8) {
+      gx[3] = 500.0f;  // outlier
+    }
+  }
+  return x;
+}
+
+}  // namespace
+
+TEST_CASE("isa: x quantised to int8 for the VNNI key pass: every level writes the scalar reference's bytes",
+          "[isa]") {
+  int vector_levels = 0;
+  for (int l = 0; l <= static_cast<int>(cpu::best_isa()); ++l) {
+    const auto level = static_cast<cpu::isa_level>(l);
+    INFO("isa " << cpu::isa_name(level));
+    const auto check = [&](auto tag) {
+      using T = decltype(tag);
+      const auto& ops = cpu::kernels::ops_for<T>(level);
+      REQUIRE(ops.prepare_x_int8 != nullptr);
+      vector_levels += ops.int8_x ? 1 : 0;
+      for (sfx::index_t cols : {128, 256, 4096})
+        for (std::uint64_t seed : {1u, 5u, 11u}) {
+          INFO(sfx::dtype_traits<T>::name << " cols " << cols << " seed " << seed);
+          const auto x = int8_cases(cols, seed);
+          const std::size_t bytes = static_cast<std::size_t>(cpu::kernels::x_int8_bytes(cols));
+          std::vector<std::uint8_t> want(bytes, 0xA5), got(bytes, 0x5A);  // poisoned differently
+          cpu::kernels::prepare_x_int8<T>(x.data(), cols, want.data());
+          ops.prepare_x_int8(x.data(), cols, got.data());
+          REQUIRE(std::memcmp(want.data(), got.data(), bytes) == 0);
+          // The reference itself: every value within half a step, lanes' sums and scales.
+          const auto* q = reinterpret_cast<const std::int8_t*>(want.data());
+          const auto* corr = reinterpret_cast<const std::int32_t*>(want.data() + cols);
+          const auto* xs = reinterpret_cast<const float*>(want.data() + 2 * cols);
+          const int zp = std::is_same<T, sfx::q8_t>::value ? 128 : 8;
+          for (sfx::index_t g0 = 0; g0 < cols; g0 += 32) {
+            const sfx::index_t kb = cpu::kernels::x_int8_group_offset<T>(g0);
+            bool finite = true;
+            float amax = 0;
+            for (int i = 0; i < 32; ++i) {
+              finite &= std::isfinite(x[g0 + i]);
+              amax = std::max(amax, std::fabs(x[g0 + i]));
+            }
+            const float sx = xs[kb / 4];
+            for (int l8 = 0; l8 < 8; ++l8) {
+              REQUIRE(std::memcmp(&xs[kb / 4 + l8], &sx, sizeof sx) == 0);
+              REQUIRE(corr[kb / 4 + l8] ==
+                      -zp * (q[kb + 4 * l8] + q[kb + 4 * l8 + 1] + q[kb + 4 * l8 + 2] + q[kb + 4 * l8 + 3]));
+            }
+            for (int i = 0; i < 32; ++i) {
+              const int qi = q[kb + i];
+              REQUIRE(qi >= -127);
+              REQUIRE(qi <= 127);
+              if (!finite || amax < cpu::k_x_int8_tiny) {
+                REQUIRE(qi == 0);
+                continue;
+              }
+              const double step = double(amax) / 127.0;
+              REQUIRE(std::fabs(qi * step - double(x[g0 + i])) <= 0.5 * step * (1 + 1e-6));
+            }
+            if (!finite) REQUIRE(std::isnan(sx));
+            if (finite) REQUIRE(sx == amax / 127.0f);
+          }
+        }
+    };
+    check(sfx::q8_t{});
+    check(sfx::q4_t{});
+  }
+  if (vector_levels == 0)
+    WARN(
+        "SKIPPED: the vectorised int8 quantiser of x (avx512_vnni, avx512_bf16) is not supported by this "
+        "CPU");
+}
+
 TEST_CASE("isa: SPARSE_FFN_ISA forces a lower level, is clamped to the best, a bad name is an error",
           "[.][isa_env]") {
   const char* env = std::getenv("SPARSE_FFN_ISA");

@@ -15,7 +15,7 @@
 //
 // q8/q4 weights (quant.hpp): x, y and the accumulators are padded to row_cols (d rounded up to 64 /
 // 128) rather than ld (which counts the row's bytes); on the VNNI level each token's x is also quantised
-// once to int8 (kernels::prepare_x_int8) for the key kernel.
+// once to int8 (kernel_ops::prepare_x_int8) for the key kernel.
 //
 // The glue below is compiled once, for the consumer's flags; the micro-kernels are called through the
 // table kernels::ops_for<T>(cpu::active_isa()), resolved once per call (run-time ISA dispatch).
@@ -263,7 +263,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
       if (f.xpad16)
         for (index_t c = 0; c < cols; ++c) f.xpad16[t * cols + c] = bfloat16_t(xp[c]);
       if constexpr (is_quantized<T>::value)
-        if (f.xq8) kernels::prepare_x_int8<T>(xp, cols, f.xq8 + t * kernels::x_int8_bytes(cols));
+        if (f.xq8) ops.prepare_x_int8(xp, cols, f.xq8 + t * kernels::x_int8_bytes(cols));
       if (compute) std::fill(f.yacc + 2 * t * cols, f.yacc + 2 * (t + 1) * cols, 0.0f);
       f.all_tokens[2 * t] = static_cast<std::int32_t>(t);
       f.all_tokens[2 * t + 1] = 0;

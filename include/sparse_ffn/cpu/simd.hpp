@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "../config.hpp"
 #include "../types.hpp"
@@ -34,6 +35,10 @@ SPARSE_FFN_SIMD_WARNINGS_OFF
 
 namespace sparse_ffn {
 namespace cpu {
+
+/// Below this max|x| a group of x quantises to int8 zeros (kernels::quantize_x32; 127 / max|x| would
+/// overflow float near the denormals).
+inline constexpr float k_x_int8_tiny = 0x1p-96f;
 
 template <class Isa>
 struct simd;
@@ -191,6 +196,25 @@ struct simd<isa::avx512_vnni> : simd<isa::avx512> {
     hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
   }
   static reg cvt(ireg i) { return _mm512_cvtepi32_ps(i); }
+  /// kernels::quantize_x32, vectorised: the same bytes and scale (x − x is 0 exactly for finite x;
+  /// cvtps rounds by the current rounding mode, as std::nearbyint).
+  static float quantize_x32(const float* x, std::int8_t* q) {
+    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16), z = _mm512_setzero_ps();
+    const __mmask16 fa = _mm512_cmp_ps_mask(_mm512_sub_ps(a, a), z, _CMP_EQ_OQ),
+                    fb = _mm512_cmp_ps_mask(_mm512_sub_ps(b, b), z, _CMP_EQ_OQ);
+    if ((fa & fb) != 0xFFFF) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_setzero_si256());
+      return std::numeric_limits<float>::quiet_NaN();
+    }
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    const __m512 inv = _mm512_set1_ps(amax >= k_x_int8_tiny ? 127.0f / amax : 0.0f);
+    const __m512i hi = _mm512_set1_epi32(127), lo = _mm512_set1_epi32(-127);
+    const __m512i ia = _mm512_max_epi32(lo, _mm512_min_epi32(hi, _mm512_cvtps_epi32(_mm512_mul_ps(a, inv)))),
+                  ib = _mm512_max_epi32(lo, _mm512_min_epi32(hi, _mm512_cvtps_epi32(_mm512_mul_ps(b, inv))));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q), _mm512_cvtepi32_epi8(ia));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtepi32_epi8(ib));
+    return amax / 127.0f;
+  }
   /// Lanes 0-7 = float(s[A]), lanes 8-15 = float(s[B]) for bfloat16 scales s[0..N) (N = 2 or 4).
   template <int N, int A, int B>
   static reg scale_lanes(const bfloat16_t* s) {

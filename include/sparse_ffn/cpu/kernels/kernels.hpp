@@ -62,45 +62,67 @@ inline constexpr index_t x_int8_bytes(index_t cols) {
   return 3 * cols;
 }
 
+/// Kernel-order offset of the group of 32 values starting at g0 in a token's prepared int8 x
+/// (prepare_x_int8): q8 natural; q4 per 128 values [0,32) [64,96) [32,64) [96,128) (the low, then the
+/// high nibbles of one 64-byte line).
+template <class T>
+inline index_t x_int8_group_offset(index_t g0) {
+  if constexpr (std::is_same<T, q8_t>::value) {
+    return g0;
+  } else {
+    const index_t base = g0 / 128 * 128, part = (g0 % 128) / 32;  // natural quarter 0..3
+    constexpr index_t order[4] = {0, 2, 1, 3};                    // -> kernel quarter
+    return base + order[part] * 32;
+  }
+}
+
+/// One group of 32 x values to int8 q (scale max|x|/127, round to nearest by the current rounding mode
+/// as std::nearbyint, clamp to ±127); returns the scale. A group holding NaN or Inf gets zeros and a
+/// NaN scale; a group with max|x| < k_x_int8_tiny, zeros. The vector levels compute the same bytes
+/// (simd<avx512_vnni>::quantize_x32; test_isa compares them).
+inline float quantize_x32(const float* x, std::int8_t* q) {
+  float amax = 0.0f;
+  bool finite = true;
+  for (index_t i = 0; i < 32; ++i) {
+    finite &= std::isfinite(x[i]);
+    amax = std::max(amax, std::fabs(x[i]));
+  }
+  if (!finite) {
+    for (index_t i = 0; i < 32; ++i) q[i] = 0;
+    return std::numeric_limits<float>::quiet_NaN();
+  }
+  const float inv = amax >= k_x_int8_tiny ? 127.0f / amax : 0.0f;
+  for (index_t i = 0; i < 32; ++i)
+    q[i] = static_cast<std::int8_t>(std::max(-127.0f, std::min(127.0f, std::nearbyint(x[i] * inv))));
+  return amax / 127.0f;
+}
+
+/// The 8 dpbusd lanes of a quantised group q (kernel order): each lane's initial accumulator
+/// −zero_point × (sum of its four x values) and its x scale sx.
+template <class T>
+inline void x_int8_lanes(const std::int8_t* q, float sx, std::int32_t* corr, float* xs) {
+  constexpr std::int32_t zero_point = std::is_same<T, q8_t>::value ? 128 : 8;
+  for (index_t l = 0; l < 8; ++l) {
+    const std::int32_t sum = q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3];
+    corr[l] = -zero_point * sum;
+    xs[l] = sx;
+  }
+}
+
 /// Quantises one token's x (cols values, zero padded) for the VNNI key kernel of weights T, into
-/// x_int8_bytes(cols) bytes: [cols int8 in kernel order][cols/4 int32: the initial accumulator of each
-/// dpbusd lane, −zero_point × the sum of its four x values][cols/4 float: each lane's x scale].
-/// Groups of 32 values, scale max|x|/127, round to nearest. Kernel order: q8 natural; q4 per 128
-/// values [0,32) [64,96) [32,64) [96,128) (the low, then the high nibbles of one 64-byte line). A group
-/// holding NaN or Inf gets a NaN scale, so the token's affected dot products are NaN (as in float).
+/// x_int8_bytes(cols) bytes: [cols int8 in kernel order (x_int8_group_offset)][cols/4 int32: the
+/// initial accumulator of each dpbusd lane, −zero_point × the sum of its four x values][cols/4 float:
+/// each lane's x scale]. Groups of 32 values (quantize_x32). A group holding NaN or Inf gets a NaN
+/// scale, so the token's affected dot products are NaN (as in float). The scalar reference of
+/// kernel_ops::prepare_x_int8, which the forward calls (vectorised on the VNNI levels).
 template <class T>
 void prepare_x_int8(const float* x, index_t cols, std::uint8_t* out) {
-  constexpr bool q8 = std::is_same<T, q8_t>::value;
-  constexpr std::int32_t zero_point = q8 ? 128 : 8;
   auto* xq = reinterpret_cast<std::int8_t*>(out);
   auto* corr = reinterpret_cast<std::int32_t*>(out + cols);
   auto* xs = reinterpret_cast<float*>(out + 2 * cols);
   for (index_t g0 = 0; g0 < cols; g0 += 32) {
-    float amax = 0.0f;
-    bool finite = true;
-    for (index_t i = 0; i < 32; ++i) {
-      finite &= std::isfinite(x[g0 + i]);
-      amax = std::max(amax, std::fabs(x[g0 + i]));
-    }
-    const float sx = finite ? amax / 127.0f : std::numeric_limits<float>::quiet_NaN();
-    const float inv = finite && amax > 0.0f ? 127.0f / amax : 0.0f;
-    // Kernel-order position of this group.
-    index_t kb = g0;
-    if constexpr (!q8) {
-      const index_t base = g0 / 128 * 128, part = (g0 % 128) / 32;  // natural quarter 0..3
-      static constexpr index_t order[4] = {0, 2, 1, 3};             // -> kernel quarter
-      kb = base + order[part] * 32;
-    }
-    for (index_t i = 0; i < 32; ++i) {
-      const float v = finite ? std::nearbyint(x[g0 + i] * inv) : 0.0f;
-      xq[kb + i] = static_cast<std::int8_t>(std::max(-127.0f, std::min(127.0f, v)));
-    }
-    for (index_t l = 0; l < 8; ++l) {
-      std::int32_t sum = 0;
-      for (index_t j = 0; j < 4; ++j) sum += xq[kb + 4 * l + j];
-      corr[kb / 4 + l] = -zero_point * sum;
-      xs[kb / 4 + l] = sx;
-    }
+    const index_t kb = x_int8_group_offset<T>(g0);
+    x_int8_lanes<T>(xq + kb, quantize_x32(x + g0, xq + kb), corr + kb / 4, xs + kb / 4);
   }
 }
 
@@ -165,6 +187,8 @@ struct kernel_ops {
   /// Level-1 float loops (any n and alignment) for host code outside the forward: Σ a·b, y += c·x.
   float (*vdot)(const float* a, const float* b, index_t n) = nullptr;
   void (*vaxpy)(float c, const float* x, float* y, index_t n) = nullptr;
+  /// prepare_x_int8 (the same bytes; vectorised on the VNNI levels). Used when int8_x.
+  void (*prepare_x_int8)(const float* x, index_t cols, std::uint8_t* out) = nullptr;
 };
 
 template <class Isa, class T>
@@ -182,6 +206,7 @@ kernel_ops<T> make_ops(isa_level level) {
   o.apply_rows = &K::template apply_rows<T>;
   o.vdot = &K::vdot;
   o.vaxpy = &K::vaxpy;
+  o.prepare_x_int8 = &K::template prepare_x_int8<T>;
   return o;
 }
 

@@ -418,6 +418,22 @@ struct impl {
       for (int r = 0; r < R; ++r) V::store(acc + (m * R + r) * width, a[m][r]);
   }
 
+  /// kernels::prepare_x_int8 with each group quantised by the ISA (the same bytes); scalar elsewhere.
+  template <class T>
+  static void prepare_x_int8(const float* x, index_t cols, std::uint8_t* out) {
+    if constexpr (vnni_q<T>) {
+      auto* xq = reinterpret_cast<std::int8_t*>(out);
+      auto* corr = reinterpret_cast<std::int32_t*>(out + cols);
+      auto* xs = reinterpret_cast<float*>(out + 2 * cols);
+      for (index_t g0 = 0; g0 < cols; g0 += 32) {
+        const index_t kb = x_int8_group_offset<T>(g0);
+        x_int8_lanes<T>(xq + kb, V::quantize_x32(x + g0, xq + kb), corr + kb / 4, xs + kb / 4);
+      }
+    } else {
+      ::sparse_ffn::cpu::kernels::prepare_x_int8<T>(x, cols, out);
+    }
+  }
+
   /// Groups of four value rows applied to M tokens, streaming the rows front to back over the column
   /// range (four sequential streams, software-prefetched across row groups) with the 4·M coefficients
   /// in registers and y in L1/L2.
