@@ -84,6 +84,42 @@ TEMPLATE_TEST_CASE("quantised row layout", "[quant]", sfx::q8_t, sfx::q4_t) {
   REQUIRE(bits < (std::is_same<TestType, sfx::q8_t>::value ? 8.7 : 4.7));
 }
 
+TEMPLATE_TEST_CASE("quant_unit (the GPU kernels' 16-byte loads) decodes every value of a row once, as get does",
+                   "[quant]", sfx::q8_t, sfx::q4_t) {
+  using F = fmt<TestType>;
+  using U = sfx::quant_unit<TestType>;
+  auto r = test::rng(21);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (sfx::index_t d : {1, 33, 64, 129, 384, 1000}) {
+    INFO("d=" << d);
+    const sfx::index_t cols = F::cols(d), ld = F::ld(d);
+    std::vector<float> src(static_cast<std::size_t>(d));
+    for (auto& v : src) v = nd(r);
+    std::vector<TestType> row(static_cast<std::size_t>(ld));
+    F::encode(src.data(), d, row.data(), ld);
+    const auto* bytes = reinterpret_cast<const std::uint8_t*>(row.data());
+    const sfx::bfloat16_t* scales = F::scales(row.data(), cols);
+    std::vector<int> seen(static_cast<std::size_t>(cols), 0);
+    for (sfx::index_t byte = 0; byte < F::quant_bytes(cols); byte += 16) {
+      int q[U::values];
+      U::ints(bytes + byte, q);
+      for (int run = 0; run < U::runs; ++run) {
+        const sfx::index_t c0 = U::run_start(byte, run);
+        REQUIRE(c0 % 16 == 0);
+        REQUIRE(c0 + 16 <= cols);
+        for (int i = 0; i < 16; ++i) {
+          const sfx::index_t c = c0 + i;
+          ++seen[static_cast<std::size_t>(c)];
+          REQUIRE(q[16 * run + i] == F::quant(row.data(), c));
+          if (c < d)
+            REQUIRE(float(q[16 * run + i]) * float(scales[c / sfx::k_quant_group]) == F::get(row.data(), c, d));
+        }
+      }
+    }
+    for (sfx::index_t c = 0; c < cols; ++c) REQUIRE(seen[static_cast<std::size_t>(c)] == 1);
+  }
+}
+
 TEMPLATE_TEST_CASE("quantise / dequantise round trips", "[quant]", sfx::q8_t, sfx::q4_t) {
   auto r = test::rng(7);
   std::normal_distribution<float> nd(0.0f, 1.0f);

@@ -129,6 +129,37 @@ struct row_format {
   }
 };
 
+/// The 16-byte units of a q8/q4 row's quants, as the GPU kernels read them (one 16-byte load per
+/// thread; host and device share this code, test_quant checks it against row_format::get). The unit at
+/// byte offset `byte` (a multiple of 16, below quant_bytes) holds `runs` runs of 16 consecutive values:
+/// run r starts at value run_start(byte, r), a multiple of 16, so a run lies in one group of 32.
+template <class T>
+struct quant_unit {
+  static_assert(is_quantized<T>::value, "quant_unit is for q8_t / q4_t");
+  static constexpr int runs = std::is_same<T, q8_t>::value ? 1 : 2;
+  static constexpr int values = 16 * runs;
+  /// Bytes of quants of a row of `cols` values (row_format::quant_bytes); the scales follow them.
+  SPARSE_FFN_HD static index_t quant_bytes(index_t cols) { return runs == 1 ? cols : cols / 2; }
+  SPARSE_FFN_HD static index_t run_start(index_t byte, int r) {
+    if constexpr (runs == 1) {
+      return byte + 0 * r;
+    } else {  // byte j of a 32-byte chunk: value 64·chunk + j (low nibble), + 32 (high nibble)
+      return byte / 32 * 64 + byte % 32 + 32 * r;
+    }
+  }
+  /// out[16·r + i] = the integer of value run_start(byte, r) + i (q8: q; q4: u − 8) from the unit's bytes.
+  SPARSE_FFN_HD static void ints(const std::uint8_t* raw, int* out) {
+    for (int i = 0; i < 16; ++i) {
+      if constexpr (runs == 1) {
+        out[i] = static_cast<int>(static_cast<std::int8_t>(raw[i]));
+      } else {
+        out[i] = static_cast<int>(raw[i] & 0x0f) - 8;
+        out[16 + i] = static_cast<int>(raw[i] >> 4) - 8;
+      }
+    }
+  }
+};
+
 /// Row format of q8 / q4 (see the file comment).
 template <class T>
 struct row_format<T, std::enable_if_t<is_quantized<T>::value>> {
