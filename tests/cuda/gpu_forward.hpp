@@ -34,8 +34,9 @@ void check_policy_gpu(std::uint64_t salt) {
                               P::activation::kind);
     // The batched (tensor-core) key pass rounds X to T: make X exactly representable so the float64
     // reference sees the same inputs.
-    if (sfx::cuda::detail::use_wmma<P>(c.s.n))
-      for (auto& v : c.x) v = sfx::from_float<Tio>(sfx::to_float(sfx::from_float<T>(sfx::to_float(v))));
+    if constexpr (!sfx::is_quantized<T>::value)
+      if (sfx::cuda::detail::use_wmma<P>(c.s.n))
+        for (auto& v : c.x) v = sfx::from_float<Tio>(sfx::to_float(sfx::from_float<T>(sfx::to_float(v))));
     sfx::cuda::device_model<T> m;
     REQUIRE(m.upload(c.model));
     const auto w = m.view();
@@ -95,6 +96,9 @@ void check_selector_gpu() {
   check_policy_gpu<sfx::policy<64, Sel, sfx::half_t, sfx::act::gelu_erf>, float>(++salt);
   check_policy_gpu<sfx::policy<128, Sel, sfx::bfloat16_t, sfx::act::relu>, float>(++salt);
   check_policy_gpu<sfx::policy<1, Sel, float, sfx::act::geglu>, float>(++salt);
+  // q8/q4 weights (decode kernels at every n, dequantised in registers; X stays float).
+  check_policy_gpu<sfx::policy<64, Sel, sfx::q8_t, sfx::act::silu>, float>(++salt);
+  check_policy_gpu<sfx::policy<32, Sel, sfx::q4_t, sfx::act::swiglu>, sfx::bfloat16_t>(++salt);
 }
 
 }  // namespace gpu

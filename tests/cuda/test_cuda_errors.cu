@@ -90,6 +90,29 @@ int main(int argc, char** argv) {
   auto* ws = reinterpret_cast<void*>(0x100000);
   expect(sfx::cuda::forward<P>(ws, small, w, 2, x, y, {2}), sfx::status::invalid_argument,
          "workspace too small");
+  // q8/q4 (host side): padded X and the partial rows are row_format<T>::cols floats wide, not ld (which
+  // counts bytes: at d = 4096 a q4 row is 2368 bytes for 4096 values), and the value tiles cover every
+  // 16-byte unit of quants; the size query accepts the policy and counts X at that width.
+  {
+    using Q4 = sfx::policy<16, sfx::select::avg_k, sfx::q4_t, sfx::act::relu>;
+    const auto dq = test::random_dense<float>(r, 4096, 32, false, true);
+    const auto mq = sfx::pack<sfx::q4_t>(dq.view(), {16});
+    const auto& l = mq.view().layout;
+    namespace cd = sfx::cuda::detail;
+    const sfx::index_t cols = sfx::row_format<sfx::q4_t>::cols(4096);
+    const bool widths = cd::act_width<sfx::q4_t>(l) == cols && l.ld < cols &&
+                        cd::act_width<float>(w.layout) == w.layout.ld &&
+                        cd::value_tiles<sfx::q4_t>(l) * sfx::cuda::kernels::k_threads * 16 >=
+                            sfx::row_format<sfx::q4_t>::quant_bytes(cols) &&
+                        (cd::value_tiles<sfx::q4_t>(l) - 1) * sfx::cuda::kernels::k_threads * 16 <
+                            sfx::row_format<sfx::q4_t>::quant_bytes(cols);
+    std::size_t qbytes = 0;
+    const auto qres = sfx::cuda::forward<Q4>(nullptr, qbytes, mq.view(), 3, x, far_y, {2});
+    const bool sized = qres && qbytes >= std::size_t(3) * std::size_t(cols) * sizeof(float);
+    std::printf("%s q4 widths and workspace size: %s (%zu bytes)\n", widths && sized ? "ok  " : "FAIL",
+                qres.message, qbytes);
+    failures += !(widths && sized);
+  }
   if (failures) return 1;
   return gpu_test_main(argc, argv, "test_cuda_errors");
 }

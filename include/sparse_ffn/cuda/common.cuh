@@ -13,6 +13,7 @@
 
 #include "../config.hpp"
 #include "../error.hpp"
+#include "../quant.hpp"
 #include "../types.hpp"
 
 namespace sparse_ffn {
@@ -66,6 +67,60 @@ __device__ __forceinline__ void load16(const T* p, float (&out)[vec<T>::n]) {
   const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
   for (int i = 0; i < vec<T>::n; ++i) out[i] = to_float(e[i]);
+}
+
+/// One 16-byte unit of a q8/q4 row's quants at byte offset `byte` (quant_unit<T>), dequantised in
+/// registers: out[16·r + i] = value run_start(byte, r) + i, times its group's bfloat16 scale.
+template <class T>
+__device__ __forceinline__ void load_quant(const std::uint8_t* row, const bfloat16_t* scales, index_t byte,
+                                           float (&out)[quant_unit<T>::values]) {
+  using U = quant_unit<T>;
+  const uint4 raw = *reinterpret_cast<const uint4*>(row + byte);
+  int q[U::values];
+  U::ints(reinterpret_cast<const std::uint8_t*>(&raw), q);
+#pragma unroll
+  for (int r = 0; r < U::runs; ++r) {
+    const float sc = to_float(scales[U::run_start(byte, r) / k_quant_group]);
+#pragma unroll
+    for (int i = 0; i < 16; ++i) out[16 * r + i] = static_cast<float>(q[16 * r + i]) * sc;
+  }
+}
+
+/// What one thread loads from a weight row: the 16 bytes at element offset `off` (a multiple of
+/// vec<T>::n), dequantised to `values` floats, and the column of each. Float/half/bf16: vec<T>::n values
+/// at columns off, off + 1, …; q8/q4: a quant_unit (16 values, or 32 in two runs of 16). Columns come in
+/// runs of at least 4 starting at multiples of 4, so x and partial rows are read with float4.
+/// `end(ld, xw)`: the offsets to cover (the row stride; the quants' bytes of xw = row_format::cols).
+template <class T, bool Quantized = is_quantized<T>::value>
+struct row_unit {
+  static constexpr int values = vec<T>::n;
+  __device__ static index_t end(index_t ld, index_t /*xw*/) { return ld; }
+  __device__ static void load(const T* row, index_t off, index_t /*xw*/, float (&out)[values]) {
+    load16(row + off, out);
+  }
+  __device__ static index_t column(index_t off, int e) { return off + e; }
+};
+template <class T>
+struct row_unit<T, true> {
+  using U = quant_unit<T>;
+  static constexpr int values = U::values;
+  __device__ static index_t end(index_t /*ld*/, index_t xw) { return U::quant_bytes(xw); }
+  __device__ static void load(const T* row, index_t off, index_t xw, float (&out)[values]) {
+    const auto* rb = reinterpret_cast<const std::uint8_t*>(row);
+    load_quant<T>(rb, reinterpret_cast<const bfloat16_t*>(rb + U::quant_bytes(xw)), off, out);
+  }
+  __device__ static index_t column(index_t off, int e) { return U::run_start(off, e / 16) + e % 16; }
+};
+
+/// The `values` floats of x at the columns of the unit at `off` (row_unit<T>::column).
+template <class T>
+__device__ __forceinline__ void load_x(const float* __restrict__ x, index_t off,
+                                       float (&out)[row_unit<T>::values]) {
+#pragma unroll
+  for (int e = 0; e < row_unit<T>::values; e += 4) {
+    const float4 f = *reinterpret_cast<const float4*>(x + row_unit<T>::column(off, e));
+    out[e] = f.x, out[e + 1] = f.y, out[e + 2] = f.z, out[e + 3] = f.w;
+  }
 }
 
 /// Sum over the 32 lanes, fixed butterfly order: every lane gets the same bits on every run.

@@ -92,9 +92,23 @@ struct buffers {
   std::size_t total = 0;
 };
 
+/// Floats per token in the padded X and the partial rows: the row stride for float weights (as
+/// before), row_format<T>::cols for q8/q4 (their ld counts bytes of quants and scales).
+template <class T>
+index_t act_width(const block_layout& l) {
+  if constexpr (is_quantized<T>::value) {
+    return row_format<T>::cols(l.d_model);
+  } else {
+    return l.ld;
+  }
+}
+
 template <class T>
 index_t value_tiles(const block_layout& l) {
-  return (l.ld + kernels::k_threads * vec<T>::n - 1) / (kernels::k_threads * vec<T>::n);
+  // One thread per 16-byte unit (kernels::values, detail::row_unit): of the row, or of its quants.
+  index_t end = l.ld;
+  if constexpr (is_quantized<T>::value) end = row_format<T>::quant_bytes(act_width<T>(l));
+  return (end + kernels::k_threads * vec<T>::n - 1) / (kernels::k_threads * vec<T>::n);
 }
 
 /// Fixed (device-independent) split of the slots into groups so that decode launches ~512 blocks.
@@ -123,7 +137,8 @@ buffers plan(unsigned char* base, const block_layout& l, index_t n, index_t k, b
   const index_t nB = sparse_ffn::detail::checked_mul(n, B, "scores");
   b.error = static_cast<int*>(take(sizeof(int)));
   auto floats = [](index_t count) { return static_cast<std::size_t>(count) * sizeof(float); };
-  b.xpad = static_cast<float*>(take(floats(sparse_ffn::detail::checked_elements<float>(n, l.ld, "X"))));
+  b.xpad =
+      static_cast<float*>(take(floats(sparse_ffn::detail::checked_elements<float>(n, act_width<T>(l), "X"))));
   b.blocks = static_cast<block_index_t*>(take(static_cast<std::size_t>(n * k) * sizeof(block_index_t)));
   b.weights = static_cast<float*>(take(static_cast<std::size_t>(n * k) * 4));
   if (!routed && Sel::scoring != scoring_kind::token) {
@@ -163,8 +178,8 @@ buffers plan(unsigned char* base, const block_layout& l, index_t n, index_t k, b
   if (compute) {
     b.h = static_cast<float*>(take(floats(sparse_ffn::detail::checked_elements<float>(n * k, G, "H"))));
     choose_groups(n, k, value_tiles<T>(l), b);
-    b.partial = static_cast<float*>(
-        take(floats(sparse_ffn::detail::checked_elements<float>(n * b.groups, l.ld, "partial sums"))));
+    b.partial = static_cast<float*>(take(
+        floats(sparse_ffn::detail::checked_elements<float>(n * b.groups, act_width<T>(l), "partial sums"))));
   }
   b.total = off;
   return b;
@@ -254,10 +269,10 @@ result launch(const buffers& b, const grids& gr, const blocked_ffn_view<typename
   constexpr int G = Policy::block_size;
   constexpr int threads = kernels::k_threads;
   const block_layout& l = w.layout;
-  const index_t B = l.num_blocks, ld = l.ld, d = l.d_model;
+  const index_t B = l.num_blocks, ld = l.ld, d = l.d_model, xw = act_width<T>(l);
   cudaError_t e = cudaMemsetAsync(b.error, 0, sizeof(int), s);
   if (e != cudaSuccess) return from_cuda(e);
-  kernels::prepare_x<Tx><<<elementwise_grid(n * ld), threads, 0, s>>>(x, b.xpad, n, d, ld);
+  kernels::prepare_x<Tx><<<elementwise_grid(n * xw), threads, 0, s>>>(x, b.xpad, n, d, xw);
   // ---- route -----------------------------------------------------------------------------------
   if (given) {
     kernels::copy_routing<<<elementwise_grid(n * k), threads, 0, s>>>(given->blocks, given->weights, n * k, B,
@@ -268,9 +283,9 @@ result launch(const buffers& b, const grids& gr, const blocked_ffn_view<typename
   } else {
     if constexpr (Sel::scoring == scoring_kind::linear) {
       kernels::linear_scores<Sel, T><<<gr.scores, threads, 0, s>>>(Sel::linear_rows(w), Sel::linear_bias(w),
-                                                                   b.xpad, n, B, ld, b.scores);
+                                                                   b.xpad, n, B, ld, xw, b.scores);
     } else {
-      kernels::keys<T, Act, G><<<gr.dense_keys, threads, 0, s>>>(w, b.xpad, nullptr, n * B, B, nullptr,
+      kernels::keys<T, Act, G><<<gr.dense_keys, threads, 0, s>>>(w, b.xpad, xw, nullptr, n * B, B, nullptr,
                                                                  b.pre_all, b.up_all, b.error);
       kernels::dense_scores<Act, G>
           <<<elementwise_grid(n * B), threads, 0, s>>>(b.pre_all, b.up_all, n, B, b.scores);
@@ -327,15 +342,15 @@ result launch(const buffers& b, const grids& gr, const blocked_ffn_view<typename
                                                                    b.toffsets, B, k, b.h, cpre, cup);
     } else {
       kernels::keys<T, Act, G>
-          <<<gr.keys, threads, 0, s>>>(w, b.xpad, b.blocks, n * k, k, b.h, cpre, cup, b.error);
+          <<<gr.keys, threads, 0, s>>>(w, b.xpad, xw, b.blocks, n * k, k, b.h, cpre, cup, b.error);
     }
   } else {
     kernels::keys<T, Act, G>
-        <<<gr.keys, threads, 0, s>>>(w, b.xpad, b.blocks, n * k, k, b.h, cpre, cup, b.error);
+        <<<gr.keys, threads, 0, s>>>(w, b.xpad, xw, b.blocks, n * k, k, b.h, cpre, cup, b.error);
   }
   kernels::values<T, G><<<gr.values, threads, 0, s>>>(w, b.blocks, b.weights, b.h, n, k, b.group, b.groups,
-                                                      b.tiles, b.partial, b.error);
-  kernels::combine<Ty><<<elementwise_grid(n * d), threads, 0, s>>>(b.partial, w.b2, y, n, d, ld, b.groups);
+                                                      b.tiles, xw, b.partial, b.error);
+  kernels::combine<Ty><<<elementwise_grid(n * d), threads, 0, s>>>(b.partial, w.b2, y, n, d, xw, b.groups);
   return from_cuda(cudaPeekAtLastError());  // observe; never clear errors of other code
 }
 
@@ -344,8 +359,6 @@ result run(void* ws, std::size_t& ws_bytes, const blocked_ffn_view<typename Poli
            const Tx* x, Ty* y, const route_args* args, const const_routing_view* given, routing_view* out,
            const forward_cache* cache, cudaStream_t s) {
   static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
-  static_assert(!is_quantized<typename Policy::dtype>::value,
-                "sparse_ffn: the CUDA path does not take q8/q4 weights yet (CPU only; see docs/api.md)");
   buffers sizing;
   grids gr;
   const index_t k = args ? args->k : given->k;

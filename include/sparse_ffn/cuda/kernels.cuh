@@ -42,12 +42,13 @@ __global__ void prepare_x(const Tx* __restrict__ x, float* __restrict__ xpad, in
 /// activation, `pre`/`up` (optional) the pre-activations.
 template <class T, class Act, int G>
 __global__ void __launch_bounds__(k_threads)
-    keys(blocked_ffn_view<T> w, const float* __restrict__ xpad, const block_index_t* __restrict__ blocks,
-         index_t pairs, index_t per_token, float* __restrict__ h, float* __restrict__ pre,
-         float* __restrict__ up, int* __restrict__ error) {
+    keys(blocked_ffn_view<T> w, const float* __restrict__ xpad, index_t xw,
+         const block_index_t* __restrict__ blocks, index_t pairs, index_t per_token, float* __restrict__ h,
+         float* __restrict__ pre, float* __restrict__ up, int* __restrict__ error) {
   constexpr int R = G < k_rows_per_cta ? G : k_rows_per_cta;
   constexpr int chunks = (G + R - 1) / R;
-  constexpr int V = detail::vec<T>::n;
+  using RU = detail::row_unit<T>;
+  constexpr int V = detail::vec<T>::n, U = RU::values;
   const index_t item = blockIdx.x;
   const index_t p = item / chunks;
   if (p >= pairs) return;
@@ -58,28 +59,24 @@ __global__ void __launch_bounds__(k_threads)
     if (threadIdx.x == 0) atomicOr(error, bad_block_index);
     b = 0;
   }
-  const index_t ld = w.layout.ld;
-  const float* x = xpad + t * ld;
+  const index_t ld = w.layout.ld, end = RU::end(ld, xw);
+  const float* x = xpad + t * xw;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int r = r0 + warp; r < r0 + R; r += k_threads / 32) {
     const T* key = w.keys(b) + r * ld;
     const T* upr = Act::gated ? w.up(b) + r * ld : nullptr;
     float acc = 0.0f, accu = 0.0f;
-    for (index_t q = static_cast<index_t>(lane) * V; q < ld; q += 32 * V) {
-      float kv[V], xv[V];
-      detail::load16(key + q, kv);
+    for (index_t q = static_cast<index_t>(lane) * V; q < end; q += 32 * V) {
+      float kv[U], xv[U];
+      RU::load(key, q, xw, kv);
+      detail::load_x<T>(x, q, xv);
 #pragma unroll
-      for (int e = 0; e < V; e += 4) {
-        const float4 f = *reinterpret_cast<const float4*>(x + q + e);
-        xv[e] = f.x, xv[e + 1] = f.y, xv[e + 2] = f.z, xv[e + 3] = f.w;
-      }
-#pragma unroll
-      for (int e = 0; e < V; ++e) acc = fmaf(kv[e], xv[e], acc);
+      for (int e = 0; e < U; ++e) acc = fmaf(kv[e], xv[e], acc);
       if constexpr (Act::gated) {
-        float uv[V];
-        detail::load16(upr + q, uv);
+        float uv[U];
+        RU::load(upr, q, xw, uv);
 #pragma unroll
-        for (int e = 0; e < V; ++e) accu = fmaf(uv[e], xv[e], accu);
+        for (int e = 0; e < U; ++e) accu = fmaf(uv[e], xv[e], accu);
       }
     }
     acc = detail::warp_sum(acc);
@@ -96,23 +93,25 @@ __global__ void __launch_bounds__(k_threads)
   }
 }
 
-/// One thread block per (token t, group of `group` slots, column tile of k_threads·V columns):
-/// partial[t][grp][cols] = Σ_{j in group} Σ_i weight_tj · h_tj,i · V_b(tj)[i][cols].
+/// One thread block per (token t, group of `group` slots, column tile of k_threads 16-byte units):
+/// partial[t][grp][cols] = Σ_{j in group} Σ_i weight_tj · h_tj,i · V_b(tj)[i][cols]. Each thread owns
+/// one unit of every value row (row_unit: V columns, or a q8/q4 quant_unit); partial rows are xw wide.
 template <class T, int G>
 __global__ void __launch_bounds__(k_threads)
     values(blocked_ffn_view<T> w, const block_index_t* __restrict__ blocks, const float* __restrict__ weights,
            const float* __restrict__ h, index_t n, index_t k, index_t group, index_t groups, index_t tiles,
-           float* __restrict__ partial, int* __restrict__ error) {
-  constexpr int V = detail::vec<T>::n;
+           index_t xw, float* __restrict__ partial, int* __restrict__ error) {
+  using RU = detail::row_unit<T>;
+  constexpr int V = detail::vec<T>::n, U = RU::values;
   __shared__ float s[G];
   const index_t item = blockIdx.x;
   const index_t tile = item % tiles, grp = (item / tiles) % groups, t = item / (tiles * groups);
   if (t >= n) return;
-  const index_t ld = w.layout.ld;
-  const index_t c = tile * (k_threads * V) + static_cast<index_t>(threadIdx.x) * V;
-  float acc[V];
+  const index_t ld = w.layout.ld, end = RU::end(ld, xw);
+  const index_t c = (tile * k_threads + static_cast<index_t>(threadIdx.x)) * V;  // element offset in a row
+  float acc[U];
 #pragma unroll
-  for (int e = 0; e < V; ++e) acc[e] = 0.0f;
+  for (int e = 0; e < U; ++e) acc[e] = 0.0f;
   const index_t j_end = (grp + 1) * group < k ? (grp + 1) * group : k;
   for (index_t j = grp * group; j < j_end; ++j) {
     index_t b = blocks[t * k + j];
@@ -124,22 +123,22 @@ __global__ void __launch_bounds__(k_threads)
     __syncthreads();
     for (int i = threadIdx.x; i < G; i += k_threads) s[i] = wt * h[(t * k + j) * G + i];
     __syncthreads();
-    if (c < ld) {
-      const T* v = w.values(b) + c;
+    if (c < end) {
+      const T* v = w.values(b);
       for (int i = 0; i < G; ++i) {
         const float si = s[i];
         if (si == 0.0f) continue;  // uniform across the block: ReLU rows are skipped, not read
-        float vv[V];
-        detail::load16(v + static_cast<index_t>(i) * ld, vv);
+        float vv[U];
+        RU::load(v + static_cast<index_t>(i) * ld, c, xw, vv);
 #pragma unroll
-        for (int e = 0; e < V; ++e) acc[e] = fmaf(si, vv[e], acc[e]);
+        for (int e = 0; e < U; ++e) acc[e] = fmaf(si, vv[e], acc[e]);
       }
     }
   }
-  if (c < ld) {
-    float* out = partial + (t * groups + grp) * ld + c;
+  if (c < end) {
+    float* out = partial + (t * groups + grp) * xw;
 #pragma unroll
-    for (int e = 0; e < V; ++e) out[e] = acc[e];
+    for (int e = 0; e < U; ++e) out[RU::column(c, e)] = acc[e];
   }
 }
 

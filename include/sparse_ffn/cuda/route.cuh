@@ -26,23 +26,25 @@ inline constexpr int k_score_tokens = 8;
 template <class Sel, class T>
 __global__ void __launch_bounds__(k_threads)
     linear_scores(const T* __restrict__ rows, const float* __restrict__ bias, const float* __restrict__ xpad,
-                  index_t n, index_t B, index_t ld, float* __restrict__ scores) {
-  constexpr int V = detail::vec<T>::n, M = k_score_tokens;
+                  index_t n, index_t B, index_t ld, index_t xw, float* __restrict__ scores) {
+  using RU = detail::row_unit<T>;  // 16-byte units of the row (q8/q4: xw = row_format<T>::cols)
+  constexpr int V = detail::vec<T>::n, U = RU::values, M = k_score_tokens;
   __shared__ float red[k_threads / 32][M];
   const index_t b = blockIdx.x, t0 = static_cast<index_t>(blockIdx.y) * M;
   const T* row = rows + b * ld;
   float acc[M];
 #pragma unroll
   for (int m = 0; m < M; ++m) acc[m] = 0.0f;
-  for (index_t q = static_cast<index_t>(threadIdx.x) * V; q < ld; q += k_threads * V) {
-    float rv[V];
-    detail::load16(row + q, rv);
+  for (index_t q = static_cast<index_t>(threadIdx.x) * V; q < RU::end(ld, xw); q += k_threads * V) {
+    float rv[U];
+    RU::load(row, q, xw, rv);
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       if (t0 + m >= n) break;
-      const float* x = xpad + (t0 + m) * ld + q;
+      float xv[U];
+      detail::load_x<T>(xpad + (t0 + m) * xw, q, xv);
 #pragma unroll
-      for (int e = 0; e < V; ++e) acc[m] = fmaf(rv[e], x[e], acc[m]);
+      for (int e = 0; e < U; ++e) acc[m] = fmaf(rv[e], xv[e], acc[m]);
     }
   }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
