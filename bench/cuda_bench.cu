@@ -125,9 +125,11 @@ void BM_cuda_dense(benchmark::State& state, sf::index_t d, sf::index_t f, sf::in
 template <class P>
 void BM_cuda_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int density, sf::index_t n) {
   using T = typename P::dtype;
+  using Tio = std::conditional_t<sf::is_quantized<T>::value, sf::bfloat16_t, T>;  // q8/q4: bf16 x and y
   constexpr int G = P::block_size;
   const sf::index_t B = f / G, k = std::max<sf::index_t>(1, (B * density + 50) / 100);
-  const double model_bytes = 2.0 * double(d) * double(f) * sizeof(T);
+  // Keys and values as stored: padded rows (q8/q4: quants and scales).
+  const double model_bytes = 2.0 * double(f) * double(sf::padded_ld<T>(d)) * sizeof(T);
   const int copies = std::max(1, static_cast<int>(std::ceil(4 * g_l2_bytes / model_bytes)));
   std::vector<std::unique_ptr<sf::cuda::device_model<T>>> models;
   {
@@ -149,18 +151,18 @@ void BM_cuda_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int d
       }
     }
   }
-  std::vector<T> xh(static_cast<std::size_t>(n * d));
+  std::vector<Tio> xh(static_cast<std::size_t>(n * d));
   std::mt19937 r(2);
   std::normal_distribution<float> nd(0.0f, 1.0f);
-  for (auto& v : xh) v = sf::from_float<T>(nd(r));
+  for (auto& v : xh) v = sf::from_float<Tio>(nd(r));
   std::vector<sf::token_id_t> idh(static_cast<std::size_t>(n));
   for (sf::index_t t = 0; t < n; ++t) idh[static_cast<std::size_t>(t)] = (t * 7919) % 50000;
-  T *x, *y;
+  Tio *x, *y;
   sf::token_id_t* ids;
-  CK(cudaMalloc(&x, xh.size() * sizeof(T)));
-  CK(cudaMalloc(&y, xh.size() * sizeof(T)));
+  CK(cudaMalloc(&x, xh.size() * sizeof(Tio)));
+  CK(cudaMalloc(&y, xh.size() * sizeof(Tio)));
   CK(cudaMalloc(&ids, idh.size() * sizeof(sf::token_id_t)));
-  CK(cudaMemcpy(x, xh.data(), xh.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(x, xh.data(), xh.size() * sizeof(Tio), cudaMemcpyHostToDevice));
   CK(cudaMemcpy(ids, idh.data(), idh.size() * sizeof(sf::token_id_t), cudaMemcpyHostToDevice));
   sf::route_args a{k};
   a.token_ids = ids;
@@ -228,6 +230,8 @@ int main(int argc, char** argv) {
   register_sparse<sf::select::hash, sf::bfloat16_t>("hash", "bf16");
   register_sparse<sf::select::learned_gate, sf::bfloat16_t>("learned_gate", "bf16");
   register_sparse<sf::select::avg_k, float>("avg_k", "f32");
+  register_sparse<sf::select::avg_k, sf::q8_t>("avg_k", "q8");
+  register_sparse<sf::select::avg_k, sf::q4_t>("avg_k", "q4");
   benchmark::Initialize(&argc, argv);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
