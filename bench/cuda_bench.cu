@@ -3,13 +3,17 @@
 //   BM_cuda_copy                                           device-to-device copy: achievable bandwidth
 //   BM_cuda_dense_cublas_<dtype>/d:D/dff:F/batch:N         dense FFN: cublasGemmEx ×2 + activation
 //   BM_cuda_sparse_<selector>_<dtype>/d:D/dff:F/g:G/density:P/batch:N
-// Counters: bytes_per_second on bytes touched (sparse: selector rows + the selected blocks; dense:
-// both weight matrices), `density`. Weights rotate over enough copies to exceed 4× the L2.
+// Counters: bytes_per_second on bytes touched (sparse: the selector's rows, the keys of every block
+// the batch selected and the value rows with a nonzero activation for some token of the block —
+// the kernel skips the others — from the CPU forward's routing and pre-activations on the same
+// model and input; dense: both weight matrices), `density`, `touched_mb`. Weights rotate over enough
+// copies to exceed 4× the L2.
 // Without a GPU the binary prints a message and exits 0.
 #include <benchmark/benchmark.h>
 #include <cublas_v2.h>
 
 #include <sparse_ffn/cuda.cuh>
+#include <sparse_ffn/sparse_ffn.hpp>
 
 #include <cstdio>
 #include <memory>
@@ -122,6 +126,47 @@ void BM_cuda_dense(benchmark::State& state, sf::index_t d, sf::index_t f, sf::in
   cudaFree(x), cudaFree(h), cudaFree(y);
 }
 
+/// Bytes a sparse forward reads from device memory, from the CPU forward on the host model (the same
+/// routing as the GPU's up to float rounding of the scores): the selector's rows (linear) or every key
+/// (oracle), the keys of each block the batch selected, and each selected block's value rows whose
+/// activation is nonzero for at least one of its tokens (the value kernel skips the others).
+template <class P, class Tio>
+double touched_bytes(const sf::blocked_ffn_view<typename P::dtype>& w, sf::index_t n,
+                     const std::vector<Tio>& x, const std::vector<sf::token_id_t>& ids, sf::route_args a) {
+  using T = typename P::dtype;
+  const auto& l = w.layout;
+  const sf::index_t k = a.k, G = l.g;
+  std::vector<float> xf(x.size()), yf(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) xf[i] = sf::to_float(x[i]);
+  std::vector<sf::block_index_t> blocks(static_cast<std::size_t>(n * k));
+  std::vector<float> pre(static_cast<std::size_t>(n * k * G)), up(P::activation::gated ? pre.size() : 0);
+  a.token_ids = ids.data();
+  sf::forward_cache cache{blocks.data(), nullptr, pre.data(), up.empty() ? nullptr : up.data()};
+  sf::cpu::forward<P>(w, n, xf.data(), yf.data(), a, &cache);
+  const double row = double(l.ld) * sizeof(T);
+  double bytes = 0;
+  if (P::selector::scoring == sf::scoring_kind::linear) bytes += double(l.num_blocks) * row;
+  if (P::selector::scoring == sf::scoring_kind::dense) bytes += double(l.d_ff) * row;
+  std::vector<char> used(static_cast<std::size_t>(l.num_blocks), 0),
+      live(static_cast<std::size_t>(l.d_ff), 0);
+  for (sf::index_t e = 0; e < n * k; ++e) {
+    const auto b = blocks[static_cast<std::size_t>(e)];
+    used[static_cast<std::size_t>(b)] = 1;
+    for (sf::index_t i = 0; i < G; ++i) {
+      const std::size_t at = static_cast<std::size_t>(e * G + i);
+      if (sf::activate<typename P::activation>(pre[at], up.empty() ? 0.0f : up[at]) != 0.0f)
+        live[static_cast<std::size_t>(b * G + i)] = 1;
+    }
+  }
+  const double key_rows = P::activation::gated ? 2.0 : 1.0;  // keys (and up rows)
+  for (sf::index_t b = 0; b < l.num_blocks; ++b) {
+    if (!used[static_cast<std::size_t>(b)]) continue;
+    if (P::selector::scoring != sf::scoring_kind::dense) bytes += key_rows * double(G) * row;
+    for (sf::index_t i = 0; i < G; ++i) bytes += live[static_cast<std::size_t>(b * G + i)] ? row : 0.0;
+  }
+  return bytes;
+}
+
 template <class P>
 void BM_cuda_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int density, sf::index_t n) {
   using T = typename P::dtype;
@@ -132,6 +177,7 @@ void BM_cuda_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int d
   const double model_bytes = 2.0 * double(f) * double(sf::padded_ld<T>(d)) * sizeof(T);
   const int copies = std::max(1, static_cast<int>(std::ceil(4 * g_l2_bytes / model_bytes)));
   std::vector<std::unique_ptr<sf::cuda::device_model<T>>> models;
+  sf::blocked_ffn<T> host;
   {
     sf::dense_ffn<float> dense(d, f, false, true);
     std::mt19937 r(1);
@@ -142,7 +188,7 @@ void BM_cuda_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int d
     std::vector<float> gate(static_cast<std::size_t>(B * d));
     for (auto& v : gate) v = nd(r) / std::sqrt(float(d));
     po.gate_w = gate.data();
-    const auto host = sf::pack<T>(dense.view(), po);
+    host = sf::pack<T>(dense.view(), po);
     for (int c = 0; c < copies; ++c) {
       models.emplace_back(new sf::cuda::device_model<T>());
       if (!models.back()->upload(host)) {
@@ -165,8 +211,9 @@ void BM_cuda_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int d
   CK(cudaMemcpy(x, xh.data(), xh.size() * sizeof(Tio), cudaMemcpyHostToDevice));
   CK(cudaMemcpy(ids, idh.data(), idh.size() * sizeof(sf::token_id_t), cudaMemcpyHostToDevice));
   sf::route_args a{k};
-  a.token_ids = ids;
   a.vocab_size = 50000;
+  const double bytes_read = touched_bytes<P>(host.view(), n, xh, idh, a);
+  a.token_ids = ids;
   std::size_t bytes = 0;
   auto res = sf::cuda::forward<P>(nullptr, bytes, models[0]->view(), n, x, y, a);
   if (!res) {
@@ -187,9 +234,9 @@ void BM_cuda_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int d
       break;
     }
   }
-  const double touched = 1.0 - std::pow(1.0 - double(k) / double(B), double(n));  // random tokens
-  state.SetBytesProcessed(static_cast<std::int64_t>(double(state.iterations()) * touched * model_bytes));
+  state.SetBytesProcessed(static_cast<std::int64_t>(double(state.iterations()) * bytes_read));
   state.counters["density"] = double(k) / double(B);
+  state.counters["touched_mb"] = bytes_read / 1e6;
   cudaFree(ws), cudaFree(x), cudaFree(y), cudaFree(ids);
 }
 
