@@ -102,3 +102,42 @@ TEST_CASE("topk_sort_key orders pairs exactly as ranks_before (GPU radix-sort to
               want[static_cast<std::size_t>(j)]);
   }
 }
+
+TEST_CASE("bitonic_step's network (the GPU's one-kernel top-k) sorts like std::sort and gives topk's blocks",
+          "[topk]") {
+  auto r = test::rng(17);
+  for (sfx::index_t B : {1, 2, 3, 5, 17, 64, 100, 256, 1000, 4096}) {
+    const sfx::index_t width = sfx::bitonic_width(B);
+    REQUIRE(width >= B);
+    REQUIRE(width < 2 * B + 1);
+    REQUIRE((width & (width - 1)) == 0);
+    for (sfx::index_t pinned : {sfx::index_t{0}, std::min<sfx::index_t>(3, B)}) {
+      INFO("B " << B << " pinned " << pinned);
+      // Ties, NaN and ±Inf among the scores; padding keys (all ones) sort last, as in the kernel.
+      std::vector<float> s(static_cast<std::size_t>(B)), ranked(s.size());
+      for (auto& v : s) {
+        const auto u = r() % 40;
+        v = u == 0   ? std::numeric_limits<float>::quiet_NaN()
+            : u == 1 ? std::numeric_limits<float>::infinity()
+            : u == 2 ? -std::numeric_limits<float>::infinity()
+                     : static_cast<float>(r() % 7);
+      }
+      std::vector<std::uint64_t> keys(static_cast<std::size_t>(width), ~std::uint64_t{0});
+      for (sfx::index_t b = 0; b < B; ++b) {
+        ranked[static_cast<std::size_t>(b)] = sfx::ranking_score(s[static_cast<std::size_t>(b)], b, pinned);
+        keys[static_cast<std::size_t>(b)] = sfx::topk_sort_key(ranked[static_cast<std::size_t>(b)], b);
+      }
+      std::vector<std::uint64_t> sorted(keys);
+      std::sort(sorted.begin(), sorted.end());
+      sfx::bitonic_sort(keys.data(), width);
+      REQUIRE(keys == sorted);
+      std::vector<sfx::block_index_t> want(static_cast<std::size_t>(B)), scratch(static_cast<std::size_t>(B));
+      for (sfx::index_t k : {sfx::index_t{1}, (B + 1) / 2, B}) {
+        sfx::topk(ranked.data(), B, k, want.data(), scratch.data());
+        for (sfx::index_t j = 0; j < k; ++j)
+          REQUIRE(static_cast<sfx::block_index_t>(keys[static_cast<std::size_t>(j)] & 0xffffffffu) ==
+                  want[static_cast<std::size_t>(j)]);
+      }
+    }
+  }
+}

@@ -145,12 +145,14 @@ buffers plan(unsigned char* base, const block_layout& l, index_t n, index_t k, b
     sparse_ffn::detail::require(nB < 0x7fffffff, status::size_overflow, "n × B (", nB,
                                 ") must be < 2^31 for the GPU top-k");
     b.scores = static_cast<float*>(take(static_cast<std::size_t>(nB) * 4));
-    b.keys_in = static_cast<std::uint64_t*>(take(static_cast<std::size_t>(nB) * 8));
-    b.keys_out = static_cast<std::uint64_t*>(take(static_cast<std::size_t>(nB) * 8));
-    b.seg = static_cast<int*>(take(static_cast<std::size_t>(n + 1) * 4));
-    cub::DeviceSegmentedRadixSort::SortKeys(nullptr, b.sort_bytes, b.keys_in, b.keys_out,
-                                            static_cast<int>(nB), static_cast<int>(n), b.seg, b.seg + 1);
-    b.sort_temp = take(b.sort_bytes);
+    if (B > kernels::k_topk_block_max) {  // the radix-sort top-k (else topk_block needs nothing more)
+      b.keys_in = static_cast<std::uint64_t*>(take(static_cast<std::size_t>(nB) * 8));
+      b.keys_out = static_cast<std::uint64_t*>(take(static_cast<std::size_t>(nB) * 8));
+      b.seg = static_cast<int*>(take(static_cast<std::size_t>(n + 1) * 4));
+      cub::DeviceSegmentedRadixSort::SortKeys(nullptr, b.sort_bytes, b.keys_in, b.keys_out,
+                                              static_cast<int>(nB), static_cast<int>(n), b.seg, b.seg + 1);
+      b.sort_temp = take(b.sort_bytes);
+    }
     if (Sel::scoring == scoring_kind::dense) {
       const index_t cells = sparse_ffn::detail::checked_elements<float>(nB, G, "dense activations");
       b.pre_all = static_cast<float*>(take(floats(cells)));
@@ -221,7 +223,7 @@ constexpr int key_chunks() {
 /// the workspace-size query and from the run, never an exception after launches have started.
 struct grids {
   dim3 scores{1, 1, 1};
-  unsigned dense_keys = 1, gate = 1, batched_keys = 1, keys = 1, values = 1;
+  unsigned dense_keys = 1, gate = 1, topk = 1, batched_keys = 1, keys = 1, values = 1;
 };
 
 template <class Policy>
@@ -241,6 +243,8 @@ grids plan_grids(const block_layout& l, index_t n, index_t k, const buffers& b, 
       g.dense_keys =
           grid_for(checked_mul(checked_mul(n, B, "dense keys"), chunks, "dense keys"), "dense keys");
     }
+    if constexpr (Sel::scoring != scoring_kind::token)
+      if (B <= kernels::k_topk_block_max) g.topk = grid_for(n, "top-k");
     if constexpr (Sel::weighted) g.gate = grid_for(n, "gate weights");
   }
   if (compute) {
@@ -290,15 +294,20 @@ result launch(const buffers& b, const grids& gr, const blocked_ffn_view<typename
       kernels::dense_scores<Act, G>
           <<<elementwise_grid(n * B), threads, 0, s>>>(b.pre_all, b.up_all, n, B, b.scores);
     }
-    kernels::sort_keys<<<elementwise_grid(n * B + 1), threads, 0, s>>>(b.scores, n, B, l.pinned, b.keys_in,
-                                                                       b.seg);
-    std::size_t bytes = b.sort_bytes;
-    e = cub::DeviceSegmentedRadixSort::SortKeys(b.sort_temp, bytes, b.keys_in, b.keys_out,
-                                                static_cast<int>(n * B), static_cast<int>(n), b.seg,
-                                                b.seg + 1, 0, 64, s);
-    if (e != cudaSuccess) return from_cuda(e);
-    kernels::take_topk<<<elementwise_grid(n * k), threads, 0, s>>>(b.keys_out, n, B, k, b.blocks, b.weights,
-                                                                   !Sel::weighted);
+    if (B <= kernels::k_topk_block_max) {
+      kernels::topk_block<<<gr.topk, threads, 0, s>>>(b.scores, n, B, k, l.pinned, b.blocks, b.weights,
+                                                      !Sel::weighted);
+    } else {
+      kernels::sort_keys<<<elementwise_grid(n * B + 1), threads, 0, s>>>(b.scores, n, B, l.pinned, b.keys_in,
+                                                                         b.seg);
+      std::size_t bytes = b.sort_bytes;
+      e = cub::DeviceSegmentedRadixSort::SortKeys(b.sort_temp, bytes, b.keys_in, b.keys_out,
+                                                  static_cast<int>(n * B), static_cast<int>(n), b.seg,
+                                                  b.seg + 1, 0, 64, s);
+      if (e != cudaSuccess) return from_cuda(e);
+      kernels::take_topk<<<elementwise_grid(n * k), threads, 0, s>>>(b.keys_out, n, B, k, b.blocks, b.weights,
+                                                                     !Sel::weighted);
+    }
     if constexpr (Sel::weighted)
       kernels::gate_weights<<<gr.gate, threads, 0, s>>>(b.scores, b.blocks, B, k, l.pinned, args->renormalize,
                                                         b.weights);

@@ -6,8 +6,9 @@
 //                                 scores[t][b] = Σ_i neuron_score(act(pre, up))
 //   token (hash)                  blocks[t][j] = Sel::block(token_key(id_t, seed), j, B), one thread each
 // Top-k: every score becomes topk_sort_key(score, b) (the CPU's exact order: higher first, ties to the
-// lower index, NaN last), CUB's segmented radix sort orders each token's B keys, and the first k
-// give the blocks. Weights: 1, or the learned gate's softmax (one thread block per token).
+// lower index, NaN last); for B <= k_topk_block_max one thread block per token sorts them in shared
+// memory (topk_block, bitonic), else CUB's segmented radix sort orders each token's B keys; the
+// first k give the blocks. Weights: 1, or the learned gate's softmax (one thread block per token).
 #pragma once
 
 #include <cub/device/device_segmented_radix_sort.cuh>
@@ -77,6 +78,36 @@ __global__ void sort_keys(const float* __restrict__ scores, index_t n, index_t B
   SPARSE_FFN_GRID_STRIDE(e, n * B > n + 1 ? n * B : n + 1) {
     if (e < n * B) keys[e] = topk_sort_key(ranking_score(scores[e], e % B, pinned), e % B);
     if (e <= n) offsets[e] = static_cast<int>(e * B);
+  }
+}
+
+/// Up to this many blocks, top-k runs in one kernel (topk_block: 32 KiB of keys in shared memory);
+/// above it, sort_keys + CUB's segmented radix sort + take_topk.
+inline constexpr index_t k_topk_block_max = 4096;
+
+/// Top-k of one token's B scores per thread block: the keys of sort_keys (topk_sort_key of the
+/// ranking score; padding keys of all ones sort last) in shared memory, an ascending bitonic sort
+/// (bitonic_step, shared with the host and tested there against std::sort and topk), the first k —
+/// the same blocks in the same order as the radix-sort path and the CPU. Weights for unweighted
+/// selectors. One launch instead of 13 (sort_keys, CUB's segmented sort, take_topk).
+__global__ void __launch_bounds__(k_threads)
+    topk_block(const float* __restrict__ scores, index_t n, index_t B, index_t k, index_t pinned,
+               block_index_t* __restrict__ blocks, float* __restrict__ weights, bool unit_weights) {
+  __shared__ std::uint64_t keys[k_topk_block_max];
+  const index_t t = blockIdx.x;
+  if (t >= n) return;
+  const index_t width = bitonic_width(B);
+  for (index_t e = threadIdx.x; e < width; e += k_threads)
+    keys[e] = e < B ? topk_sort_key(ranking_score(scores[t * B + e], e, pinned), e) : ~std::uint64_t{0};
+  __syncthreads();
+  for (index_t size = 2; size <= width; size <<= 1)
+    for (index_t stride = size >> 1; stride > 0; stride >>= 1) {
+      for (index_t i = threadIdx.x; i < width; i += k_threads) bitonic_step(keys, i, size, stride);
+      __syncthreads();
+    }
+  for (index_t j = threadIdx.x; j < k; j += k_threads) {
+    blocks[t * k + j] = static_cast<block_index_t>(keys[j] & 0xffffffffu);
+    if (unit_weights) weights[t * k + j] = 1.0f;
   }
 }
 

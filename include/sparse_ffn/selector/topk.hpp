@@ -39,6 +39,37 @@ SPARSE_FFN_HD std::uint64_t topk_sort_key(float score, index_t index) {
   return (static_cast<std::uint64_t>(0xffffffffu - ordered) << 32) | static_cast<std::uint32_t>(index);
 }
 
+/// Smallest power of two >= B (>= 1): the width of the bitonic sort below.
+SPARSE_FFN_HD index_t bitonic_width(index_t B) {
+  index_t w = 1;
+  while (w < B) w <<= 1;
+  return w;
+}
+
+/// One compare-exchange of an ascending bitonic sort of a power-of-two number of keys: element i and
+/// element i ^ stride, inside bitonic sequences of length `size` (ascending where i & size is 0). A
+/// full sort runs, for size = 2, 4, …, width and stride = size/2, …, 1, this step for every i < width;
+/// the pairs of one (size, stride) are disjoint and each is handled by its lower index only, so a GPU
+/// thread block runs a step's i in parallel with a barrier between steps (the one-kernel top-k in
+/// cuda/route.cuh) and bitonic_sort runs them in order on the host (tested against std::sort).
+SPARSE_FFN_HD void bitonic_step(std::uint64_t* keys, index_t i, index_t size, index_t stride) {
+  const index_t j = i ^ stride;
+  if (j <= i) return;
+  const std::uint64_t a = keys[i], b = keys[j];
+  if ((a > b) == ((i & size) == 0)) {
+    keys[i] = b;
+    keys[j] = a;
+  }
+}
+
+/// Ascending bitonic sort of keys[0, width), width a power of two, on the host (the network of
+/// bitonic_step in its order).
+inline void bitonic_sort(std::uint64_t* keys, index_t width) {
+  for (index_t size = 2; size <= width; size <<= 1)
+    for (index_t stride = size >> 1; stride > 0; stride >>= 1)
+      for (index_t i = 0; i < width; ++i) bitonic_step(keys, i, size, stride);
+}
+
 /// Inserts (score, index) into the sorted list out_score/out_index of length `len` (capacity k).
 /// Returns the new length. O(k) per call; used by per-thread top-k on host and device.
 SPARSE_FFN_HD index_t topk_insert(float score, index_t index, float* out_score, block_index_t* out_index,
