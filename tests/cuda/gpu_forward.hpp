@@ -25,13 +25,20 @@ struct dbuf {
   void to_host(T* h) const { GPU_REQUIRE(cudaMemcpy(h, p, n * sizeof(T), cudaMemcpyDeviceToHost)); }
 };
 
+/// num_blocks > 0 overrides the random shape's B (k ≤ 9): above kernels::k_topk_block_max it takes the
+/// radix-sort top-k instead of the one-kernel one.
 template <class P, class Tio>
-void check_policy_gpu(std::uint64_t salt) {
+void check_policy_gpu(std::uint64_t salt, sfx::index_t num_blocks = 0) {
   using T = typename P::dtype;
   auto r = test::rng(salt);
   for (sfx::index_t n : {1, 3, 64, 1000}) {
-    test::case_data<T, Tio> c(r, test::random_shape(r, n, P::block_size), P::block_size, P::selector::kind,
-                              P::activation::kind);
+    auto shape = test::random_shape(r, n, P::block_size);
+    if (num_blocks > 0) {
+      shape.num_blocks = num_blocks;
+      shape.k = std::min<sfx::index_t>(shape.k, 9);
+      shape.pinned = std::min(shape.pinned, shape.k);
+    }
+    test::case_data<T, Tio> c(r, shape, P::block_size, P::selector::kind, P::activation::kind);
     // The batched (tensor-core) key pass rounds X to T: make X exactly representable so the float64
     // reference sees the same inputs.
     if constexpr (!sfx::is_quantized<T>::value)
@@ -99,6 +106,9 @@ void check_selector_gpu() {
   // q8/q4 weights (decode kernels at every n, dequantised in registers; X stays float).
   check_policy_gpu<sfx::policy<64, Sel, sfx::q8_t, sfx::act::silu>, float>(++salt);
   check_policy_gpu<sfx::policy<32, Sel, sfx::q4_t, sfx::act::swiglu>, sfx::bfloat16_t>(++salt);
+  // More blocks than the one-kernel top-k takes: the radix-sort path.
+  check_policy_gpu<sfx::policy<1, Sel, float, sfx::act::relu>, float>(
+      ++salt, sfx::cuda::kernels::k_topk_block_max + 903);
 }
 
 }  // namespace gpu
