@@ -7,6 +7,8 @@
 
 #include <sparse_ffn/sparse_ffn.hpp>
 
+#include "bytes_touched.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -172,42 +174,6 @@ inline std::vector<float> random_x(sf::index_t n, sf::index_t d, std::uint64_t s
 
 // ---- sparse ---------------------------------------------------------------------------------------
 
-/// Bytes a forward reads from memory: selector rows (linear) or all keys (oracle), the keys of the
-/// blocks the batch selected, and the value rows with a nonzero activation for some token of the block
-/// (the kernel skips the others).
-template <class P>
-double bytes_touched(const sf::blocked_ffn_view<typename P::dtype>& w, sf::index_t n, sf::index_t k,
-                     const std::vector<sf::block_index_t>& blocks, const std::vector<float>& pre,
-                     double* touched_frac) {
-  using T = typename P::dtype;
-  const auto& l = w.layout;
-  const double row = double(l.ld) * sizeof(T);
-  double bytes = 0;
-  if (P::selector::scoring == sf::scoring_kind::linear) bytes += double(l.num_blocks) * row;
-  if (P::selector::scoring == sf::scoring_kind::dense) bytes += double(l.d_ff) * row;
-  std::vector<char> used(static_cast<std::size_t>(l.num_blocks), 0),
-      row_used(static_cast<std::size_t>(l.d_ff), 0);
-  for (sf::index_t t = 0; t < n; ++t)
-    for (sf::index_t j = 0; j < k; ++j) {
-      const auto b = blocks[static_cast<std::size_t>(t * k + j)];
-      used[static_cast<std::size_t>(b)] = 1;
-      for (sf::index_t i = 0; i < l.g; ++i)
-        if (sf::activate<typename P::activation>(pre[static_cast<std::size_t>((t * k + j) * l.g + i)],
-                                                 0.0f) != 0.0f)
-          row_used[static_cast<std::size_t>(b * l.g + i)] = 1;
-    }
-  double nb = 0;
-  for (sf::index_t b = 0; b < l.num_blocks; ++b)
-    if (used[static_cast<std::size_t>(b)]) {
-      nb += 1;
-      if (P::selector::scoring != sf::scoring_kind::dense) bytes += double(l.g) * row;  // keys
-      for (sf::index_t i = 0; i < l.g; ++i)
-        bytes += row_used[static_cast<std::size_t>(b * l.g + i)] ? row : 0.0;
-    }
-  *touched_frac = nb / double(l.num_blocks);
-  return bytes;
-}
-
 template <class P>
 void BM_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int density, sf::index_t n) {
   using T = typename P::dtype;
@@ -236,7 +202,7 @@ void BM_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int densit
   for (const auto& x : xs) {
     sf::cpu::forward<P>(models->copies[0].view(), n, x.data(), y.data(), args, &cache, &ws);
     double t = 0;
-    bytes += bytes_touched<P>(models->copies[0].view(), n, k, blocks, pre, &t) / k_x_variants;
+    bytes += bytes_touched<P>(models->copies[0].view(), n, k, blocks, pre, {}, &t) / k_x_variants;
     touched += t / k_x_variants;
   }
 

@@ -15,6 +15,8 @@
 #include <sparse_ffn/cuda.cuh>
 #include <sparse_ffn/sparse_ffn.hpp>
 
+#include "bytes_touched.hpp"
+
 #include <cstdio>
 #include <memory>
 #include <random>
@@ -126,16 +128,13 @@ void BM_cuda_dense(benchmark::State& state, sf::index_t d, sf::index_t f, sf::in
   cudaFree(x), cudaFree(h), cudaFree(y);
 }
 
-/// Bytes a sparse forward reads from device memory, from the CPU forward on the host model (the same
-/// routing as the GPU's up to float rounding of the scores): the selector's rows (linear) or every key
-/// (oracle), the keys of each block the batch selected, and each selected block's value rows whose
-/// activation is nonzero for at least one of its tokens (the value kernel skips the others).
+/// Bytes a sparse forward reads from device memory (bench::bytes_touched), from the CPU forward's
+/// routing and pre-activations on the host model and the same input (the GPU's routing up to float
+/// rounding of the scores).
 template <class P, class Tio>
 double touched_bytes(const sf::blocked_ffn_view<typename P::dtype>& w, sf::index_t n,
                      const std::vector<Tio>& x, const std::vector<sf::token_id_t>& ids, sf::route_args a) {
-  using T = typename P::dtype;
-  const auto& l = w.layout;
-  const sf::index_t k = a.k, G = l.g;
+  const sf::index_t k = a.k, G = w.layout.g;
   std::vector<float> xf(x.size()), yf(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) xf[i] = sf::to_float(x[i]);
   std::vector<sf::block_index_t> blocks(static_cast<std::size_t>(n * k));
@@ -143,28 +142,8 @@ double touched_bytes(const sf::blocked_ffn_view<typename P::dtype>& w, sf::index
   a.token_ids = ids.data();
   sf::forward_cache cache{blocks.data(), nullptr, pre.data(), up.empty() ? nullptr : up.data()};
   sf::cpu::forward<P>(w, n, xf.data(), yf.data(), a, &cache);
-  const double row = double(l.ld) * sizeof(T);
-  double bytes = 0;
-  if (P::selector::scoring == sf::scoring_kind::linear) bytes += double(l.num_blocks) * row;
-  if (P::selector::scoring == sf::scoring_kind::dense) bytes += double(l.d_ff) * row;
-  std::vector<char> used(static_cast<std::size_t>(l.num_blocks), 0),
-      live(static_cast<std::size_t>(l.d_ff), 0);
-  for (sf::index_t e = 0; e < n * k; ++e) {
-    const auto b = blocks[static_cast<std::size_t>(e)];
-    used[static_cast<std::size_t>(b)] = 1;
-    for (sf::index_t i = 0; i < G; ++i) {
-      const std::size_t at = static_cast<std::size_t>(e * G + i);
-      if (sf::activate<typename P::activation>(pre[at], up.empty() ? 0.0f : up[at]) != 0.0f)
-        live[static_cast<std::size_t>(b * G + i)] = 1;
-    }
-  }
-  const double key_rows = P::activation::gated ? 2.0 : 1.0;  // keys (and up rows)
-  for (sf::index_t b = 0; b < l.num_blocks; ++b) {
-    if (!used[static_cast<std::size_t>(b)]) continue;
-    if (P::selector::scoring != sf::scoring_kind::dense) bytes += key_rows * double(G) * row;
-    for (sf::index_t i = 0; i < G; ++i) bytes += live[static_cast<std::size_t>(b * G + i)] ? row : 0.0;
-  }
-  return bytes;
+  double frac = 0;
+  return bench::bytes_touched<P>(w, n, k, blocks, pre, up, &frac);
 }
 
 template <class P>
