@@ -6,6 +6,9 @@
 // share the same math; `activate<Act>(a, u)` calls either form.
 //
 // NaN in, NaN out for every activation (relu(NaN) is NaN, not 0); see docs/api.md "NaN and Inf".
+//
+// Each plain activation also has `grad(a)` = d act / d a (the backward pass, cpu/backward.hpp);
+// `activation_backward<Act>(a, u, dh, da, du)` applies the chain rule for either form. relu'(0) = 0.
 #pragma once
 
 #include <cmath>
@@ -37,6 +40,8 @@ struct relu {
   static constexpr bool gated = false;
   static constexpr const char* name = "relu";
   SPARSE_FFN_HD static float apply(float a) { return a < 0.0f ? 0.0f : a; }
+  /// 1 for a > 0, 0 for a <= 0, NaN for NaN.
+  SPARSE_FFN_HD static float grad(float a) { return a > 0.0f ? 1.0f : (a <= 0.0f ? 0.0f : a); }
 };
 
 /// GELU, exact form: a/2 * (1 + erf(a/sqrt 2)) (PyTorch `gelu`, approximate='none').
@@ -46,6 +51,11 @@ struct gelu_erf {
   static constexpr const char* name = "gelu_erf";
   SPARSE_FFN_HD static float apply(float a) {
     return 0.5f * a * (1.0f + detail::erf_f(a * 0.70710678118654752f));
+  }
+  /// Φ(a) + a·φ(a).
+  SPARSE_FFN_HD static float grad(float a) {
+    return 0.5f * (1.0f + detail::erf_f(a * 0.70710678118654752f)) +
+           a * 0.39894228040143268f * detail::exp_f(-0.5f * a * a);
   }
 };
 
@@ -58,6 +68,11 @@ struct gelu_tanh {
     const float inner = 0.79788456080286536f * (a + 0.044715f * a * a * a);
     return 0.5f * a * (1.0f + detail::tanh_f(inner));
   }
+  /// 0.5(1 + t) + 0.5·a·(1 − t²)·c·(1 + 3·0.044715·a²), t = tanh(c·(a + 0.044715·a³)).
+  SPARSE_FFN_HD static float grad(float a) {
+    const float t = detail::tanh_f(0.79788456080286536f * (a + 0.044715f * a * a * a));
+    return 0.5f * (1.0f + t) + 0.5f * a * (1.0f - t * t) * 0.79788456080286536f * (1.0f + 0.134145f * a * a);
+  }
 };
 
 /// SiLU / swish: a * sigmoid(a).
@@ -66,6 +81,11 @@ struct silu {
   static constexpr bool gated = false;
   static constexpr const char* name = "silu";
   SPARSE_FFN_HD static float apply(float a) { return a / (1.0f + detail::exp_f(-a)); }
+  /// σ(a)·(1 + a·(1 − σ(a))).
+  SPARSE_FFN_HD static float grad(float a) {
+    const float s = 1.0f / (1.0f + detail::exp_f(-a));
+    return s * (1.0f + a * (1.0f - s));
+  }
 };
 
 /// Gated linear unit over an inner activation: h = Inner(a) * u.
@@ -105,6 +125,20 @@ SPARSE_FFN_HD float activate(float a, float u) {
   } else {
     (void)u;
     return Act::apply(a);
+  }
+}
+
+/// Chain rule through h = act(a) (plain) or h = inner(a)·u (gated), given dh = dL/dh: da = dL/da and,
+/// gated, du = dL/du (left unchanged for plain activations).
+template <class Act>
+SPARSE_FFN_HD void activation_backward(float a, float u, float dh, float& da, float& du) {
+  if constexpr (Act::gated) {
+    da = dh * u * Act::inner::grad(a);
+    du = dh * Act::inner::apply(a);
+  } else {
+    (void)u;
+    (void)du;
+    da = dh * Act::grad(a);
   }
 }
 

@@ -4,11 +4,13 @@
 
 #include "activation.hpp"
 #include "config.hpp"
+#include "cpu/backward.hpp"
 #include "cpu/dense.hpp"
 #include "cpu/forward.hpp"
 #include "cpu/workspace.hpp"
 #include "dispatch.hpp"
 #include "error.hpp"
+#include "grads.hpp"
 #include "layout.hpp"
 #include "pack.hpp"
 #include "policy.hpp"

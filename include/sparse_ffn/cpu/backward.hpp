@@ -1,0 +1,549 @@
+// sparse_ffn — the CPU backward pass of the sparse FFN (training).
+//
+//   cpu::backward<P>(model, n, x, dy, cache, dx, grads, args[, ws])
+//
+// Given dY [n × d_model] and what the forward kept (forward_cache: the routing table, the block weights
+// and the pre-activations of the selected neurons — and the up projections, gated), computes
+//   dX    [n × d_model] (null = not computed),
+//   the weight gradients of the selected blocks in the blocked layout (grads.hpp): dW1, dW3 (gated),
+//   dW2, db1, db3, db2; the learned gate's dWg, dbg; and dL/d(block weight) of every routing slot.
+// For one token t, slot j (block b, weight w_j) and neuron i of b (a = pre-activation, u = up):
+//   s_i = v_i·dy_t,  dh_i = w_j s_i,  da_i, du_i = activation_backward(a_i, u_i, dh_i),
+//   dV_i += w_j h_i dy_t,  dK_i += da_i x_t,  dU_i += du_i x_t,  db1_i += da_i,  db3_i += du_i,
+//   dx_t += da_i k_i + du_i u_i,  dw_j = Σ_i h_i s_i,  db2 += dy_t.
+//
+// Routers. The selection itself is not differentiable and is held fixed (straight-through, as Switch
+// and GShard do). Only the learned gate has parameters and non-unit weights: its gradient flows from
+// dw_j through the softmax over the routed blocks [P, B) (renormalize = false: every routed logit gets a
+// gradient; true: only the selected ones, through the softmax over the top-k) into dWg, dbg and dX; the
+// logits are recomputed from x with the forward's kernels. Avg-K, hash and oracle have unit weights,
+// so the loss does not depend on their scores wherever the selection is fixed: they get no router
+// gradient (Avg-K's centroids are a function of the keys, and the exact gradient through them is zero
+// almost everywhere; an estimator such as straight-through on the scores is a training-recipe choice
+// the caller can add from grads.route_weights).
+//
+// Phases (one OpenMP region): inputs padded to float (and bf16 where the kernels round to it, as the
+// forward); (token, slot) pairs grouped by block; per block (one thread each, so each block's
+// gradients are owned): S = dY_b V_bᵀ with the forward's key kernel, then da/du, then dV, dK, dU by
+// the value kernel with the block's tokens as the rows it streams; dX parallel over column ranges,
+// blocks ascending (the forward's value pass with the keys as rows); the learned gate last. Every
+// float is computed by one thread in a fixed order: bit-identical across runs and thread counts, for
+// a given ISA. No allocation with a workspace that has seen the size before.
+//
+// accumulate = false overwrites every gradient buffer given (blocks no token chose get exactly zero);
+// true adds into them, and blocks no token chose are not touched. Weights must be float, half or bf16
+// (q8/q4 models are inference formats: train in float/bf16 and quantise with pack).
+#pragma once
+
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
+#include "../activation.hpp"
+#include "../grads.hpp"
+#include "../layout.hpp"
+#include "../policy.hpp"
+#include "../routing.hpp"
+#include "checks.hpp"
+#include "fast.hpp"
+#include "isa.hpp"
+#include "kernels/kernels.hpp"
+#include "workspace.hpp"
+
+SPARSE_FFN_SIMD_WARNINGS_OFF
+
+namespace sparse_ffn {
+namespace cpu {
+
+/// Arguments of the backward pass.
+struct backward_args {
+  index_t k = 0;             ///< the forward's k (the width of the cached routing table)
+  bool renormalize = false;  ///< learned_gate: as in the forward's route_args
+  bool accumulate = false;   ///< add into the gradient buffers (beta = 1) instead of overwriting them
+};
+
+namespace detail {
+
+/// Per-thread scratch of the backward.
+struct bwd_thread {
+  const float** xs;       // n token pointers (dY or X rows)
+  const bfloat16_t** xb;  // n token pointers (bf16 copies, when the kernels read them)
+  float* spill;           // n × key_r vectors
+  float* dots;            // n × key_r dot products
+  float* coef;            // k_bwd_rows × n coefficients indexed by token
+  std::int32_t* rows;     // max(n, G, B) row or token indices
+  float* gscr;            // k_bwd_rows × len gradient rows being accumulated
+  float** ys;             // k_bwd_rows output rows
+  const float** sp;       // k_bwd_rows coefficient rows
+};
+
+/// Largest rows_m of any ISA (tile_shape), for scratch sizing.
+inline constexpr index_t k_bwd_rows = 8;
+
+struct bwd_buffers {
+  float* xpad = nullptr;               // n × len
+  float* dypad = nullptr;              // n × len
+  bfloat16_t* x16 = nullptr;           // n × len (bf16_x: learned gate logits)
+  bfloat16_t* dy16 = nullptr;          // n × len (bf16_x)
+  float* dxacc = nullptr;              // n × len
+  float* da = nullptr;                 // n × k × g
+  float* du = nullptr;                 // n × k × g (gated)
+  float* dw = nullptr;                 // n × k
+  index_t* offsets = nullptr;          // B + 1
+  index_t* cursor = nullptr;           // B
+  std::int32_t* entries = nullptr;     // 2 × n × k (token, slot) pairs grouped by block
+  std::int32_t* all_tokens = nullptr;  // n: 0, 1, ..., n - 1
+  float* logits = nullptr;             // n × B (learned gate)
+  float* dlog = nullptr;               // n × B
+  float* dlogT = nullptr;              // B × n
+  std::vector<bwd_thread> per_thread;
+};
+
+template <bool Gate, bool Gated>
+bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, index_t n, index_t k,
+                          int threads, bool bf16_x) {
+  constexpr index_t KR = kernels::k_max_key_r, W = kernels::k_max_width;
+  auto mul = [](index_t x, index_t y) { return sparse_ffn::detail::checked_mul(x, y, "workspace"); };
+  const index_t B = l.num_blocks, g = l.g, nk = mul(n, k);
+  bwd_buffers f;
+  f.xpad = a.take<float>(mul(n, len));
+  f.dypad = a.take<float>(mul(n, len));
+  if (bf16_x) {
+    f.dy16 = a.take<bfloat16_t>(mul(n, len));
+    if (Gate) f.x16 = a.take<bfloat16_t>(mul(n, len));
+  }
+  f.dxacc = a.take<float>(mul(n, len));
+  f.da = a.take<float>(mul(nk, g));
+  if (Gated) f.du = a.take<float>(mul(nk, g));
+  f.dw = a.take<float>(nk);
+  f.offsets = a.take<index_t>(B + 1);
+  f.cursor = a.take<index_t>(B);
+  f.entries = a.take<std::int32_t>(mul(2, nk));
+  f.all_tokens = a.take<std::int32_t>(n);
+  if (Gate) {
+    f.logits = a.take<float>(mul(n, B));
+    f.dlog = a.take<float>(mul(n, B));
+    f.dlogT = a.take<float>(mul(n, B));
+  }
+  f.per_thread.resize(static_cast<std::size_t>(threads));
+  for (auto& t : f.per_thread) {
+    t.xs = a.take<const float*>(n);
+    t.xb = a.take<const bfloat16_t*>(n);
+    t.spill = a.take<float>(mul(mul(n, KR), W));
+    t.dots = a.take<float>(mul(n, KR));
+    t.coef = a.take<float>(mul(k_bwd_rows, n));
+    t.rows = a.take<std::int32_t>(std::max(n, std::max(g, B)));
+    t.gscr = a.take<float>(mul(k_bwd_rows, len));
+    t.ys = a.take<float*>(k_bwd_rows);
+    t.sp = a.take<const float*>(k_bwd_rows);
+  }
+  return f;
+}
+
+/// out[r][c] += Σ over the listed tokens t of coef_r[t] · src_t[c] for r < m rows (ts.sp[r]: coef_r,
+/// indexed by token) and c < gcols: the float value kernel with the tokens as the rows it streams and
+/// m scratch rows as its accumulators, which are then added to out (so accumulating into a buffer adds
+/// exactly the gradient an overwrite computes). Tokens tok[q * stride], q < ntok, ascending; those
+/// with a zero coefficient in every row are left out.
+inline void add_outer(const kernels::kernel_ops<float>& opsf, const bwd_thread& ts, float* const* out,
+                      index_t m, const std::int32_t* tok, index_t stride, index_t ntok, const float* src,
+                      index_t len, index_t gcols) {
+  index_t nr = 0;
+  for (index_t q = 0; q < ntok; ++q) {
+    const std::int32_t t = tok[q * stride];
+    bool any = false;
+    for (index_t r = 0; r < m; ++r) any |= ts.sp[r][t] != 0.0f;
+    if (any) ts.rows[nr++] = t;
+  }
+  if (nr == 0) return;
+  for (index_t r = 0; r < m; ++r) {
+    ts.ys[r] = ts.gscr + r * len;
+    std::fill(ts.ys[r], ts.ys[r] + gcols, 0.0f);
+  }
+  opsf.apply_rows(ts.ys, ts.sp, m, ts.rows, nr, src, len, len, 0, gcols);
+  for (index_t r = 0; r < m; ++r)
+    for (index_t c = 0; c < gcols; ++c) out[r][c] += ts.ys[r][c];
+}
+
+template <class Policy, class Tx, class Tdy, class Tdx>
+void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, const Tdy* dy,
+                  const forward_cache& cache, Tdx* dx, const ffn_grads_view& gr, const backward_args& args,
+                  workspace& ws) {
+  using T = typename Policy::dtype;
+  using Sel = typename Policy::selector;
+  using Act = typename Policy::activation;
+  constexpr int G = Policy::block_size;
+  constexpr bool Gate = std::is_same<Sel, select::learned_gate>::value;
+  const block_layout& l = w.layout;
+  const index_t k = args.k, d = l.d_model, ld = l.ld, B = l.num_blocks, P = l.pinned;
+  const index_t len = sparse_ffn::detail::round_up(d, 64 / static_cast<index_t>(sizeof(T)));
+  const index_t gcols = sparse_ffn::detail::round_up(d, 16), gld = gr.layout.ld;
+  const bool acc = args.accumulate;
+  const int threads = max_threads();
+  const kernels::kernel_ops<T>& ops = kernels::ops_for<T>(active_isa());
+  const kernels::kernel_ops<float>& opsf = kernels::ops_for<float>(active_isa());
+  const index_t KR = ops.key_r, RMf = opsf.rows_m, RM = ops.rows_m;
+  const bool gate_grads = Gate && k > P;
+
+  arena_plan sizing(nullptr);
+  plan_backward<Gate, Act::gated>(sizing, l, len, n, k, threads, ops.bf16_x);
+  ws.reserve(sizing.bytes());
+  arena_plan carve(ws.data());
+  const bwd_buffers f = plan_backward<Gate, Act::gated>(carve, l, len, n, k, threads, ops.bf16_x);
+
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+    const int tid = thread_id(), nth = num_threads();
+    const bwd_thread& ts = f.per_thread[static_cast<std::size_t>(tid)];
+    // ---- gradients to overwrite are zeroed; inputs padded ---------------------------------------
+    if (!acc) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+      for (index_t b = 0; b < B; ++b) {
+        if (gr.weights) std::fill(gr.keys(b), gr.keys(b) + gr.layout.block_stride(), 0.0f);
+        if (gr.gate_w) std::fill(gr.gate_w + b * gld, gr.gate_w + (b + 1) * gld, 0.0f);
+        for (index_t i = 0; i < G; ++i) {
+          if (gr.b1) gr.b1[b * G + i] = 0.0f;
+          if (gr.b3) gr.b3[b * G + i] = 0.0f;
+        }
+        if (gr.gate_b) gr.gate_b[b] = 0.0f;
+      }
+    }
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (index_t t = 0; t < n; ++t) {
+      float* xp = f.xpad + t * len;
+      float* dp = f.dypad + t * len;
+      for (index_t c = 0; c < d; ++c) {
+        xp[c] = to_float(x[t * d + c]);
+        dp[c] = to_float(dy[t * d + c]);
+      }
+      std::fill(xp + d, xp + len, 0.0f);
+      std::fill(dp + d, dp + len, 0.0f);
+      std::fill(f.dxacc + t * len, f.dxacc + (t + 1) * len, 0.0f);
+      f.all_tokens[t] = static_cast<std::int32_t>(t);
+      for (index_t c = 0; c < len; ++c) {
+        if (f.dy16) f.dy16[t * len + c] = bfloat16_t(dp[c]);
+        if (f.x16) f.x16[t * len + c] = bfloat16_t(xp[c]);
+      }
+    }
+    // ---- group (token, slot) pairs by block, tokens ascending ------------------------------------
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp single
+#endif
+    {
+      std::fill(f.offsets, f.offsets + B + 1, index_t{0});
+      for (index_t e = 0; e < n * k; ++e) ++f.offsets[cache.blocks[e] + 1];
+      for (index_t b = 0; b < B; ++b) {
+        f.offsets[b + 1] += f.offsets[b];
+        f.cursor[b] = f.offsets[b];
+      }
+      for (index_t t = 0; t < n; ++t)
+        for (index_t j = 0; j < k; ++j) {
+          const index_t pos = f.cursor[cache.blocks[t * k + j]]++;
+          f.entries[2 * pos] = static_cast<std::int32_t>(t);
+          f.entries[2 * pos + 1] = static_cast<std::int32_t>(j);
+        }
+    }  // implicit barrier
+    // ---- per block: S = dY V_bᵀ, da/du, dV, dK, dU, db1, db3 -------------------------------------
+    constexpr index_t R = G < kernels::k_max_key_r ? G : kernels::k_max_key_r;
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (index_t b = 0; b < B; ++b) {
+      const index_t m = f.offsets[b + 1] - f.offsets[b];
+      if (m == 0) continue;
+      const std::int32_t* ent = f.entries + 2 * f.offsets[b];
+      for (index_t q = 0; q < m; ++q) {
+        const index_t t = ent[2 * q];
+        ts.xs[q] = f.dypad + t * len;
+        ts.xb[q] = f.dy16 ? f.dy16 + t * len : nullptr;
+        f.dw[t * k + ent[2 * q + 1]] = 0.0f;
+      }
+      for (index_t r0 = 0; r0 < G; r0 += R) {
+        ops.dots(ts.xs, ts.xb, nullptr, m, w.values(b) + r0 * ld, R, ld, len, ts.spill, ts.dots);
+        for (index_t q = 0; q < m; ++q) {
+          const index_t e = ent[2 * q] * k + ent[2 * q + 1];
+          const float wt = cache.weights ? cache.weights[e] : 1.0f;
+          for (index_t r = 0; r < R; ++r) {
+            const index_t at = e * G + r0 + r;
+            const float a = cache.pre[at], u = Act::gated ? cache.up[at] : 0.0f, s = ts.dots[q * R + r];
+            float da = 0.0f, du = 0.0f;
+            activation_backward<Act>(a, u, wt * s, da, du);
+            f.da[at] = da;
+            if constexpr (Act::gated) f.du[at] = du;
+            f.dw[e] += activate<Act>(a, u) * s;
+          }
+        }
+      }
+      // Weight gradients of block b: each of its matrices in groups of rows.
+      auto matrix = [&](float* grad_rows, const float* src, auto&& coefficient) {
+        float* out[k_bwd_rows];
+        for (index_t i0 = 0; i0 < G; i0 += RMf) {
+          const index_t mm = std::min<index_t>(RMf, G - i0);
+          for (index_t r = 0; r < mm; ++r) {
+            float* cr = ts.coef + r * n;
+            for (index_t q = 0; q < m; ++q) cr[ent[2 * q]] = coefficient(q, i0 + r);
+            out[r] = grad_rows + (i0 + r) * gld;
+            ts.sp[r] = cr;
+          }
+          add_outer(opsf, ts, out, mm, ent, 2, m, src, len, gcols);
+        }
+      };
+      auto slot = [&](index_t q) { return ent[2 * q] * k + ent[2 * q + 1]; };
+      if (gr.weights) {
+        matrix(gr.values(b), f.dypad, [&](index_t q, index_t i) {
+          const index_t e = slot(q), at = e * G + i;
+          const float wt = cache.weights ? cache.weights[e] : 1.0f;
+          return wt * activate<Act>(cache.pre[at], Act::gated ? cache.up[at] : 0.0f);
+        });
+        matrix(gr.keys(b), f.xpad, [&](index_t q, index_t i) { return f.da[slot(q) * G + i]; });
+        if constexpr (Act::gated)
+          matrix(gr.up(b), f.xpad, [&](index_t q, index_t i) { return f.du[slot(q) * G + i]; });
+      }
+      for (index_t i = 0; i < G; ++i) {
+        if (gr.b1) {
+          float s = 0.0f;
+          for (index_t q = 0; q < m; ++q) s += f.da[slot(q) * G + i];
+          gr.b1[b * G + i] += s;
+        }
+        if constexpr (Act::gated)
+          if (gr.b3) {
+            float s = 0.0f;
+            for (index_t q = 0; q < m; ++q) s += f.du[slot(q) * G + i];
+            gr.b3[b * G + i] += s;
+          }
+      }
+    }  // implicit barrier: da, du, dw complete
+    // ---- db2, route weights ----------------------------------------------------------------------
+    if (gr.b2) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+      for (index_t c = 0; c < d; ++c) {
+        float s = 0.0f;
+        for (index_t t = 0; t < n; ++t) s += f.dypad[t * len + c];
+        gr.b2[c] = acc ? gr.b2[c] + s : s;
+      }
+    }
+    if (gr.route_weights) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+      for (index_t e = 0; e < n * k; ++e) gr.route_weights[e] = acc ? gr.route_weights[e] + f.dw[e] : f.dw[e];
+    }
+    // ---- dX through the keys (and up rows): thread tid owns columns [c_lo, c_hi), blocks ascending --
+    if (dx) {
+      const index_t gran = ops.col_step, vecs = gcols / gran;
+      const index_t c_lo = vecs * tid / nth * gran, c_hi = vecs * (tid + 1) / nth * gran;
+      if (c_lo < c_hi)
+        for (index_t b = 0; b < B; ++b) {
+          const index_t m = f.offsets[b + 1] - f.offsets[b];
+          const std::int32_t* ent = f.entries + 2 * f.offsets[b];
+          for (index_t q0 = 0; q0 < m; q0 += RM) {
+            const index_t mm = std::min<index_t>(RM, m - q0);
+            for (int pass = 0; pass < (Act::gated ? 2 : 1); ++pass) {
+              const float* src = pass == 0 ? f.da : f.du;
+              for (index_t q = 0; q < mm; ++q) {
+                const index_t t = ent[2 * (q0 + q)];
+                ts.ys[q] = f.dxacc + t * len;
+                ts.sp[q] = src + (t * k + ent[2 * (q0 + q) + 1]) * G;
+              }
+              index_t nr = 0;
+              for (index_t i = 0; i < G; ++i) {
+                bool any = false;
+                for (index_t q = 0; q < mm; ++q) any |= ts.sp[q][i] != 0.0f;
+                if (any) ts.rows[nr++] = static_cast<std::int32_t>(i);
+              }
+              if (nr)
+                ops.apply_rows(ts.ys, ts.sp, mm, ts.rows, nr, pass == 0 ? w.keys(b) : w.up(b), ld, ld, c_lo,
+                               c_hi);
+            }
+          }
+        }
+    }
+    // ---- learned gate: logits, dlogits through the softmax, dWg, dbg, dX --------------------------
+    if constexpr (Gate) {
+      if (gate_grads) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(dynamic, 4)
+#endif
+        for (index_t b0 = 0; b0 < B; b0 += KR) {
+          const index_t rr = std::min<index_t>(KR, B - b0);
+          for (index_t t = 0; t < n; ++t) {
+            ts.xs[t] = f.xpad + t * len;
+            ts.xb[t] = f.x16 ? f.x16 + t * len : nullptr;
+          }
+          ops.dots(ts.xs, ts.xb, nullptr, n, w.gate_w + b0 * ld, rr, ld, len, ts.spill, ts.dots);
+          for (index_t t = 0; t < n; ++t)
+            for (index_t r = 0; r < rr; ++r)
+              f.logits[t * B + b0 + r] =
+                  Sel::linear_score(ts.dots[t * rr + r], w.gate_b ? w.gate_b[b0 + r] : 0.0f);
+        }
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (index_t t = 0; t < n; ++t) {
+          const float* lg = f.logits + t * B;
+          const block_index_t* bl = cache.blocks + t * k;
+          float* dl = f.dlog + t * B;
+          const float max_logit = lg[bl[P]];  // the forward's choice (selector/learned_gate.hpp)
+          float sum_all = 0.0f, sum_topk = 0.0f;
+          for (index_t c = P; c < B; ++c) sum_all += Sel::softmax_term(lg[c], max_logit);
+          for (index_t j = P; j < k; ++j) sum_topk += Sel::softmax_term(lg[bl[j]], max_logit);
+          auto prob = [&](index_t c) {
+            return Sel::weight(Sel::softmax_term(lg[c], max_logit), sum_all, sum_topk, args.renormalize);
+          };
+          float gsum = 0.0f;  // Σ_j dw_j p_j over the selected routed blocks
+          for (index_t j = P; j < k; ++j) gsum += f.dw[t * k + j] * prob(bl[j]);
+          std::fill(dl, dl + B, 0.0f);
+          if (!args.renormalize)
+            for (index_t c = P; c < B; ++c) dl[c] = -prob(c) * gsum;
+          for (index_t j = P; j < k; ++j) {
+            const float p = prob(bl[j]);
+            dl[bl[j]] = args.renormalize ? p * (f.dw[t * k + j] - gsum) : dl[bl[j]] + p * f.dw[t * k + j];
+          }
+          for (index_t c = 0; c < B; ++c) f.dlogT[c * n + t] = dl[c];
+        }  // implicit barrier (also after the dX pass above)
+        if (gr.gate_w || gr.gate_b) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(dynamic, 1) nowait
+#endif
+          for (index_t c0 = 0; c0 < B; c0 += RMf) {
+            const index_t mm = std::min<index_t>(RMf, B - c0);
+            if (gr.gate_w) {
+              float* out[k_bwd_rows];
+              for (index_t r = 0; r < mm; ++r) {
+                out[r] = gr.gate_w + (c0 + r) * gld;
+                ts.sp[r] = f.dlogT + (c0 + r) * n;
+              }
+              add_outer(opsf, ts, out, mm, f.all_tokens, 1, n, f.xpad, len, gcols);
+            }
+            if (gr.gate_b)
+              for (index_t r = 0; r < mm; ++r) {
+                float s = 0.0f;
+                for (index_t t = 0; t < n; ++t) s += f.dlogT[(c0 + r) * n + t];
+                gr.gate_b[c0 + r] += s;
+              }
+          }
+        }
+        if (dx) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+          for (index_t t0 = 0; t0 < n; t0 += RM) {
+            const index_t mm = std::min<index_t>(RM, n - t0);
+            for (index_t q = 0; q < mm; ++q) {
+              ts.ys[q] = f.dxacc + (t0 + q) * len;
+              ts.sp[q] = f.dlog + (t0 + q) * B;
+            }
+            index_t nr = 0;
+            for (index_t c = 0; c < B; ++c) {
+              bool any = false;
+              for (index_t q = 0; q < mm; ++q) any |= ts.sp[q][c] != 0.0f;
+              if (any) ts.rows[nr++] = static_cast<std::int32_t>(c);
+            }
+            if (nr) ops.apply_rows(ts.ys, ts.sp, mm, ts.rows, nr, w.gate_w, ld, ld, 0, gcols);
+          }
+        }
+      }
+    }
+    // ---- dX in its dtype --------------------------------------------------------------------------
+    if (dx) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp barrier
+#pragma omp for schedule(static)
+#endif
+      for (index_t t = 0; t < n; ++t)
+        for (index_t c = 0; c < d; ++c) dx[t * d + c] = from_float<Tdx>(f.dxacc[t * len + c]);
+    }
+  }
+}
+
+}  // namespace detail
+
+/// The backward pass (see the file comment). x and dy [n × d_model] (float, half_t or bfloat16_t), the
+/// forward's cache (blocks and pre required; up for gated FFNs; weights for weighted selectors), dx
+/// [n × d_model] or null, gradients per `grads` (grads.hpp; its layout must be grad_layout of the
+/// model's). Every argument is validated first; a bad one throws sparse_ffn::error and nothing is
+/// written.
+template <class Policy, class Tx, class Tdy, class Tdx>
+void backward(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, const Tdy* dy,
+              const forward_cache& cache, Tdx* dx, const ffn_grads_view& grads, const backward_args& args,
+              workspace* ws = nullptr) {
+  static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
+  static_assert(!is_quantized<typename Policy::dtype>::value,
+                "sparse_ffn::cpu::backward: weights must be float, half_t or bfloat16_t (q8/q4 are inference "
+                "formats: train in float or bf16 and quantise with pack)");
+  static_assert(is_dtype<Tdx>::value, "sparse_ffn: dX must be float, half_t or bfloat16_t");
+  using Sel = typename Policy::selector;
+  using namespace sparse_ffn::detail;
+  const block_layout& l = w.layout;
+  check_model<Policy>(w);
+  check_k(args.k, l);
+  static_assert(is_dtype<Tdy>::value, "sparse_ffn: dY must be float, half_t or bfloat16_t");
+  check_x(l, n, x);
+  if (n > 0) {
+    require_not_null(dy, "dY");
+    require_aligned<Tdy>(dy, "dY");
+  }
+  if (dx && n > 0) {
+    require_aligned<Tdx>(dx, "dX");
+    const auto elems = static_cast<std::size_t>(n * l.d_model);
+    require(!overlaps(x, elems * sizeof(Tx), dx, elems * sizeof(Tdx)) &&
+                !overlaps(dy, elems * sizeof(Tdy), dx, elems * sizeof(Tdx)),
+            status::invalid_argument, "dX must not overlap X or dY");
+  }
+  check_cache(l, n, args.k, &cache);
+  if (n > 0) {
+    require(cache.blocks != nullptr && cache.pre != nullptr, status::invalid_argument,
+            "backward needs the forward's routing table and pre-activations (forward_cache::blocks, ::pre)");
+    require(!Policy::gated || cache.up != nullptr, status::invalid_argument,
+            "backward of a gated FFN needs the forward's up projections (forward_cache::up)");
+    require(!Sel::weighted || cache.weights != nullptr, status::invalid_argument, "backward with the ",
+            Sel::name, " selector needs the forward's block weights (forward_cache::weights)");
+    check_routing(l, n, const_routing_view{n, args.k, cache.blocks, cache.weights});
+  }
+  const block_layout gl = grad_layout(l);
+  const block_layout& have = grads.layout;
+  require(have.d_model == gl.d_model && have.d_ff == gl.d_ff && have.g == gl.g &&
+              have.num_blocks == gl.num_blocks && have.ld == gl.ld && have.gated == gl.gated &&
+              have.pinned == gl.pinned,
+          status::invalid_shape, "grads.layout must be grad_layout(model layout) (d_model ", gl.d_model,
+          ", d_ff ", gl.d_ff, ", g ", gl.g, ", ld ", gl.ld, gl.gated ? ", gated" : "", ", pinned ", gl.pinned,
+          ")");
+  if (grads.weights) require_aligned<float>(grads.weights, "grads.weights", k_row_alignment);
+  if (grads.gate_w) require_aligned<float>(grads.gate_w, "grads.gate_w", k_row_alignment);
+  const float* const gptrs[] = {grads.b1, grads.b3, grads.b2, grads.gate_b, grads.route_weights};
+  for (const float* p : gptrs)
+    if (p) require_aligned<float>(p, "gradient pointer");
+  require(grads.b3 == nullptr || l.gated, status::invalid_argument, "grads.b3 given for a non-gated FFN");
+  if constexpr (std::is_same<Sel, select::learned_gate>::value) {
+    require(w.gate_w != nullptr, status::invalid_argument,
+            "the learned_gate selector needs gate weights: pack_options.gate_w or blocked_ffn::set_gate()");
+    // The gate's softmax runs over the routed blocks: each row lists the pinned blocks first, in order.
+    for (index_t t = 0; t < n; ++t)
+      for (index_t j = 0; j < args.k; ++j) {
+        const block_index_t b = cache.blocks[t * args.k + j];
+        require(
+            j < l.pinned ? b == j : b >= l.pinned, status::invalid_argument, "routing row ", t,
+            " is not a learned-gate routing: slots [0, pinned) hold the pinned blocks in order, the others "
+            "routed blocks (slot ",
+            j, " holds block ", b, ")");
+      }
+  } else {
+    require(grads.gate_w == nullptr && grads.gate_b == nullptr, status::invalid_argument,
+            "grads.gate_w / gate_b are only for the learned_gate selector (", Sel::name,
+            " has no router parameters)");
+  }
+  detail::backward_run<Policy>(w, n, x, dy, cache, dx, grads, args, ws ? *ws : detail::thread_workspace());
+}
+
+}  // namespace cpu
+}  // namespace sparse_ffn
+
+SPARSE_FFN_SIMD_WARNINGS_ON

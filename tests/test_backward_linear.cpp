@@ -1,0 +1,192 @@
+// Backward pass: the gradient formulas against finite differences (float64), the matrix for the linear
+// selectors (avg_k, learned_gate) against the float64 reference, and bad arguments.
+#include "support/backward_matrix.hpp"
+
+namespace {
+
+/// A random double model (g neurons per block, B blocks, P pinned) and a routing table in the
+/// learned gate's form (pinned blocks first, then distinct routed ones).
+test::dmodel random_dmodel(std::mt19937_64& r, sfx::index_t d, sfx::index_t g, sfx::index_t B, sfx::index_t P,
+                           bool gated, bool gate) {
+  std::normal_distribution<double> nd(0.0, 1.0);
+  test::dmodel m;
+  m.d = d;
+  m.g = g;
+  m.B = B;
+  m.F = B * g;
+  m.P = P;
+  m.gated = gated;
+  m.gate = gate;
+  auto fill = [&](std::vector<double>& v, std::size_t size, double s) {
+    v.resize(size);
+    for (auto& e : v) e = s * nd(r);
+  };
+  const auto Fd = static_cast<std::size_t>(m.F * d);
+  fill(m.K, Fd, 1.0 / std::sqrt(double(d)));
+  fill(m.U, Fd, gated ? 1.0 / std::sqrt(double(d)) : 0.0);
+  fill(m.V, Fd, 0.5);
+  fill(m.b1, static_cast<std::size_t>(m.F), 0.3);
+  fill(m.b3, static_cast<std::size_t>(m.F), gated ? 0.3 : 0.0);
+  fill(m.b2, static_cast<std::size_t>(d), 0.3);
+  if (gate) {
+    fill(m.Wg, static_cast<std::size_t>(B * d), 1.0 / std::sqrt(double(d)));
+    fill(m.bg, static_cast<std::size_t>(B), 0.5);
+  }
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("backward reference: chain rule against central finite differences", "[backward][reference]") {
+  auto r = test::rng(0xbacc);
+  using K = sfx::activation_kind;
+  for (K act : {K::relu, K::gelu_erf, K::gelu_tanh, K::silu, K::swiglu, K::geglu})
+    for (int variant = 0; variant < 4; ++variant) {
+      const bool gate = variant >= 1, renorm = variant == 3;
+      const sfx::index_t d = 7, g = 3, B = 5, n = 3, P = variant == 2 ? 1 : 0, k = 3;
+      test::dmodel m = random_dmodel(r, d, g, B, P, sfx::activation_is_gated(act), gate);
+      std::vector<sfx::block_index_t> blocks(static_cast<std::size_t>(n * k));
+      for (sfx::index_t t = 0; t < n; ++t) {
+        std::vector<sfx::block_index_t> routed;
+        for (sfx::index_t b = P; b < B; ++b) routed.push_back(static_cast<sfx::block_index_t>(b));
+        std::shuffle(routed.begin(), routed.end(), r);
+        for (sfx::index_t j = 0; j < k; ++j)
+          blocks[static_cast<std::size_t>(t * k + j)] =
+              j < P ? static_cast<sfx::block_index_t>(j) : routed[static_cast<std::size_t>(j - P)];
+      }
+      std::vector<double> x(static_cast<std::size_t>(n * d)), dy(x.size());
+      std::normal_distribution<double> nd(0.0, 1.0);
+      for (auto& v : x) v = nd(r);
+      for (auto& v : dy) v = nd(r);
+      const test::dgrads an = test::backward_ref(m, act, x, dy, blocks.data(), n, k, renorm);
+      INFO("act " << sfx::activation_name(act) << " gate " << gate << " renormalize " << renorm << " pinned "
+                  << P);
+      auto fd = [&](std::vector<double>& param, const std::vector<double>& grad, const char* what) {
+        REQUIRE(param.size() == grad.size());
+        for (std::size_t i = 0; i < param.size(); ++i) {
+          const double keep = param[i], eps = 1e-6 * std::max(1.0, std::fabs(keep));
+          param[i] = keep + eps;
+          const double lp = test::loss_ref(m, act, x, dy, blocks.data(), n, k, renorm);
+          param[i] = keep - eps;
+          const double lm = test::loss_ref(m, act, x, dy, blocks.data(), n, k, renorm);
+          param[i] = keep;
+          const double num = (lp - lm) / (2 * eps);
+          INFO(what << "[" << i << "]: finite difference " << num << ", chain rule " << grad[i]);
+          REQUIRE(std::fabs(num - grad[i]) <= 1e-5 * (std::fabs(grad[i]) + 1.0));
+        }
+      };
+      fd(x, an.dx, "dx");
+      fd(m.K, an.K, "dW1");
+      fd(m.V, an.V, "dW2");
+      fd(m.b1, an.b1, "db1");
+      fd(m.b2, an.b2, "db2");
+      if (m.gated) {
+        fd(m.U, an.U, "dW3");
+        fd(m.b3, an.b3, "db3");
+      }
+      if (gate) {
+        fd(m.Wg, an.Wg, "dWg");
+        fd(m.bg, an.bg, "dbg");
+      }
+      // A nonzero gradient reached every part that has one (the check above would pass on all zeros).
+      double sK = 0, sx = 0, sg = 0;
+      for (double v : an.K) sK += std::fabs(v);
+      for (double v : an.dx) sx += std::fabs(v);
+      for (double v : an.Wg) sg += std::fabs(v);
+      REQUIRE(sK > 0);
+      REQUIRE(sx > 0);
+      if (gate) REQUIRE(sg > 0);
+    }
+}
+
+TEST_CASE("cpu backward matrix: avg_k", "[backward][avg_k]") {
+  test::check_backward_matrix<sfx::select::avg_k>(0xa1);
+}
+
+TEST_CASE("cpu backward matrix: learned_gate", "[backward][learned_gate]") {
+  test::check_backward_matrix<sfx::select::learned_gate>(0xa2);
+}
+
+TEST_CASE("cpu backward: n = 0 zeroes the gradients, bad arguments get clear errors", "[backward][errors]") {
+  using P = sfx::policy<16, sfx::select::avg_k, float, sfx::act::relu>;
+  using PG = sfx::policy<16, sfx::select::learned_gate, float, sfx::act::swiglu>;
+  auto r = test::rng(0xe1);
+  const sfx::index_t d = 40, B = 6, n = 3, k = 2, g = 16;
+  const auto dense = test::random_dense<float>(r, d, B * g, false, true);
+  const auto model = sfx::pack<float>(dense.view(), sfx::pack_options{g});
+  const auto w = model.view();
+  std::vector<float> x(static_cast<std::size_t>(n * d)), dy(x.size()), y(x.size()), dx(x.size());
+  test::fill_normal(x, r, 1.0);
+  test::fill_normal(dy, r, 1.0);
+  std::vector<sfx::block_index_t> cb(static_cast<std::size_t>(n * k));
+  std::vector<float> cw(cb.size()), pre(cb.size() * g);
+  const sfx::forward_cache cache{cb.data(), cw.data(), pre.data(), nullptr};
+  sfx::cpu::forward<P>(w, n, x.data(), y.data(), sfx::route_args{k}, &cache);
+  sfx::ffn_grads storage(w.layout, false);
+  const sfx::ffn_grads_view gv = storage.view();
+  sfx::cpu::backward_args ba;
+  ba.k = k;
+
+  // n = 0: nothing to do, but an overwrite still sets every gradient to zero.
+  std::fill(gv.weights, gv.weights + gv.layout.total_elements(), 1.0f);
+  sfx::cpu::backward<P>(w, 0, x.data(), dy.data(), sfx::forward_cache{}, dx.data(), gv, ba);
+  for (sfx::index_t e = 0; e < gv.layout.total_elements(); ++e) REQUIRE(gv.weights[e] == 0.0f);
+
+  sfx::forward_cache no_pre = cache;
+  no_pre.pre = nullptr;
+  REQUIRE_ERROR(sfx::cpu::backward<P>(w, n, x.data(), dy.data(), no_pre, dx.data(), gv, ba),
+                sfx::status::invalid_argument, "pre-activations");
+  REQUIRE_ERROR(
+      sfx::cpu::backward<P>(w, n, x.data(), static_cast<const float*>(nullptr), cache, dx.data(), gv, ba),
+      sfx::status::null_pointer, "dY");
+  REQUIRE_ERROR(sfx::cpu::backward<P>(w, n, x.data(), dy.data(), cache, x.data(), gv, ba),
+                sfx::status::invalid_argument, "must not overlap");
+  sfx::cpu::backward_args bad_k = ba;
+  bad_k.k = B + 1;
+  REQUIRE_ERROR(sfx::cpu::backward<P>(w, n, x.data(), dy.data(), cache, dx.data(), gv, bad_k),
+                sfx::status::invalid_argument, "k (");
+  sfx::ffn_grads_view bad_layout = gv;
+  bad_layout.layout.ld += 16;
+  REQUIRE_ERROR(sfx::cpu::backward<P>(w, n, x.data(), dy.data(), cache, dx.data(), bad_layout, ba),
+                sfx::status::invalid_shape, "grad_layout");
+  sfx::ffn_grads_view gate_for_avgk = gv;
+  gate_for_avgk.gate_b = dx.data();
+  REQUIRE_ERROR(sfx::cpu::backward<P>(w, n, x.data(), dy.data(), cache, static_cast<float*>(nullptr),
+                                      gate_for_avgk, ba),
+                sfx::status::invalid_argument, "no router parameters");
+  const sfx::block_index_t keep = cb[1];
+  cb[1] = cb[0];
+  REQUIRE_ERROR(sfx::cpu::backward<P>(w, n, x.data(), dy.data(), cache, dx.data(), gv, ba),
+                sfx::status::invalid_argument, "twice");
+  cb[1] = static_cast<sfx::block_index_t>(B);
+  REQUIRE_ERROR(sfx::cpu::backward<P>(w, n, x.data(), dy.data(), cache, dx.data(), gv, ba),
+                sfx::status::out_of_range, "outside");
+  cb[1] = keep;
+
+  // Gated and learned gate: the up projections and the block weights are required; a routing row that
+  // does not list the pinned blocks first is not the learned gate's.
+  const auto dense_g = test::random_dense<float>(r, d, B * g, true, true);
+  std::vector<float> gw(static_cast<std::size_t>(B * d), 0.1f);
+  sfx::pack_options po{g};
+  po.gate_w = gw.data();
+  po.pinned = 1;
+  const auto model_g = sfx::pack<float>(dense_g.view(), po);
+  std::vector<float> up(pre.size());
+  const sfx::forward_cache cache_g{cb.data(), cw.data(), pre.data(), up.data()};
+  sfx::cpu::forward<PG>(model_g.view(), n, x.data(), y.data(), sfx::route_args{k}, &cache_g);
+  sfx::ffn_grads storage_g(model_g.layout(), true);
+  sfx::forward_cache no_up = cache_g;
+  no_up.up = nullptr;
+  REQUIRE_ERROR(
+      sfx::cpu::backward<PG>(model_g.view(), n, x.data(), dy.data(), no_up, dx.data(), storage_g.view(), ba),
+      sfx::status::invalid_argument, "up projections");
+  sfx::forward_cache no_w = cache_g;
+  no_w.weights = nullptr;
+  REQUIRE_ERROR(
+      sfx::cpu::backward<PG>(model_g.view(), n, x.data(), dy.data(), no_w, dx.data(), storage_g.view(), ba),
+      sfx::status::invalid_argument, "block weights");
+  std::swap(cb[0], cb[1]);
+  REQUIRE_ERROR(sfx::cpu::backward<PG>(model_g.view(), n, x.data(), dy.data(), cache_g, dx.data(),
+                                       storage_g.view(), ba),
+                sfx::status::invalid_argument, "not a learned-gate routing");
+}
