@@ -5,6 +5,7 @@
 //   BM_dense_onednn_f32|bf16/d:D/dff:F/batch:N           dense FFN with oneDNN matmul (bench_onednn.cpp;
 //                                                        when libdnnl-dev is found)
 //   BM_sparse_<selector>_<dtype>/d:D/dff:F/g:G/density:P/batch:N
+//   BM_backward_<selector>_<dtype>/..., BM_dense_backward_openblas_f32/...   training (bench_backward.cpp)
 //
 // All in one binary so ratios come from one run (bench/report.py computes them from the JSON).
 // Counters: bytes_per_second on the bytes actually read from memory (selector data + keys of the
@@ -96,6 +97,7 @@ void register_sparse_avg_k(const std::string& act);
 void register_sparse_hash(const std::string& act);
 void register_sparse_learned_gate(const std::string& act);
 void register_sparse_oracle(const std::string& act);
+void register_backward(const std::string& act);  // bench_backward.cpp
 
 void register_all(const std::string& act) {
   register_stream();
@@ -116,6 +118,7 @@ void register_all(const std::string& act) {
   register_sparse_hash(act);
   register_sparse_learned_gate(act);
   register_sparse_oracle(act);
+  register_backward(act);
 }
 
 }  // namespace bench

@@ -4,6 +4,7 @@
 //   BM_dense_onednn_f32/d:D/dff:F/batch:N    y = W2·act(W1·x + b1) + b2, f32 weights and activations
 //   BM_dense_onednn_bf16/d:D/dff:F/batch:N   bf16 weights, bf16 x and h (as oneDNN and ggml run bf16),
 //                                             f32 accumulation, f32 y
+//   BM_dense_backward_onednn_f32|bf16/...     the dense FFN's backward (BM_dense_backward_onednn below)
 //
 // Two matmul primitives per FFN, the activation fused as a post-op. The weights (PyTorch layout:
 // W1 [d_ff × d], W2 [d × d_ff], i.e. transposed "ba" matmul weights) are reordered once, outside the
@@ -122,7 +123,125 @@ void BM_dense_onednn(benchmark::State& state, sf::index_t d, sf::index_t f, sf::
   state.counters["density"] = 1.0;
 }
 
+/// The dense FFN's backward with oneDNN matmul (plain layouts: in training the weights change every
+/// step, so nothing is prepacked): dH = dY·W2, dA = dH ⊙ act'(A), dW2 = dYᵀH, dW1 = dAᵀX, dX = dA·W1,
+/// db1, db2. bf16: dY, H, dA, X and the weights in bf16 (f32 accumulation and f32 gradients), as
+/// mixed-precision training runs them; the conversions of dA are timed, the others (of the forward's
+/// outputs) are not.
+void BM_dense_backward_onednn(benchmark::State& state, sf::index_t d, sf::index_t f, sf::index_t n,
+                              bool bf16) {
+  const std::string key = std::string("onednn_backward/") + (bf16 ? "bf16/" : "f32/") + std::to_string(d) +
+                          "x" + std::to_string(f);
+  const double weight_bytes = 2.0 * double(d) * double(f) * (bf16 ? 2 : 4);
+  const int copies = copies_for(weight_bytes);
+  auto models = g_models.get<onednn_copies>(key, weight_bytes * copies, [&] {
+    auto* m = new onednn_copies();
+    for (int c = 0; c < copies; ++c) {
+      dense_model dense(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
+      onednn_weights w;
+      if (bf16) {
+        w.w1h.resize(dense.ffn.w1.size());
+        w.w2h.resize(dense.ffn.w2.size());
+        for (std::size_t i = 0; i < w.w1h.size(); ++i) w.w1h[i] = sf::bfloat16_t(dense.ffn.w1[i]);
+        for (std::size_t i = 0; i < w.w2h.size(); ++i) w.w2h[i] = sf::bfloat16_t(dense.ffn.w2[i]);
+      } else {
+        w.w1f = std::move(dense.ffn.w1);
+        w.w2f = std::move(dense.ffn.w2);
+      }
+      m->copies.push_back(std::move(w));
+    }
+    return m;
+  });
+  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+  dnnl::stream strm(eng);
+  const dt wt = bf16 ? dt::bf16 : dt::f32;
+  const memory::desc dy_md({n, d}, wt, tag::ab), w2_md({d, f}, wt, tag::ab), dh_md({n, f}, dt::f32, tag::ab);
+  const memory::desc dyT_md({d, n}, wt, tag::ba), h_md({n, f}, wt, tag::ab), dw2_md({d, f}, dt::f32, tag::ab);
+  const memory::desc daT_md({f, n}, wt, tag::ba), x_md({n, d}, wt, tag::ab), dw1_md({f, d}, dt::f32, tag::ab);
+  const memory::desc da_md({n, f}, wt, tag::ab), w1_md({f, d}, wt, tag::ab), dx_md({n, d}, dt::f32, tag::ab);
+  const dnnl::matmul mm_dh(dnnl::matmul::primitive_desc(dnnl::matmul::desc(dy_md, w2_md, dh_md), eng));
+  const dnnl::matmul mm_dw2(dnnl::matmul::primitive_desc(dnnl::matmul::desc(dyT_md, h_md, dw2_md), eng));
+  const dnnl::matmul mm_dw1(dnnl::matmul::primitive_desc(dnnl::matmul::desc(daT_md, x_md, dw1_md), eng));
+  const dnnl::matmul mm_dx(dnnl::matmul::primitive_desc(dnnl::matmul::desc(da_md, w1_md, dx_md), eng));
+
+  const auto xf = random_x(n, d, 7), dyf = random_x(n, d, 11);
+  const bool relu = g_act == "relu";
+  // The forward's pre-activations A (the same for every copy: they are only read elementwise here).
+  std::vector<float> a(static_cast<std::size_t>(n * f)), dh(a.size()), dw1(static_cast<std::size_t>(f * d)),
+      dw2(dw1.size()), dx(xf.size()), db1(static_cast<std::size_t>(f)), db2(static_cast<std::size_t>(d));
+  fill(a.data(), a.size(), 5, 1.0f);
+  const std::size_t esz = bf16 ? 2 : 4;
+  std::vector<unsigned char> x_buf(xf.size() * esz), dy_buf(xf.size() * esz), h_buf(a.size() * esz),
+      da_buf(a.size() * esz);
+  auto store = [&](std::vector<unsigned char>& buf, std::size_t i, float v) {
+    if (bf16)
+      reinterpret_cast<sf::bfloat16_t*>(buf.data())[i] = sf::bfloat16_t(v);
+    else
+      reinterpret_cast<float*>(buf.data())[i] = v;
+  };
+  for (std::size_t i = 0; i < xf.size(); ++i) {
+    store(x_buf, i, xf[i]);
+    store(dy_buf, i, dyf[i]);
+  }
+  for (std::size_t i = 0; i < a.size(); ++i)
+    store(h_buf, i, relu ? sf::act::relu::apply(a[i]) : sf::act::silu::apply(a[i]));
+  memory dy_mem(dy_md, eng, dy_buf.data()), dyT_mem(dyT_md, eng, dy_buf.data()),
+      h_mem(h_md, eng, h_buf.data()), x_mem(x_md, eng, x_buf.data()), da_mem(da_md, eng, da_buf.data()),
+      daT_mem(daT_md, eng, da_buf.data()), dh_mem(dh_md, eng, dh.data()), dw1_mem(dw1_md, eng, dw1.data()),
+      dw2_mem(dw2_md, eng, dw2.data()), dx_mem(dx_md, eng, dx.data());
+  std::vector<memory> w1s, w2s;
+  for (auto& c : models->copies) {
+    w1s.emplace_back(w1_md, eng, bf16 ? static_cast<void*>(c.w1h.data()) : c.w1f.data());
+    w2s.emplace_back(w2_md, eng, bf16 ? static_cast<void*>(c.w2h.data()) : c.w2f.data());
+  }
+  std::size_t next = 0;
+  for (auto _ : state) {
+    const std::size_t c = next++ % w1s.size();
+    mm_dh.execute(strm, {{DNNL_ARG_SRC, dy_mem}, {DNNL_ARG_WEIGHTS, w2s[c]}, {DNNL_ARG_DST, dh_mem}});
+    strm.wait();
+#pragma omp parallel for schedule(static)
+    for (std::size_t e = 0; e < dh.size(); ++e)
+      store(da_buf, e, dh[e] * (relu ? sf::act::relu::grad(a[e]) : sf::act::silu::grad(a[e])));
+    mm_dw2.execute(strm, {{DNNL_ARG_SRC, dyT_mem}, {DNNL_ARG_WEIGHTS, h_mem}, {DNNL_ARG_DST, dw2_mem}});
+    mm_dw1.execute(strm, {{DNNL_ARG_SRC, daT_mem}, {DNNL_ARG_WEIGHTS, x_mem}, {DNNL_ARG_DST, dw1_mem}});
+    mm_dx.execute(strm, {{DNNL_ARG_SRC, da_mem}, {DNNL_ARG_WEIGHTS, w1s[c]}, {DNNL_ARG_DST, dx_mem}});
+    strm.wait();
+#pragma omp parallel for schedule(static)
+    for (sf::index_t col = 0; col < f; ++col) {
+      float s = 0;
+      for (sf::index_t t = 0; t < n; ++t)
+        s += dh[static_cast<std::size_t>(t * f + col)] *
+             (relu ? sf::act::relu::grad(a[static_cast<std::size_t>(t * f + col)])
+                   : sf::act::silu::grad(a[static_cast<std::size_t>(t * f + col)]));
+      db1[static_cast<std::size_t>(col)] = s;
+    }
+    for (sf::index_t col = 0; col < d; ++col) {
+      float s = 0;
+      for (sf::index_t t = 0; t < n; ++t) s += dyf[static_cast<std::size_t>(t * d + col)];
+      db2[static_cast<std::size_t>(col)] = s;
+    }
+    benchmark::DoNotOptimize(dx.data());
+    benchmark::DoNotOptimize(dw1.data());
+    benchmark::ClobberMemory();
+  }
+  const double flops = 4.0 * 2.0 * double(n) * double(f) * double(d);
+  state.counters["gflops"] =
+      benchmark::Counter(flops * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["density"] = 1.0;
+}
+
 }  // namespace
+
+void register_dense_backward_onednn() {
+  for (sf::index_t n : {64, 512})
+    for (bool bf16 : {false, true})
+      benchmark::RegisterBenchmark((std::string("BM_dense_backward_onednn_") + (bf16 ? "bf16" : "f32") +
+                                    "/d:4096/dff:16384/batch:" + std::to_string(n))
+                                       .c_str(),
+                                   BM_dense_backward_onednn, sf::index_t{4096}, sf::index_t{16384}, n, bf16)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+}
 
 void register_dense_onednn() {
   for (const shape& s : k_shapes)

@@ -25,8 +25,8 @@
 // Phases (one OpenMP region): inputs padded to float (and bf16 where the kernels round to it, as the
 // forward); (token, slot) pairs grouped by block; per block (one thread each, so each block's
 // gradients are owned): S = dY_b V_bᵀ with the forward's key kernel, then da/du, then dV, dK, dU by
-// the value kernel with the block's tokens as the rows it streams; dX parallel over column ranges,
-// blocks ascending (the forward's value pass with the keys as rows); the learned gate last. Every
+// a register-tiled kernel (outer_rows) with the block's tokens as its rows; dX parallel over column ranges,
+// blocks ascending (outer_rows again, with the keys as rows); the learned gate last. Every
 // float is computed by one thread in a fixed order: bit-identical across runs and thread counts, for
 // a given ISA. No allocation with a workspace that has seen the size before.
 //
@@ -70,9 +70,8 @@ struct bwd_thread {
   const bfloat16_t** xb;  // n token pointers (bf16 copies, when the kernels read them)
   float* spill;           // n × key_r vectors
   float* dots;            // n × key_r dot products
-  float* coef;            // k_bwd_rows × n coefficients indexed by token
+  float* coef;            // g × n coefficients indexed by token
   std::int32_t* rows;     // max(n, G, B) row or token indices
-  float* gscr;            // k_bwd_rows × len gradient rows being accumulated
   float** ys;             // k_bwd_rows output rows
   const float** sp;       // k_bwd_rows coefficient rows
 };
@@ -131,9 +130,8 @@ bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, ind
     t.xb = a.take<const bfloat16_t*>(n);
     t.spill = a.take<float>(mul(mul(n, KR), W));
     t.dots = a.take<float>(mul(n, KR));
-    t.coef = a.take<float>(mul(k_bwd_rows, n));
+    t.coef = a.take<float>(mul(g, n));
     t.rows = a.take<std::int32_t>(std::max(n, std::max(g, B)));
-    t.gscr = a.take<float>(mul(k_bwd_rows, len));
     t.ys = a.take<float*>(k_bwd_rows);
     t.sp = a.take<const float*>(k_bwd_rows);
   }
@@ -141,13 +139,13 @@ bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, ind
 }
 
 /// out[r][c] += Σ over the listed tokens t of coef_r[t] · src_t[c] for r < m rows (ts.sp[r]: coef_r,
-/// indexed by token) and c < gcols: the float value kernel with the tokens as the rows it streams and
-/// m scratch rows as its accumulators, which are then added to out (so accumulating into a buffer adds
-/// exactly the gradient an overwrite computes). Tokens tok[q * stride], q < ntok, ascending; those
-/// with a zero coefficient in every row are left out.
+/// indexed by token) and c in [c0, c1), by the register-tiled kernel (each element summed from zero over
+/// the tokens, then added to out: accumulating into a buffer adds exactly what an overwrite computes;
+/// `assign`: out = the sum). Tokens tok[q * stride], q < ntok, ascending; those with a zero coefficient
+/// in every row are left out.
 inline void add_outer(const kernels::kernel_ops<float>& opsf, const bwd_thread& ts, float* const* out,
                       index_t m, const std::int32_t* tok, index_t stride, index_t ntok, const float* src,
-                      index_t len, index_t gcols) {
+                      index_t len, index_t c0, index_t c1, bool assign) {
   index_t nr = 0;
   for (index_t q = 0; q < ntok; ++q) {
     const std::int32_t t = tok[q * stride];
@@ -155,15 +153,16 @@ inline void add_outer(const kernels::kernel_ops<float>& opsf, const bwd_thread& 
     for (index_t r = 0; r < m; ++r) any |= ts.sp[r][t] != 0.0f;
     if (any) ts.rows[nr++] = t;
   }
-  if (nr == 0) return;
-  for (index_t r = 0; r < m; ++r) {
-    ts.ys[r] = ts.gscr + r * len;
-    std::fill(ts.ys[r], ts.ys[r] + gcols, 0.0f);
-  }
-  opsf.apply_rows(ts.ys, ts.sp, m, ts.rows, nr, src, len, len, 0, gcols);
-  for (index_t r = 0; r < m; ++r)
-    for (index_t c = 0; c < gcols; ++c) out[r][c] += ts.ys[r][c];
+  if (nr)
+    opsf.outer_rows(out, ts.sp, m, ts.rows, nr, src, len, c0, c1, assign);
+  else if (assign)
+    for (index_t r = 0; r < m; ++r) std::fill(out[r] + c0, out[r] + c1, 0.0f);
 }
+
+/// Columns per pass of a block's weight gradients: every row group of the block runs over one such
+/// range before the next, so the block's tokens' inputs in it (≤ n × 2 KiB) stay in L2 instead of being
+/// re-read from L3 once per row group.
+inline constexpr index_t k_bwd_cols = 512;
 
 template <class Policy, class Tx, class Tdy, class Tdx>
 void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, const Tdy* dy,
@@ -197,21 +196,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
   {
     const int tid = thread_id(), nth = num_threads();
     const bwd_thread& ts = f.per_thread[static_cast<std::size_t>(tid)];
-    // ---- gradients to overwrite are zeroed; inputs padded ---------------------------------------
-    if (!acc) {
-#if SPARSE_FFN_HAS_OPENMP
-#pragma omp for schedule(static) nowait
-#endif
-      for (index_t b = 0; b < B; ++b) {
-        if (gr.weights) std::fill(gr.keys(b), gr.keys(b) + gr.layout.block_stride(), 0.0f);
-        if (gr.gate_w) std::fill(gr.gate_w + b * gld, gr.gate_w + (b + 1) * gld, 0.0f);
-        for (index_t i = 0; i < G; ++i) {
-          if (gr.b1) gr.b1[b * G + i] = 0.0f;
-          if (gr.b3) gr.b3[b * G + i] = 0.0f;
-        }
-        if (gr.gate_b) gr.gate_b[b] = 0.0f;
-      }
-    }
+    // ---- inputs padded ---------------------------------------------------------------------------
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -249,6 +234,28 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
           f.entries[2 * pos + 1] = static_cast<std::int32_t>(j);
         }
     }  // implicit barrier
+    // ---- gradients to overwrite: zero where nothing else writes (blocks no token chose, the padding
+    // columns of the others, the biases and the gate, which are accumulated) --------------------------
+    if (!acc) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (index_t b = 0; b < B; ++b) {
+        if (gr.weights) {
+          if (f.offsets[b + 1] == f.offsets[b])
+            std::fill(gr.keys(b), gr.keys(b) + gr.layout.block_stride(), 0.0f);
+          else
+            for (index_t row = 0; row < gr.layout.matrices() * G; ++row)
+              std::fill(gr.keys(b) + row * gld + gcols, gr.keys(b) + (row + 1) * gld, 0.0f);
+        }
+        if (gr.gate_w) std::fill(gr.gate_w + b * gld, gr.gate_w + (b + 1) * gld, 0.0f);
+        for (index_t i = 0; i < G; ++i) {
+          if (gr.b1) gr.b1[b * G + i] = 0.0f;
+          if (gr.b3) gr.b3[b * G + i] = 0.0f;
+        }
+        if (gr.gate_b) gr.gate_b[b] = 0.0f;
+      }
+    }
     // ---- per block: S = dY V_bᵀ, da/du, dV, dK, dU, db1, db3 -------------------------------------
     constexpr index_t R = G < kernels::k_max_key_r ? G : kernels::k_max_key_r;
 #if SPARSE_FFN_HAS_OPENMP
@@ -258,40 +265,55 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
       const index_t m = f.offsets[b + 1] - f.offsets[b];
       if (m == 0) continue;
       const std::int32_t* ent = f.entries + 2 * f.offsets[b];
-      for (index_t q = 0; q < m; ++q) {
-        const index_t t = ent[2 * q];
-        ts.xs[q] = f.dypad + t * len;
-        ts.xb[q] = f.dy16 ? f.dy16 + t * len : nullptr;
-        f.dw[t * k + ent[2 * q + 1]] = 0.0f;
-      }
-      for (index_t r0 = 0; r0 < G; r0 += R) {
-        ops.dots(ts.xs, ts.xb, nullptr, m, w.values(b) + r0 * ld, R, ld, len, ts.spill, ts.dots);
+      for (index_t q = 0; q < m; ++q) f.dw[ent[2 * q] * k + ent[2 * q + 1]] = 0.0f;
+      // S = dY_b V_bᵀ [m × G] into ts.coef, d in ranges of k_bwd_cols: the tokens' range of dY (≤ n × 2
+      // KiB) stays in L2 while every row tile uses it (a whole-d pass per row tile re-reads dY_b from L3
+      // once per tile). Partial sums add up in range order.
+      float* S = ts.coef;
+      for (index_t q0 = 0; q0 < len; q0 += k_bwd_cols) {
+        const index_t ql = std::min(k_bwd_cols, len - q0);
         for (index_t q = 0; q < m; ++q) {
-          const index_t e = ent[2 * q] * k + ent[2 * q + 1];
-          const float wt = cache.weights ? cache.weights[e] : 1.0f;
-          for (index_t r = 0; r < R; ++r) {
-            const index_t at = e * G + r0 + r;
-            const float a = cache.pre[at], u = Act::gated ? cache.up[at] : 0.0f, s = ts.dots[q * R + r];
-            float da = 0.0f, du = 0.0f;
-            activation_backward<Act>(a, u, wt * s, da, du);
-            f.da[at] = da;
-            if constexpr (Act::gated) f.du[at] = du;
-            f.dw[e] += activate<Act>(a, u) * s;
-          }
+          const index_t t = ent[2 * q];
+          ts.xs[q] = f.dypad + t * len + q0;
+          ts.xb[q] = f.dy16 ? f.dy16 + t * len + q0 : nullptr;
+        }
+        for (index_t r0 = 0; r0 < G; r0 += R) {
+          ops.dots(ts.xs, ts.xb, nullptr, m, w.values(b) + r0 * ld + q0, R, ld, ql, ts.spill, ts.dots);
+          for (index_t q = 0; q < m; ++q)
+            for (index_t r = 0; r < R; ++r)
+              S[q * G + r0 + r] = q0 == 0 ? ts.dots[q * R + r] : S[q * G + r0 + r] + ts.dots[q * R + r];
+        }
+      }
+      for (index_t q = 0; q < m; ++q) {
+        const index_t e = ent[2 * q] * k + ent[2 * q + 1];
+        const float wt = cache.weights ? cache.weights[e] : 1.0f;
+        for (index_t i = 0; i < G; ++i) {
+          const index_t at = e * G + i;
+          const float a = cache.pre[at], u = Act::gated ? cache.up[at] : 0.0f, sv = S[q * G + i];
+          float da = 0.0f, du = 0.0f;
+          activation_backward<Act>(a, u, wt * sv, da, du);
+          f.da[at] = da;
+          if constexpr (Act::gated) f.du[at] = du;
+          f.dw[e] += activate<Act>(a, u) * sv;
         }
       }
       // Weight gradients of block b: each of its matrices in groups of rows.
       auto matrix = [&](float* grad_rows, const float* src, auto&& coefficient) {
+        for (index_t i = 0; i < G; ++i) {
+          float* cr = ts.coef + i * n;
+          for (index_t q = 0; q < m; ++q) cr[ent[2 * q]] = coefficient(q, i);
+        }
         float* out[k_bwd_rows];
-        for (index_t i0 = 0; i0 < G; i0 += RMf) {
-          const index_t mm = std::min<index_t>(RMf, G - i0);
-          for (index_t r = 0; r < mm; ++r) {
-            float* cr = ts.coef + r * n;
-            for (index_t q = 0; q < m; ++q) cr[ent[2 * q]] = coefficient(q, i0 + r);
-            out[r] = grad_rows + (i0 + r) * gld;
-            ts.sp[r] = cr;
+        for (index_t c0 = 0; c0 < gcols; c0 += k_bwd_cols) {
+          const index_t c1 = std::min(gcols, c0 + k_bwd_cols);
+          for (index_t i0 = 0; i0 < G; i0 += RMf) {
+            const index_t mm = std::min<index_t>(RMf, G - i0);
+            for (index_t r = 0; r < mm; ++r) {
+              out[r] = grad_rows + (i0 + r) * gld;
+              ts.sp[r] = ts.coef + (i0 + r) * n;
+            }
+            add_outer(opsf, ts, out, mm, ent, 2, m, src, len, c0, c1, !acc);
           }
-          add_outer(opsf, ts, out, mm, ent, 2, m, src, len, gcols);
         }
       };
       auto slot = [&](index_t q) { return ent[2 * q] * k + ent[2 * q + 1]; };
@@ -360,8 +382,8 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
                 if (any) ts.rows[nr++] = static_cast<std::int32_t>(i);
               }
               if (nr)
-                ops.apply_rows(ts.ys, ts.sp, mm, ts.rows, nr, pass == 0 ? w.keys(b) : w.up(b), ld, ld, c_lo,
-                               c_hi);
+                ops.outer_rows(ts.ys, ts.sp, mm, ts.rows, nr, pass == 0 ? w.keys(b) : w.up(b), ld, c_lo, c_hi,
+                               false);
             }
           }
         }
@@ -409,26 +431,32 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
           }
           for (index_t c = 0; c < B; ++c) f.dlogT[c * n + t] = dl[c];
         }  // implicit barrier (also after the dX pass above)
-        if (gr.gate_w || gr.gate_b) {
+        // dWg += dlogitsᵀ X: a column range at a time, every row group over it (X's columns stay in L2).
+        if (gr.gate_w) {
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(dynamic, 1) nowait
 #endif
-          for (index_t c0 = 0; c0 < B; c0 += RMf) {
-            const index_t mm = std::min<index_t>(RMf, B - c0);
-            if (gr.gate_w) {
-              float* out[k_bwd_rows];
+          for (index_t x0 = 0; x0 < gcols; x0 += k_bwd_cols) {
+            float* out[k_bwd_rows];
+            for (index_t c0 = 0; c0 < B; c0 += RMf) {
+              const index_t mm = std::min<index_t>(RMf, B - c0);
               for (index_t r = 0; r < mm; ++r) {
                 out[r] = gr.gate_w + (c0 + r) * gld;
                 ts.sp[r] = f.dlogT + (c0 + r) * n;
               }
-              add_outer(opsf, ts, out, mm, f.all_tokens, 1, n, f.xpad, len, gcols);
+              add_outer(opsf, ts, out, mm, f.all_tokens, 1, n, f.xpad, len, x0,
+                        std::min(gcols, x0 + k_bwd_cols), false);
             }
-            if (gr.gate_b)
-              for (index_t r = 0; r < mm; ++r) {
-                float s = 0.0f;
-                for (index_t t = 0; t < n; ++t) s += f.dlogT[(c0 + r) * n + t];
-                gr.gate_b[c0 + r] += s;
-              }
+          }
+        }
+        if (gr.gate_b) {
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static) nowait
+#endif
+          for (index_t c = 0; c < B; ++c) {
+            float s = 0.0f;
+            for (index_t t = 0; t < n; ++t) s += f.dlogT[c * n + t];
+            gr.gate_b[c] += s;
           }
         }
         if (dx) {
@@ -447,7 +475,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
               for (index_t q = 0; q < mm; ++q) any |= ts.sp[q][c] != 0.0f;
               if (any) ts.rows[nr++] = static_cast<std::int32_t>(c);
             }
-            if (nr) ops.apply_rows(ts.ys, ts.sp, mm, ts.rows, nr, w.gate_w, ld, ld, 0, gcols);
+            if (nr) ops.outer_rows(ts.ys, ts.sp, mm, ts.rows, nr, w.gate_w, ld, 0, gcols, false);
           }
         }
       }

@@ -483,6 +483,74 @@ struct impl {
     }
   }
 
+  /// y[q] += Σ over the listed rows i (ascending) of s[q][i] · v_i for q < M, columns [c_lo, c_hi)
+  /// (multiples of width), with the M × 4-vector tile of sums in registers over all the rows and added
+  /// to y once: the backward's products (a gradient row += Σ_t coef·x_t over a block's tokens; dX +=
+  /// Σ_i da_i·k_i over a block's neurons), whose rows are short and reused from cache, so the tile's
+  /// walk across rows costs less than the streaming kernel's y traffic (axpy_rows: y loaded and
+  /// stored per four rows). Each element: one sum from zero in row order, then y + sum (`assign`: y =
+  /// sum).
+  template <int M, class T>
+  static void outer_tile(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
+                         const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_lo, index_t c_hi,
+                         bool assign) {
+    constexpr int VC = 4;
+    constexpr index_t per_line = 64 / sizeof(T);
+    const reg one = V::set1(1.0f);
+    index_t c = c_lo;
+    for (; c + VC * width <= c_hi; c += VC * width) {
+      reg a[M][VC];
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m)
+#pragma GCC unroll 4
+        for (int u = 0; u < VC; ++u) a[m][u] = V::zero();
+      const bool more = c + 2 * VC * width <= c_hi;
+      for (index_t idx = 0; idx < nrows; ++idx) {
+        const index_t r = rows[idx];
+        const T* vr = v + r * ld + c;
+        if (more)  // this row's part of the next column tile, one prefetch per line
+          for (index_t p = VC * width; p < 2 * VC * width; p += per_line) V::prefetch(vr + p);
+        reg xv[VC];
+#pragma GCC unroll 4
+        for (int u = 0; u < VC; ++u) xv[u] = V::load(vr + u * width);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          const reg sb = V::set1(s[m][r]);
+#pragma GCC unroll 4
+          for (int u = 0; u < VC; ++u) a[m][u] = V::fma(sb, xv[u], a[m][u]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m)
+#pragma GCC unroll 4
+        for (int u = 0; u < VC; ++u)
+          V::store(y[m] + c + u * width,
+                   assign ? a[m][u] : V::fma(one, a[m][u], V::load(y[m] + c + u * width)));
+    }
+    for (; c < c_hi; c += width) {
+      reg a[M];
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) a[m] = V::zero();
+      for (index_t idx = 0; idx < nrows; ++idx) {
+        const index_t r = rows[idx];
+        const reg xv = V::load(v + r * ld + c);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) a[m] = V::fma(V::set1(s[m][r]), xv, a[m]);
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) V::store(y[m] + c, assign ? a[m] : V::fma(one, a[m], V::load(y[m] + c)));
+    }
+  }
+
+  /// outer_tile for m (<= rows_m) outputs; element dtypes only (the backward's weights).
+  template <class T>
+  static void outer_rows(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
+                         index_t nrows, const T* v, index_t ld, index_t c_lo, index_t c_hi, bool assign) {
+    count<rows_m>(static_cast<int>(m), [&](auto M) {
+      outer_tile<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi, assign);
+    });
+  }
+
   // ---- level-1 loops for host code outside the forward (the converter's router training and the
   // fitted routers' scores): any n, any alignment; a fixed order for a given ISA ------------------------
 
