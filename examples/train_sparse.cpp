@@ -8,7 +8,7 @@
 // cpu::backward and an Adam step on every weight and bias. The student's Avg-K centroids are a function
 // of its keys, so they are recomputed after each step (the selection itself gets no gradient:
 // cpu/backward.hpp). Prints the training loss and the held-out relative error every 25 steps (and
-// writes them to loss.csv if given); exits 1 unless the held-out error fell by at least half.
+// writes them to loss.csv if given); exits 1 unless the held-out error fell by at least 30%.
 #include <sparse_ffn/sparse_ffn.hpp>
 
 #include <cmath>
@@ -140,5 +140,5 @@ int main(int argc, char** argv) {
   }
   if (csv) std::fclose(csv);
   std::printf("held-out relative error %.4f -> %.4f\n", err0, err);
-  return err < 0.5 * err0 ? 0 : 1;
+  return err < 0.7 * err0 ? 0 : 1;
 }
