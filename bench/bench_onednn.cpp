@@ -36,12 +36,14 @@ struct onednn_copies {
   std::vector<onednn_weights> copies;
 };
 
-void BM_dense_onednn(benchmark::State& state, sf::index_t d, sf::index_t f, sf::index_t n, bool bf16) {
+/// Copies of one dense model's weights (>= 4x the L3), cached and shared by the forward and backward
+/// benchmarks.
+std::shared_ptr<onednn_copies> get_onednn_copies(sf::index_t d, sf::index_t f, bool bf16) {
   const std::string key =
       std::string("onednn/") + (bf16 ? "bf16/" : "f32/") + std::to_string(d) + "x" + std::to_string(f);
   const double weight_bytes = 2.0 * double(d) * double(f) * (bf16 ? 2 : 4);
   const int copies = copies_for(weight_bytes);
-  auto models = g_models.get<onednn_copies>(key, weight_bytes * copies, [&] {
+  return g_models.get<onednn_copies>(key, weight_bytes * copies, [&] {
     auto* m = new onednn_copies();
     for (int c = 0; c < copies; ++c) {
       dense_model dense(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
@@ -61,6 +63,11 @@ void BM_dense_onednn(benchmark::State& state, sf::index_t d, sf::index_t f, sf::
     }
     return m;
   });
+}
+
+void BM_dense_onednn(benchmark::State& state, sf::index_t d, sf::index_t f, sf::index_t n, bool bf16) {
+  const double weight_bytes = 2.0 * double(d) * double(f) * (bf16 ? 2 : 4);
+  auto models = get_onednn_copies(d, f, bf16);
   dnnl::engine eng(dnnl::engine::kind::cpu, 0);
   dnnl::stream strm(eng);
   const dt wt = bf16 ? dt::bf16 : dt::f32;
@@ -130,28 +137,7 @@ void BM_dense_onednn(benchmark::State& state, sf::index_t d, sf::index_t f, sf::
 /// outputs) are not.
 void BM_dense_backward_onednn(benchmark::State& state, sf::index_t d, sf::index_t f, sf::index_t n,
                               bool bf16) {
-  const std::string key = std::string("onednn_backward/") + (bf16 ? "bf16/" : "f32/") + std::to_string(d) +
-                          "x" + std::to_string(f);
-  const double weight_bytes = 2.0 * double(d) * double(f) * (bf16 ? 2 : 4);
-  const int copies = copies_for(weight_bytes);
-  auto models = g_models.get<onednn_copies>(key, weight_bytes * copies, [&] {
-    auto* m = new onednn_copies();
-    for (int c = 0; c < copies; ++c) {
-      dense_model dense(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
-      onednn_weights w;
-      if (bf16) {
-        w.w1h.resize(dense.ffn.w1.size());
-        w.w2h.resize(dense.ffn.w2.size());
-        for (std::size_t i = 0; i < w.w1h.size(); ++i) w.w1h[i] = sf::bfloat16_t(dense.ffn.w1[i]);
-        for (std::size_t i = 0; i < w.w2h.size(); ++i) w.w2h[i] = sf::bfloat16_t(dense.ffn.w2[i]);
-      } else {
-        w.w1f = std::move(dense.ffn.w1);
-        w.w2f = std::move(dense.ffn.w2);
-      }
-      m->copies.push_back(std::move(w));
-    }
-    return m;
-  });
+  auto models = get_onednn_copies(d, f, bf16);
   dnnl::engine eng(dnnl::engine::kind::cpu, 0);
   dnnl::stream strm(eng);
   const dt wt = bf16 ? dt::bf16 : dt::f32;

@@ -220,20 +220,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp single
 #endif
-    {
-      std::fill(f.offsets, f.offsets + B + 1, index_t{0});
-      for (index_t e = 0; e < n * k; ++e) ++f.offsets[cache.blocks[e] + 1];
-      for (index_t b = 0; b < B; ++b) {
-        f.offsets[b + 1] += f.offsets[b];
-        f.cursor[b] = f.offsets[b];
-      }
-      for (index_t t = 0; t < n; ++t)
-        for (index_t j = 0; j < k; ++j) {
-          const index_t pos = f.cursor[cache.blocks[t * k + j]]++;
-          f.entries[2 * pos] = static_cast<std::int32_t>(t);
-          f.entries[2 * pos + 1] = static_cast<std::int32_t>(j);
-        }
-    }  // implicit barrier
+    group_by_block(cache.blocks, n, k, B, f.offsets, f.cursor, f.entries);  // implicit barrier
     // ---- gradients to overwrite: zero where nothing else writes (blocks no token chose, the padding
     // columns of the others, the biases and the gate, which are accumulated) --------------------------
     if (!acc) {

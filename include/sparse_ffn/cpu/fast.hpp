@@ -154,6 +154,24 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t cols, in
   return f;
 }
 
+/// Counting sort of a routing table's (token, slot) pairs by block, tokens ascending: block b's pairs
+/// are entries[2 offsets[b] ..) (token, slot), offsets[b + 1] - offsets[b] of them. cursor: B scratch.
+inline void group_by_block(const block_index_t* blocks, index_t n, index_t k, index_t B, index_t* offsets,
+                           index_t* cursor, std::int32_t* entries) {
+  std::fill(offsets, offsets + B + 1, index_t{0});
+  for (index_t e = 0; e < n * k; ++e) ++offsets[blocks[e] + 1];
+  for (index_t b = 0; b < B; ++b) {
+    offsets[b + 1] += offsets[b];
+    cursor[b] = offsets[b];
+  }
+  for (index_t t = 0; t < n; ++t)
+    for (index_t j = 0; j < k; ++j) {
+      const index_t pos = cursor[blocks[t * k + j]]++;
+      entries[2 * pos] = static_cast<std::int32_t>(t);
+      entries[2 * pos + 1] = static_cast<std::int32_t>(j);
+    }
+}
+
 /// Key pass of one block for the m (token, slot) pairs in `entries`: emit(t, j, i, pre, up).
 template <int G, class T, class Act, class Emit>
 void key_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, index_t b,
@@ -358,18 +376,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #pragma omp single
 #endif
       {
-        std::fill(f.offsets, f.offsets + B + 1, index_t{0});
-        for (index_t e = 0; e < n * k; ++e) ++f.offsets[f.blocks[e] + 1];
-        for (index_t b = 0; b < B; ++b) {
-          f.offsets[b + 1] += f.offsets[b];
-          f.cursor[b] = f.offsets[b];
-        }
-        for (index_t t = 0; t < n; ++t)
-          for (index_t j = 0; j < k; ++j) {
-            const index_t pos = f.cursor[f.blocks[t * k + j]]++;
-            f.entries[2 * pos] = static_cast<std::int32_t>(t);
-            f.entries[2 * pos + 1] = static_cast<std::int32_t>(j);
-          }
+        group_by_block(f.blocks, n, k, B, f.offsets, f.cursor, f.entries);
         // Partials: a token's selected blocks in ascending order, the first half adds into accumulator
         // 0 and the rest into 1 (a function of the token's own routing: batch invariant).
         for (index_t t = 0; t < n; ++t)
