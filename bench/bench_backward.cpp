@@ -71,18 +71,8 @@ void BM_backward(benchmark::State& state, sf::index_t d, sf::index_t f, int dens
 }
 
 #if defined(SPARSE_FFN_BENCH_OPENBLAS)
-struct dense_backward_copies {
-  std::vector<dense_model> copies;
-};
-
 void BM_dense_backward_openblas(benchmark::State& state, sf::index_t d, sf::index_t f, sf::index_t n) {
-  const std::string key = "dense_backward/" + std::to_string(d) + "x" + std::to_string(f);
-  const int copies = copies_for(2.0 * double(d) * double(f) * 4);
-  auto models = g_models.get<dense_backward_copies>(key, 4.0 * double(d) * double(f) * 4 * copies, [&] {
-    auto* m = new dense_backward_copies();
-    for (int c = 0; c < copies; ++c) m->copies.emplace_back(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
-    return m;
-  });
+  auto models = get_dense_copies(d, f);
   const auto x = random_x(n, d, 7), dy = random_x(n, d, 11);
   const bool relu = g_act == "relu";
   // What the forward keeps: the pre-activations A (of copy 0; every copy is the same size and kind).
@@ -112,17 +102,8 @@ void BM_dense_backward_openblas(benchmark::State& state, sf::index_t d, sf::inde
                 x.data(), int(d), 0.0f, dw1.data(), int(d));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(d), int(f), 1.0f, dh.data(), int(f),
                 m.w1.data(), int(d), 0.0f, dx.data(), int(d));
-#pragma omp parallel for schedule(static)
-    for (sf::index_t c = 0; c < f; ++c) {
-      float s = 0;
-      for (sf::index_t t = 0; t < n; ++t) s += dh[static_cast<std::size_t>(t * f + c)];
-      db1[static_cast<std::size_t>(c)] = s;
-    }
-    for (sf::index_t c = 0; c < d; ++c) {
-      float s = 0;
-      for (sf::index_t t = 0; t < n; ++t) s += dy[static_cast<std::size_t>(t * d + c)];
-      db2[static_cast<std::size_t>(c)] = s;
-    }
+    column_sums(dh.data(), n, f, db1.data());
+    column_sums(dy.data(), n, d, db2.data());
   };
   step();  // untimed: OpenBLAS's buffers and the outputs' first touch
   for (auto _ : state) {

@@ -92,6 +92,23 @@ struct dense_model {
   }
 };
 
+/// Copies of one dense model (>= 4x the L3 of weights), cached: shared by the dense forward and backward
+/// OpenBLAS benchmarks.
+struct dense_copies {
+  std::vector<dense_model> copies;
+};
+inline std::shared_ptr<dense_copies> get_dense_copies(sf::index_t d, sf::index_t f);
+
+/// out[c] = sum over rows r < m of a[r * cols + c], rows in order (the dense backward's bias gradients).
+inline void column_sums(const float* a, sf::index_t m, sf::index_t cols, float* out) {
+#pragma omp parallel for schedule(static)
+  for (sf::index_t c = 0; c < cols; ++c) {
+    float s = 0;
+    for (sf::index_t r = 0; r < m; ++r) s += a[r * cols + c];
+    out[c] = s;
+  }
+}
+
 /// Packed copies of one configuration (cached: the suite reuses them across batches/selectors).
 template <class T>
 struct sparse_models {
@@ -134,6 +151,16 @@ struct model_cache {
   }
 };
 inline model_cache g_models;
+
+inline std::shared_ptr<dense_copies> get_dense_copies(sf::index_t d, sf::index_t f) {
+  const std::string key = "dense/" + std::to_string(d) + "x" + std::to_string(f);
+  const int copies = copies_for(2.0 * double(d) * double(f) * 4);
+  return g_models.get<dense_copies>(key, 4.0 * double(d) * double(f) * 4 * copies, [&] {
+    auto* m = new dense_copies();
+    for (int c = 0; c < copies; ++c) m->copies.emplace_back(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
+    return m;
+  });
+}
 
 /// Bytes of a packed (not gated) model's weights: 2 matrices of d_ff padded rows (q8/q4: with scales).
 template <class T>

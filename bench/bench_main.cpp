@@ -45,18 +45,8 @@ void register_stream();  // bench_stream.cpp
 
 // ---- dense OpenBLAS baseline ----------------------------------------------------------------------
 #if defined(SPARSE_FFN_BENCH_OPENBLAS)
-struct dense_copies {
-  std::vector<dense_model> copies;
-};
-
 void BM_dense_openblas(benchmark::State& state, sf::index_t d, sf::index_t f, sf::index_t n) {
-  const std::string key = "dense/" + std::to_string(d) + "x" + std::to_string(f);
-  const int copies = copies_for(2.0 * double(d) * double(f) * 4);
-  auto models = g_models.get<dense_copies>(key, 4.0 * double(d) * double(f) * 4 * copies, [&] {
-    auto* m = new dense_copies();
-    for (int c = 0; c < copies; ++c) m->copies.emplace_back(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
-    return m;
-  });
+  auto models = get_dense_copies(d, f);
   const auto x = random_x(n, d, 7);
   std::vector<float> h(static_cast<std::size_t>(n * f)), y(static_cast<std::size_t>(n * d));
   const bool relu = g_act == "relu";

@@ -186,26 +186,16 @@ void BM_dense_backward_onednn(benchmark::State& state, sf::index_t d, sf::index_
     mm_dh.execute(strm, {{DNNL_ARG_SRC, dy_mem}, {DNNL_ARG_WEIGHTS, w2s[c]}, {DNNL_ARG_DST, dh_mem}});
     strm.wait();
 #pragma omp parallel for schedule(static)
-    for (std::size_t e = 0; e < dh.size(); ++e)
-      store(da_buf, e, dh[e] * (relu ? sf::act::relu::grad(a[e]) : sf::act::silu::grad(a[e])));
+    for (std::size_t e = 0; e < dh.size(); ++e) {
+      dh[e] *= relu ? sf::act::relu::grad(a[e]) : sf::act::silu::grad(a[e]);  // dA, f32
+      store(da_buf, e, dh[e]);
+    }
     mm_dw2.execute(strm, {{DNNL_ARG_SRC, dyT_mem}, {DNNL_ARG_WEIGHTS, h_mem}, {DNNL_ARG_DST, dw2_mem}});
     mm_dw1.execute(strm, {{DNNL_ARG_SRC, daT_mem}, {DNNL_ARG_WEIGHTS, x_mem}, {DNNL_ARG_DST, dw1_mem}});
     mm_dx.execute(strm, {{DNNL_ARG_SRC, da_mem}, {DNNL_ARG_WEIGHTS, w1s[c]}, {DNNL_ARG_DST, dx_mem}});
     strm.wait();
-#pragma omp parallel for schedule(static)
-    for (sf::index_t col = 0; col < f; ++col) {
-      float s = 0;
-      for (sf::index_t t = 0; t < n; ++t)
-        s += dh[static_cast<std::size_t>(t * f + col)] *
-             (relu ? sf::act::relu::grad(a[static_cast<std::size_t>(t * f + col)])
-                   : sf::act::silu::grad(a[static_cast<std::size_t>(t * f + col)]));
-      db1[static_cast<std::size_t>(col)] = s;
-    }
-    for (sf::index_t col = 0; col < d; ++col) {
-      float s = 0;
-      for (sf::index_t t = 0; t < n; ++t) s += dyf[static_cast<std::size_t>(t * d + col)];
-      db2[static_cast<std::size_t>(col)] = s;
-    }
+    column_sums(dh.data(), n, f, db1.data());
+    column_sums(dyf.data(), n, d, db2.data());
   };
   step();  // untimed: oneDNN's scratchpads and the outputs' first touch
   for (auto _ : state) {
