@@ -45,6 +45,12 @@ struct case_data {
   std::vector<sfx::block_index_t> cblocks, rblocks;
   std::vector<float> cweights, rweights, cpre, cup;
   sfx::forward_cache cache;
+  /// What the kernels under test round (tolerances in verify): by default the active CPU kernels'
+  /// choice for T; the GPU tests set their own (x rounded to bf16 beforehand on the tensor-core path,
+  /// value coefficients rounded there).
+  bool x_to_bf16 = sfx::cpu::rounds_inputs_to_bf16<T>();
+  bool x_to_int8 = sfx::cpu::quantizes_inputs_to_int8<T>();
+  bool h_to_bf16 = sfx::cpu::rounds_inputs_to_bf16<T>();
 
   case_data(std::mt19937_64& r, const case_shape& s_, sfx::index_t g_, sfx::selector_kind sel_,
             sfx::activation_kind act_)
@@ -111,16 +117,17 @@ struct case_data {
     REQUIRE(y.all_written());
     REQUIRE(y.guard_intact());
     const bool gated = sfx::activation_is_gated(act);
-    // Rounding of x in the key pass (bf16 or int8; tolerances below, x_rounding): xr bounds it per element.
-    const bool rounds_x = sfx::cpu::rounds_inputs_to_bf16<T>() || sfx::cpu::quantizes_inputs_to_int8<T>();
-    const double act_round = rounds_x ? 1.0 : 0.0;
-    INFO("kernels " << sfx::cpu::isa_name(sfx::cpu::active_isa()) << ", x rounded to bf16 "
-                    << sfx::cpu::rounds_inputs_to_bf16<T>() << ", to int8 "
-                    << sfx::cpu::quantizes_inputs_to_int8<T>());
+    // Rounding of x in the key pass (bf16 or int8; tolerances below, x_rounding): xr bounds it per
+    // element; rounding of the value coefficients w·h to bf16: h_round, relative.
+    const bool rounds_x = x_to_bf16 || x_to_int8;
+    const double act_round = rounds_x || h_to_bf16 ? 1.0 : 0.0;
+    const double h_round = h_to_bf16 ? std::ldexp(1.0, -8) : 0.0;  // bf16's 2^-9, with margin
+    INFO("kernels " << sfx::cpu::isa_name(sfx::cpu::active_isa()) << ", x rounded to bf16 " << x_to_bf16
+                    << ", to int8 " << x_to_int8 << ", coefficients to bf16 " << h_to_bf16);
     for (sfx::index_t t = 0; t < n; ++t) {
       INFO("token " << t);
       const Tio* xt = x.data() + t * d;
-      const std::vector<double> xr = x_rounding<T>(xt, d);
+      const std::vector<double> xr = x_rounding<T>(xt, d, x_to_bf16, x_to_int8);
       const sfx::block_index_t* bt = cblocks.data() + t * k;
       const float* wt = cweights.data() + t * k;
       // Routing: distinct, in range, top-k of the reference scores (hash: its permutation property is
@@ -171,7 +178,7 @@ struct case_data {
                     1e-5 * (1 + std::fabs(u)) * std::sqrt(double(d)) + 5 * act_round * u2);
         }
       // Output.
-      const auto ref = forward_ref(w, act, xt, bt, wt, k, xr.data());
+      const auto ref = forward_ref(w, act, xt, bt, wt, k, xr.data(), h_round);
       double err = 0;
       const bool ok = close_to(y.data() + t * d, ref, &err, act_round);
       INFO("||y - ref|| / ||mag|| = " << err << ", rel L2 " << rel_l2(y.data() + t * d, ref.y));

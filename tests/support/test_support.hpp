@@ -75,14 +75,17 @@ double activation_rounding() {
 /// active ISA: 2^-8 |x_c| where x is rounded to bf16; half a step (max |x| of the group of 32 / 254)
 /// where it is quantised to int8 (q8/q4 on VNNI); 0 otherwise. Tolerances add a multiple of the
 /// root-sum-square of the terms' sensitivities to it (a random walk of independent roundings).
+/// (`to_bf16` / `to_int8` override what the active CPU kernels do, for other back ends.)
 template <class T, class Tx>
-std::vector<double> x_rounding(const Tx* x, sfx::index_t d) {
+std::vector<double> x_rounding(const Tx* x, sfx::index_t d,
+                               bool to_bf16 = sfx::cpu::rounds_inputs_to_bf16<T>(),
+                               bool to_int8 = sfx::cpu::quantizes_inputs_to_int8<T>()) {
   std::vector<double> xr(static_cast<std::size_t>(d), 0.0);
-  if (sfx::cpu::rounds_inputs_to_bf16<T>()) {
+  if (to_bf16) {
     for (sfx::index_t c = 0; c < d; ++c)
       xr[static_cast<std::size_t>(c)] =
           std::ldexp(1.0, -8) * std::fabs(static_cast<double>(sfx::to_float(x[c])));
-  } else if (sfx::cpu::quantizes_inputs_to_int8<T>()) {
+  } else if (to_int8) {
     for (sfx::index_t g0 = 0; g0 < d; g0 += 32) {
       double amax = 0;
       for (sfx::index_t c = g0; c < std::min(d, g0 + 32); ++c)
@@ -235,11 +238,14 @@ struct ref_output {
 
 /// y_t = b2 + sum_j w_j * V_bjᵀ act(K_bj x + b1) for one token, in double.
 /// `xr` (optional): per element, the bound of the kernels' rounding of x (x_rounding); mag2 then uses
-/// it in place of x (callers pass act_round 1 to close_to), else mag2 is relative to x.
+/// it in place of x (callers pass act_round 1 to close_to), and `h_round` is the relative rounding of
+/// the value coefficients w·h (2^-8 where they are rounded to bf16, else 0). Without xr, mag2 is
+/// relative (x and the coefficients both count fully; close_to scales it by act_round).
 template <class T, class Tx>
 ref_output forward_ref(const sfx::blocked_ffn_view<T>& w, sfx::activation_kind act, const Tx* x,
                        const sfx::block_index_t* blocks, const float* weights, sfx::index_t k,
-                       const double* xr = nullptr) {
+                       const double* xr = nullptr, double h_round = 0.0) {
+  const double hr = xr ? h_round : 1.0;
   const auto& l = w.layout;
   ref_output out;
   out.y.resize(static_cast<std::size_t>(l.d_model));
@@ -274,14 +280,14 @@ ref_output forward_ref(const sfx::blocked_ffn_view<T>& w, sfx::activation_kind a
       const double hsens =
           std::fabs(wb) * (std::fabs(h / (wb == 0 ? 1 : wb)) + 1.2 * amag * (l.gated ? std::fabs(u) : 1.0) +
                            (l.gated ? (std::fabs(a) + 1) * umag : 0.0));
-      const double hsens2 =
-          std::fabs(wb) * (std::fabs(h / (wb == 0 ? 1 : wb)) + 1.2 * amag2 * (l.gated ? std::fabs(u) : 1.0) +
-                           (l.gated ? (std::fabs(a) + 1) * umag2 : 0.0));
+      const double hsens2 = std::fabs(wb) * (hr * std::fabs(h / (wb == 0 ? 1 : wb)) +
+                                             1.2 * amag2 * (l.gated ? std::fabs(u) : 1.0) +
+                                             (l.gated ? (std::fabs(a) + 1) * umag2 : 0.0));
       for (sfx::index_t c = 0; c < l.d_model; ++c) {
         const double v = wval(w.values(b) + i * l.ld, c, l.d_model);
         out.y[static_cast<std::size_t>(c)] += h * v;
         out.mag[static_cast<std::size_t>(c)] += (std::fabs(h) + hsens) * std::fabs(v);
-        out.mag2[static_cast<std::size_t>(c)] += std::pow((std::fabs(h) + hsens2) * std::fabs(v), 2);
+        out.mag2[static_cast<std::size_t>(c)] += std::pow((hr * std::fabs(h) + hsens2) * std::fabs(v), 2);
       }
     }
   }
