@@ -44,6 +44,10 @@ void check_policy_gpu(std::uint64_t salt, sfx::index_t num_blocks = 0) {
     if constexpr (!sfx::is_quantized<T>::value)
       if (sfx::cuda::detail::use_wmma<P>(c.s.n))
         for (auto& v : c.x) v = sfx::from_float<Tio>(sfx::to_float(sfx::from_float<T>(sfx::to_float(v))));
+    // What the GPU kernels round: nothing on the decode path (X stays float); on the tensor-core path X
+    // (made exact above) and the value coefficients w·h (to T, bf16 or half: 2^-8 bounds both).
+    c.x_to_bf16 = c.x_to_int8 = false;
+    c.h_to_bf16 = sfx::cuda::detail::path_for<P>(c.s.n, true) == sfx::cuda::detail::compute_path::wmma;
     sfx::cuda::device_model<T> m;
     REQUIRE(m.upload(c.model));
     const auto w = m.view();
@@ -93,6 +97,56 @@ void check_policy_gpu(std::uint64_t salt, sfx::index_t num_blocks = 0) {
     rw.to_host(c.rweights.data());
     c.verify();
   }
+}
+
+/// A forward captured in a CUDA graph and replayed gives the bits of a direct call on the same stream
+/// (no allocation, host synchronisation or host-side decision depends on device data inside a call).
+template <class P, class Tio>
+void check_graph_capture(std::uint64_t salt, sfx::index_t n) {
+  using T = typename P::dtype;
+  auto r = test::rng(salt);
+  auto shape = test::random_shape(r, n, P::block_size);
+  test::case_data<T, Tio> c(r, shape, P::block_size, P::selector::kind, P::activation::kind);
+  sfx::cuda::device_model<T> m;
+  REQUIRE(m.upload(c.model));
+  const sfx::index_t d = c.s.d;
+  dbuf<Tio> x(c.x), y(n * d), yg(n * d);
+  dbuf<sfx::token_id_t> ids(c.ids);
+  sfx::route_args a = c.args;
+  a.token_ids = ids.p;
+  cudaStream_t s = nullptr;
+  GPU_REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  std::size_t bytes = 0;
+  REQUIRE(sfx::cuda::forward<P>(nullptr, bytes, m.view(), n, x.p, y.p, a));
+  dbuf<unsigned char> ws(bytes);
+  REQUIRE(sfx::cuda::forward<P>(ws.p, bytes, m.view(), n, x.p, y.p, a, nullptr, s));
+  GPU_REQUIRE(cudaStreamSynchronize(s));
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  GPU_REQUIRE(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  const auto res = sfx::cuda::forward<P>(ws.p, bytes, m.view(), n, x.p, yg.p, a, nullptr, s);
+  GPU_REQUIRE(cudaStreamEndCapture(s, &graph));
+  INFO(res.message);
+  REQUIRE(res);
+  std::size_t nodes = 0;
+  GPU_REQUIRE(cudaGraphGetNodes(graph, nullptr, &nodes));
+  INFO("graph nodes: " << nodes);
+  GPU_REQUIRE(cudaGraphInstantiate(&exec, graph, 0));
+  for (int rep = 0; rep < 2; ++rep) {
+    GPU_REQUIRE(cudaMemset(yg.p, 0xff, yg.n * sizeof(Tio)));  // poisoned before each replay
+    GPU_REQUIRE(cudaGraphLaunch(exec, s));
+    GPU_REQUIRE(cudaStreamSynchronize(s));
+    std::vector<Tio> h1(yg.n), h2(yg.n);
+    y.to_host(h1.data());
+    yg.to_host(h2.data());
+    REQUIRE(std::memcmp(h1.data(), h2.data(), h1.size() * sizeof(Tio)) == 0);
+  }
+  int errors = -1;
+  REQUIRE(sfx::cuda::device_errors(ws.p, errors, s));
+  REQUIRE(errors == 0);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
 }
 
 template <class Sel>

@@ -113,6 +113,95 @@ int main(int argc, char** argv) {
                 qres.message, qbytes);
     failures += !(widths && sized);
   }
+  // Launch plans (host side: launch() issues exactly plan_steps' list). Decode (n < 16) is at most 4
+  // kernels and no memset for Avg-K, the learned gate, hash and a caller's routing table, also when a
+  // forward cache is kept (the top-k writes into it); the oracle takes 5.
+  {
+    namespace cd = sfx::cuda::detail;
+    using S = cd::step;
+    using LG = sfx::policy<64, sfx::select::learned_gate, sfx::bfloat16_t, sfx::act::swiglu>;
+    using O = sfx::policy<16, sfx::select::oracle, float, sfx::act::relu>;
+    using BF = sfx::policy<64, sfx::select::avg_k, sfx::bfloat16_t, sfx::act::relu>;
+    auto same = [](const cd::step_list& got, std::initializer_list<S> want) {
+      return got.count == static_cast<int>(want.size()) && std::equal(want.begin(), want.end(), got.begin());
+    };
+    auto check = [&](bool ok, const char* what) {
+      std::printf("%s %s\n", ok ? "ok  " : "FAIL", what);
+      failures += !ok;
+    };
+    const sfx::index_t B = 224;
+    for (sfx::index_t n : {1, 15}) {
+      check(same(cd::plan_steps<P>(n, 56, B, false, false, true),
+                 {S::linear_scores, S::topk_block, S::keys_values, S::combine}),
+            "decode, avg_k: 4 kernels");
+      check(same(cd::plan_steps<LG>(n, 56, B, false, false, true),
+                 {S::linear_scores, S::topk_block, S::keys_values, S::combine}),
+            "decode, learned gate (weights fused into the top-k): 4 kernels");
+      check(same(cd::plan_steps<H>(n, 56, B, false, false, true),
+                 {S::prepare_x, S::hash_route, S::keys_values, S::combine}),
+            "decode, hash: 4 kernels");
+      check(same(cd::plan_steps<P>(n, 56, B, true, false, true),
+                 {S::prepare_x, S::copy_routing, S::keys_values, S::combine}),
+            "decode, caller's routing: 4 kernels");
+      check(same(cd::plan_steps<O>(n, 56, B, false, false, true),
+                 {S::prepare_x, S::dense_keys, S::topk_block, S::keys_values, S::combine}),
+            "decode, oracle (scores summed inside the top-k): 5 kernels");
+    }
+    check(same(cd::plan_steps<BF>(16, 56, B, false, false, true),
+               {S::linear_scores, S::topk_block, S::group_pairs_block, S::keys_wmma, S::values_wmma,
+                S::combine}),
+          "batched bf16: one-kernel grouping, tensor-core key and value passes: 6 kernels");
+    check(same(cd::plan_steps<BF>(1000, 56, B, false, false, true),
+               {S::linear_scores, S::topk_block, S::group_pairs, S::keys_wmma, S::values_wmma, S::combine}),
+          "batched bf16, n·k > 8192: CUB radix-sort grouping");
+    check(same(cd::plan_steps<P>(16, 56, B, false, false, true),
+               {S::linear_scores, S::topk_block, S::keys, S::values, S::combine}),
+          "batched float: gather path");
+    check(same(cd::plan_steps<LG>(1, 56, 5000, false, false, true),
+               {S::linear_scores, S::sort_keys, S::segmented_sort, S::take_topk, S::gate_weights,
+                S::keys_values, S::combine}),
+          "B > 4096: radix-sort top-k");
+    check(same(cd::plan_steps<P>(1, 56, B, false, false, false), {S::linear_scores, S::topk_block}),
+          "route only: 2 kernels");
+    // Routing written straight into a cache (both arrays given), copied otherwise or when routed.
+    cd::buffers bufs;
+    bufs.blocks = fake_blocks;
+    bufs.weights = y;
+    sfx::block_index_t* cb = reinterpret_cast<sfx::block_index_t*>(0x5000);
+    float* cw = reinterpret_cast<float*>(0x6000);
+    const sfx::forward_cache full{cb, cw, nullptr, nullptr}, half{cb, nullptr, nullptr, nullptr};
+    const auto direct = cd::routing_for(bufs, false, nullptr, &full);
+    const auto partial = cd::routing_for(bufs, false, nullptr, &half);
+    const auto routed = cd::routing_for(bufs, true, nullptr, &full);
+    const auto none = cd::routing_for(bufs, false, nullptr, nullptr);
+    check(direct.blocks == cb && direct.weights == cw && !direct.copy_out && partial.blocks == fake_blocks &&
+              partial.copy_out && routed.blocks == fake_blocks && routed.copy_out && !none.copy_out,
+          "routing target: a full cache is written directly, else copied");
+    // Decode rows per thread block: >= k_decode_ctas blocks where rows can shrink, never below min(g, 8).
+    bool rows_ok = true;
+    for (sfx::index_t G : {1, 8, 16, 64, 128, 256})
+      for (sfx::index_t n : {1, 3, 15})
+        for (sfx::index_t k : {1, 7, 56}) {
+          const sfx::index_t R = sfx::cuda::kernels::decode_rows(n, k, G), lo = std::min<sfx::index_t>(G, 8);
+          const sfx::index_t ctas = n * k * ((G + R - 1) / R);
+          rows_ok &= R >= lo && R <= G && (ctas >= sfx::cuda::kernels::k_decode_ctas || R == lo) &&
+                     (R == G || n * k * ((G + 2 * R - 1) / (2 * R)) < sfx::cuda::kernels::k_decode_ctas);
+        }
+    // keys_wmma's cp.async stages fit what every sm_80+ GPU grants a thread block (sm_86/89: 99 KiB).
+    namespace ck = sfx::cuda::kernels;
+    const std::size_t smem[] = {ck::keys_wmma_shape<sfx::bfloat16_t, sfx::act::relu, 16>::smem_bytes,
+                                ck::keys_wmma_shape<sfx::bfloat16_t, sfx::act::swiglu, 64>::smem_bytes,
+                                ck::keys_wmma_shape<sfx::half_t, sfx::act::swiglu, 128>::smem_bytes,
+                                ck::keys_wmma_shape<sfx::half_t, sfx::act::relu, 256>::smem_bytes,
+                                ck::keys_wmma_shape<sfx::bfloat16_t, sfx::act::geglu, 256>::smem_bytes};
+    bool smem_ok = true;
+    for (std::size_t b : smem) smem_ok &= b <= 99 * 1024;
+    check(smem_ok && smem[1] <= 48 * 1024,
+          "keys_wmma shared memory: <= 99 KiB for every g, <= 48 KiB at g = 64");
+    check(rows_ok && sfx::cuda::kernels::decode_rows(1, 56, 64) == 8 &&
+              sfx::cuda::kernels::decode_rows(15, 56, 64) == 64,
+          "decode rows per thread block (1 token, k = 56, g = 64: 8 rows, 448 thread blocks)");
+  }
   if (failures) return 1;
   return gpu_test_main(argc, argv, "test_cuda_errors");
 }

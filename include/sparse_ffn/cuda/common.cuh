@@ -123,6 +123,30 @@ __device__ __forceinline__ void load_x(const float* __restrict__ x, index_t off,
   }
 }
 
+/// The same floats read from a caller's unpadded X row (any dtype, any alignment; d columns, zeros
+/// past them): for the first kernel of a call, which runs before the padded copy exists.
+template <class T, class Tx>
+__device__ __forceinline__ void load_x_raw(const Tx* __restrict__ x, index_t d, index_t off,
+                                           float (&out)[row_unit<T>::values]) {
+#pragma unroll
+  for (int e = 0; e < row_unit<T>::values; ++e) {
+    const index_t c = row_unit<T>::column(off, e);
+    out[e] = c < d ? to_float(x[c]) : 0.0f;
+  }
+}
+
+/// Programmatic dependent launch (sm_90+; docs/cuda.md): a kernel launched with the attribute may be
+/// scheduled before its predecessor in the stream has finished. Every kernel here calls this first:
+/// it waits for the predecessor's completion and memory (griddepcontrol.wait), then lets the next
+/// kernel be scheduled (it can start only once every thread block of this one has begun, and waits
+/// in turn). Both are no-ops for a plain launch and before sm_90.
+__device__ __forceinline__ void grid_dependency() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 /// Sum over the 32 lanes, fixed butterfly order: every lane gets the same bits on every run.
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
