@@ -600,3 +600,66 @@ TEST_CASE("model conversion: layer lists, name patterns, report curves, block by
   row("kmeans", "linear", 2, std::numeric_limits<double>::infinity());
   REQUIRE_THROWS_WITH(cv::report_curve(rows, "kmeans", "linear", 0, 96), Catch::Contains("not finite"));
 }
+
+TEST_CASE("quality report: the error at every k equals the routed forward's, pinned or not, plain or gated",
+          "[convert][report]") {
+  // evaluate_split gets every k of every selector from one pass over the blocks' output contributions;
+  // here each (selector, k) is recomputed the direct way: the reference forward of the packed model with
+  // that selector and k, its output against the dense FFN's, in float64.
+  auto run = [](auto act_tag, bool gated, sfx::index_t pinned, std::uint64_t seed) {
+    using Act = typename decltype(act_tag)::type;
+    constexpr int g = 16;
+    const sfx::index_t d = 48, F = 8 * g, n = 400;
+    auto rng = test::rng(seed);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    sfx::dense_ffn<float> dense(d, F, gated, true);
+    for (auto* v : {&dense.w1, &dense.w2, &dense.w3, &dense.b1, &dense.b2, &dense.b3})
+      for (auto& e : *v) e = nd(rng) * 0.2f;
+    std::vector<float> x(static_cast<std::size_t>(n * d));
+    for (auto& e : x) e = nd(rng);
+    std::vector<std::int32_t> perm(static_cast<std::size_t>(F));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    cv::quality_options qo;
+    qo.densities = {0.125, 0.25, 0.5, 0.75, 0.875, 1.0};
+    qo.fit_routers = false;
+    const auto rows = cv::evaluate_split<Act>(dense.view(), perm, g, x.data(), n, "random", qo, pinned);
+    sfx::pack_options po{g};
+    po.permutation = perm.data();
+    po.pinned = pinned;
+    const auto model = sfx::pack<float>(dense.view(), po);
+    const sfx::index_t n_eval = cv::held_out_tokens(n, qo.held_out);
+    const float* xe = x.data() + (n - n_eval) * d;
+    std::vector<float> y_dense(static_cast<std::size_t>(n_eval * d)), y(y_dense.size());
+    sfx::cpu::dense_forward<Act>(dense.view(), n_eval, xe, y_dense.data());
+    double norm = 0;
+    for (float v : y_dense) norm += double(v) * v;
+    REQUIRE(rows.size() == 3 * qo.densities.size());  // oracle, avg_k, similarity
+    int checked = 0;
+    for (const auto& r : rows) {
+      if (r.selector == "similarity") continue;
+      sfx::route_args a;
+      a.k = r.k;
+      if (r.selector == "oracle")
+        sfx::cpu::reference_forward<sfx::policy<g, sfx::select::oracle, float, Act>>(model.view(), n_eval, xe,
+                                                                                     y.data(), a);
+      else
+        sfx::cpu::reference_forward<sfx::policy<g, sfx::select::avg_k, float, Act>>(model.view(), n_eval, xe,
+                                                                                    y.data(), a);
+      double err = 0;
+      for (std::size_t i = 0; i < y.size(); ++i)
+        err += (double(y[i]) - y_dense[i]) * (double(y[i]) - y_dense[i]);
+      const double want = std::sqrt(err / norm);
+      INFO(r.selector << " k=" << r.k << " pinned=" << pinned << ": report " << r.rel_error << ", direct "
+                      << want);
+      REQUIRE(r.pinned == pinned);
+      REQUIRE(std::abs(r.rel_error - want) <= 1e-4 * want + 1e-5);
+      if (r.k == model.layout().num_blocks) REQUIRE(r.rel_error < 1e-5);
+      ++checked;
+    }
+    REQUIRE(checked == 2 * static_cast<int>(qo.densities.size()));
+  };
+  run(sfx::type_tag<sfx::act::relu>{}, false, 0, 31);
+  run(sfx::type_tag<sfx::act::gelu_erf>{}, false, 1, 32);
+  run(sfx::type_tag<sfx::act::swiglu>{}, true, 2, 33);
+}

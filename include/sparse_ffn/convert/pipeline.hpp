@@ -182,31 +182,38 @@ inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t
       if (o.progress) o.progress("dense pass", 0.0);
       dense_reference<Act>(dense.view(), o.g, perms, x, n, y_dense, masses);
     }
+    // The report first: the router it fits on the installed split is the one to install (same tokens,
+    // same masses, same options), so it is not fitted twice.
+    fitted_routers fitted;
+    for (std::size_t i = 0; i < splits.size(); ++i) {
+      const auto& perm = i == 0 ? r.permutation : other_perms[i - 1];
+      const auto rows =
+          evaluate_split<Act>(dense.view(), perm, o.g, x, n, splits[i], o.quality, r.pinned.blocks,
+                              masses[i].data(), y_dense.data(), i == 0 ? &fitted : nullptr);
+      r.report.insert(r.report.end(), rows.begin(), rows.end());
+    }
     if (o.router != "avg_k") {
       const auto sim = similarity_rows(model.view());
       if (o.router == "similarity") {
         r.router_rows = sim;
       } else {
-        if (o.progress) o.progress("block masses", 0.0);
+        if (o.progress && !fitted.fitted) o.progress("block masses", 0.0);
         // The fit share's masses: the first n_fit rows of the report's, or a dense pass of their own.
-        const auto mass = o.report ? std::vector<float>(masses[0].begin(), masses[0].begin() + n_fit * B)
-                                   : block_mass<Act>(model, x, n_fit);
+        const auto mass = fitted.fitted ? std::vector<float>()
+                          : o.report    ? std::vector<float>(masses[0].begin(), masses[0].begin() + n_fit * B)
+                                        : block_mass<Act>(model, x, n_fit);
         if (o.router == "linear") {
-          const auto lin = fit_linear_router(x, mass.data(), n_fit, d, B, o.quality.train, sim.data());
+          const auto lin = fitted.fitted
+                               ? fitted.linear
+                               : fit_linear_router(x, mass.data(), n_fit, d, B, o.quality.train, sim.data());
           r.router_rows = lin.w;
           r.router_bias = lin.b;
         } else {
-          r.mlp = fit_mlp_router(x, mass.data(), n_fit, d, B, o.quality.train, sim.data());
+          r.mlp = fitted.fitted ? fitted.mlp
+                                : fit_mlp_router(x, mass.data(), n_fit, d, B, o.quality.train, sim.data());
           r.has_mlp = true;
         }
       }
-    }
-    if (!o.report) return;
-    for (std::size_t i = 0; i < splits.size(); ++i) {
-      const auto& perm = i == 0 ? r.permutation : other_perms[i - 1];
-      const auto rows = evaluate_split<Act>(dense.view(), perm, o.g, x, n, splits[i], o.quality,
-                                            r.pinned.blocks, masses[i].data(), y_dense.data());
-      r.report.insert(r.report.end(), rows.begin(), rows.end());
     }
   });
   return r;

@@ -8,7 +8,8 @@
 //   rel_error  ‖Y_sparse − Y_dense‖_F / ‖Y_dense‖_F over the held-out tokens
 // Selectors: oracle (MoEfication ground truth), avg_k (mean key · x + mean bias), similarity
 // (mean normalised key · x), linear (fitted linear router), mlp (fitted MoEfication MLP router).
-// Sparse outputs are computed with the library's own kernels (forward_routed on the float model).
+// The errors come from each block's output contribution, computed with the library's own kernels
+// (forward_routed on the float model), for every k of every selector in one pass (evaluate_split).
 #pragma once
 
 #include <cmath>
@@ -60,6 +61,13 @@ inline void check_quality_options(const quality_options& o) {
                               status::invalid_argument, "held_out (", o.held_out, ") must be in (0, 1)");
 }
 
+/// The routers evaluate_split fitted (on the fit share), for a caller that installs one of them.
+struct fitted_routers {
+  bool fitted = false;
+  linear_router linear;
+  mlp_router mlp;
+};
+
 /// Evaluates one split (permutation) of a dense float FFN with activation Act on tokens x [n × d].
 /// `mass` [n × B] and `y_dense` [n × d], when given, are the split's block masses and the dense
 /// output (dense_reference computes them for several splits in one pass); otherwise they are
@@ -69,7 +77,7 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
                                         const std::vector<std::int32_t>& perm, index_t g, const float* x,
                                         index_t n, const std::string& split_name, const quality_options& o,
                                         index_t pinned = 0, const float* mass_in = nullptr,
-                                        const float* y_dense_in = nullptr) {
+                                        const float* y_dense_in = nullptr, fitted_routers* fitted = nullptr) {
   sparse_ffn::detail::require(n >= 2, status::invalid_shape, "the quality report needs at least 2 tokens");
   check_quality_options(o);
   pack_options po{g};
@@ -129,44 +137,80 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
     const auto mlp = fit_mlp_router(x, mass, n_train, d, B, o.train, sim.data());
     mlp.scores(x_eval, n_eval, s.data());
     scores.push_back({"mlp", s});
+    if (fitted) *fitted = {true, lin, mlp};
   }
 
+  // Pinned blocks rank first under every selector (selector/selector.hpp).
+  for (auto& sc : scores)
+    for (index_t t = 0; t < n_eval; ++t)
+      for (index_t b = 0; b < pinned; ++b)
+        sc.second[static_cast<std::size_t>(t * B + b)] = ranking_score(0.0f, b, pinned);
+  // The error at every k in one pass per split, not one sparse forward per selector and density: the
+  // sparse output with the first k blocks of a ranking r is the dense output minus the contributions
+  // c_b = W2_b · act(W1_b x + b1_b) of the others, so err_t(k) = ‖Σ_{j ≥ k} c_{r_j}‖², R_B = 0,
+  // R_k = R_{k+1} + c_{r_k}. The contributions come from the library's routed forward of the model
+  // without b2 on "pseudo-tokens" (token t repeated B times, copy j routed to block j alone), in chunks.
+  const std::size_t S = scores.size(), Bs = static_cast<std::size_t>(B);
+  std::vector<double> tok_err(S * static_cast<std::size_t>(n_eval) * (Bs + 1), 0.0);  // [selector][t][k]
+  {
+    blocked_ffn_view<float> no_b2 = model.view();
+    no_b2.b2 = nullptr;
+    const index_t chunk = std::max<index_t>(1, std::min<index_t>(n_eval, (index_t{1} << 21) / (B * d)));
+    std::vector<float> xr(static_cast<std::size_t>(chunk * B * d)), c(xr.size());
+    std::vector<block_index_t> table(static_cast<std::size_t>(chunk * B));
+    for (index_t t0 = 0; t0 < n_eval; t0 += chunk) {
+      const index_t m = std::min(chunk, n_eval - t0);
+      for (index_t t = 0; t < m; ++t)
+        for (index_t b = 0; b < B; ++b) {
+          std::copy(x_eval + (t0 + t) * d, x_eval + (t0 + t + 1) * d, xr.begin() + (t * B + b) * d);
+          table[static_cast<std::size_t>(t * B + b)] = static_cast<block_index_t>(b);
+        }
+      dispatch_block_size(g, [&](auto G) {
+        using P = policy<decltype(G)::value, select::avg_k, float, Act>;
+        cpu::forward_routed<P>(no_b2, m * B, xr.data(), c.data(),
+                               const_routing_view{m * B, 1, table.data(), nullptr});
+      });
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+      for (index_t t = 0; t < m; ++t) {
+        std::vector<block_index_t> order(Bs), scratch(Bs);
+        std::vector<float> R(static_cast<std::size_t>(d));
+        const float* ct = c.data() + t * B * d;
+        for (std::size_t si = 0; si < S; ++si) {
+          topk(scores[si].second.data() + (t0 + t) * B, B, B, order.data(), scratch.data());
+          double* e = tok_err.data() +
+                      (si * static_cast<std::size_t>(n_eval) + static_cast<std::size_t>(t0 + t)) * (Bs + 1);
+          std::fill(R.begin(), R.end(), 0.0f);
+          for (index_t k = B - 1; k >= 1; --k) {
+            const float* cb = ct + order[static_cast<std::size_t>(k)] * d;
+            double sq = 0;
+            for (index_t j = 0; j < d; ++j) {
+              R[static_cast<std::size_t>(j)] += cb[j];
+              sq += double(R[static_cast<std::size_t>(j)]) * R[static_cast<std::size_t>(j)];
+            }
+            e[k] = sq;
+          }
+        }
+      }
+    }
+  }
   std::vector<quality_row> rows;
-  std::vector<float> y(static_cast<std::size_t>(n_eval * d));
   double dense_norm = 0;
   for (index_t i = 0; i < n_eval * d; ++i)
     dense_norm += double(y_dense[static_cast<std::size_t>(n_train * d + i)]) *
                   y_dense[static_cast<std::size_t>(n_train * d + i)];
-  for (std::size_t si = 0; si < scores.size(); ++si) {
+  for (std::size_t si = 0; si < S; ++si) {
     const std::string& name = scores[si].first;
-    std::vector<float>& sc = scores[si].second;
-    for (index_t t = 0; t < n_eval; ++t)  // pinned blocks rank first (selector/selector.hpp)
-      for (index_t b = 0; b < pinned; ++b)
-        sc[static_cast<std::size_t>(t * B + b)] = ranking_score(0.0f, b, pinned);
+    const std::vector<float>& sc = scores[si].second;
     for (double p : o.densities) {
       const index_t k = std::min<index_t>(
           B,
           std::max<index_t>(std::max<index_t>(1, pinned), static_cast<index_t>(std::llround(p * double(B)))));
-      routing_table table(n_eval, k);
-      std::vector<block_index_t> scratch(static_cast<std::size_t>(B));
+      double err = 0;  // summed in token order: the same bits on any thread count
       for (index_t t = 0; t < n_eval; ++t)
-        topk(sc.data() + t * B, B, k, table.blocks.data() + t * k, scratch.data());
-      // In chunks of tokens (as block_mass): one pass over 10^5 tokens leaves the caches.
-      const index_t chunk = std::max<index_t>(1, (index_t{1} << 22) / (k * g));
-      dispatch_block_size(g, [&](auto G) {
-        using P = policy<decltype(G)::value, select::avg_k, float, Act>;
-        for (index_t t0 = 0; t0 < n_eval; t0 += chunk) {
-          const index_t m = std::min(chunk, n_eval - t0);
-          cpu::forward_routed<P>(model.view(), m, x_eval + t0 * d, y.data() + t0 * d,
-                                 const_routing_view{m, k, table.blocks.data() + t0 * k, nullptr});
-        }
-      });
-      double err = 0;
-      for (index_t i = 0; i < n_eval * d; ++i) {
-        const double e =
-            double(y[static_cast<std::size_t>(i)]) - y_dense[static_cast<std::size_t>(n_train * d + i)];
-        err += e * e;
-      }
+        err += tok_err[(si * static_cast<std::size_t>(n_eval) + static_cast<std::size_t>(t)) * (Bs + 1) +
+                       static_cast<std::size_t>(k)];
       quality_row row;
       row.split = split_name;
       row.selector = name;
@@ -179,7 +223,7 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
                                      : (err > 0 ? std::numeric_limits<double>::infinity() : 0.0);
       rows.push_back(row);
     }
-    if (o.progress) o.progress("quality " + split_name + " " + name, double(si + 1) / double(scores.size()));
+    if (o.progress) o.progress("quality " + split_name + " " + name, double(si + 1) / double(S));
   }
   return rows;
 }
