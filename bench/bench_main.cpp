@@ -150,6 +150,17 @@ int main(int argc, char** argv) {
 #else
   benchmark::AddCustomContext("sparse_ffn.dense_baselines", "openblas f32 (oneDNN not found at build time)");
 #endif
+#if defined(SPARSE_FFN_BENCH_OPENBLAS)
+  // OpenBLAS picks its kernels by CPU model: a release older than the CPU (0.3.21 and Emerald Rapids,
+  // model 207) falls back to the SSE3 "Prescott" kernels, a dense baseline several times too weak.
+  const std::string core = openblas_get_corename();
+  benchmark::AddCustomContext("sparse_ffn.openblas_core", core);
+  if (core == "Prescott" && __builtin_cpu_supports("avx2"))
+    std::fprintf(stderr,
+                 "warning: OpenBLAS runs its SSE3 'Prescott' kernels on this AVX2/AVX-512 CPU (a CPU model it "
+                 "does not know): its dense baseline is too weak; rerun with OPENBLAS_CORETYPE=SkylakeX (AVX-512) "
+                 "or Haswell (AVX2)\n");
+#endif
 #if SPARSE_FFN_HAS_OPENMP
   benchmark::AddCustomContext("sparse_ffn.threads", std::to_string(omp_get_max_threads()));
 #endif
