@@ -58,7 +58,6 @@ const char* k_selectors[] = {"oracle", "avg_k", "linear"};
 struct variant {
   std::string name;
   double pin_ratio = 0;
-  std::vector<cv::moefy_result> r;
   std::vector<sf::blocked_ffn<float>> mean_keys, linear;  // Avg-K rows: the mean keys / the fitted router
   std::vector<index_t> pinned;
   std::map<std::string, std::vector<cv::layer_curve>> curves;      // by selector: the report's local errors
@@ -72,7 +71,6 @@ struct options {
   index_t every = 2;  // uniform k = every, 2·every, …, B (and B)
   int epochs = 20;
   bool quiet = false;
-  bool e2e_unpinned = false;  // also end-to-end budgets for the variant without pins
 };
 
 struct result_row {
@@ -156,7 +154,6 @@ variant convert_model(const bert::model& m, const std::vector<std::vector<float>
       std::fprintf(stderr, "[%s] layer %lld converted in %.1f s: %lld pinned block(s), hot neurons %lld\n",
                    name.c_str(), static_cast<long long>(l), now() - t0,
                    static_cast<long long>(r.pinned.blocks), static_cast<long long>(r.pinned.hot));
-    v.r.push_back(std::move(r));
   }
   return v;
 }
@@ -258,7 +255,7 @@ study run_study(const bert::model& m, const std::vector<std::vector<int>>& calib
     }
     const std::vector<float> dev_ref = bert::pool(m, dev, x);
     for (auto& v : st.variants) {
-      if (v.name != "pinned" && !opt.e2e_unpinned) continue;
+      if (v.name != "pinned") continue;  // end-to-end budgets: the pinned variant only
       for (const char* sel : k_selectors)
         for (index_t l = 0; l < L; ++l) {
           cv::layer_curve c;

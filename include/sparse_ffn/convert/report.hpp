@@ -158,6 +158,10 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
     const index_t chunk = std::max<index_t>(1, std::min<index_t>(n_eval, (index_t{1} << 21) / (B * d)));
     std::vector<float> xr(static_cast<std::size_t>(chunk * B * d)), c(xr.size());
     std::vector<block_index_t> table(static_cast<std::size_t>(chunk * B));
+    // Per-thread scratch (ranking, top-k scratch, tail sum), allocated once, not once per token.
+    const auto threads = static_cast<std::size_t>(cpu::detail::max_threads());
+    std::vector<block_index_t> orders(threads * Bs), scratches(threads * Bs);
+    std::vector<float> tails(threads * static_cast<std::size_t>(d));
     for (index_t t0 = 0; t0 < n_eval; t0 += chunk) {
       const index_t m = std::min(chunk, n_eval - t0);
       for (index_t t = 0; t < m; ++t)
@@ -174,20 +178,22 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
 #pragma omp parallel for schedule(static)
 #endif
       for (index_t t = 0; t < m; ++t) {
-        std::vector<block_index_t> order(Bs), scratch(Bs);
-        std::vector<float> R(static_cast<std::size_t>(d));
+        const auto me = static_cast<std::size_t>(cpu::detail::thread_id());
+        block_index_t* order = orders.data() + me * Bs;
+        block_index_t* scratch = scratches.data() + me * Bs;
+        float* R = tails.data() + me * static_cast<std::size_t>(d);
         const float* ct = c.data() + t * B * d;
         for (std::size_t si = 0; si < S; ++si) {
-          topk(scores[si].second.data() + (t0 + t) * B, B, B, order.data(), scratch.data());
+          topk(scores[si].second.data() + (t0 + t) * B, B, B, order, scratch);
           double* e = tok_err.data() +
                       (si * static_cast<std::size_t>(n_eval) + static_cast<std::size_t>(t0 + t)) * (Bs + 1);
-          std::fill(R.begin(), R.end(), 0.0f);
+          std::fill(R, R + d, 0.0f);
           for (index_t k = B - 1; k >= 1; --k) {
             const float* cb = ct + order[static_cast<std::size_t>(k)] * d;
             double sq = 0;
             for (index_t j = 0; j < d; ++j) {
-              R[static_cast<std::size_t>(j)] += cb[j];
-              sq += double(R[static_cast<std::size_t>(j)]) * R[static_cast<std::size_t>(j)];
+              R[j] += cb[j];
+              sq += double(R[j]) * R[j];
             }
             e[k] = sq;
           }
