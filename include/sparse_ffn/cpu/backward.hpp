@@ -22,13 +22,15 @@
 // almost everywhere; an estimator such as straight-through on the scores is a training-recipe choice
 // the caller can add from grads.route_weights).
 //
-// Phases (one OpenMP region): inputs padded to float (and bf16 where the kernels round to it, as the
-// forward); (token, slot) pairs grouped by block; per block (one thread each, so each block's
-// gradients are owned): S = dY_b V_bᵀ with the forward's key kernel, then da/du, then dV, dK, dU by
-// a register-tiled kernel (outer_rows) with the block's tokens as its rows; dX parallel over column ranges,
-// blocks ascending (outer_rows again, with the keys as rows); the learned gate last. Every
-// float is computed by one thread in a fixed order: bit-identical across runs and thread counts, for
-// a given ISA. No allocation with a workspace that has seen the size before.
+// Phases (one OpenMP region): inputs padded to float (and x to bf16 for the gate's logits where the
+// forward's kernels round it); (token, slot) pairs grouped by block; per block (one thread each, so
+// each block's gradients are owned; largest blocks first): S = dY_b V_bᵀ as outer products (V_b's
+// columns transposed into an L1-resident float panel, 128 at a time, then the register-tiled
+// kernel outer_rows with the panel's columns as its rows), then da/du, then dV, dK, dU by outer_rows
+// with the block's tokens as its rows; dX parallel over column ranges, blocks ascending (outer_rows
+// again, with the keys as rows); the learned gate last. Every float is computed by one thread in a
+// fixed order: bit-identical across runs and thread counts, for a given ISA. No allocation with a
+// workspace that has seen the size before.
 //
 // accumulate = false overwrites every gradient buffer given (blocks no token chose get exactly zero);
 // true adds into them, and blocks no token chose are not touched. Weights must be float, half or bf16
@@ -70,20 +72,27 @@ struct bwd_thread {
   const bfloat16_t** xb;  // n token pointers (bf16 copies, when the kernels read them)
   float* spill;           // n × key_r vectors
   float* dots;            // n × key_r dot products
-  float* coef;            // g × n coefficients indexed by token
+  float* coef;            // g × n coefficients indexed by token: w·h (dV's)
+  float* coef_k;          // g × n: da (dK's)
+  float* coef_u;          // g × n: du (dU's, gated)
+  float* S;               // n × gp: S = dY_b V_bᵀ of a block's tokens (gp = g rounded up to 16)
+  float* panel;           // k_bwd_s_cols × gp: a column range of V_b, transposed to float
   std::int32_t* rows;     // max(n, G, B) row or token indices
+  std::int32_t* tlists;   // g × n: per row group of a block matrix, its tokens with a nonzero coefficient
   float** ys;             // k_bwd_rows output rows
   const float** sp;       // k_bwd_rows coefficient rows
 };
 
 /// Largest rows_m of any ISA (tile_shape), for scratch sizing.
 inline constexpr index_t k_bwd_rows = 8;
+/// Columns of V_b per transposed panel of the S product (k_bwd_s_cols × 64 floats = 32 KiB at g = 64:
+/// the panel stays in L1 while every token tile of the block reads it).
+inline constexpr index_t k_bwd_s_cols = 128;
 
 struct bwd_buffers {
   float* xpad = nullptr;               // n × len
   float* dypad = nullptr;              // n × len
   bfloat16_t* x16 = nullptr;           // n × len (bf16_x: learned gate logits)
-  bfloat16_t* dy16 = nullptr;          // n × len (bf16_x)
   float* dxacc = nullptr;              // n × len
   float* da = nullptr;                 // n × k × g
   float* du = nullptr;                 // n × k × g (gated)
@@ -92,6 +101,8 @@ struct bwd_buffers {
   index_t* cursor = nullptr;           // B
   std::int32_t* entries = nullptr;     // 2 × n × k (token, slot) pairs grouped by block
   std::int32_t* all_tokens = nullptr;  // n: 0, 1, ..., n - 1
+  std::int32_t* iota = nullptr;        // k_bwd_s_cols: 0, 1, ... (the panel's rows)
+  std::int32_t* order = nullptr;       // B: blocks by decreasing token count (the per-block loop's order)
   float* logits = nullptr;             // n × B (learned gate)
   float* dlog = nullptr;               // n × B
   float* dlogT = nullptr;              // B × n
@@ -103,14 +114,11 @@ bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, ind
                           int threads, bool bf16_x) {
   constexpr index_t KR = kernels::k_max_key_r, W = kernels::k_max_width;
   auto mul = [](index_t x, index_t y) { return sparse_ffn::detail::checked_mul(x, y, "workspace"); };
-  const index_t B = l.num_blocks, g = l.g, nk = mul(n, k);
+  const index_t B = l.num_blocks, g = l.g, nk = mul(n, k), gp = sparse_ffn::detail::round_up(g, 16);
   bwd_buffers f;
   f.xpad = a.take<float>(mul(n, len));
   f.dypad = a.take<float>(mul(n, len));
-  if (bf16_x) {
-    f.dy16 = a.take<bfloat16_t>(mul(n, len));
-    if (Gate) f.x16 = a.take<bfloat16_t>(mul(n, len));
-  }
+  if (bf16_x && Gate) f.x16 = a.take<bfloat16_t>(mul(n, len));
   f.dxacc = a.take<float>(mul(n, len));
   f.da = a.take<float>(mul(nk, g));
   if (Gated) f.du = a.take<float>(mul(nk, g));
@@ -119,6 +127,8 @@ bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, ind
   f.cursor = a.take<index_t>(B);
   f.entries = a.take<std::int32_t>(mul(2, nk));
   f.all_tokens = a.take<std::int32_t>(n);
+  f.iota = a.take<std::int32_t>(k_bwd_s_cols);
+  f.order = a.take<std::int32_t>(B);
   if (Gate) {
     f.logits = a.take<float>(mul(n, B));
     f.dlog = a.take<float>(mul(n, B));
@@ -131,30 +141,41 @@ bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, ind
     t.spill = a.take<float>(mul(mul(n, KR), W));
     t.dots = a.take<float>(mul(n, KR));
     t.coef = a.take<float>(mul(g, n));
+    t.coef_k = a.take<float>(mul(g, n));
+    if (Gated) t.coef_u = a.take<float>(mul(g, n));
+    t.S = a.take<float>(mul(n, gp));
+    t.panel = a.take<float>(mul(k_bwd_s_cols, gp));
     t.rows = a.take<std::int32_t>(std::max(n, std::max(g, B)));
+    t.tlists = a.take<std::int32_t>(mul(g, n));
     t.ys = a.take<float*>(k_bwd_rows);
     t.sp = a.take<const float*>(k_bwd_rows);
   }
   return f;
 }
 
-/// out[r][c] += Σ over the listed tokens t of coef_r[t] · src_t[c] for r < m rows (ts.sp[r]: coef_r,
-/// indexed by token) and c in [c0, c1), by the register-tiled kernel (each element summed from zero over
-/// the tokens, then added to out: accumulating into a buffer adds exactly what an overwrite computes;
-/// `assign`: out = the sum). Tokens tok[q * stride], q < ntok, ascending; those with a zero coefficient
-/// in every row are left out.
-inline void add_outer(const kernels::kernel_ops<float>& opsf, const bwd_thread& ts, float* const* out,
-                      index_t m, const std::int32_t* tok, index_t stride, index_t ntok, const float* src,
-                      index_t len, index_t c0, index_t c1, bool assign) {
+/// The tokens tok[q * stride], q < ntok (ascending), whose coefficient sp[r][t] is nonzero in at least
+/// one of the m rows, into list; returns how many.
+inline index_t nonzero_tokens(const float* const* sp, index_t m, const std::int32_t* tok, index_t stride,
+                              index_t ntok, std::int32_t* list) {
   index_t nr = 0;
   for (index_t q = 0; q < ntok; ++q) {
     const std::int32_t t = tok[q * stride];
     bool any = false;
-    for (index_t r = 0; r < m; ++r) any |= ts.sp[r][t] != 0.0f;
-    if (any) ts.rows[nr++] = t;
+    for (index_t r = 0; r < m; ++r) any |= sp[r][t] != 0.0f;
+    if (any) list[nr++] = t;
   }
+  return nr;
+}
+
+/// out[r][c] += Σ over the nr listed tokens t of coef_r[t] · src_t[c] for r < m rows (sp[r]: coef_r,
+/// indexed by token) and c in [c0, c1), by the register-tiled kernel (each element summed from zero over
+/// the tokens, then added to out: accumulating into a buffer adds exactly what an overwrite computes;
+/// `assign`: out = the sum). list: nonzero_tokens of the rows.
+inline void add_outer(const kernels::kernel_ops<float>& opsf, float* const* out, const float* const* sp,
+                      index_t m, const std::int32_t* list, index_t nr, const float* src, index_t len,
+                      index_t c0, index_t c1, bool assign) {
   if (nr)
-    opsf.outer_rows(out, ts.sp, m, ts.rows, nr, src, len, c0, c1, assign);
+    opsf.outer_rows(out, sp, m, list, nr, src, len, c0, c1, assign);
   else if (assign)
     for (index_t r = 0; r < m; ++r) std::fill(out[r] + c0, out[r] + c1, 0.0f);
 }
@@ -177,6 +198,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
   const index_t k = args.k, d = l.d_model, ld = l.ld, B = l.num_blocks, P = l.pinned;
   const index_t len = sparse_ffn::detail::round_up(d, 64 / static_cast<index_t>(sizeof(T)));
   const index_t gcols = sparse_ffn::detail::round_up(d, 16), gld = gr.layout.ld;
+  const index_t gp = sparse_ffn::detail::round_up(index_t{G}, 16);
   const bool acc = args.accumulate;
   const int threads = max_threads();
   const kernels::kernel_ops<T>& ops = kernels::ops_for<T>(active_isa());
@@ -211,16 +233,24 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
       std::fill(dp + d, dp + len, 0.0f);
       std::fill(f.dxacc + t * len, f.dxacc + (t + 1) * len, 0.0f);
       f.all_tokens[t] = static_cast<std::int32_t>(t);
-      for (index_t c = 0; c < len; ++c) {
-        if (f.dy16) f.dy16[t * len + c] = bfloat16_t(dp[c]);
-        if (f.x16) f.x16[t * len + c] = bfloat16_t(xp[c]);
-      }
+      if (f.x16)
+        for (index_t c = 0; c < len; ++c) f.x16[t * len + c] = bfloat16_t(xp[c]);
     }
     // ---- group (token, slot) pairs by block, tokens ascending ------------------------------------
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp single
 #endif
-    group_by_block(cache.blocks, n, k, B, f.offsets, f.cursor, f.entries);  // implicit barrier
+    {
+      group_by_block(cache.blocks, n, k, B, f.offsets, f.cursor, f.entries);
+      for (index_t c = 0; c < k_bwd_s_cols; ++c) f.iota[c] = static_cast<std::int32_t>(c);
+      // Largest blocks first, so the dynamic schedule does not end with one thread on a big block
+      // while the other waits (a learned gate's choices are uneven). Each block's gradients are owned
+      // by one thread whatever the order: the results do not depend on it.
+      for (index_t b = 0; b < B; ++b) f.order[b] = static_cast<std::int32_t>(b);
+      std::stable_sort(f.order, f.order + B, [&](std::int32_t a, std::int32_t c) {
+        return f.offsets[a + 1] - f.offsets[a] > f.offsets[c + 1] - f.offsets[c];
+      });
+    }  // implicit barrier
     // ---- gradients to overwrite: zero where nothing else writes (blocks no token chose, the padding
     // columns of the others, the biases and the gate, which are accumulated) --------------------------
     if (!acc) {
@@ -244,51 +274,58 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
       }
     }
     // ---- per block: S = dY V_bᵀ, da/du, dV, dK, dU, db1, db3 -------------------------------------
-    constexpr index_t R = G < kernels::k_max_key_r ? G : kernels::k_max_key_r;
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-    for (index_t b = 0; b < B; ++b) {
-      const index_t m = f.offsets[b + 1] - f.offsets[b];
+    for (index_t ob = 0; ob < B; ++ob) {
+      const index_t b = f.order[ob], m = f.offsets[b + 1] - f.offsets[b];
       if (m == 0) continue;
       const std::int32_t* ent = f.entries + 2 * f.offsets[b];
       for (index_t q = 0; q < m; ++q) f.dw[ent[2 * q] * k + ent[2 * q + 1]] = 0.0f;
-      // S = dY_b V_bᵀ [m × G] into ts.coef, d in ranges of k_bwd_cols: the tokens' range of dY (≤ n × 2
-      // KiB) stays in L2 while every row tile uses it (a whole-d pass per row tile re-reads dY_b from L3
-      // once per tile). Partial sums add up in range order.
-      float* S = ts.coef;
-      for (index_t q0 = 0; q0 < len; q0 += k_bwd_cols) {
-        const index_t ql = std::min(k_bwd_cols, len - q0);
-        for (index_t q = 0; q < m; ++q) {
-          const index_t t = ent[2 * q];
-          ts.xs[q] = f.dypad + t * len + q0;
-          ts.xb[q] = f.dy16 ? f.dy16 + t * len + q0 : nullptr;
-        }
-        for (index_t r0 = 0; r0 < G; r0 += R) {
-          ops.dots(ts.xs, ts.xb, nullptr, m, w.values(b) + r0 * ld + q0, R, ld, ql, ts.spill, ts.dots);
-          for (index_t q = 0; q < m; ++q)
-            for (index_t r = 0; r < R; ++r)
-              S[q * G + r0 + r] = q0 == 0 ? ts.dots[q * R + r] : S[q * G + r0 + r] + ts.dots[q * R + r];
+      // S = dY_b V_bᵀ [m × gp] as outer products: V_b's columns [q0, q0 + ql) transposed into a float
+      // panel (L1-resident), then S_q (+)= Σ_c dY_q[q0 + c] · panel_c for tiles of tokens by the
+      // register-tiled kernel, ranges in order (exact float products: dY is not rounded).
+      float* S = ts.S;
+      for (index_t q0 = 0; q0 < len; q0 += k_bwd_s_cols) {
+        const index_t ql = std::min(k_bwd_s_cols, len - q0);
+        ops.transpose_rows(w.values(b), ld, G, q0, ql, ts.panel, gp);
+        for (index_t t0 = 0; t0 < m; t0 += RMf) {
+          const index_t mm = std::min<index_t>(RMf, m - t0);
+          for (index_t q = 0; q < mm; ++q) {
+            ts.ys[q] = S + (t0 + q) * gp;
+            ts.sp[q] = f.dypad + ent[2 * (t0 + q)] * len + q0;
+          }
+          opsf.outer_rows(ts.ys, ts.sp, mm, f.iota, ql, ts.panel, gp, 0, gp, q0 == 0);
         }
       }
+      // The chain rule, and the weight gradients' coefficients by row, indexed by token.
       for (index_t q = 0; q < m; ++q) {
-        const index_t e = ent[2 * q] * k + ent[2 * q + 1];
+        const index_t t = ent[2 * q], e = t * k + ent[2 * q + 1];
         const float wt = cache.weights ? cache.weights[e] : 1.0f;
         for (index_t i = 0; i < G; ++i) {
           const index_t at = e * G + i;
-          const float a = cache.pre[at], u = Act::gated ? cache.up[at] : 0.0f, sv = S[q * G + i];
+          const float a = cache.pre[at], u = Act::gated ? cache.up[at] : 0.0f, sv = S[q * gp + i];
           float da = 0.0f, du = 0.0f;
           activation_backward<Act>(a, u, wt * sv, da, du);
+          const float h = activate<Act>(a, u);
           f.da[at] = da;
-          if constexpr (Act::gated) f.du[at] = du;
-          f.dw[e] += activate<Act>(a, u) * sv;
+          ts.coef[i * n + t] = wt * h;
+          ts.coef_k[i * n + t] = da;
+          if constexpr (Act::gated) {
+            f.du[at] = du;
+            ts.coef_u[i * n + t] = du;
+          }
+          f.dw[e] += h * sv;
         }
       }
       // Weight gradients of block b: each of its matrices in groups of rows.
-      auto matrix = [&](float* grad_rows, const float* src, auto&& coefficient) {
-        for (index_t i = 0; i < G; ++i) {
-          float* cr = ts.coef + i * n;
-          for (index_t q = 0; q < m; ++q) cr[ent[2 * q]] = coefficient(q, i);
+      auto matrix = [&](float* grad_rows, const float* src, const float* coef) {
+        // Each row group's tokens with a nonzero coefficient, listed once for every column range.
+        index_t counts[(G + 1) / 2];  // row groups of rows_m ≥ 2 rows
+        for (index_t i0 = 0; i0 < G; i0 += RMf) {
+          const index_t mm = std::min<index_t>(RMf, G - i0);
+          for (index_t r = 0; r < mm; ++r) ts.sp[r] = coef + (i0 + r) * n;
+          counts[i0 / RMf] = nonzero_tokens(ts.sp, mm, ent, 2, m, ts.tlists + i0 / RMf * n);
         }
         float* out[k_bwd_rows];
         for (index_t c0 = 0; c0 < gcols; c0 += k_bwd_cols) {
@@ -297,22 +334,18 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
             const index_t mm = std::min<index_t>(RMf, G - i0);
             for (index_t r = 0; r < mm; ++r) {
               out[r] = grad_rows + (i0 + r) * gld;
-              ts.sp[r] = ts.coef + (i0 + r) * n;
+              ts.sp[r] = coef + (i0 + r) * n;
             }
-            add_outer(opsf, ts, out, mm, ent, 2, m, src, len, c0, c1, !acc);
+            add_outer(opsf, out, ts.sp, mm, ts.tlists + i0 / RMf * n, counts[i0 / RMf], src, len, c0, c1,
+                      !acc);
           }
         }
       };
       auto slot = [&](index_t q) { return ent[2 * q] * k + ent[2 * q + 1]; };
       if (gr.weights) {
-        matrix(gr.values(b), f.dypad, [&](index_t q, index_t i) {
-          const index_t e = slot(q), at = e * G + i;
-          const float wt = cache.weights ? cache.weights[e] : 1.0f;
-          return wt * activate<Act>(cache.pre[at], Act::gated ? cache.up[at] : 0.0f);
-        });
-        matrix(gr.keys(b), f.xpad, [&](index_t q, index_t i) { return f.da[slot(q) * G + i]; });
-        if constexpr (Act::gated)
-          matrix(gr.up(b), f.xpad, [&](index_t q, index_t i) { return f.du[slot(q) * G + i]; });
+        matrix(gr.values(b), f.dypad, ts.coef);
+        matrix(gr.keys(b), f.xpad, ts.coef_k);
+        if constexpr (Act::gated) matrix(gr.up(b), f.xpad, ts.coef_u);
       }
       for (index_t i = 0; i < G; ++i) {
         if (gr.b1) {
@@ -333,10 +366,14 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(static) nowait
 #endif
-      for (index_t c = 0; c < d; ++c) {
-        float s = 0.0f;
-        for (index_t t = 0; t < n; ++t) s += f.dypad[t * len + c];
-        gr.b2[c] = acc ? gr.b2[c] + s : s;
+      for (index_t c0 = 0; c0 < d; c0 += 64) {  // 64 columns at a time, tokens in order (row-wise reads)
+        const index_t nc = std::min<index_t>(64, d - c0);
+        float s[64] = {};
+        for (index_t t = 0; t < n; ++t) {
+          const float* row = f.dypad + t * len + c0;
+          for (index_t c = 0; c < nc; ++c) s[c] += row[c];
+        }
+        for (index_t c = 0; c < nc; ++c) gr.b2[c0 + c] = acc ? gr.b2[c0 + c] + s[c] : s[c];
       }
     }
     if (gr.route_weights) {
@@ -431,8 +468,8 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
                 out[r] = gr.gate_w + (c0 + r) * gld;
                 ts.sp[r] = f.dlogT + (c0 + r) * n;
               }
-              add_outer(opsf, ts, out, mm, f.all_tokens, 1, n, f.xpad, len, x0,
-                        std::min(gcols, x0 + k_bwd_cols), false);
+              add_outer(opsf, out, ts.sp, mm, ts.rows, nonzero_tokens(ts.sp, mm, f.all_tokens, 1, n, ts.rows),
+                        f.xpad, len, x0, std::min(gcols, x0 + k_bwd_cols), false);
             }
           }
         }
@@ -447,23 +484,27 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
           }
         }
         if (dx) {
-#if SPARSE_FFN_HAS_OPENMP
-#pragma omp for schedule(static)
-#endif
-          for (index_t t0 = 0; t0 < n; t0 += RM) {
-            const index_t mm = std::min<index_t>(RM, n - t0);
-            for (index_t q = 0; q < mm; ++q) {
-              ts.ys[q] = f.dxacc + (t0 + q) * len;
-              ts.sp[q] = f.dlog + (t0 + q) * B;
+          // Thread tid owns a range of token tiles; column ranges outer, so the gate rows' columns in
+          // one range (B × 2 KiB) stay in L2 for all its tiles instead of streaming every gate row
+          // once per tile. (Each element's sum is the same either way.)
+          const index_t tiles = (n + RM - 1) / RM, tl0 = tiles * tid / nth, tl1 = tiles * (tid + 1) / nth;
+          for (index_t x0 = 0; x0 < gcols; x0 += k_bwd_cols)
+            for (index_t tl = tl0; tl < tl1; ++tl) {
+              const index_t t0 = tl * RM, mm = std::min<index_t>(RM, n - t0);
+              for (index_t q = 0; q < mm; ++q) {
+                ts.ys[q] = f.dxacc + (t0 + q) * len;
+                ts.sp[q] = f.dlog + (t0 + q) * B;
+              }
+              index_t nr = 0;
+              for (index_t c = 0; c < B; ++c) {
+                bool any = false;
+                for (index_t q = 0; q < mm; ++q) any |= ts.sp[q][c] != 0.0f;
+                if (any) ts.rows[nr++] = static_cast<std::int32_t>(c);
+              }
+              if (nr)
+                ops.outer_rows(ts.ys, ts.sp, mm, ts.rows, nr, w.gate_w, ld, x0,
+                               std::min(gcols, x0 + k_bwd_cols), false);
             }
-            index_t nr = 0;
-            for (index_t c = 0; c < B; ++c) {
-              bool any = false;
-              for (index_t q = 0; q < mm; ++q) any |= ts.sp[q][c] != 0.0f;
-              if (any) ts.rows[nr++] = static_cast<std::int32_t>(c);
-            }
-            if (nr) ops.outer_rows(ts.ys, ts.sp, mm, ts.rows, nr, w.gate_w, ld, 0, gcols, false);
-          }
         }
       }
     }

@@ -174,6 +174,31 @@ struct simd<isa::avx512> {
     return _mm_cvtss_f32(s);
   }
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  /// Transposes the 16 × 16 floats r[0..16) in registers (r[i] lane j ← r[j] lane i): unpack pairs of
+  /// rows, shuffle quads, then a 4 × 4 transpose of 128-bit lanes (64 shuffles).
+  static void transpose16(reg* r) {
+    reg t[16], u[16];
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // a0 b0 a1 b1 per 128-bit lane
+      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // a2 b2 a3 b3
+    }
+    for (int i = 0; i < 4; ++i) {  // u[4i + j], lane k: column j + 4k of rows 4i .. 4i + 3
+      u[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+      u[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+      u[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+      u[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; ++j) {
+      const reg v0 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0x44),
+                v1 = _mm512_shuffle_f32x4(u[j], u[4 + j], 0xEE);
+      const reg v2 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0x44),
+                v3 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], 0xEE);
+      r[j] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+      r[j + 4] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+      r[j + 8] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+      r[j + 12] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+    }
+  }
 };
 SPARSE_FFN_TARGET_END
 

@@ -187,8 +187,13 @@ struct kernel_ops {
   /// The backward's register-tiled form of apply_rows (same arguments but cols; element dtypes only,
   /// null for q8/q4): y[q] += Σ_i s[q][i]·v_i, each element summed from zero over the rows, then added
   /// (`assign`: stored).
-  void (*outer_rows)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows, index_t nrows,
-                     const T* v, index_t ld, index_t c_lo, index_t c_hi, bool assign) = nullptr;
+  void (*outer_rows)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
+                     index_t nrows, const T* v, index_t ld, index_t c_lo, index_t c_hi,
+                     bool assign) = nullptr;
+  /// out[c·out_ld + i] = float(v_i[c0 + c]), i < nrows, c < nc; zeros for nrows ≤ i < out_ld (element
+  /// dtypes only, null for q8/q4): the backward's transposed panel of a block's value rows.
+  void (*transpose_rows)(const T* v, index_t ld, index_t nrows, index_t c0, index_t nc, float* out,
+                         index_t out_ld) = nullptr;
   /// Level-1 float loops (any n and alignment) for host code outside the forward: Σ a·b, y += c·x.
   float (*vdot)(const float* a, const float* b, index_t n) = nullptr;
   void (*vaxpy)(float c, const float* x, float* y, index_t n) = nullptr;
@@ -209,7 +214,10 @@ kernel_ops<T> make_ops(isa_level level) {
   o.col_step = is_quantized<T>::value ? static_cast<int>(k_quant_chunk) : K::width;
   o.dots = &K::template dots<T>;
   o.apply_rows = &K::template apply_rows<T>;
-  if constexpr (!is_quantized<T>::value) o.outer_rows = &K::template outer_rows<T>;
+  if constexpr (!is_quantized<T>::value) {
+    o.outer_rows = &K::template outer_rows<T>;
+    o.transpose_rows = &K::template transpose_rows<T>;
+  }
   o.vdot = &K::vdot;
   o.vaxpy = &K::vaxpy;
   o.prepare_x_int8 = &K::template prepare_x_int8<T>;
