@@ -271,98 +271,115 @@ inline std::vector<float> gather_rows(const sfx::ffn_grads_view& g, int which) {
   return out;
 }
 
-/// One random case of policy P: forward with a cache, backward, checks.
+/// One random case of policy P (odd d, random B, k, pinned blocks, with/without biases): the packed
+/// model, X, dY, the routing arguments, and host buffers for the forward's cache.
 template <class P>
-void run_backward_case(std::mt19937_64& r, sfx::index_t n) {
+struct backward_case {
   using T = typename P::dtype;
-  using Sel = typename P::selector;
-  using Act = typename P::activation;
-  constexpr int g = P::block_size;
-  constexpr bool gate = std::is_same<Sel, sfx::select::learned_gate>::value;
-  std::uniform_int_distribution<sfx::index_t> dd(1, 150),
-      bb(g == 1 ? 8 : 2, g == 1 ? 64 : (g >= 64 ? 5 : 10));
-  const sfx::index_t d = dd(r), B = bb(r), F = B * g;
-  const sfx::index_t k = std::uniform_int_distribution<sfx::index_t>(1, B)(r);
-  const sfx::index_t pinned = (r() & 1) ? std::uniform_int_distribution<sfx::index_t>(1, k)(r) : 0;
-  const bool biases = (r() & 1) != 0;
-  const auto dense = random_dense<T>(r, d, F, Act::gated, biases);
-  const auto perm = random_perm(r, F);
-  std::vector<float> gate_w(static_cast<std::size_t>(B * d)), gate_b(static_cast<std::size_t>(B));
-  fill_normal(gate_w, r, 1.0 / std::sqrt(double(d)));
-  fill_normal(gate_b, r, 0.5);
-  for (auto& v : gate_w) v = sfx::to_float(sfx::from_float<T>(v));
-  sfx::pack_options po;
-  po.g = g;
-  po.permutation = perm.data();
-  if (gate) {
-    po.gate_w = gate_w.data();
-    po.gate_b = gate_b.data();
-  }
-  po.pinned = pinned;
-  const auto model = sfx::pack<T>(dense.view(), po);
-  const auto w = model.view();
-  std::vector<float> x(static_cast<std::size_t>(n * d)), dy(x.size()), y(x.size());
-  fill_normal(x, r, 1.0);
-  fill_normal(dy, r, 1.0);
-  std::vector<sfx::token_id_t> ids(static_cast<std::size_t>(n));
-  for (auto& id : ids) id = static_cast<sfx::token_id_t>(r() % 1000);
+  static constexpr int g = P::block_size;
+  static constexpr bool gate = std::is_same<typename P::selector, sfx::select::learned_gate>::value;
+  sfx::index_t n = 0, d = 0, B = 0, F = 0, k = 0, pinned = 0;
+  bool biases = false;
+  sfx::blocked_ffn<T> model;
+  std::vector<float> x, dy;
+  std::vector<sfx::token_id_t> ids;
   sfx::route_args ra;
-  ra.k = k;
-  ra.token_ids = ids.data();
-  ra.vocab_size = 1000;
-  ra.seed = r();
-  ra.renormalize = (r() & 1) != 0;
-  const auto nk = static_cast<std::size_t>(n * k);
-  std::vector<sfx::block_index_t> cb(nk);
-  std::vector<float> cw(nk), cpre(nk * g), cup(nk * g);
-  const sfx::forward_cache cache{cb.data(), cw.data(), cpre.data(), Act::gated ? cup.data() : nullptr};
-  sfx::cpu::forward<P>(w, n, x.data(), y.data(), ra, &cache);
+  std::vector<sfx::block_index_t> cb;  // the forward's cache: blocks, weights, pre, up
+  std::vector<float> cw, cpre, cup;
 
-  INFO("g=" << g << " selector=" << Sel::name << " dtype=" << sfx::dtype_traits<T>::name
-            << " act=" << Act::name << " | n=" << n << " d=" << d << " B=" << B << " k=" << k
-            << " pinned=" << pinned << " biases=" << biases << " renormalize=" << ra.renormalize
-            << " | kernels " << sfx::cpu::isa_name(sfx::cpu::active_isa()));
-  sfx::ffn_grads storage(w.layout, gate);
-  sfx::ffn_grads_view gv = storage.view();
-  std::vector<float> route(nk), dx(x.size());
-  gv.route_weights = route.data();
-  // Poison every output: an overwrite must write all of it.
-  auto poison_all = [&] {
-    std::fill(gv.weights, gv.weights + gv.layout.total_elements(), NAN);
-    std::fill(gv.b1, gv.b1 + F, NAN);
-    if (gv.b3) std::fill(gv.b3, gv.b3 + F, NAN);
-    std::fill(gv.b2, gv.b2 + d, NAN);
+  backward_case(std::mt19937_64& r, sfx::index_t tokens) : n(tokens) {
+    using Act = typename P::activation;
+    std::uniform_int_distribution<sfx::index_t> dd(1, 150),
+        bb(g == 1 ? 8 : 2, g == 1 ? 64 : (g >= 64 ? 5 : 10));
+    d = dd(r);
+    B = bb(r);
+    F = B * g;
+    k = std::uniform_int_distribution<sfx::index_t>(1, B)(r);
+    pinned = (r() & 1) ? std::uniform_int_distribution<sfx::index_t>(1, k)(r) : 0;
+    biases = (r() & 1) != 0;
+    const auto dense = random_dense<T>(r, d, F, Act::gated, biases);
+    const auto perm = random_perm(r, F);
+    std::vector<float> gate_w(static_cast<std::size_t>(B * d)), gate_b(static_cast<std::size_t>(B));
+    fill_normal(gate_w, r, 1.0 / std::sqrt(double(d)));
+    fill_normal(gate_b, r, 0.5);
+    for (auto& v : gate_w) v = sfx::to_float(sfx::from_float<T>(v));
+    sfx::pack_options po;
+    po.g = g;
+    po.permutation = perm.data();
     if (gate) {
-      std::fill(gv.gate_w, gv.gate_w + B * gv.layout.ld, NAN);
-      std::fill(gv.gate_b, gv.gate_b + B, NAN);
+      po.gate_w = gate_w.data();
+      po.gate_b = gate_b.data();
     }
-    poison(route);
-    poison(dx);
-  };
-  poison_all();
-  sfx::cpu::backward_args ba;
-  ba.k = k;
-  ba.renormalize = ra.renormalize;
-  sfx::cpu::backward<P>(w, n, x.data(), dy.data(), cache, dx.data(), gv, ba);
+    po.pinned = pinned;
+    model = sfx::pack<T>(dense.view(), po);
+    x.resize(static_cast<std::size_t>(n * d));
+    dy.resize(x.size());
+    fill_normal(x, r, 1.0);
+    fill_normal(dy, r, 1.0);
+    ids.resize(static_cast<std::size_t>(n));
+    for (auto& id : ids) id = static_cast<sfx::token_id_t>(r() % 1000);
+    ra.k = k;
+    ra.token_ids = ids.data();
+    ra.vocab_size = 1000;
+    ra.seed = r();
+    ra.renormalize = (r() & 1) != 0;
+    const auto nk = static_cast<std::size_t>(n * k);
+    cb.resize(nk);
+    cw.resize(nk);
+    cpre.resize(nk * g);
+    cup.resize(nk * g);
+  }
+  sfx::forward_cache cache() {
+    return {cb.data(), cw.data(), cpre.data(), P::activation::gated ? cup.data() : nullptr};
+  }
+  sfx::backward_args args() const {
+    sfx::backward_args ba;
+    ba.k = k;
+    ba.renormalize = ra.renormalize;
+    return ba;
+  }
+  std::string describe(const char* kernels) const {
+    std::ostringstream os;
+    os << "g=" << g << " selector=" << P::selector::name << " dtype=" << sfx::dtype_traits<T>::name
+       << " act=" << P::activation::name << " | n=" << n << " d=" << d << " B=" << B << " k=" << k
+       << " pinned=" << pinned << " biases=" << biases << " renormalize=" << ra.renormalize << " | kernels "
+       << kernels;
+    return os.str();
+  }
+};
 
-  const dmodel m = to_double_model(w);
-  std::vector<double> xd(x.begin(), x.end()), dyd(dy.begin(), dy.end());
-  // Where the kernels round x to bf16 for the gate's logits (avx512_bf16 with bf16 weights, as the
-  // forward), so does the reference: what is left is float accumulation (~1e-6 relative). s = v·dy
-  // reads dY in float on every level.
-  const bool rounds = sfx::cpu::rounds_inputs_to_bf16<T>();
-  std::vector<double> x16(xd);
-  for (auto& v : x16) v = sfx::to_float(sfx::bfloat16_t(static_cast<float>(v)));
+/// Every gradient buffer of gv and dX, route set to NaN: an overwrite must write all of them.
+inline void poison_grads(const sfx::ffn_grads_view& gv, std::vector<float>& route, std::vector<float>& dx) {
+  const auto& l = gv.layout;
+  std::fill(gv.weights, gv.weights + l.total_elements(), NAN);
+  std::fill(gv.b1, gv.b1 + l.d_ff, NAN);
+  if (gv.b3) std::fill(gv.b3, gv.b3 + l.d_ff, NAN);
+  std::fill(gv.b2, gv.b2 + l.d_model, NAN);
+  if (gv.gate_w) std::fill(gv.gate_w, gv.gate_w + l.num_blocks * l.ld, NAN);
+  if (gv.gate_b) std::fill(gv.gate_b, gv.gate_b + l.num_blocks, NAN);
+  poison(route);
+  poison(dx);
+}
+
+/// The library's gradients (host copies: gv, dx, route) of case c against the float64 reference, from
+/// the cache the forward wrote (c.cb, c.cpre, c.cup): every element within tol relative; then the blocks
+/// no token chose, which must be exactly zero, padding columns included. x_gate: the x the gate's
+/// logits read where the kernels round it (else null). REQUIREs.
+template <class P>
+void check_backward_grads(const backward_case<P>& c, const sfx::ffn_grads_view& gv, const float* dx,
+                          const float* route, const std::vector<double>* x_gate, double tol) {
+  using Act = typename P::activation;
+  const dmodel m = to_double_model(c.model.view());
+  std::vector<double> xd(c.x.begin(), c.x.end()), dyd(c.dy.begin(), c.dy.end());
   const dgrads ref =
-      backward_ref(m, sfx::activation_kind(Act::kind), xd, dyd, cb.data(), n, k, ra.renormalize, cpre.data(),
-                   Act::gated ? cup.data() : nullptr, nullptr, rounds ? &x16 : nullptr);
-  const double tol = 2e-4;
+      backward_ref(m, sfx::activation_kind(Act::kind), xd, dyd, c.cb.data(), c.n, c.k, c.ra.renormalize,
+                   c.cpre.data(), Act::gated ? c.cup.data() : nullptr, nullptr, x_gate);
   std::string bad;
   auto check = [&](const char* what, const float* got, const std::vector<double>& want) {
     if (bad.empty()) bad = compare_grad(what, got, want, tol);
   };
-  check("dx", dx.data(), ref.dx);
-  check("route_weights", route.data(), ref.route);
+  check("dx", dx, ref.dx);
+  check("route_weights", route, ref.route);
   const auto K = gather_rows(gv, 0), V = gather_rows(gv, 2);
   check("dW1", K.data(), ref.K);
   check("dW2", V.data(), ref.V);
@@ -373,28 +390,55 @@ void run_backward_case(std::mt19937_64& r, sfx::index_t n) {
   }
   check("db1", gv.b1, ref.b1);
   check("db2", gv.b2, ref.b2);
-  if (gate) {
-    std::vector<float> wg(static_cast<std::size_t>(B * d));
-    for (sfx::index_t b = 0; b < B; ++b)
-      std::copy(gv.gate_w + b * gv.layout.ld, gv.gate_w + b * gv.layout.ld + d, wg.begin() + b * d);
+  if (c.gate) {
+    std::vector<float> wg(static_cast<std::size_t>(c.B * c.d));
+    for (sfx::index_t b = 0; b < c.B; ++b)
+      std::copy(gv.gate_w + b * gv.layout.ld, gv.gate_w + b * gv.layout.ld + c.d, wg.begin() + b * c.d);
     check("dWg", wg.data(), ref.Wg);
     check("dbg", gv.gate_b, ref.bg);
   }
   INFO(bad);
   REQUIRE(bad.empty());
   // Blocks no token chose: exactly zero, padding columns included.
-  std::vector<char> used(static_cast<std::size_t>(B), 0);
-  for (auto b : cb) used[static_cast<std::size_t>(b)] = 1;
+  std::vector<char> used(static_cast<std::size_t>(c.B), 0);
+  for (auto b : c.cb) used[static_cast<std::size_t>(b)] = 1;
   const sfx::index_t stride = gv.layout.block_stride();
-  for (sfx::index_t b = 0; b < B; ++b) {
+  for (sfx::index_t b = 0; b < c.B; ++b) {
     const float* blk = gv.weights + b * stride;
     sfx::index_t bad_at = -1;  // one REQUIRE per block (millions of REQUIREs are slow under the sanitizers)
     for (sfx::index_t e = 0; e < stride && bad_at < 0; ++e)
-      if ((!used[static_cast<std::size_t>(b)] || e % gv.layout.ld >= d) && blk[e] != 0.0f) bad_at = e;
+      if ((!used[static_cast<std::size_t>(b)] || e % gv.layout.ld >= c.d) && blk[e] != 0.0f) bad_at = e;
     INFO("block " << b << (used[static_cast<std::size_t>(b)] ? " (selected)" : " (not selected)")
                   << ": first nonzero element that must be 0: " << bad_at);
     REQUIRE(bad_at == -1);
   }
+}
+
+/// One random case of policy P: forward with a cache, backward, checks.
+template <class P>
+void run_backward_case(std::mt19937_64& r, sfx::index_t n) {
+  using T = typename P::dtype;
+  backward_case<P> c(r, n);
+  const auto w = c.model.view();
+  const sfx::index_t F = c.F;
+  std::vector<float> y(c.x.size());
+  const sfx::forward_cache cache = c.cache();
+  sfx::cpu::forward<P>(w, n, c.x.data(), y.data(), c.ra, &cache);
+  INFO(c.describe(sfx::cpu::isa_name(sfx::cpu::active_isa())));
+  sfx::ffn_grads storage(w.layout, c.gate);
+  sfx::ffn_grads_view gv = storage.view();
+  std::vector<float> route(static_cast<std::size_t>(n * c.k)), dx(c.x.size());
+  gv.route_weights = route.data();
+  poison_grads(gv, route, dx);
+  sfx::backward_args ba = c.args();
+  sfx::cpu::backward<P>(w, n, c.x.data(), c.dy.data(), cache, dx.data(), gv, ba);
+  // Where the kernels round x to bf16 for the gate's logits (avx512_bf16 with bf16 weights, as the
+  // forward), so does the reference: what is left is float accumulation (~1e-6 relative). s = v·dy
+  // reads dY in float on every level.
+  const bool rounds = sfx::cpu::rounds_inputs_to_bf16<T>();
+  std::vector<double> x16(c.x.begin(), c.x.end());
+  for (auto& v : x16) v = sfx::to_float(sfx::bfloat16_t(static_cast<float>(v)));
+  check_backward_grads(c, gv, dx.data(), route.data(), rounds ? &x16 : nullptr, 2e-4);
 
   // Bit-identical with one and two threads, and accumulate = true adds exactly.
   const std::vector<float> w2(gv.weights, gv.weights + gv.layout.total_elements()), dx2 = dx;
@@ -402,8 +446,8 @@ void run_backward_case(std::mt19937_64& r, sfx::index_t n) {
   const int saved = omp_get_max_threads();
   omp_set_num_threads(saved == 1 ? 2 : 1);
 #endif
-  poison_all();
-  sfx::cpu::backward<P>(w, n, x.data(), dy.data(), cache, dx.data(), gv, ba);
+  poison_grads(gv, route, dx);
+  sfx::cpu::backward<P>(w, n, c.x.data(), c.dy.data(), cache, dx.data(), gv, ba);
 #if SPARSE_FFN_HAS_OPENMP
   omp_set_num_threads(saved);
 #endif
@@ -414,7 +458,7 @@ void run_backward_case(std::mt19937_64& r, sfx::index_t n) {
   std::copy(base.begin(), base.end(), gv.weights);
   const std::vector<float> b1_before(gv.b1, gv.b1 + F);
   ba.accumulate = true;
-  sfx::cpu::backward<P>(w, n, x.data(), dy.data(), cache, static_cast<float*>(nullptr), gv, ba);
+  sfx::cpu::backward<P>(w, n, c.x.data(), c.dy.data(), cache, static_cast<float*>(nullptr), gv, ba);
   std::size_t bad_acc = base.size();
   for (std::size_t e = 0; e < base.size() && bad_acc == base.size(); ++e)
     if (!(gv.weights[e] == base[e] + w2[e])) bad_acc = e;

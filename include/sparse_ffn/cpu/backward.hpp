@@ -57,12 +57,8 @@ SPARSE_FFN_SIMD_WARNINGS_OFF
 namespace sparse_ffn {
 namespace cpu {
 
-/// Arguments of the backward pass.
-struct backward_args {
-  index_t k = 0;             ///< the forward's k (the width of the cached routing table)
-  bool renormalize = false;  ///< learned_gate: as in the forward's route_args
-  bool accumulate = false;   ///< add into the gradient buffers (beta = 1) instead of overwriting them
-};
+/// The backward's arguments (grads.hpp; shared with cuda::backward).
+using backward_args = sparse_ffn::backward_args;
 
 namespace detail {
 
@@ -106,6 +102,8 @@ struct bwd_buffers {
   float* logits = nullptr;             // n × B (learned gate)
   float* dlog = nullptr;               // n × B
   float* dlogT = nullptr;              // B × n
+  std::int32_t* grows = nullptr;       // tiles × B: per token tile, the gate rows with a nonzero dlogit
+  index_t* gcount = nullptr;           // tiles: how many
   std::vector<bwd_thread> per_thread;
 };
 
@@ -133,6 +131,8 @@ bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, ind
     f.logits = a.take<float>(mul(n, B));
     f.dlog = a.take<float>(mul(n, B));
     f.dlogT = a.take<float>(mul(n, B));
+    f.grows = a.take<std::int32_t>(mul(n, B));  // tiles ≤ n
+    f.gcount = a.take<index_t>(n);
   }
   f.per_thread.resize(static_cast<std::size_t>(threads));
   for (auto& t : f.per_thread) {
@@ -163,6 +163,18 @@ inline index_t nonzero_tokens(const float* const* sp, index_t m, const std::int3
     bool any = false;
     for (index_t r = 0; r < m; ++r) any |= sp[r][t] != 0.0f;
     if (any) list[nr++] = t;
+  }
+  return nr;
+}
+
+/// The rows i < count for which at least one of the m coefficient vectors sp[q] has sp[q][i] != 0,
+/// ascending, into rows; returns how many (the rows an outer product over the m vectors must visit).
+inline index_t nonzero_rows(const float* const* sp, index_t m, index_t count, std::int32_t* rows) {
+  index_t nr = 0;
+  for (index_t i = 0; i < count; ++i) {
+    bool any = false;
+    for (index_t q = 0; q < m; ++q) any |= sp[q][i] != 0.0f;
+    if (any) rows[nr++] = static_cast<std::int32_t>(i);
   }
   return nr;
 }
@@ -399,12 +411,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
                 ts.ys[q] = f.dxacc + t * len;
                 ts.sp[q] = src + (t * k + ent[2 * (q0 + q) + 1]) * G;
               }
-              index_t nr = 0;
-              for (index_t i = 0; i < G; ++i) {
-                bool any = false;
-                for (index_t q = 0; q < mm; ++q) any |= ts.sp[q][i] != 0.0f;
-                if (any) ts.rows[nr++] = static_cast<std::int32_t>(i);
-              }
+              const index_t nr = nonzero_rows(ts.sp, mm, G, ts.rows);
               if (nr)
                 ops.outer_rows(ts.ys, ts.sp, mm, ts.rows, nr, pass == 0 ? w.keys(b) : w.up(b), ld, c_lo, c_hi,
                                false);
@@ -488,23 +495,24 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
           // one range (B × 2 KiB) stay in L2 for all its tiles instead of streaming every gate row
           // once per tile. (Each element's sum is the same either way.)
           const index_t tiles = (n + RM - 1) / RM, tl0 = tiles * tid / nth, tl1 = tiles * (tid + 1) / nth;
-          for (index_t x0 = 0; x0 < gcols; x0 += k_bwd_cols)
-            for (index_t tl = tl0; tl < tl1; ++tl) {
-              const index_t t0 = tl * RM, mm = std::min<index_t>(RM, n - t0);
-              for (index_t q = 0; q < mm; ++q) {
-                ts.ys[q] = f.dxacc + (t0 + q) * len;
-                ts.sp[q] = f.dlog + (t0 + q) * B;
-              }
-              index_t nr = 0;
-              for (index_t c = 0; c < B; ++c) {
-                bool any = false;
-                for (index_t q = 0; q < mm; ++q) any |= ts.sp[q][c] != 0.0f;
-                if (any) ts.rows[nr++] = static_cast<std::int32_t>(c);
-              }
-              if (nr)
-                ops.outer_rows(ts.ys, ts.sp, mm, ts.rows, nr, w.gate_w, ld, x0,
-                               std::min(gcols, x0 + k_bwd_cols), false);
+          // Each tile's gate rows with a nonzero dlogit, listed once for all its column ranges.
+          auto tile_rows = [&](index_t tl) {
+            const index_t t0 = tl * RM, mm = std::min<index_t>(RM, n - t0);
+            for (index_t q = 0; q < mm; ++q) {
+              ts.ys[q] = f.dxacc + (t0 + q) * len;
+              ts.sp[q] = f.dlog + (t0 + q) * B;
             }
+            return mm;
+          };
+          for (index_t tl = tl0; tl < tl1; ++tl)
+            f.gcount[tl] = nonzero_rows(ts.sp, tile_rows(tl), B, f.grows + tl * B);
+          for (index_t x0 = 0; x0 < gcols; x0 += k_bwd_cols)
+            for (index_t tl = tl0; tl < tl1; ++tl)
+              if (f.gcount[tl]) {
+                const index_t mm = tile_rows(tl);
+                ops.outer_rows(ts.ys, ts.sp, mm, f.grows + tl * B, f.gcount[tl], w.gate_w, ld, x0,
+                               std::min(gcols, x0 + k_bwd_cols), false);
+              }
         }
       }
     }
@@ -531,56 +539,12 @@ template <class Policy, class Tx, class Tdy, class Tdx>
 void backward(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, const Tdy* dy,
               const forward_cache& cache, Tdx* dx, const ffn_grads_view& grads, const backward_args& args,
               workspace* ws = nullptr) {
-  static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
-  static_assert(!is_quantized<typename Policy::dtype>::value,
-                "sparse_ffn::cpu::backward: weights must be float, half_t or bfloat16_t (q8/q4 are inference "
-                "formats: train in float or bf16 and quantise with pack)");
-  static_assert(is_dtype<Tdx>::value, "sparse_ffn: dX must be float, half_t or bfloat16_t");
   using Sel = typename Policy::selector;
   using namespace sparse_ffn::detail;
   const block_layout& l = w.layout;
-  check_model<Policy>(w);
-  check_k(args.k, l);
-  static_assert(is_dtype<Tdy>::value, "sparse_ffn: dY must be float, half_t or bfloat16_t");
-  check_x(l, n, x);
-  if (n > 0) {
-    require_not_null(dy, "dY");
-    require_aligned<Tdy>(dy, "dY");
-  }
-  if (dx && n > 0) {
-    require_aligned<Tdx>(dx, "dX");
-    const auto elems = static_cast<std::size_t>(n * l.d_model);
-    require(!overlaps(x, elems * sizeof(Tx), dx, elems * sizeof(Tdx)) &&
-                !overlaps(dy, elems * sizeof(Tdy), dx, elems * sizeof(Tdx)),
-            status::invalid_argument, "dX must not overlap X or dY");
-  }
-  check_cache(l, n, args.k, &cache);
-  if (n > 0) {
-    require(cache.blocks != nullptr && cache.pre != nullptr, status::invalid_argument,
-            "backward needs the forward's routing table and pre-activations (forward_cache::blocks, ::pre)");
-    require(!Policy::gated || cache.up != nullptr, status::invalid_argument,
-            "backward of a gated FFN needs the forward's up projections (forward_cache::up)");
-    require(!Sel::weighted || cache.weights != nullptr, status::invalid_argument, "backward with the ",
-            Sel::name, " selector needs the forward's block weights (forward_cache::weights)");
-    check_routing(l, n, const_routing_view{n, args.k, cache.blocks, cache.weights});
-  }
-  const block_layout gl = grad_layout(l);
-  const block_layout& have = grads.layout;
-  require(have.d_model == gl.d_model && have.d_ff == gl.d_ff && have.g == gl.g &&
-              have.num_blocks == gl.num_blocks && have.ld == gl.ld && have.gated == gl.gated &&
-              have.pinned == gl.pinned,
-          status::invalid_shape, "grads.layout must be grad_layout(model layout) (d_model ", gl.d_model,
-          ", d_ff ", gl.d_ff, ", g ", gl.g, ", ld ", gl.ld, gl.gated ? ", gated" : "", ", pinned ", gl.pinned,
-          ")");
-  if (grads.weights) require_aligned<float>(grads.weights, "grads.weights", k_row_alignment);
-  if (grads.gate_w) require_aligned<float>(grads.gate_w, "grads.gate_w", k_row_alignment);
-  const float* const gptrs[] = {grads.b1, grads.b3, grads.b2, grads.gate_b, grads.route_weights};
-  for (const float* p : gptrs)
-    if (p) require_aligned<float>(p, "gradient pointer");
-  require(grads.b3 == nullptr || l.gated, status::invalid_argument, "grads.b3 given for a non-gated FFN");
+  check_backward_args<Policy>(w, n, x, dy, cache, dx, grads, args);
+  if (n > 0) check_routing(l, n, const_routing_view{n, args.k, cache.blocks, cache.weights});
   if constexpr (std::is_same<Sel, select::learned_gate>::value) {
-    require(w.gate_w != nullptr, status::invalid_argument,
-            "the learned_gate selector needs gate weights: pack_options.gate_w or blocked_ffn::set_gate()");
     // The gate's softmax runs over the routed blocks: each row lists the pinned blocks first, in order.
     for (index_t t = 0; t < n; ++t)
       for (index_t j = 0; j < args.k; ++j) {
@@ -591,10 +555,6 @@ void backward(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
             "routed blocks (slot ",
             j, " holds block ", b, ")");
       }
-  } else {
-    require(grads.gate_w == nullptr && grads.gate_b == nullptr, status::invalid_argument,
-            "grads.gate_w / gate_b are only for the learned_gate selector (", Sel::name,
-            " has no router parameters)");
   }
   detail::backward_run<Policy>(w, n, x, dy, cache, dx, grads, args, ws ? *ws : detail::thread_workspace());
 }
