@@ -2,6 +2,7 @@
 // CPU library too: the same layout, policies, selectors and dtypes serve both.
 #pragma once
 
+#include "cuda/backward.cuh"
 #include "cuda/common.cuh"
 #include "cuda/forward.cuh"
 #include "cuda/kernels.cuh"

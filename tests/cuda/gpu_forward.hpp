@@ -25,6 +25,16 @@ struct dbuf {
   void to_host(T* h) const { GPU_REQUIRE(cudaMemcpy(h, p, n * sizeof(T), cudaMemcpyDeviceToHost)); }
 };
 
+/// A call succeeded, the GPU finished it, and the workspace's device error word is 0.
+inline void require_clean(const sfx::cuda::result& res, const void* ws) {
+  INFO(res.message);
+  REQUIRE(res);
+  GPU_REQUIRE(cudaDeviceSynchronize());
+  int errors = -1;
+  REQUIRE(sfx::cuda::device_errors(ws, errors));
+  REQUIRE(errors == 0);
+}
+
 /// num_blocks > 0 overrides the random shape's B (k ≤ 9): above kernels::k_topk_block_max it takes the
 /// radix-sort top-k instead of the one-kernel one.
 template <class P, class Tio>
@@ -62,13 +72,7 @@ void check_policy_gpu(std::uint64_t salt, sfx::index_t num_blocks = 0) {
     std::size_t bytes = 0;
     REQUIRE(sfx::cuda::forward<P>(nullptr, bytes, w, nn, x.p, y.p, a, &cache));
     dbuf<unsigned char> ws(bytes);
-    const auto res = sfx::cuda::forward<P>(ws.p, bytes, w, nn, x.p, y.p, a, &cache);
-    INFO(res.message);
-    REQUIRE(res);
-    GPU_REQUIRE(cudaDeviceSynchronize());
-    int errors = -1;
-    REQUIRE(sfx::cuda::device_errors(ws.p, errors));
-    REQUIRE(errors == 0);
+    require_clean(sfx::cuda::forward<P>(ws.p, bytes, w, nn, x.p, y.p, a, &cache), ws.p);
     // Determinism: a second run gives the same bits.
     REQUIRE(sfx::cuda::forward<P>(ws.p, bytes, w, nn, x.p, y2.p, a, nullptr));
     std::vector<Tio> h1(static_cast<std::size_t>(nn * d)), h2(h1.size());

@@ -202,6 +202,66 @@ int main(int argc, char** argv) {
               sfx::cuda::kernels::decode_rows(15, 56, 64) == 64,
           "decode rows per thread block (1 token, k = 56, g = 64: 8 rows, 448 thread blocks)");
   }
+  // The backward (host side): bad arguments get the CPU path's statuses before anything is sized or
+  // queued, and the launch plan is what cuda/backward.cuh documents.
+  {
+    using PG = sfx::policy<16, sfx::select::learned_gate, float, sfx::act::swiglu>;
+    namespace cd = sfx::cuda::detail;
+    sfx::ffn_grads storage(w.layout, false);
+    sfx::ffn_grads_view gv = storage.view();
+    float* dy = reinterpret_cast<float*>(0x8000);
+    float* dx = reinterpret_cast<float*>(0x9000);
+    float* pre = reinterpret_cast<float*>(0xa000);
+    const sfx::forward_cache cache{fake_blocks, nullptr, pre, nullptr};
+    sfx::backward_args ba;
+    ba.k = 2;
+    sfx::backward_args bad_k = ba;
+    bad_k.k = 5;
+    expect(sfx::cuda::backward<P>(nullptr, bytes, w, 2, x, dy, cache, dx, gv, bad_k),
+           sfx::status::invalid_argument, "backward: k > B");
+    expect(sfx::cuda::backward<P>(nullptr, bytes, w, 2, x, static_cast<float*>(nullptr), cache, dx, gv, ba),
+           sfx::status::null_pointer, "backward: null dY");
+    expect(sfx::cuda::backward<P>(nullptr, bytes, w, 2, x, dy, cache, x + 1, gv, ba),
+           sfx::status::invalid_argument, "backward: dX overlaps X");
+    const sfx::forward_cache no_pre{fake_blocks, nullptr, nullptr, nullptr};
+    expect(sfx::cuda::backward<P>(nullptr, bytes, w, 2, x, dy, no_pre, dx, gv, ba),
+           sfx::status::invalid_argument, "backward: no cached pre-activations");
+    sfx::ffn_grads_view wrong = gv;
+    wrong.layout.ld += 16;
+    expect(sfx::cuda::backward<P>(nullptr, bytes, w, 2, x, dy, cache, dx, wrong, ba),
+           sfx::status::invalid_shape, "backward: gradient layout");
+    sfx::ffn_grads_view gate_for_avg_k = gv;
+    gate_for_avg_k.gate_b = reinterpret_cast<float*>(0xb000);
+    expect(sfx::cuda::backward<P>(nullptr, bytes, w, 2, x, dy, cache, dx, gate_for_avg_k, ba),
+           sfx::status::invalid_argument, "backward: gate gradients for avg_k");
+    sfx::ffn_grads_view odd = gv;
+    odd.b2 = reinterpret_cast<float*>(0xb002);
+    expect(sfx::cuda::backward<P>(nullptr, bytes, w, 2, x, dy, cache, dx, odd, ba),
+           sfx::status::misaligned_pointer, "backward: misaligned gradient");
+    using S = cd::bwd_step;
+    auto same = [](const cd::bwd_step_list& got, std::initializer_list<S> want) {
+      return got.count == static_cast<int>(want.size()) && std::equal(want.begin(), want.end(), got.begin());
+    };
+    sfx::ffn_grads_view all = gv;
+    all.route_weights = reinterpret_cast<float*>(0xc000);
+    sfx::ffn_grads_view gate_all = all;
+    gate_all.gate_w = all.weights;
+    gate_all.gate_b = all.b2;
+    sfx::ffn_grads_view only_dx;
+    const bool plans = same(cd::plan_backward_steps<P>(all, true),
+                            {S::prepare_x, S::prepare_dy, S::routing, S::sort, S::offsets, S::pairs,
+                             S::weights, S::db2_route, S::dx}) &&
+                       same(cd::plan_backward_steps<PG>(gate_all, true),
+                            {S::linear_scores, S::prepare_dy, S::routing, S::sort, S::offsets, S::pairs,
+                             S::weights, S::db2_route, S::gate_logits, S::gate_rows, S::dx}) &&
+                       same(cd::plan_backward_steps<PG>(only_dx, true),
+                            {S::linear_scores, S::prepare_dy, S::routing, S::sort, S::offsets, S::pairs,
+                             S::gate_logits, S::dx}) &&
+                       same(cd::plan_backward_steps<P>(only_dx, false),
+                            {S::prepare_x, S::prepare_dy, S::routing, S::sort, S::offsets, S::pairs});
+    std::printf("%s backward launch plans\n", plans ? "ok  " : "FAIL");
+    failures += !plans;
+  }
   if (failures) return 1;
   return gpu_test_main(argc, argv, "test_cuda_errors");
 }

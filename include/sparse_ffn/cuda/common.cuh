@@ -54,6 +54,29 @@ inline result from_cuda(cudaError_t e) {
 
 namespace detail {
 
+/// The two-phase workspace protocol of the entry points: with a null workspace, writes the size the
+/// call needs into `bytes` and returns false (out = success: the query is done); otherwise checks the
+/// given size and the 256-byte alignment, returning false with the error in `out` when either is
+/// wrong, and true when the call may run.
+inline bool workspace_ready(const void* ws, std::size_t& bytes, std::size_t total, result& out) {
+  out = ok();
+  if (ws == nullptr) {
+    bytes = total;
+    return false;
+  }
+  if (bytes < total)
+    out = {sparse_ffn::status::invalid_argument,
+           "sparse_ffn: workspace too small (query its size with a null workspace first)"};
+  else if (reinterpret_cast<std::uintptr_t>(ws) % 256 != 0)
+    out = {sparse_ffn::status::misaligned_pointer,
+           "sparse_ffn: the workspace must be 256-byte aligned (cudaMalloc is)"};
+  return out.code == sparse_ffn::status::success;
+}
+
+}  // namespace detail
+
+namespace detail {
+
 /// Elements of T in one 16-byte load.
 template <class T>
 struct vec {

@@ -652,16 +652,7 @@ result run(void* ws, std::size_t& ws_bytes, const blocked_ffn_view<typename Poli
     sizing = plan<Policy>(nullptr, w.layout, n, k, given != nullptr, y != nullptr);
     gr = plan_grids<Policy>(w.layout, n, k, sizing, given != nullptr, y != nullptr);
   });
-  if (!r) return r;
-  if (ws == nullptr) {
-    ws_bytes = sizing.total;
-    return ok();
-  }
-  if (ws_bytes < sizing.total)
-    return {status::invalid_argument,
-            "sparse_ffn: workspace too small (query its size with a null workspace first)"};
-  if (reinterpret_cast<std::uintptr_t>(ws) % 256 != 0)
-    return {status::misaligned_pointer, "sparse_ffn: the workspace must be 256-byte aligned (cudaMalloc is)"};
+  if (!r || !workspace_ready(ws, ws_bytes, sizing.total, r)) return r;
   if (n == 0) return ok();
   const buffers b =
       plan<Policy>(static_cast<unsigned char*>(ws), w.layout, n, k, given != nullptr, y != nullptr);
@@ -699,7 +690,8 @@ result route(void* d_workspace, std::size_t& workspace_bytes,
 }
 
 /// The device-side error word of the last call that used this workspace: 0, or a combination of
-/// kernels::bad_block_index and kernels::bad_token_id. Synchronises `stream`.
+/// kernels::bad_block_index, kernels::bad_token_id and (backward) kernels::bad_routing_order.
+/// Synchronises `stream`.
 inline result device_errors(const void* d_workspace, int& errors, cudaStream_t stream = 0) {
   errors = 0;
   cudaError_t e = cudaMemcpyAsync(&errors, d_workspace, sizeof(int), cudaMemcpyDeviceToHost, stream);

@@ -26,8 +26,9 @@ namespace kernels {
 inline constexpr int k_threads = 128;  ///< threads per block of every kernel here
 inline constexpr int k_rows_per_cta = 16;
 
-/// Device error word bits.
-enum device_error : int { bad_block_index = 1, bad_token_id = 2 };
+/// Device error word bits. bad_routing_order: a backward's learned-gate routing row whose slots
+/// [0, pinned) are not the pinned blocks in order, or whose other slots hold a pinned block.
+enum device_error : int { bad_block_index = 1, bad_token_id = 2, bad_routing_order = 4 };
 
 /// X -> padded float rows; also zeroes the call's error word (the first kernel of the call when no
 /// scoring kernel does it: hash, a caller's routing, the oracle).
