@@ -663,3 +663,87 @@ TEST_CASE("quality report: the error at every k equals the routed forward's, pin
   run(sfx::type_tag<sfx::act::gelu_erf>{}, false, 1, 32);
   run(sfx::type_tag<sfx::act::swiglu>{}, true, 2, 33);
 }
+
+namespace {
+
+/// The converter's dense passes (neuron_activations, block_mass with its dense output, block
+/// contributions) against the library's forward on the identity routing table, in double where the
+/// reference is computed here: odd d (not a multiple of the kernels' 16-float lines), gated and not.
+template <class Act>
+void check_dense_passes(sfx::index_t d, sfx::index_t g, sfx::index_t B, sfx::index_t n, std::uint64_t seed) {
+  auto r = test::rng(seed);
+  const sfx::index_t F = B * g;
+  const auto dense = test::random_dense<float>(r, d, F, Act::gated, true);
+  const auto perm = test::random_perm(r, F);
+  sfx::pack_options po{g};
+  po.permutation = perm.data();
+  const auto model = sfx::pack<float>(dense.view(), po);
+  const auto w = model.view();
+  std::vector<float> x(static_cast<std::size_t>(n * d));
+  test::fill_normal(x, r, 1.0);
+  INFO("act " << Act::name << " d " << d << " g " << g << " B " << B << " n " << n);
+  // Reference activations in double from the packed rows; the forward's y for the dense output.
+  const auto h = cv::neuron_activations<Act>(model, x.data(), n);
+  std::vector<float> y_ref(x.size()), y(x.size());
+  std::vector<sfx::block_index_t> table(static_cast<std::size_t>(n * B));
+  for (sfx::index_t t = 0; t < n; ++t)
+    for (sfx::index_t b = 0; b < B; ++b)
+      table[static_cast<std::size_t>(t * B + b)] = static_cast<sfx::block_index_t>(b);
+  sfx::dispatch_block_size(g, [&](auto G) {
+    using P = sfx::policy<decltype(G)::value, sfx::select::oracle, float, Act>;
+    sfx::cpu::forward_routed<P>(w, n, x.data(), y_ref.data(),
+                                sfx::const_routing_view{n, B, table.data(), nullptr});
+  });
+  const auto mass = cv::block_mass<Act>(model, x.data(), n, y.data());
+  double worst_h = 0, worst_y = 0, worst_m = 0;
+  for (sfx::index_t t = 0; t < n; ++t) {
+    for (sfx::index_t b = 0; b < B; ++b) {
+      double m = 0;
+      for (sfx::index_t i = 0; i < g; ++i) {
+        const sfx::index_t nr = b * g + i;
+        double a = w.b1[nr], u = Act::gated ? w.b3[nr] : 0.0, mag = 1;
+        for (sfx::index_t c = 0; c < d; ++c) {
+          a += double(w.keys(b)[i * w.layout.ld + c]) * x[static_cast<std::size_t>(t * d + c)];
+          if (Act::gated) u += double(w.up(b)[i * w.layout.ld + c]) * x[static_cast<std::size_t>(t * d + c)];
+          mag += std::fabs(double(w.keys(b)[i * w.layout.ld + c]) * x[static_cast<std::size_t>(t * d + c)]);
+        }
+        const double want = sfx::activate<Act>(static_cast<float>(a), static_cast<float>(u));
+        const double got = h[static_cast<std::size_t>(t * F + nr)];
+        worst_h = std::max(worst_h, std::fabs(got - want) / (mag * (Act::gated ? 1 + std::fabs(u) : 1.0)));
+        m += std::fabs(got);
+      }
+      worst_m = std::max(worst_m, std::fabs(m - mass[static_cast<std::size_t>(t * B + b)]) / (1 + m));
+    }
+    for (sfx::index_t c = 0; c < d; ++c) {
+      const auto at = static_cast<std::size_t>(t * d + c);
+      worst_y = std::max(worst_y, std::fabs(double(y[at]) - y_ref[at]) / (1 + std::fabs(double(y_ref[at]))));
+    }
+  }
+  INFO("worst: h " << worst_h << ", mass " << worst_m << ", y " << worst_y);
+  REQUIRE(worst_h < 1e-5);
+  REQUIRE(worst_m < 1e-5);
+  REQUIRE(worst_y < 1e-4);
+  // Each block's contribution, summed over the blocks, is the output without b2.
+  const sfx::index_t len = sfx::detail::round_up(d, 16);
+  std::vector<float> c(static_cast<std::size_t>(n * B * len), NAN);
+  cv::detail::block_contributions(w, h.data(), n, c.data());
+  double worst_c = 0;
+  for (sfx::index_t t = 0; t < n; ++t)
+    for (sfx::index_t col = 0; col < len; ++col) {
+      double s = 0;
+      for (sfx::index_t b = 0; b < B; ++b) s += c[static_cast<std::size_t>((t * B + b) * len + col)];
+      const double want = col < d ? double(y_ref[static_cast<std::size_t>(t * d + col)]) - w.b2[col] : 0.0;
+      worst_c = std::max(worst_c, std::fabs(s - want) / (1 + std::fabs(want)));
+    }
+  INFO("worst contribution sum " << worst_c);
+  REQUIRE(worst_c < 1e-4);
+}
+
+}  // namespace
+
+TEST_CASE("converter dense passes: activations, masses, dense output, block contributions", "[convert]") {
+  check_dense_passes<sfx::act::gelu_erf>(37, 16, 5, 300, 0xd1);
+  check_dense_passes<sfx::act::relu>(64, 64, 3, 7, 0xd2);
+  check_dense_passes<sfx::act::swiglu>(21, 16, 4, 259, 0xd3);
+  check_dense_passes<sfx::act::relu>(130, 1, 40, 20, 0xd4);
+}

@@ -51,16 +51,19 @@ std::vector<double> neuron_energy(const dense_ffn<float>& dense, const float* x,
   for (index_t t0 = 0; t0 < n; t0 += chunk) {
     const index_t m = std::min(chunk, n - t0);
     const auto h = neuron_activations<Act>(ident, x + t0 * d, m);
+    // Each neuron's sum in token order (deterministic); a thread owns a range of neurons and walks
+    // the tokens' rows (contiguous), not one neuron's column (stride d_ff) at a time.
 #if SPARSE_FFN_HAS_OPENMP
-#pragma omp parallel for schedule(static)
+#pragma omp parallel
 #endif
-    for (index_t i = 0; i < F; ++i) {  // each neuron's sum in token order: deterministic
-      double acc = e[static_cast<std::size_t>(i)];
+    {
+      const index_t i0 = F * cpu::detail::thread_id() / cpu::detail::num_threads(),
+                    i1 = F * (cpu::detail::thread_id() + 1) / cpu::detail::num_threads();
+      double* acc = e.data();
       for (index_t t = 0; t < m; ++t) {
-        const double v = h[static_cast<std::size_t>(t * F + i)];
-        acc += v * v;
+        const float* row = h.data() + t * F;
+        for (index_t i = i0; i < i1; ++i) acc[i] += double(row[i]) * row[i];
       }
-      e[static_cast<std::size_t>(i)] = acc;
     }
   }
   for (index_t i = 0; i < F; ++i) {

@@ -14,6 +14,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <exception>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -59,6 +60,34 @@ inline void check_quality_options(const quality_options& o) {
                                 " is outside (0, 1]");
   sparse_ffn::detail::require(std::isfinite(o.held_out) && o.held_out > 0 && o.held_out < 1,
                               status::invalid_argument, "held_out (", o.held_out, ") must be in (0, 1)");
+}
+
+/// Runs a and b, on two threads where OpenMP has them. An exception in either is rethrown here (the
+/// first one's, if both throw) after both have finished.
+template <class A, class Bf>
+void run_both(A&& a, Bf&& b) {
+  std::exception_ptr err[2];
+  auto guarded = [&](int i, auto& f) {
+    try {
+      f();
+    } catch (...) {
+      err[i] = std::current_exception();
+    }
+  };
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel sections num_threads(2)
+  {
+#pragma omp section
+    guarded(0, a);
+#pragma omp section
+    guarded(1, b);
+  }
+#else
+  guarded(0, a);
+  guarded(1, b);
+#endif
+  for (auto& e : err)
+    if (e) std::rethrow_exception(e);
 }
 
 /// The routers evaluate_split fitted (on the fit share), for a caller that installs one of them.
@@ -130,11 +159,15 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
     scores.push_back({"similarity", s});
   }
   if (o.fit_routers && n_train > 0) {
-    const auto lin = fit_linear_router(x, mass, n_train, d, B, o.train, sim.data());
+    // The two routers train side by side, one thread each (each fit is single-threaded), so the
+    // result does not depend on the thread count.
+    linear_router lin;
+    mlp_router mlp;
+    run_both([&] { lin = fit_linear_router(x, mass, n_train, d, B, o.train, sim.data()); },
+             [&] { mlp = fit_mlp_router(x, mass, n_train, d, B, o.train, sim.data()); });
     std::vector<float> s(static_cast<std::size_t>(n_eval * B));
     lin.scores(x_eval, n_eval, s.data());
     scores.push_back({"linear", s});
-    const auto mlp = fit_mlp_router(x, mass, n_train, d, B, o.train, sim.data());
     mlp.scores(x_eval, n_eval, s.data());
     scores.push_back({"mlp", s});
     if (fitted) *fitted = {true, lin, mlp};
@@ -148,32 +181,23 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
   // The error at every k in one pass per split, not one sparse forward per selector and density: the
   // sparse output with the first k blocks of a ranking r is the dense output minus the contributions
   // c_b = W2_b · act(W1_b x + b1_b) of the others, so err_t(k) = ‖Σ_{j ≥ k} c_{r_j}‖², R_B = 0,
-  // R_k = R_{k+1} + c_{r_k}. The contributions come from the library's routed forward of the model
-  // without b2 on "pseudo-tokens" (token t repeated B times, copy j routed to block j alone), in chunks.
+  // R_k = R_{k+1} + c_{r_k}. The contributions come from the converter's dense pass of the model
+  // (detail::dense_float_pass: every activation once) and the value rows of each block apart
+  // (detail::block_contributions), in chunks of tokens.
   const std::size_t S = scores.size(), Bs = static_cast<std::size_t>(B);
   std::vector<double> tok_err(S * static_cast<std::size_t>(n_eval) * (Bs + 1), 0.0);  // [selector][t][k]
   {
-    blocked_ffn_view<float> no_b2 = model.view();
-    no_b2.b2 = nullptr;
-    const index_t chunk = std::max<index_t>(1, std::min<index_t>(n_eval, (index_t{1} << 21) / (B * d)));
-    std::vector<float> xr(static_cast<std::size_t>(chunk * B * d)), c(xr.size());
-    std::vector<block_index_t> table(static_cast<std::size_t>(chunk * B));
+    const index_t len = sparse_ffn::detail::round_up(d, 16), F = l.d_ff;
+    const index_t chunk = std::max<index_t>(1, std::min<index_t>(n_eval, (index_t{1} << 21) / (B * len)));
+    std::vector<float> hq(static_cast<std::size_t>(chunk * F)), c(static_cast<std::size_t>(chunk * B * len));
     // Per-thread scratch (ranking, top-k scratch, tail sum), allocated once, not once per token.
     const auto threads = static_cast<std::size_t>(cpu::detail::max_threads());
     std::vector<block_index_t> orders(threads * Bs), scratches(threads * Bs);
     std::vector<float> tails(threads * static_cast<std::size_t>(d));
     for (index_t t0 = 0; t0 < n_eval; t0 += chunk) {
       const index_t m = std::min(chunk, n_eval - t0);
-      for (index_t t = 0; t < m; ++t)
-        for (index_t b = 0; b < B; ++b) {
-          std::copy(x_eval + (t0 + t) * d, x_eval + (t0 + t + 1) * d, xr.begin() + (t * B + b) * d);
-          table[static_cast<std::size_t>(t * B + b)] = static_cast<block_index_t>(b);
-        }
-      dispatch_block_size(g, [&](auto G) {
-        using P = policy<decltype(G)::value, select::avg_k, float, Act>;
-        cpu::forward_routed<P>(no_b2, m * B, xr.data(), c.data(),
-                               const_routing_view{m * B, 1, table.data(), nullptr});
-      });
+      detail::dense_float_pass<Act>(model.view(), x_eval + t0 * d, m, hq.data(), nullptr);
+      detail::block_contributions(model.view(), hq.data(), m, c.data());
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel for schedule(static)
 #endif
@@ -182,20 +206,28 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
         block_index_t* order = orders.data() + me * Bs;
         block_index_t* scratch = scratches.data() + me * Bs;
         float* R = tails.data() + me * static_cast<std::size_t>(d);
-        const float* ct = c.data() + t * B * d;
+        const float* ct = c.data() + t * B * len;
         for (std::size_t si = 0; si < S; ++si) {
           topk(scores[si].second.data() + (t0 + t) * B, B, B, order, scratch);
           double* e = tok_err.data() +
                       (si * static_cast<std::size_t>(n_eval) + static_cast<std::size_t>(t0 + t)) * (Bs + 1);
           std::fill(R, R + d, 0.0f);
           for (index_t k = B - 1; k >= 1; --k) {
-            const float* cb = ct + order[static_cast<std::size_t>(k)] * d;
-            double sq = 0;
-            for (index_t j = 0; j < d; ++j) {
+            const float* cb = ct + order[static_cast<std::size_t>(k)] * len;
+            // Four interleaved double sums (j mod 4), added in a fixed order: the same bits on any
+            // thread count, without one long dependency chain.
+            double sq[4] = {0, 0, 0, 0};
+            index_t j = 0;
+            for (; j + 4 <= d; j += 4)
+              for (int u = 0; u < 4; ++u) {
+                R[j + u] += cb[j + u];
+                sq[u] += double(R[j + u]) * R[j + u];
+              }
+            for (; j < d; ++j) {
               R[j] += cb[j];
-              sq += double(R[j]) * R[j];
+              sq[0] += double(R[j]) * R[j];
             }
-            e[k] = sq;
+            e[k] = (sq[0] + sq[1]) + (sq[2] + sq[3]);
           }
         }
       }

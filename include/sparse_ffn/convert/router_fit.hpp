@@ -49,43 +49,165 @@ void dense_pass(const blocked_ffn<T>& model, const float* x, index_t n, float* y
     cpu::forward_routed<P>(model.view(), n, x, y, const_routing_view{n, B, table.data(), nullptr}, &cache);
   });
 }
+
+/// Columns of the value pass's slabs in dense_float_pass: a slab of every value row (d_ff × 128
+/// floats: 768 KiB at d_ff = 1536) stays in L2 while a thread's token tiles run over it.
+inline constexpr index_t k_dense_slab = 128;
+
+/// The dense FFN of a float blocked model on tokens x [n × d_model], for the converter: h [n × d_ff]
+/// (every neuron's activation, in the model's packed order, each evaluated once) and, when y is not
+/// null, y [n × d_model] = Σ_i h_i v_i + b2. Key pass: the forward's register-tiled key kernel
+/// (kernel_ops::dots) per block over tiles of 256 tokens, blocks in parallel; value pass: the
+/// backward's register-tiled outer_rows per tile of rows_m tokens (each thread a range of tiles),
+/// column slabs outer. Every value is computed by one thread in a fixed order: the same bits on any
+/// thread count.
+template <class Act>
+void dense_float_pass(const blocked_ffn_view<float>& w, const float* x, index_t n, float* h, float* y) {
+  const block_layout& l = w.layout;
+  const index_t B = l.num_blocks, g = l.g, F = l.d_ff, d = l.d_model, ld = l.ld;
+  const auto& ops = cpu::kernels::ops_for<float>(cpu::active_isa());
+  // Rows padded to len, whole cache lines (what the kernels walk; the weight rows are zero past d
+  // and at least len long).
+  const index_t len = sparse_ffn::detail::round_up(d, 16), tile = 256, RM = ops.rows_m;
+  std::vector<float> xp(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, len, "dense pass")),
+                        0.0f),
+      yp(y ? xp.size() : 0);
+  for (index_t t = 0; t < n; ++t) std::copy(x + t * d, x + (t + 1) * d, xp.begin() + t * len);
+  std::vector<std::int32_t> iota(static_cast<std::size_t>(g));
+  for (index_t i = 0; i < g; ++i) iota[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel
+#endif
+  {
+    std::vector<const float*> ptrs(static_cast<std::size_t>(tile));
+    std::vector<float> spill(static_cast<std::size_t>(tile * ops.key_r * ops.width)),
+        pre(static_cast<std::size_t>(tile * g)), up(Act::gated ? pre.size() : 0);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+    for (index_t b = 0; b < B; ++b)
+      for (index_t t0 = 0; t0 < n; t0 += tile) {
+        const index_t m = std::min(tile, n - t0);
+        for (index_t q = 0; q < m; ++q) ptrs[static_cast<std::size_t>(q)] = xp.data() + (t0 + q) * len;
+        ops.dots(ptrs.data(), nullptr, nullptr, m, w.keys(b), g, ld, len, spill.data(), pre.data());
+        if constexpr (Act::gated)
+          ops.dots(ptrs.data(), nullptr, nullptr, m, w.up(b), g, ld, len, spill.data(), up.data());
+        for (index_t q = 0; q < m; ++q)
+          for (index_t i = 0; i < g; ++i) {
+            const index_t nr = b * g + i;
+            const float a = pre[static_cast<std::size_t>(q * g + i)] + (w.b1 ? w.b1[nr] : 0.0f);
+            const float u =
+                Act::gated ? up[static_cast<std::size_t>(q * g + i)] + (w.b3 ? w.b3[nr] : 0.0f) : 0.0f;
+            h[(t0 + q) * F + nr] = activate<Act>(a, u);
+          }
+      }  // implicit barrier: h complete
+    if (y) {
+      const index_t tiles = (n + RM - 1) / RM;
+      const int tid = cpu::detail::thread_id(), nth = cpu::detail::num_threads();
+      const index_t tl0 = tiles * tid / nth, tl1 = tiles * (tid + 1) / nth;
+      float* ys[8];
+      const float* sp[8];
+      for (index_t c0 = 0; c0 < len; c0 += k_dense_slab)
+        for (index_t tl = tl0; tl < tl1; ++tl) {
+          const index_t t0 = tl * RM, mm = std::min(RM, n - t0);
+          for (index_t q = 0; q < mm; ++q) ys[q] = yp.data() + (t0 + q) * len;
+          for (index_t b = 0; b < B; ++b) {
+            for (index_t q = 0; q < mm; ++q) sp[q] = h + (t0 + q) * F + b * g;
+            ops.outer_rows(ys, sp, mm, iota.data(), g, w.values(b), ld, c0, std::min(len, c0 + k_dense_slab),
+                           b == 0);
+          }
+        }
+    }
+  }
+  if (y)
+    for (index_t t = 0; t < n; ++t)
+      for (index_t c = 0; c < d; ++c)
+        y[t * d + c] = yp[static_cast<std::size_t>(t * len + c)] + (w.b2 ? w.b2[c] : 0.0f);
+}
+/// Each block's output contribution c_b = Σ_{i ∈ b} h_i v_i (no b2) for n tokens whose activations
+/// h [n × d_ff] (dense_float_pass) are given: c [n × B × len] (len = d_model rounded up to 16; zeros
+/// past d_model). The backward's outer_rows per tile of rows_m tokens and block, tiles in parallel.
+inline void block_contributions(const blocked_ffn_view<float>& w, const float* h, index_t n, float* c) {
+  const block_layout& l = w.layout;
+  const index_t B = l.num_blocks, g = l.g, F = l.d_ff, len = sparse_ffn::detail::round_up(l.d_model, 16);
+  const auto& ops = cpu::kernels::ops_for<float>(cpu::active_isa());
+  const index_t RM = ops.rows_m, tiles = (n + RM - 1) / RM;
+  std::vector<std::int32_t> iota(static_cast<std::size_t>(g));
+  for (index_t i = 0; i < g; ++i) iota[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+  for (index_t tl = 0; tl < tiles; ++tl) {
+    const index_t t0 = tl * RM, mm = std::min(RM, n - t0);
+    float* ys[8];
+    const float* sp[8];
+    for (index_t b = 0; b < B; ++b) {
+      for (index_t q = 0; q < mm; ++q) {
+        ys[q] = c + ((t0 + q) * B + b) * len;
+        sp[q] = h + (t0 + q) * F + b * g;
+      }
+      ops.outer_rows(ys, sp, mm, iota.data(), g, w.values(b), l.ld, 0, len, true);
+    }
+  }
+}
+
 }  // namespace detail
 
 /// Activation mass [n × B] of every block for n tokens x [n × d_model] (float): every block of every
-/// token computed by the fast path (detail::dense_pass), in chunks of tokens whose pre-activations fit
+/// token computed by detail::dense_float_pass (float models; the fast path's routed forward on the
+/// identity table, detail::dense_pass, otherwise), in chunks of tokens whose pre-activations fit
 /// in 16 MiB (one pass over 10^5 tokens at once is ~1.5× slower: its buffers leave the caches). Also
 /// returns the dense output in `y_dense` [n × d_model] when non-null.
 template <class Act, class T>
 std::vector<float> block_mass(const blocked_ffn<T>& model, const float* x, index_t n,
                               float* y_dense = nullptr) {
   const block_layout& l = model.layout();
-  const index_t B = l.num_blocks, g = l.g, d = l.d_model;
+  const index_t B = l.num_blocks, g = l.g, d = l.d_model, F = l.d_ff;
   std::vector<float> mass(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, B, "block mass"))), y;
   if (!y_dense) {
     y.resize(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, d, "block mass")));
     y_dense = y.data();
   }
   const index_t chunk = std::max<index_t>(1, std::min<index_t>(n, (index_t{1} << 22) / l.d_ff));
-  std::vector<float> pre(static_cast<std::size_t>(chunk * B * g)), up(Act::gated ? pre.size() : 0);
-  std::vector<block_index_t> blocks(static_cast<std::size_t>(chunk * B));
-  for (index_t t0 = 0; t0 < n; t0 += chunk) {
-    const index_t m = std::min(chunk, n - t0);
-    const forward_cache cache{blocks.data(), nullptr, pre.data(), Act::gated ? up.data() : nullptr};
-    detail::dense_pass<Act>(model, x + t0 * d, m, y_dense + t0 * d, cache);
+  if constexpr (std::is_same<T, float>::value) {
+    std::vector<float> h(static_cast<std::size_t>(chunk * F));
+    for (index_t t0 = 0; t0 < n; t0 += chunk) {
+      const index_t m = std::min(chunk, n - t0);
+      detail::dense_float_pass<Act>(model.view(), x + t0 * d, m, h.data(), y_dense + t0 * d);
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-    for (index_t t = 0; t < m; ++t)
-      for (index_t j = 0; j < B; ++j) {
-        float s = 0;
-        for (index_t i = 0; i < g; ++i) {
-          const auto at = static_cast<std::size_t>((t * B + j) * g + i);
-          s += select::oracle::neuron_score(activate<Act>(pre[at], Act::gated ? up[at] : 0.0f));
+      for (index_t t = 0; t < m; ++t)
+        for (index_t b = 0; b < B; ++b) {
+          float s = 0;
+          for (index_t i = 0; i < g; ++i)
+            s += select::oracle::neuron_score(h[static_cast<std::size_t>(t * F + b * g + i)]);
+          mass[static_cast<std::size_t>((t0 + t) * B + b)] = s;
         }
-        mass[static_cast<std::size_t>((t0 + t) * B + blocks[static_cast<std::size_t>(t * B + j)])] = s;
-      }
+    }
+    return mass;
+  } else {
+    std::vector<float> pre(static_cast<std::size_t>(chunk * B * g)), up(Act::gated ? pre.size() : 0);
+    std::vector<block_index_t> blocks(static_cast<std::size_t>(chunk * B));
+    for (index_t t0 = 0; t0 < n; t0 += chunk) {
+      const index_t m = std::min(chunk, n - t0);
+      const forward_cache cache{blocks.data(), nullptr, pre.data(), Act::gated ? up.data() : nullptr};
+      detail::dense_pass<Act>(model, x + t0 * d, m, y_dense + t0 * d, cache);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(static)
+#endif
+      for (index_t t = 0; t < m; ++t)
+        for (index_t j = 0; j < B; ++j) {
+          float s = 0;
+          for (index_t i = 0; i < g; ++i) {
+            const auto at = static_cast<std::size_t>((t * B + j) * g + i);
+            s += select::oracle::neuron_score(activate<Act>(pre[at], Act::gated ? up[at] : 0.0f));
+          }
+          mass[static_cast<std::size_t>((t0 + t) * B + blocks[static_cast<std::size_t>(t * B + j)])] = s;
+        }
+    }
+    return mass;
   }
-  return mass;
 }
 
 /// The dense output and the block masses of several splits in one dense pass: y_dense [n × d_model]
@@ -108,25 +230,19 @@ void dense_reference(const dense_ffn_view<float>& dense, index_t g,
       perms.size(),
       std::vector<float>(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, B, "block mass"))));
   const index_t chunk = std::max<index_t>(1, std::min<index_t>(n, (index_t{1} << 22) / F));
-  std::vector<float> pre(static_cast<std::size_t>(chunk * F)), up(Act::gated ? pre.size() : 0),
-      score(pre.size());
-  std::vector<block_index_t> blocks(static_cast<std::size_t>(chunk * B));
+  std::vector<float> h(static_cast<std::size_t>(chunk * F));
   for (index_t t0 = 0; t0 < n; t0 += chunk) {
     const index_t m = std::min(chunk, n - t0);
-    const forward_cache cache{blocks.data(), nullptr, pre.data(), Act::gated ? up.data() : nullptr};
-    detail::dense_pass<Act>(ident, x + t0 * d, m, y_dense.data() + t0 * d, cache);
+    detail::dense_float_pass<Act>(ident.view(), x + t0 * d, m, h.data(), y_dense.data() + t0 * d);
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-    for (index_t t = 0; t < m; ++t) {  // identity table: slot j is block j, so neuron i sits at t·F + i
-      for (index_t i = 0; i < F; ++i) {
-        const auto at = static_cast<std::size_t>(t * F + i);
-        score[at] = select::oracle::neuron_score(activate<Act>(pre[at], Act::gated ? up[at] : 0.0f));
-      }
+    for (index_t t = 0; t < m; ++t) {  // the identity order: neuron i of token t sits at t·F + i
+      float* st = h.data() + t * F;
+      for (index_t i = 0; i < F; ++i) st[i] = select::oracle::neuron_score(st[i]);
       for (std::size_t p = 0; p < perms.size(); ++p) {
         const std::int32_t* perm = perms[p]->data();
         float* out = masses[p].data() + (t0 + t) * B;
-        const float* st = score.data() + t * F;
         for (index_t b = 0; b < B; ++b) {
           float s = 0;
           for (index_t i = 0; i < g; ++i) s += st[perm[b * g + i]];
@@ -138,27 +254,33 @@ void dense_reference(const dense_ffn_view<float>& dense, index_t g,
 }
 
 /// Activations h = act(W1 x + b1 [, W3 x + b3]) of every neuron, [n × d_ff] in the model's packed order
-/// (the original order when it was packed without a permutation): the sample split_coactivation reads.
+/// (the original order when it was packed without a permutation): the sample split_coactivation reads
+/// and the pinning rule's energies. Float models run the key pass alone (detail::dense_float_pass
+/// without y); other dtypes run the whole dense forward.
 template <class Act, class T>
 std::vector<float> neuron_activations(const blocked_ffn<T>& model, const float* x, index_t n) {
   const block_layout& l = model.layout();
-  const index_t B = l.num_blocks, g = l.g, F = l.d_ff;
-  std::vector<float> pre(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, F, "activations"))),
-      up(Act::gated ? pre.size() : 0), h(pre.size()), y(static_cast<std::size_t>(n * l.d_model));
-  std::vector<block_index_t> blocks(static_cast<std::size_t>(n * B));
-  const forward_cache cache{blocks.data(), nullptr, pre.data(), Act::gated ? up.data() : nullptr};
-  detail::dense_pass<Act>(model, x, n, y.data(), cache);
+  const index_t B = l.num_blocks, g = l.g, F = l.d_ff, d = l.d_model;
+  std::vector<float> h(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, F, "activations")));
+  if constexpr (std::is_same<T, float>::value) {
+    detail::dense_float_pass<Act>(model.view(), x, n, h.data(), nullptr);
+  } else {
+    std::vector<float> pre(h.size()), up(Act::gated ? h.size() : 0), y(static_cast<std::size_t>(n * d));
+    std::vector<block_index_t> blocks(static_cast<std::size_t>(n * B));
+    const forward_cache cache{blocks.data(), nullptr, pre.data(), Act::gated ? up.data() : nullptr};
+    detail::dense_pass<Act>(model, x, n, y.data(), cache);
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel for schedule(static)
 #endif
-  for (index_t t = 0; t < n; ++t)
-    for (index_t j = 0; j < B; ++j) {
-      const index_t b = blocks[static_cast<std::size_t>(t * B + j)];
-      for (index_t i = 0; i < g; ++i) {
-        const auto at = static_cast<std::size_t>((t * B + j) * g + i);
-        h[static_cast<std::size_t>(t * F + b * g + i)] = activate<Act>(pre[at], Act::gated ? up[at] : 0.0f);
+    for (index_t t = 0; t < n; ++t)
+      for (index_t j = 0; j < B; ++j) {
+        const index_t b = blocks[static_cast<std::size_t>(t * B + j)];
+        for (index_t i = 0; i < g; ++i) {
+          const auto at = static_cast<std::size_t>((t * B + j) * g + i);
+          h[static_cast<std::size_t>(t * F + b * g + i)] = activate<Act>(pre[at], Act::gated ? up[at] : 0.0f);
+        }
       }
-    }
+  }
   return h;
 }
 
@@ -207,8 +329,13 @@ void affine_rows(const std::vector<float>& w, const std::vector<float>& b, index
 inline float identity(float v) {
   return v;
 }
+/// tanh from one expf (libm's tanhf costs ~4 of them): 1 − 2 / (e^{2v} + 1), saturating to ±1.
+/// Absolute error ~1e-7 (relative error grows for |v| < 1e-3, where tanh is ~v: harmless for a router).
+/// The MLP router's training and scoring both use it.
 inline float tanh_f(float v) {
-  return std::tanh(v);
+  if (v > 15.0f) return 1.0f;
+  if (v < -15.0f) return -1.0f;
+  return 1.0f - 2.0f / (std::exp(2.0f * v) + 1.0f);
 }
 
 }  // namespace detail
@@ -279,23 +406,107 @@ inline float sigmoid(float z) {
   return 1.0f / (1.0f + std::exp(-z));
 }
 
-/// dW[j] = Σ_r G[r][j] · in_r for rows j of a [rows × cols] weight; parallel over j, fixed order in r.
-inline void accumulate_grad(const std::vector<float>& G, const float* in, const std::vector<index_t>* idx,
-                            index_t in_stride, index_t rows, index_t cols, index_t m,
-                            std::vector<float>& dW) {
-  const auto vaxpy = level1().vaxpy;
-#if SPARSE_FFN_HAS_OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-  for (index_t j = 0; j < rows; ++j) {
-    float* dw = dW.data() + j * cols;
-    std::fill(dw, dw + cols, 0.0f);
-    for (index_t r = 0; r < m; ++r) {
-      const float gr = G[static_cast<std::size_t>(r * rows + j)];
-      if (gr == 0.0f) continue;
-      const float* x = in + (idx ? (*idx)[static_cast<std::size_t>(r)] : r) * in_stride;
-      vaxpy(gr, x, dw, cols);
+/// Row stride of the padded matrices of router training: the register-tiled kernels walk rows in
+/// steps of 32 floats (zeros past the real columns).
+inline index_t train_ld(index_t cols) {
+  return sparse_ffn::detail::round_up(cols, 32);
+}
+
+/// The matrix products of router training on the library's register-tiled kernels (the forward's
+/// key kernel and the backward's outer-product kernel), single-threaded: a router trains on one
+/// thread, and the report trains its routers side by side. All matrices are row-major with rows of
+/// `ld` floats (train_ld), zero-padded.
+class tiled_products {
+ public:
+  tiled_products() : ops_(level1()) {}
+  /// out[q·nrows + r] = W_r · A_q for q < m, r < nrows.
+  void nt(const float* A, index_t m, const float* W, index_t nrows, index_t ld, float* out) {
+    ptrs_.resize(static_cast<std::size_t>(m));
+    for (index_t q = 0; q < m; ++q) ptrs_[static_cast<std::size_t>(q)] = A + q * ld;
+    spill_.resize(static_cast<std::size_t>(m * ops_.key_r * ops_.width));
+    ops_.dots(ptrs_.data(), nullptr, nullptr, m, W, nrows, ld, ld, spill_.data(), out);
+  }
+  /// D_j = Σ_q S_j[q] · A_q (q ascending) for j < nrows: D [nrows × ld], S [nrows × m], A [m × ld].
+  void tn(const float* S, index_t nrows, index_t m, const float* A, index_t ld, float* D) {
+    rows_.resize(static_cast<std::size_t>(m));
+    for (index_t q = 0; q < m; ++q) rows_[static_cast<std::size_t>(q)] = static_cast<std::int32_t>(q);
+    outer(D, ld, S, m, nrows, A, ld);
+  }
+  /// Y_q = Σ_o S_q[o] · V_o (o ascending) for q < m: Y [m × ld], S [m × ls] (ls ≥ nv), V [nv × ld].
+  void nn(const float* S, index_t ls, index_t m, const float* V, index_t nv, index_t ld, float* Y) {
+    rows_.resize(static_cast<std::size_t>(nv));
+    for (index_t o = 0; o < nv; ++o) rows_[static_cast<std::size_t>(o)] = static_cast<std::int32_t>(o);
+    outer(Y, ld, S, ls, m, V, ld);
+  }
+
+ private:
+  // out_j = Σ over the listed rows i of s_j[i] · v_i, for j < nout (out rows of ld, s rows of ls).
+  void outer(float* out, index_t ld_out, const float* s, index_t ls, index_t nout, const float* v,
+             index_t ld) {
+    float* y[8];
+    const float* sp[8];
+    const auto M = static_cast<index_t>(ops_.rows_m);
+    for (index_t j0 = 0; j0 < nout; j0 += M) {
+      const index_t mm = std::min(M, nout - j0);
+      for (index_t r = 0; r < mm; ++r) {
+        y[r] = out + (j0 + r) * ld_out;
+        sp[r] = s + (j0 + r) * ls;
+      }
+      ops_.outer_rows(y, sp, mm, rows_.data(), static_cast<index_t>(rows_.size()), v, ld, 0, ld_out, true);
     }
+  }
+  const cpu::kernels::kernel_ops<float>& ops_;
+  std::vector<const float*> ptrs_;
+  std::vector<float> spill_;
+  std::vector<std::int32_t> rows_;
+};
+
+/// The minibatch's rows of x [· × d], gathered into Xb [m × ld] (zeros past d).
+/// The rows are scattered over the whole sample (DRAM): each is prefetched 8 rows ahead.
+inline void gather_rows(const float* x, index_t d, const std::vector<index_t>& idx, index_t ld,
+                        std::vector<float>& Xb) {
+  Xb.assign(idx.size() * static_cast<std::size_t>(ld), 0.0f);
+  constexpr std::size_t ahead = 8;
+  auto prefetch = [&](std::size_t q) {
+    const char* row = reinterpret_cast<const char*>(x + idx[q] * d);
+    for (index_t b = 0; b < d * index_t{4}; b += 64) __builtin_prefetch(row + b);
+  };
+  for (std::size_t q = 0; q < std::min(ahead, idx.size()); ++q) prefetch(q);
+  for (std::size_t q = 0; q < idx.size(); ++q) {
+    if (q + ahead < idx.size()) prefetch(q + ahead);
+    std::copy(x + idx[q] * d, x + (idx[q] + 1) * d, Xb.begin() + static_cast<std::ptrdiff_t>(q) * ld);
+  }
+}
+
+/// [rows × cols] into rows of ld floats (zeros past cols), and back.
+inline std::vector<float> pad_rows(const float* m, index_t rows, index_t cols, index_t ld) {
+  std::vector<float> p(static_cast<std::size_t>(rows * ld), 0.0f);
+  for (index_t r = 0; r < rows; ++r) std::copy(m + r * cols, m + (r + 1) * cols, p.begin() + r * ld);
+  return p;
+}
+inline std::vector<float> unpad_rows(const std::vector<float>& p, index_t rows, index_t cols, index_t ld) {
+  std::vector<float> m(static_cast<std::size_t>(rows * cols));
+  for (index_t r = 0; r < rows; ++r)
+    std::copy(p.begin() + r * ld, p.begin() + r * ld + cols, m.begin() + r * cols);
+  return m;
+}
+
+/// The loss gradient of the outputs z [m × B] against the targets: G = (sigmoid(z + b) − T) / m,
+/// stored transposed (GT [B × m]); db_j = Σ_q G[q][j] (q ascending).
+inline void output_grad(const std::vector<float>& Z, const std::vector<float>& bias,
+                        const std::vector<float>& T, index_t m, index_t B, std::vector<float>& GT,
+                        std::vector<float>& db) {
+  GT.resize(static_cast<std::size_t>(B * m));
+  for (index_t q = 0; q < m; ++q)
+    for (index_t j = 0; j < B; ++j) {
+      const auto at = static_cast<std::size_t>(q * B + j);
+      GT[static_cast<std::size_t>(j * m + q)] =
+          (sigmoid(Z[at] + bias[static_cast<std::size_t>(j)]) - T[at]) / float(m);
+    }
+  for (index_t j = 0; j < B; ++j) {
+    float s = 0;
+    for (index_t q = 0; q < m; ++q) s += GT[static_cast<std::size_t>(j * m + q)];
+    db[static_cast<std::size_t>(j)] = s;
   }
 }
 
@@ -312,120 +523,117 @@ void train_loop(index_t n, const router_train_options& o, const char* what, Step
         idx.push_back(order[static_cast<std::size_t>(q)]);
       step(idx);
     }
-    if (o.progress) o.progress(what, double(e + 1) / o.epochs);
+    if (o.progress) {
+      // Routers may train side by side (evaluate_split): one report at a time.
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp critical(sparse_ffn_router_progress)
+#endif
+      o.progress(what, double(e + 1) / o.epochs);
+    }
   }
 }
 
 }  // namespace detail
 
 /// Fits a linear router to the block masses [n × B] of tokens x [n × d_model]. `init` ([B × d], e.g.
-/// the similarity rows) is optional.
+/// the similarity rows) is optional. Single-threaded (the matrix products on the register-tiled
+/// kernels of the running CPU); deterministic for a given seed and ISA level.
 inline linear_router fit_linear_router(const float* x, const float* mass, index_t n, index_t d_model,
                                        index_t B, const router_train_options& o,
                                        const float* init = nullptr) {
   sparse_ffn::detail::require_not_null(x, "x");
   sparse_ffn::detail::require_not_null(mass, "mass");
-  linear_router r;
-  r.d_model = d_model;
-  r.num_blocks = B;
-  r.w.assign(static_cast<std::size_t>(B * d_model), 0.0f);
-  r.b.assign(static_cast<std::size_t>(B), 0.0f);
-  if (init) std::copy(init, init + B * d_model, r.w.begin());
+  const index_t ld = detail::train_ld(d_model);
+  std::vector<float> w = init ? detail::pad_rows(init, B, d_model, ld)
+                              : std::vector<float>(static_cast<std::size_t>(B * ld), 0.0f);
+  std::vector<float> b(static_cast<std::size_t>(B), 0.0f);
   detail::adam aw, ab;
-  std::vector<float> T, Z, G, dW(r.w.size()), db(r.b.size());
+  detail::tiled_products mm;
+  std::vector<float> T, Xb, Z, GT, dW(w.size()), db(b.size());
   detail::train_loop(n, o, "linear router", [&](const std::vector<index_t>& idx) {
     const auto m = static_cast<index_t>(idx.size());
     detail::batch_targets(mass, idx, B, T);
+    detail::gather_rows(x, d_model, idx, ld, Xb);
     Z.resize(static_cast<std::size_t>(m * B));
-    G.resize(Z.size());
-    const auto vdot = detail::level1().vdot;
-#if SPARSE_FFN_HAS_OPENMP
-#pragma omp parallel for schedule(static)
-#endif
-    for (index_t q = 0; q < m; ++q)
-      for (index_t j = 0; j < B; ++j) {
-        const float z =
-            vdot(r.w.data() + j * d_model, x + idx[static_cast<std::size_t>(q)] * d_model, d_model) +
-            r.b[static_cast<std::size_t>(j)];
-        G[static_cast<std::size_t>(q * B + j)] =
-            (detail::sigmoid(z) - T[static_cast<std::size_t>(q * B + j)]) / float(m);
-      }
-    detail::accumulate_grad(G, x, &idx, d_model, B, d_model, m, dW);
-    for (index_t j = 0; j < B; ++j) {
-      float s = 0;
-      for (index_t q = 0; q < m; ++q) s += G[static_cast<std::size_t>(q * B + j)];
-      db[static_cast<std::size_t>(j)] = s;
-    }
+    mm.nt(Xb.data(), m, w.data(), B, ld, Z.data());
+    detail::output_grad(Z, b, T, m, B, GT, db);
+    mm.tn(GT.data(), B, m, Xb.data(), ld, dW.data());
     ++aw.step;
     ++ab.step;
-    aw.update(r.w, dW, o.lr);
-    ab.update(r.b, db, o.lr);
+    aw.update(w, dW, o.lr);
+    ab.update(b, db, o.lr);
   });
+  linear_router r;
+  r.d_model = d_model;
+  r.num_blocks = B;
+  r.w = detail::unpad_rows(w, B, d_model, ld);
+  r.b = b;
   return r;
 }
 
 /// Fits MoEfication's MLP router. `centres` [B × d] initialises the first layer (the similarity rows).
+/// Single-threaded, deterministic, as fit_linear_router.
 inline mlp_router fit_mlp_router(const float* x, const float* mass, index_t n, index_t d_model, index_t B,
                                  const router_train_options& o, const float* centres) {
   sparse_ffn::detail::require_not_null(x, "x");
   sparse_ffn::detail::require_not_null(mass, "mass");
   sparse_ffn::detail::require_not_null(centres, "centres");
-  mlp_router r;
-  r.d_model = d_model;
-  r.num_blocks = B;
-  r.w1.assign(centres, centres + B * d_model);
-  r.b1.assign(static_cast<std::size_t>(B), 0.0f);
-  r.w2.assign(static_cast<std::size_t>(B * B), 0.0f);
-  for (index_t j = 0; j < B; ++j) r.w2[static_cast<std::size_t>(j * B + j)] = 1.0f;
-  r.b2.assign(static_cast<std::size_t>(B), 0.0f);
+  const index_t ld = detail::train_ld(d_model), lb = detail::train_ld(B);
+  std::vector<float> w1 = detail::pad_rows(centres, B, d_model, ld), b1(static_cast<std::size_t>(B), 0.0f);
+  std::vector<float> w2(static_cast<std::size_t>(B * lb), 0.0f), b2(b1.size(), 0.0f);
+  for (index_t j = 0; j < B; ++j) w2[static_cast<std::size_t>(j * lb + j)] = 1.0f;
   detail::adam a1, ab1, a2, ab2;
-  std::vector<float> T, Xb, H, G, GH, dW1(r.w1.size()), db1(r.b1.size()), dW2(r.w2.size()), db2(r.b2.size());
+  detail::tiled_products mm;
+  std::vector<float> T, Xb, Hp, H, Z, GT, Gp, GH, GHT, dW1(w1.size()), db1(b1.size()), dW2(w2.size()),
+      db2(b2.size());
   detail::train_loop(n, o, "MLP router", [&](const std::vector<index_t>& idx) {
     const auto m = static_cast<index_t>(idx.size());
     detail::batch_targets(mass, idx, B, T);
+    detail::gather_rows(x, d_model, idx, ld, Xb);
+    // Forward: H = tanh(W1 x + b1) (rows of lb floats, zero-padded), z = W2 H + b2.
     H.resize(static_cast<std::size_t>(m * B));
-    G.resize(H.size());
-    GH.resize(H.size());
-    // The minibatch's rows, gathered, go through the first layer in one call (one parallel region per
-    // minibatch, not one per token: those stalled on a busy machine).
-    Xb.resize(static_cast<std::size_t>(m * d_model));
+    mm.nt(Xb.data(), m, w1.data(), B, ld, H.data());
+    Hp.assign(static_cast<std::size_t>(m * lb), 0.0f);
     for (index_t q = 0; q < m; ++q)
-      std::copy(x + idx[static_cast<std::size_t>(q)] * d_model,
-                x + (idx[static_cast<std::size_t>(q)] + 1) * d_model, Xb.begin() + q * d_model);
-    r.hidden(Xb.data(), m, H.data());
+      for (index_t j = 0; j < B; ++j)
+        Hp[static_cast<std::size_t>(q * lb + j)] =
+            detail::tanh_f(H[static_cast<std::size_t>(q * B + j)] + b1[static_cast<std::size_t>(j)]);
+    Z.resize(static_cast<std::size_t>(m * B));
+    mm.nt(Hp.data(), m, w2.data(), B, lb, Z.data());
+    detail::output_grad(Z, b2, T, m, B, GT, db2);
+    // Back through the second layer and tanh: GH = (G W2) ⊙ (1 − H²), with G's rows padded to lb.
+    Gp.assign(static_cast<std::size_t>(m * lb), 0.0f);
+    for (index_t j = 0; j < B; ++j)
+      for (index_t q = 0; q < m; ++q)
+        Gp[static_cast<std::size_t>(q * lb + j)] = GT[static_cast<std::size_t>(j * m + q)];
+    GH.resize(static_cast<std::size_t>(m * lb));
+    mm.nn(Gp.data(), lb, m, w2.data(), B, lb, GH.data());
+    GHT.resize(static_cast<std::size_t>(B * m));
     for (index_t q = 0; q < m; ++q)
       for (index_t j = 0; j < B; ++j) {
-        const float z = detail::level1().vdot(r.w2.data() + j * B, H.data() + q * B, B) +
-                        r.b2[static_cast<std::size_t>(j)];
-        G[static_cast<std::size_t>(q * B + j)] =
-            (detail::sigmoid(z) - T[static_cast<std::size_t>(q * B + j)]) / float(m);
+        const float h = Hp[static_cast<std::size_t>(q * lb + j)];
+        GHT[static_cast<std::size_t>(j * m + q)] = GH[static_cast<std::size_t>(q * lb + j)] * (1.0f - h * h);
       }
-    // Back through the second layer and tanh.
-    for (index_t q = 0; q < m; ++q)
-      for (index_t j = 0; j < B; ++j) {
-        float s = 0;
-        for (index_t o2 = 0; o2 < B; ++o2)
-          s += G[static_cast<std::size_t>(q * B + o2)] * r.w2[static_cast<std::size_t>(o2 * B + j)];
-        const float h = H[static_cast<std::size_t>(q * B + j)];
-        GH[static_cast<std::size_t>(q * B + j)] = s * (1.0f - h * h);
-      }
-    detail::accumulate_grad(G, H.data(), nullptr, B, B, B, m, dW2);
-    detail::accumulate_grad(GH, x, &idx, d_model, B, d_model, m, dW1);
     for (index_t j = 0; j < B; ++j) {
-      float s1 = 0, s2 = 0;
-      for (index_t q = 0; q < m; ++q) {
-        s1 += GH[static_cast<std::size_t>(q * B + j)];
-        s2 += G[static_cast<std::size_t>(q * B + j)];
-      }
-      db1[static_cast<std::size_t>(j)] = s1;
-      db2[static_cast<std::size_t>(j)] = s2;
+      float s = 0;
+      for (index_t q = 0; q < m; ++q) s += GHT[static_cast<std::size_t>(j * m + q)];
+      db1[static_cast<std::size_t>(j)] = s;
     }
+    mm.tn(GT.data(), B, m, Hp.data(), lb, dW2.data());
+    mm.tn(GHT.data(), B, m, Xb.data(), ld, dW1.data());
     for (auto* a : {&a1, &ab1, &a2, &ab2}) ++a->step;
-    a1.update(r.w1, dW1, o.lr);
-    ab1.update(r.b1, db1, o.lr);
-    a2.update(r.w2, dW2, o.lr);
-    ab2.update(r.b2, db2, o.lr);
+    a1.update(w1, dW1, o.lr);
+    ab1.update(b1, db1, o.lr);
+    a2.update(w2, dW2, o.lr);
+    ab2.update(b2, db2, o.lr);
   });
+  mlp_router r;
+  r.d_model = d_model;
+  r.num_blocks = B;
+  r.w1 = detail::unpad_rows(w1, B, d_model, ld);
+  r.b1 = b1;
+  r.w2 = detail::unpad_rows(w2, B, B, lb);
+  r.b2 = b2;
   return r;
 }
 
