@@ -195,6 +195,73 @@ TEST_CASE("isa: the level-1 loops (vdot, vaxpy) of every supported level match f
 
 namespace {
 
+/// The activations in double (GELU exact, tanh form, SiLU; gated: the inner one times u).
+double act_double(sfx::activation_kind k, double a, double u) {
+  using K = sfx::activation_kind;
+  switch (k) {
+    case K::relu: return a > 0 ? a : 0.0;
+    case K::gelu_erf: return 0.5 * a * std::erfc(-a / std::sqrt(2.0));
+    case K::gelu_tanh:  // a/2 · (1 + tanh(y)) = a / (1 + e^{−2y}), without cancellation
+      return a / (1 + std::exp(-2 * std::sqrt(2 / M_PI) * (a + 0.044715 * a * a * a)));
+    case K::silu: return a / (1 + std::exp(-a));
+    case K::swiglu: return act_double(K::silu, a, 0) * u;
+    case K::geglu: return act_double(K::gelu_tanh, a, 0) * u;
+  }
+  return 0;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "isa: the vectorised activations of every supported level match float64, tails and specials included",
+    "[isa]") {
+  auto r = test::rng(5);
+  // Inputs over the whole range: the Gaussian bulk, both tails (to where GELU and SiLU underflow),
+  // exact zeros, and values that exercise exp's clamp.
+  std::vector<float> a(1000), u(a.size());
+  test::fill_normal(a, r, 3.0);
+  test::fill_normal(u, r, 1.0);
+  for (int i = 0; i < 100; ++i) a[static_cast<std::size_t>(i)] = -20.0f + 0.4f * static_cast<float>(i);
+  a[100] = 0.0f;
+  a[101] = -0.0f;
+  a[102] = 1e-30f;
+  a[103] = -100.0f;
+  a[104] = 100.0f;
+  a[105] = -87.0f;
+  a[106] = 1e-6f;
+  for (int l = 0; l <= static_cast<int>(cpu::best_isa()); ++l) {
+    const auto& ops = cpu::kernels::ops_for<float>(static_cast<cpu::isa_level>(l));
+    INFO("isa " << cpu::isa_name(static_cast<cpu::isa_level>(l)));
+    for (int k = 0; k < sfx::k_activation_kinds; ++k) {
+      const auto kind = static_cast<sfx::activation_kind>(k);
+      INFO("activation " << sfx::activation_name(kind));
+      REQUIRE(ops.activate_rows[k] != nullptr);
+      for (sfx::index_t n : {1, 7, 16, 17, 1000}) {  // tails shorter than a vector, and whole ones
+        std::vector<float> h(static_cast<std::size_t>(n) + 1, 12345.0f);
+        ops.activate_rows[k](a.data(), u.data(), h.data(), n);
+        REQUIRE(h[static_cast<std::size_t>(n)] == 12345.0f);  // nothing written past n
+        for (sfx::index_t j = 0; j < n; ++j) {
+          const auto at = static_cast<std::size_t>(j);
+          const double want = act_double(kind, a[at], u[at]);
+          // float evaluation of the formula: relative error of a few ulps in the bulk; exp's error grows
+          // with its argument (|arg| · 2^-24) in the far tails, where the values are tiny (below 1e-35: 0).
+          const double tol = 2e-6 * std::fabs(want) +
+                             4e-6 * std::fabs(want) * std::min(100.0, double(a[at]) * a[at] / 2) + 1e-35;
+          INFO("a " << a[at] << " u " << u[at] << ": " << h[at] << ", float64 " << want);
+          REQUIRE(std::fabs(h[at] - want) <= tol);
+        }
+      }
+      // NaN stays NaN (ReLU's rule included: activation.hpp).
+      const float nan = std::numeric_limits<float>::quiet_NaN(), one = 1.0f;
+      float hn = 0;
+      ops.activate_rows[k](&nan, &one, &hn, 1);
+      REQUIRE(std::isnan(hn));
+    }
+  }
+}
+
+namespace {
+
 /// x of `cols` values whose groups of 32 cover the quantiser's cases: Gaussian, all zero, NaN, ±Inf,
 /// denormal and just above k_x_int8_tiny, near FLT_MAX, exact rounding ties (max|x| = 127, so the scale
 /// is 1 and v.5 rounds to even), −0, one outlier.

@@ -20,6 +20,8 @@ namespace sparse_ffn {
 
 /// Runtime names of the activations (dispatch, file metadata).
 enum class activation_kind : int { relu = 0, gelu_erf, gelu_tanh, silu, swiglu, geglu };
+/// How many activation kinds there are (tables indexed by activation_kind).
+inline constexpr int k_activation_kinds = 6;
 
 namespace detail {
 SPARSE_FFN_HD float erf_f(float x) {

@@ -10,6 +10,7 @@
 // time which one runs.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -93,6 +94,50 @@ struct simd<isa::scalar> {
     return s0 + s1;
   }
   static void prefetch(const void*) {}
+  // ---- element-wise arithmetic for the vectorised activations (kernels::activate_rows) ----------
+  template <class F>
+  static reg map2(reg a, reg b, F f) {
+    reg r;
+    for (int l = 0; l < width; ++l) r.v[l] = f(a.v[l], b.v[l]);
+    return r;
+  }
+  static reg add(reg a, reg b) {
+    return map2(a, b, [](float x, float y) { return x + y; });
+  }
+  static reg sub(reg a, reg b) {
+    return map2(a, b, [](float x, float y) { return x - y; });
+  }
+  static reg div(reg a, reg b) {
+    return map2(a, b, [](float x, float y) { return x / y; });
+  }
+  /// min/max as the x86 instructions: the second operand when either is NaN.
+  static reg min(reg a, reg b) {
+    return map2(a, b, [](float x, float y) { return x < y ? x : y; });
+  }
+  static reg max(reg a, reg b) {
+    return map2(a, b, [](float x, float y) { return x > y ? x : y; });
+  }
+  static reg floor(reg a) {
+    return map2(a, a, [](float x, float) { return std::floor(x); });
+  }
+  static reg abs(reg a) {
+    return map2(a, a, [](float x, float) { return std::fabs(x); });
+  }
+  /// c >= 0 ? a : b, per lane (NaN: b).
+  static reg select_ge0(reg c, reg a, reg b) {
+    reg r;
+    for (int l = 0; l < width; ++l) r.v[l] = c.v[l] >= 0.0f ? a.v[l] : b.v[l];
+    return r;
+  }
+  /// 2^n for integral n in [-127, 128] (exponent bits; n = -127 gives 0, 128 gives +inf).
+  static reg pow2i(reg n) {
+    reg r;
+    for (int l = 0; l < width; ++l) {
+      const std::uint32_t bits = static_cast<std::uint32_t>(static_cast<std::int32_t>(n.v[l]) + 127) << 23;
+      std::memcpy(&r.v[l], &bits, 4);
+    }
+    return r;
+  }
 };
 
 #if SPARSE_FFN_X86_DISPATCH
@@ -131,6 +176,20 @@ struct simd<isa::avx2> {
     return _mm_cvtss_f32(s);
   }
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+  static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
+  static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
+  static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
+  static reg floor(reg a) { return _mm256_floor_ps(a); }
+  static reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
+  static reg select_ge0(reg c, reg a, reg b) {
+    return _mm256_blendv_ps(b, a, _mm256_cmp_ps(c, _mm256_setzero_ps(), _CMP_GE_OQ));
+  }
+  static reg pow2i(reg n) {
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  }
 };
 SPARSE_FFN_TARGET_END
 
@@ -174,6 +233,20 @@ struct simd<isa::avx512> {
     return _mm_cvtss_f32(s);
   }
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+  static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
+  static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
+  static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
+  static reg floor(reg a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+  static reg abs(reg a) { return _mm512_abs_ps(a); }
+  static reg select_ge0(reg c, reg a, reg b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(c, _mm512_setzero_ps(), _CMP_GE_OQ), b, a);
+  }
+  static reg pow2i(reg n) {
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
+  }
   /// Transposes the 16 × 16 floats r[0..16) in registers (r[i] lane j ← r[j] lane i): unpack pairs of
   /// rows, shuffle quads, then a 4 × 4 transpose of 128-bit lanes (64 shuffles).
   static void transpose16(reg* r) {

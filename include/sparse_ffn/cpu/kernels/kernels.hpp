@@ -13,6 +13,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "../../activation.hpp"
 #include "../../config.hpp"
 #include "../../quant.hpp"
 #include "../isa.hpp"
@@ -199,6 +200,9 @@ struct kernel_ops {
   void (*vaxpy)(float c, const float* x, float* y, index_t n) = nullptr;
   /// prepare_x_int8 (the same bytes; vectorised on the VNNI levels). Used when int8_x.
   void (*prepare_x_int8)(const float* x, index_t cols, std::uint8_t* out) = nullptr;
+  /// h[j] = act(a[j], u[j]) for j < n, vectorised, indexed by activation_kind (float ops only; null
+  /// otherwise): the converter's dense passes (within ~1e-6 of activation.hpp's scalar functions).
+  void (*activate_rows[k_activation_kinds])(const float* a, const float* u, float* h, index_t n) = {};
 };
 
 template <class Isa, class T>
@@ -221,6 +225,15 @@ kernel_ops<T> make_ops(isa_level level) {
   o.vdot = &K::vdot;
   o.vaxpy = &K::vaxpy;
   o.prepare_x_int8 = &K::template prepare_x_int8<T>;
+  if constexpr (std::is_same<T, float>::value) {
+    o.activate_rows[static_cast<int>(activation_kind::relu)] = &K::template activate_rows<act::relu>;
+    o.activate_rows[static_cast<int>(activation_kind::gelu_erf)] = &K::template activate_rows<act::gelu_erf>;
+    o.activate_rows[static_cast<int>(activation_kind::gelu_tanh)] =
+        &K::template activate_rows<act::gelu_tanh>;
+    o.activate_rows[static_cast<int>(activation_kind::silu)] = &K::template activate_rows<act::silu>;
+    o.activate_rows[static_cast<int>(activation_kind::swiglu)] = &K::template activate_rows<act::swiglu>;
+    o.activate_rows[static_cast<int>(activation_kind::geglu)] = &K::template activate_rows<act::geglu>;
+  }
   return o;
 }
 
