@@ -15,6 +15,7 @@
 
 #include "../../activation.hpp"
 #include "../../config.hpp"
+#include "../../dispatch.hpp"
 #include "../../quant.hpp"
 #include "../isa.hpp"
 #include "../simd.hpp"
@@ -225,15 +226,11 @@ kernel_ops<T> make_ops(isa_level level) {
   o.vdot = &K::vdot;
   o.vaxpy = &K::vaxpy;
   o.prepare_x_int8 = &K::template prepare_x_int8<T>;
-  if constexpr (std::is_same<T, float>::value) {
-    o.activate_rows[static_cast<int>(activation_kind::relu)] = &K::template activate_rows<act::relu>;
-    o.activate_rows[static_cast<int>(activation_kind::gelu_erf)] = &K::template activate_rows<act::gelu_erf>;
-    o.activate_rows[static_cast<int>(activation_kind::gelu_tanh)] =
-        &K::template activate_rows<act::gelu_tanh>;
-    o.activate_rows[static_cast<int>(activation_kind::silu)] = &K::template activate_rows<act::silu>;
-    o.activate_rows[static_cast<int>(activation_kind::swiglu)] = &K::template activate_rows<act::swiglu>;
-    o.activate_rows[static_cast<int>(activation_kind::geglu)] = &K::template activate_rows<act::geglu>;
-  }
+  if constexpr (std::is_same<T, float>::value)
+    for (int a = 0; a < k_activation_kinds; ++a)
+      dispatch_activation(static_cast<activation_kind>(a), [&](auto tag) {
+        o.activate_rows[a] = &K::template activate_rows<typename decltype(tag)::type>;
+      });
   return o;
 }
 
