@@ -193,6 +193,88 @@ TEST_CASE("isa: the level-1 loops (vdot, vaxpy) of every supported level match f
   REQUIRE(levels == static_cast<int>(cpu::best_isa()) + 1);
 }
 
+TEST_CASE("isa: the router-training loops (adam, vsigmoid, vtanh) of every supported level match float64",
+          "[isa]") {
+  auto r = test::rng(5);
+  const sfx::index_t N = 80;
+  std::vector<float> z(N), g(N), p0(N);
+  test::fill_normal(z, r, 6.0);  // through both saturated ends
+  z[0] = 0.0f, z[1] = 40.0f, z[2] = -40.0f, z[3] = 1e-4f, z[4] = -95.0f, z[5] = 95.0f;
+  test::fill_normal(g, r, 1.0);
+  test::fill_normal(p0, r, 1.0);
+  g[6] = 0.0f;  // v stays 0 there: the step is 0, not NaN
+  int levels = 0;
+  for (int l = 0; l <= static_cast<int>(cpu::best_isa()); ++l, ++levels) {
+    const auto& ops = cpu::kernels::ops_for<float>(static_cast<cpu::isa_level>(l));
+    INFO("isa " << cpu::isa_name(static_cast<cpu::isa_level>(l)));
+    REQUIRE(ops.adam != nullptr);
+    REQUIRE(ops.vsigmoid != nullptr);
+    REQUIRE(ops.vtanh != nullptr);
+    std::vector<float> all_s(N), all_t(N);
+    ops.vsigmoid(z.data(), all_s.data(), N);
+    ops.vtanh(z.data(), all_t.data(), N);
+    for (sfx::index_t j = 0; j < N; ++j) {
+      INFO("z " << z[j]);
+      const double s = 1 / (1 + std::exp(-double(z[j])));
+      REQUIRE(std::fabs(all_s[j] - s) <= 1e-6 * s + 1e-38);
+      REQUIRE(std::fabs(all_t[j] - std::tanh(double(z[j]))) <= 5e-7);
+    }
+    // Any n and offset, in place too: each element's bits are those of the whole-array call.
+    for (sfx::index_t n : {0, 1, 7, 15, 16, 17, 33, 63}) {
+      INFO("n " << n);
+      std::vector<float> s(z.begin() + 3, z.begin() + 3 + n), t(s);
+      ops.vsigmoid(s.data(), s.data(), n);
+      ops.vtanh(t.data(), t.data(), n);
+      for (sfx::index_t j = 0; j < n; ++j) {
+        REQUIRE(s[j] == all_s[j + 3]);
+        REQUIRE(t[j] == all_t[j + 3]);
+      }
+    }
+    // Three Adam steps against float64, and the tail's bits against the body's.
+    for (sfx::index_t n : {1, 15, 16, 17, 63}) {
+      INFO("n " << n);
+      std::vector<float> p(p0.begin(), p0.begin() + n), m(n, 0.0f), v(n, 0.0f);
+      std::vector<double> pd(p.begin(), p.end()), md(n, 0.0), vd(n, 0.0);
+      // The float constants the kernel gets (1 − 0.999f is 1.3e-5 off 0.001).
+      const double b1 = double(0.9f), b2 = double(0.999f), lr = double(0.01f), eps = double(1e-8f);
+      for (int step = 1; step <= 3; ++step) {
+        std::vector<float> gs(n);
+        for (sfx::index_t j = 0; j < n; ++j) gs[j] = g[j] * float(step);
+        const cpu::kernels::adam_step h{
+            0.9f, 0.999f, 0.01f, 1.0f - std::pow(0.9f, float(step)), 1.0f - std::pow(0.999f, float(step)),
+            1e-8f};
+        ops.adam(p.data(), m.data(), v.data(), gs.data(), n, h);
+        for (sfx::index_t j = 0; j < n; ++j) {
+          md[j] = b1 * md[j] + (1 - b1) * gs[j];
+          vd[j] = b2 * vd[j] + (1 - b2) * double(gs[j]) * gs[j];
+          pd[j] -= lr * (md[j] / double(h.c1)) / (std::sqrt(vd[j] / double(h.c2)) + eps);
+        }
+      }
+      for (sfx::index_t j = 0; j < n; ++j) {
+        INFO("j " << j);
+        REQUIRE(std::isfinite(p[j]));
+        REQUIRE(std::fabs(p[j] - pd[j]) <= 1e-6 * (std::fabs(pd[j]) + 0.03));  // 0.03: three steps of lr
+        REQUIRE(std::fabs(m[j] - md[j]) <= 1e-6 * std::fabs(md[j]) + 1e-30);
+        REQUIRE(std::fabs(v[j] - vd[j]) <= 1e-6 * std::fabs(vd[j]) + 1e-30);
+      }
+      if (n == 63) {  // element 0 ran in the vector body; alone (n = 1) it runs in the padded tail
+        std::vector<float> p1{p0[0]}, m1{0.0f}, v1{0.0f};
+        for (int step = 1; step <= 3; ++step) {
+          const float gs = g[0] * float(step);
+          const cpu::kernels::adam_step h{
+              0.9f, 0.999f, 0.01f, 1.0f - std::pow(0.9f, float(step)), 1.0f - std::pow(0.999f, float(step)),
+              1e-8f};
+          ops.adam(p1.data(), m1.data(), v1.data(), &gs, 1, h);
+        }
+        REQUIRE(p1[0] == p[0]);
+        REQUIRE(m1[0] == m[0]);
+        REQUIRE(v1[0] == v[0]);
+      }
+    }
+  }
+  REQUIRE(levels == static_cast<int>(cpu::best_isa()) + 1);
+}
+
 namespace {
 
 /// The activations in double (GELU exact, tanh form, SiLU; gated: the inner one times u).

@@ -110,6 +110,9 @@ struct simd<isa::scalar> {
   static reg div(reg a, reg b) {
     return map2(a, b, [](float x, float y) { return x / y; });
   }
+  static reg sqrt(reg a) {
+    return map2(a, a, [](float x, float) { return std::sqrt(x); });
+  }
   /// min/max as the x86 instructions: the second operand when either is NaN.
   static reg min(reg a, reg b) {
     return map2(a, b, [](float x, float y) { return x < y ? x : y; });
@@ -179,6 +182,7 @@ struct simd<isa::avx2> {
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
   static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }
+  static reg sqrt(reg a) { return _mm256_sqrt_ps(a); }
   static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
   static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
   static reg floor(reg a) { return _mm256_floor_ps(a); }
@@ -236,6 +240,7 @@ struct simd<isa::avx512> {
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
+  static reg sqrt(reg a) { return _mm512_sqrt_ps(a); }
   static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
   static reg floor(reg a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }

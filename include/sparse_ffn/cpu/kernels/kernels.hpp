@@ -56,6 +56,11 @@ namespace kernels {
 
 /// Elements of d per cache block of the key kernel (a multiple of 32).
 inline constexpr index_t k_dchunk = 512;
+/// One Adam step's constants (kernel_ops::adam): decay rates, learning rate, bias corrections
+/// c1 = 1 − b1^t, c2 = 1 − b2^t, eps.
+struct adam_step {
+  float b1, b2, lr, c1, c2, eps;
+};
 /// Upper bounds over every ISA (scratch sizing).
 inline constexpr int k_max_key_r = 8, k_max_width = 16;
 
@@ -199,6 +204,11 @@ struct kernel_ops {
   /// Level-1 float loops (any n and alignment) for host code outside the forward: Σ a·b, y += c·x.
   float (*vdot)(const float* a, const float* b, index_t n) = nullptr;
   void (*vaxpy)(float c, const float* x, float* y, index_t n) = nullptr;
+  /// The converter's router training, vectorised: one Adam step on n parameters (p, moments m and v,
+  /// gradient g); σ(z) and tanh(z) of n values (Cephes exp; NaN clamped, not propagated).
+  void (*adam)(float* p, float* m, float* v, const float* g, index_t n, const adam_step& h) = nullptr;
+  void (*vsigmoid)(const float* z, float* out, index_t n) = nullptr;
+  void (*vtanh)(const float* z, float* out, index_t n) = nullptr;
   /// prepare_x_int8 (the same bytes; vectorised on the VNNI levels). Used when int8_x.
   void (*prepare_x_int8)(const float* x, index_t cols, std::uint8_t* out) = nullptr;
   /// h[j] = act(a[j], u[j]) for j < n, vectorised, indexed by activation_kind (float ops only; null
@@ -225,6 +235,9 @@ kernel_ops<T> make_ops(isa_level level) {
   }
   o.vdot = &K::vdot;
   o.vaxpy = &K::vaxpy;
+  o.adam = &K::adam;
+  o.vsigmoid = &K::vsigmoid;
+  o.vtanh = &K::vtanh;
   o.prepare_x_int8 = &K::template prepare_x_int8<T>;
   if constexpr (std::is_same<T, float>::value)
     for (int a = 0; a < k_activation_kinds; ++a)

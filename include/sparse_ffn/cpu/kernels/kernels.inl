@@ -611,6 +611,56 @@ struct impl {
     for (; j < n; ++j) y[j] += c * x[j];
   }
 
+  /// Adam on n parameters (the converter's router training): m = b1·m + (1−b1)·g,
+  /// v = b2·v + (1−b2)·g², p −= lr·(m/c1) / (√(v/c2) + eps), each element on its own; the tail runs
+  /// the same vector code on a padded copy, so an element's bits depend only on its inputs.
+  static void adam(float* p, float* m, float* v, const float* g, index_t n, const adam_step& h) {
+    const reg b1 = V::set1(h.b1), a1 = V::set1(1 - h.b1), b2 = V::set1(h.b2), a2 = V::set1(1 - h.b2),
+              lr = V::set1(h.lr), c1 = V::set1(h.c1), c2 = V::set1(h.c2), eps = V::set1(h.eps);
+    auto one = [&](float* pj, float* mj, float* vj, const float* gj) {
+      const reg gv = V::load(gj);
+      const reg mv = V::add(V::mul(b1, V::load(mj)), V::mul(a1, gv));
+      const reg vv = V::add(V::mul(b2, V::load(vj)), V::mul(V::mul(a2, gv), gv));
+      V::store(mj, mv);
+      V::store(vj, vv);
+      V::store(pj,
+               V::sub(V::load(pj), V::div(V::mul(lr, V::div(mv, c1)), V::add(V::sqrt(V::div(vv, c2)), eps))));
+    };
+    index_t j = 0;
+    for (; j + width <= n; j += width) one(p + j, m + j, v + j, g + j);
+    if (j < n) {
+      float tp[width] = {}, tm[width] = {}, tv[width] = {}, tg[width] = {};
+      for (index_t q = j; q < n; ++q) tp[q - j] = p[q], tm[q - j] = m[q], tv[q - j] = v[q], tg[q - j] = g[q];
+      one(tp, tm, tv, tg);
+      for (index_t q = j; q < n; ++q) p[q] = tp[q - j], m[q] = tm[q - j], v[q] = tv[q - j];
+    }
+  }
+
+  /// out[j] = f(z[j]) for j < n on whole vectors, the tail on a zero-padded copy (the same code).
+  template <class F>
+  static void map_rows(const float* z, float* out, index_t n, F f) {
+    index_t j = 0;
+    for (; j + width <= n; j += width) V::store(out + j, f(V::load(z + j)));
+    if (j < n) {
+      float tz[width] = {}, to[width];
+      for (index_t q = j; q < n; ++q) tz[q - j] = z[q];
+      V::store(to, f(V::load(tz)));
+      for (index_t q = j; q < n; ++q) out[q] = to[q - j];
+    }
+  }
+  /// out[j] = 1 / (1 + e^{−z[j]}) (the exp below: NaN is clamped, not propagated).
+  static void vsigmoid(const float* z, float* out, index_t n) {
+    map_rows(z, out, n,
+             [](reg x) { return V::div(V::set1(1.0f), V::add(V::set1(1.0f), exp(V::sub(V::zero(), x)))); });
+  }
+  /// out[j] = tanh(z[j]) as 1 − 2 / (e^{2z} + 1) (saturates to ±1; absolute error ~1e-7, the
+  /// converter's scalar tanh_f formula).
+  static void vtanh(const float* z, float* out, index_t n) {
+    map_rows(z, out, n, [](reg x) {
+      return V::sub(V::set1(1.0f), V::div(V::set1(2.0f), V::add(exp(V::add(x, x)), V::set1(1.0f))));
+    });
+  }
+
   // ---- vectorised activations (the converter's dense passes; activation.hpp has the scalar ones) --
 
   /// e^x: Cephes' single-precision expf (x = n ln 2 + r, a degree-6 polynomial in r, times 2^n),
