@@ -194,6 +194,7 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
     const auto threads = static_cast<std::size_t>(cpu::detail::max_threads());
     std::vector<block_index_t> orders(threads * Bs), scratches(threads * Bs);
     std::vector<float> tails(threads * static_cast<std::size_t>(d));
+    const auto& ops = cpu::kernels::ops_for<float>(cpu::active_isa());
     for (index_t t0 = 0; t0 < n_eval; t0 += chunk) {
       const index_t m = std::min(chunk, n_eval - t0);
       detail::dense_float_pass<Act>(model.view(), x_eval + t0 * d, m, hq.data(), nullptr);
@@ -213,21 +214,10 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
                       (si * static_cast<std::size_t>(n_eval) + static_cast<std::size_t>(t0 + t)) * (Bs + 1);
           std::fill(R, R + d, 0.0f);
           for (index_t k = B - 1; k >= 1; --k) {
-            const float* cb = ct + order[static_cast<std::size_t>(k)] * len;
-            // Four interleaved double sums (j mod 4), added in a fixed order: the same bits on any
-            // thread count, without one long dependency chain.
-            double sq[4] = {0, 0, 0, 0};
-            index_t j = 0;
-            for (; j + 4 <= d; j += 4)
-              for (int u = 0; u < 4; ++u) {
-                R[j + u] += cb[j + u];
-                sq[u] += double(R[j + u]) * R[j + u];
-              }
-            for (; j < d; ++j) {
-              R[j] += cb[j];
-              sq[0] += double(R[j]) * R[j];
-            }
-            e[k] = (sq[0] + sq[1]) + (sq[2] + sq[3]);
+            // R += c_b (vaxpy with 1: each sum rounded once, as R[j] += c[j]), then ‖R‖² on the ISA's
+            // vectorised dot product (a fixed order: the same bits on any thread count).
+            ops.vaxpy(1.0f, ct + order[static_cast<std::size_t>(k)] * len, R, d);
+            e[k] = double(ops.vdot(R, R, d));
           }
         }
       }
