@@ -348,14 +348,6 @@ void affine_rows(const std::vector<float>& w, const std::vector<float>& b, index
 inline float identity(float v) {
   return v;
 }
-/// tanh from one expf (libm's tanhf costs ~4 of them): 1 − 2 / (e^{2v} + 1), saturating to ±1.
-/// Absolute error ~1e-7 (relative error grows for |v| < 1e-3, where tanh is ~v: harmless for a router).
-/// The MLP router's training and scoring both use it.
-inline float tanh_f(float v) {
-  if (v > 15.0f) return 1.0f;
-  if (v < -15.0f) return -1.0f;
-  return 1.0f - 2.0f / (std::exp(2.0f * v) + 1.0f);
-}
 
 }  // namespace detail
 
@@ -373,7 +365,9 @@ struct mlp_router {
   index_t d_model = 0, num_blocks = 0;
   std::vector<float> w1, b1, w2, b2;
   void hidden(const float* x, index_t n, float* h) const {
-    detail::affine_rows(w1, b1, num_blocks, d_model, x, n, h, detail::tanh_f);
+    // tanh as in training (kernel_ops::vtanh: each element's bits depend only on its input).
+    detail::affine_rows(w1, b1, num_blocks, d_model, x, n, h, detail::identity);
+    detail::level1().vtanh(h, h, n * num_blocks);
   }
   void scores(const float* x, index_t n, float* out) const {
     std::vector<float> h(static_cast<std::size_t>(n * num_blocks));

@@ -654,7 +654,7 @@ struct impl {
              [](reg x) { return V::div(V::set1(1.0f), V::add(V::set1(1.0f), exp(V::sub(V::zero(), x)))); });
   }
   /// out[j] = tanh(z[j]) as 1 − 2 / (e^{2z} + 1) (saturates to ±1; absolute error ~1e-7, the
-  /// converter's scalar tanh_f formula).
+  /// formula the converter's MLP router used with libm's expf).
   static void vtanh(const float* z, float* out, index_t n) {
     map_rows(z, out, n, [](reg x) {
       return V::sub(V::set1(1.0f), V::div(V::set1(2.0f), V::add(exp(V::add(x, x)), V::set1(1.0f))));
