@@ -53,6 +53,10 @@ void dense_pass(const blocked_ffn<T>& model, const float* x, index_t n, float* y
 /// Columns of the value pass's slabs in dense_float_pass: a slab of every value row (d_ff × 128
 /// floats: 768 KiB at d_ff = 1536) stays in L2 while a thread's token tiles run over it.
 inline constexpr index_t k_dense_slab = 128;
+/// dense_float_pass transposes each block's keys for the outer-product kernel from this many tokens
+/// on; below, the panels would cost more than they save (a wide model's quality rows run the pass on
+/// a few tokens at a time) and the forward's dot-product key kernel runs instead.
+inline constexpr index_t k_panel_min_tokens = 32;
 
 /// The dense FFN of a float blocked model on tokens x [n × d_model], for the converter: h [n × d_ff]
 /// (every neuron's activation, in the model's packed order, each evaluated once, vectorised:
@@ -62,7 +66,8 @@ inline constexpr index_t k_dense_slab = 128;
 /// no horizontal sums), ~2.7× the forward's dot-product key kernel on a key pass this wide (127 against
 /// 47 GFLOP/s on one Emerald Rapids core, d = 384, g = 64). Key pass: each block's keys transposed into
 /// a [len × g] panel (kernel_ops::transpose_rows, L2-resident), then pre_q = Σ_c x_q[c] · panel_c per
-/// tile of rows_m tokens, blocks in parallel; value pass: per tile of rows_m tokens (each thread a range
+/// tile of rows_m tokens, blocks in parallel (below k_panel_min_tokens tokens, the dot-product key
+/// kernel on the keys as they are); value pass: per tile of rows_m tokens (each thread a range
 /// of tiles), column slabs outer. Every value is computed by one thread in a fixed order: the same bits
 /// on any thread count.
 template <class Act>
@@ -85,12 +90,23 @@ void dense_float_pass(const blocked_ffn_view<float>& w, const float* x, index_t 
 #pragma omp parallel
 #endif
   {
-    std::vector<float> panel(static_cast<std::size_t>(len * gl)), panel_up(Act::gated ? panel.size() : 0),
-        pre(static_cast<std::size_t>(tile * gl)), up(Act::gated ? pre.size() : 0);
+    const bool panels = n >= k_panel_min_tokens;
+    const index_t ps = panels ? gl : g;  // row stride of pre and up
+    std::vector<float> panel(panels ? static_cast<std::size_t>(len * gl) : 0),
+        panel_up(Act::gated ? panel.size() : 0), pre(static_cast<std::size_t>(tile * ps)),
+        up(Act::gated ? pre.size() : 0),
+        spill(panels ? 0 : static_cast<std::size_t>(tile * ops.key_r * ops.width));
+    std::vector<const float*> ptrs(panels ? 0 : static_cast<std::size_t>(tile));
     float* ys[8];
     const float* sp[8];
-    // out rows [m × gl] = x rows of the tile · panel (assign).
-    auto keys = [&](const float* pan, index_t t0, index_t m, float* out) {
+    // out rows [m × ps] = x rows of the tile · the block's keys: on the panel (assign), or the
+    // dot-product key kernel on the rows `keys_b`.
+    auto keys = [&](const float* pan, const float* keys_b, index_t t0, index_t m, float* out) {
+      if (!panels) {
+        for (index_t q = 0; q < m; ++q) ptrs[static_cast<std::size_t>(q)] = xp.data() + (t0 + q) * len;
+        ops.dots(ptrs.data(), nullptr, nullptr, m, keys_b, g, ld, len, spill.data(), out);
+        return;
+      }
       for (index_t q0 = 0; q0 < m; q0 += RM) {
         const index_t mm = std::min(RM, m - q0);
         for (index_t q = 0; q < mm; ++q) {
@@ -104,16 +120,18 @@ void dense_float_pass(const blocked_ffn_view<float>& w, const float* x, index_t 
 #pragma omp for schedule(dynamic, 1)
 #endif
     for (index_t b = 0; b < B; ++b) {
-      ops.transpose_rows(w.keys(b), ld, g, 0, len, panel.data(), gl);
-      if constexpr (Act::gated) ops.transpose_rows(w.up(b), ld, g, 0, len, panel_up.data(), gl);
+      if (panels) {
+        ops.transpose_rows(w.keys(b), ld, g, 0, len, panel.data(), gl);
+        if constexpr (Act::gated) ops.transpose_rows(w.up(b), ld, g, 0, len, panel_up.data(), gl);
+      }
       for (index_t t0 = 0; t0 < n; t0 += tile) {
         const index_t m = std::min(tile, n - t0);
-        keys(panel.data(), t0, m, pre.data());
-        if constexpr (Act::gated) keys(panel_up.data(), t0, m, up.data());
+        keys(panel.data(), w.keys(b), t0, m, pre.data());
+        if constexpr (Act::gated) keys(panel_up.data(), w.up(b), t0, m, up.data());
         // Biases, then the activations of the tile's rows vectorised (kernel_ops::activate_rows).
         for (index_t q = 0; q < m; ++q) {
-          float* pr = pre.data() + q * gl;
-          float* ur = Act::gated ? up.data() + q * gl : nullptr;
+          float* pr = pre.data() + q * ps;
+          float* ur = Act::gated ? up.data() + q * ps : nullptr;
           for (index_t i = 0; i < g; ++i) {
             pr[i] += w.b1 ? w.b1[b * g + i] : 0.0f;
             if constexpr (Act::gated) ur[i] += w.b3 ? w.b3[b * g + i] : 0.0f;
