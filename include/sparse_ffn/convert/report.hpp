@@ -194,7 +194,7 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
     const auto threads = static_cast<std::size_t>(cpu::detail::max_threads());
     std::vector<block_index_t> orders(threads * Bs), scratches(threads * Bs);
     std::vector<float> tails(threads * static_cast<std::size_t>(d));
-    const auto& ops = cpu::kernels::ops_for<float>(cpu::active_isa());
+    const auto& ops = detail::level1();
     for (index_t t0 = 0; t0 < n_eval; t0 += chunk) {
       const index_t m = std::min(chunk, n_eval - t0);
       detail::dense_float_pass<Act>(model.view(), x_eval + t0 * d, m, hq.data(), nullptr);

@@ -74,7 +74,7 @@ template <class Act>
 void dense_float_pass(const blocked_ffn_view<float>& w, const float* x, index_t n, float* h, float* y) {
   const block_layout& l = w.layout;
   const index_t B = l.num_blocks, g = l.g, F = l.d_ff, d = l.d_model, ld = l.ld;
-  const auto& ops = cpu::kernels::ops_for<float>(cpu::active_isa());
+  const auto& ops = level1();
   const auto act_rows = ops.activate_rows[static_cast<int>(Act::kind)];
   // Rows padded to len, whole cache lines (what the kernels walk; the weight rows are zero past d
   // and at least len long); a block's pre-activations in rows of gl floats (zeros past g).
@@ -167,7 +167,7 @@ void dense_float_pass(const blocked_ffn_view<float>& w, const float* x, index_t 
 inline void block_contributions(const blocked_ffn_view<float>& w, const float* h, index_t n, float* c) {
   const block_layout& l = w.layout;
   const index_t B = l.num_blocks, g = l.g, F = l.d_ff, len = sparse_ffn::detail::round_up(l.d_model, 16);
-  const auto& ops = cpu::kernels::ops_for<float>(cpu::active_isa());
+  const auto& ops = level1();
   const index_t RM = ops.rows_m, tiles = (n + RM - 1) / RM;
   std::vector<std::int32_t> iota(static_cast<std::size_t>(g));
   for (index_t i = 0; i < g; ++i) iota[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
@@ -344,12 +344,6 @@ std::vector<float> similarity_rows(const blocked_ffn_view<T>& w) {
 
 namespace detail {
 
-/// The float level-1 loops of the ISA now active (cpu/kernels: vectorised for the running CPU even
-/// in a build without -march; the portable loops of detail/blas1.hpp are compiled for the baseline).
-inline const cpu::kernels::kernel_ops<float>& level1() {
-  return cpu::kernels::ops_for<float>(cpu::active_isa());
-}
-
 /// out[t·rows + j] = f(W[j]·x_t + b[j]) for W [rows × cols], x [n × cols]; OpenMP over tokens.
 template <class F>
 void affine_rows(const std::vector<float>& w, const std::vector<float>& b, index_t rows, index_t cols,
@@ -413,8 +407,7 @@ struct adam {
     if (m.empty()) m.assign(p.size(), 0.0f), v.assign(p.size(), 0.0f);
     const cpu::kernels::adam_step h{
         b1, b2, lr, 1.0f - std::pow(b1, float(step)), 1.0f - std::pow(b2, float(step)), eps};
-    cpu::kernels::ops_for<float>(cpu::active_isa())
-        .adam(p.data(), m.data(), v.data(), grad.data(), static_cast<index_t>(p.size()), h);
+    detail::level1().adam(p.data(), m.data(), v.data(), grad.data(), static_cast<index_t>(p.size()), h);
   }
 };
 

@@ -38,6 +38,13 @@ using progress_fn = std::function<void(const std::string&, double)>;
 
 namespace detail {
 
+/// The float level-1 loops of the ISA now active (cpu/kernels: vectorised for the running CPU even
+/// in a build without -march; the portable loops of detail/blas1.hpp are compiled for the baseline).
+/// Every converter loop takes its kernels from here.
+inline const cpu::kernels::kernel_ops<float>& level1() {
+  return cpu::kernels::ops_for<float>(cpu::active_isa());
+}
+
 inline void check_split(index_t d_ff, index_t g) {
   sparse_ffn::detail::require(d_ff > 0, status::invalid_shape, "d_ff must be positive (got ", d_ff, ")");
   sparse_ffn::detail::require(g > 0, status::invalid_argument, "block size g must be positive (got ", g, ")");
@@ -85,7 +92,7 @@ namespace detail {
 inline std::vector<std::int32_t> kmeans_once(const float* X, index_t N, index_t d_model, index_t ld,
                                              index_t g, std::uint64_t seed, int iterations,
                                              const progress_fn& progress) {
-  const auto& ops = cpu::kernels::ops_for<float>(cpu::active_isa());
+  const auto& ops = level1();
   const index_t R = ops.key_r;
   const index_t B = N / g;
   sparse_ffn::detail::aligned_buffer<float> C(B * ld);
