@@ -14,7 +14,7 @@
 //   - time per sentence, dense FFNs (OpenBLAS sgemm) and sparse (sparse_ffn), one sentence at a time.
 //
 //   bert_sparse --model DIR --calib FILE --sentences FILE [--json OUT] [--g 64] [--calib-tokens 60000]
-//               [--pin-ratio 64] [--target 0.98] [--every 2] [--dev 100]
+//               [--pin-ratio 64] [--target 0.98] [--every 2] [--dev 100] [--router-target mass|output]
 //   bert_sparse --model DIR --calib FILE --sentences FILE --dump OUT.safetensors   (dense embeddings only)
 //   bert_sparse --synthetic     (a small random BERT with a planted massive activation; checks, exit 1 on
 //                                a failed check: the ctest example_bert_sparse)
@@ -70,6 +70,7 @@ struct options {
   double target = 0.98;
   index_t every = 2;  // uniform k = every, 2·every, …, B (and B)
   int epochs = 20;
+  std::string router_target = "mass";  // what the linear router learns: block mass or output norm
   bool quiet = false;
 };
 
@@ -139,6 +140,7 @@ variant convert_model(const bert::model& m, const std::vector<std::vector<float>
     o.quality.densities.clear();
     for (index_t k = 1; k <= B; ++k) o.quality.densities.push_back(double(k) / double(B));
     o.quality.train.epochs = opt.epochs;
+    o.quality.train.target = opt.router_target;
     o.pin.ratio = pin_ratio;
     const auto dense = layer_ffn(m, l);
     cv::moefy_result r = cv::moefy(dense, hidden[static_cast<std::size_t>(l)].data(), n, o);
@@ -347,6 +349,7 @@ void print_table(const study& st, const options& opt) {
 nlohmann::json to_json(const study& st, const options& opt) {
   nlohmann::json j;
   j["g"] = opt.g;
+  j["router_target"] = opt.router_target;
   j["target"] = opt.target;
   j["calibration_tokens"] = st.calib_tokens;
   j["eval_tokens"] = st.eval_tokens;
@@ -506,7 +509,7 @@ std::string read_text(const std::string& path) {
       stderr,
       "%s\nusage: bert_sparse --model DIR --calib FILE --sentences FILE [--json OUT] [--g 64]\n"
       "                   [--calib-tokens 60000] [--pin-ratio 64] [--target 0.98] [--every 2] [--dev 100]\n"
-      "                   [--dump OUT]\n"
+      "                   [--router-target mass|output] [--dump OUT]\n"
       "       bert_sparse --synthetic\n",
       why);
   std::exit(2);
@@ -526,7 +529,7 @@ int main(int argc, char** argv) {
     for (const auto& [k, v] : a)
       if (k != "model" && k != "calib" && k != "sentences" && k != "json" && k != "g" &&
           k != "calib-tokens" && k != "pin-ratio" && k != "target" && k != "every" && k != "dump" &&
-          k != "dev")
+          k != "dev" && k != "router-target")
         usage(("unknown option --" + k).c_str());
     if (!a.count("model") || !a.count("calib") || !a.count("sentences"))
       usage("--model, --calib and --sentences are required");
@@ -549,6 +552,9 @@ int main(int argc, char** argv) {
     if (opt.g != 16 && opt.g != 32 && opt.g != 64 && opt.g != 128) usage("--g must be 16, 32, 64 or 128");
     if (opt.every < 1 || calib_tokens < 1 || dev_count < 1)
       usage("--every, --calib-tokens and --dev must be >= 1");
+    if (a.count("router-target")) opt.router_target = a.at("router-target");
+    if (opt.router_target != "mass" && opt.router_target != "output")
+      usage("--router-target must be mass or output");
     const std::string dir = a.at("model");
     const auto cfg = nlohmann::json::parse(read_text(dir + "/config.json"));
     const bert::model m =

@@ -6,6 +6,7 @@
 //         --activation relu|gelu_erf|gelu_tanh|silu|swiglu|geglu  --g 1|16|32|64|128
 //         [--split kmeans|coactivation|random] [--router avg_k|similarity|linear|mlp]
 //         [--dtype f32|bf16|f16|q8|q4] [--seed N] [--iterations N] [--restarts N] [--epochs N]
+//         [--router-target mass|output]
 //         [--report-splits random,kmeans,coactivation] [--densities 0.1,0.2,0.25,0.3,0.5]
 //         [--held-out 0.25 | --no-report] [--pin-ratio 64] [--max-pinned N]
 //         --out blocked.safetensors [--report report.json] [--layers 0-5] [--budget 0.25 | --target-error
@@ -89,6 +90,7 @@ sf::convert::moefy_options pipeline_options(const moefy::options& o,
   mo.kmeans_iterations = o.iterations;
   mo.kmeans_restarts = o.restarts;
   mo.quality.train.epochs = o.epochs;
+  mo.quality.train.target = o.router_target;
   mo.quality.train.seed = o.seed;
   mo.quality.densities = o.densities;
   mo.quality.held_out = o.held_out;

@@ -31,6 +31,7 @@ struct options {
   std::string split = "kmeans", router = "avg_k", dtype = "f32";
   std::uint64_t seed = 0;
   int iterations = 10, restarts = 3, epochs = 20;
+  std::string router_target = "mass";
   std::vector<std::string> report_splits{"random"};
   std::vector<double> densities{0.10, 0.20, 0.25, 0.30, 0.50};
   double held_out = 0.25;
@@ -174,6 +175,10 @@ inline void define(CLI::App& app, options& o) {
   app.add_option("--iterations", o.iterations, "k-means iterations")->capture_default_str()->check(detail::integer(1, 1000000));
   app.add_option("--restarts", o.restarts, "k-means restarts (the best is kept)")->capture_default_str()->check(detail::integer(1, 1000));
   app.add_option("--epochs", o.epochs, "router training epochs")->capture_default_str()->check(detail::integer(1, 1000000));
+  app.add_option("--router-target", o.router_target,
+                 "what fitted routers (linear, mlp) learn to rank by: mass (each block's activation mass, what the oracle ranks by) or output (each block's output norm; the report adds an oracle_output row)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"mass", "output"}));
   app.add_option_function<std::string>("--report-splits", [&o](const std::string& s) { detail::split_list(s, o.report_splits); },
                   "splits reported besides --split, comma-separated (random,kmeans,coactivation); default: random")
       ->type_name("LIST")

@@ -187,6 +187,40 @@ TEST_CASE("planted structure: kmeans and co-activation recover the groups; Avg-K
   }
 }
 
+TEST_CASE("router target output: the report's output oracle drops the least output, the routers fit it",
+          "[convert]") {
+  const sfx::index_t d = 32, groups = 8, g = 16, F = groups * g, n = 800, B = F / g;
+  auto p = cv::make_planted_ffn(d, groups, g, n, 2, 12);
+  // Value rows of very different norms, so that activation mass and output norm rank differently.
+  for (sfx::index_t c = 0; c < d; ++c)
+    for (sfx::index_t i = 0; i < F; ++i)
+      p.dense.w2[static_cast<std::size_t>(c * F + i)] *= i % 3 ? 0.25f : 4.0f;
+  const auto perm = cv::split_random(F, g, 3);
+  cv::quality_options qo;
+  qo.densities = {0.25, double(B - 1) / double(B)};
+  qo.train.epochs = 3;
+  qo.train.target = "output";
+  const auto rows = cv::evaluate_split<sfx::act::relu>(p.dense.view(), perm, g, p.x.data(), n, "random", qo);
+  std::map<sfx::index_t, std::map<std::string, double>> e;
+  for (const auto& r : rows) e[r.k][r.selector] = r.rel_error;
+  REQUIRE(e.size() == 2);
+  for (const auto& [k, by] : e) {
+    REQUIRE(by.size() == 6);  // oracle, oracle_output, avg_k, similarity, linear, mlp
+    for (const auto& [sel, err] : by) {
+      INFO("k " << k << " " << sel << " " << err << ", output oracle " << by.at("oracle_output"));
+      REQUIRE(std::isfinite(err));
+      // Dropping one block, the output oracle drops each token's smallest contribution: the least
+      // error any selection can have.
+      if (k == B - 1) REQUIRE(by.at("oracle_output") <= err * (1 + 1e-5) + 1e-9);
+    }
+  }
+  cv::quality_options bad = qo;
+  bad.train.target = "energy";
+  REQUIRE_THROWS_WITH(
+      cv::evaluate_split<sfx::act::relu>(p.dense.view(), perm, g, p.x.data(), n, "random", bad),
+      Catch::Contains("router target 'energy'"));
+}
+
 TEST_CASE("router fitting: the fitted linear router learns the block masses", "[convert]") {
   const sfx::index_t d = 32, groups = 8, g = 16, F = groups * g, n = 800;
   const auto p = cv::make_planted_ffn(d, groups, g, n, 2, 11);
@@ -737,11 +771,37 @@ void check_dense_passes(sfx::index_t d, sfx::index_t g, sfx::index_t B, sfx::ind
     }
   INFO("worst contribution sum " << worst_c);
   REQUIRE(worst_c < 1e-4);
+  // Each block's output norm ‖Σ_{i∈b} h_i v_i‖ (the "output" router target), against float64 from the
+  // same activations; the Gram form's rounding scales with (Σ_i |h_i|·‖v_i‖)².
+  std::vector<float> norms = cv::block_output_norms<Act>(model, x.data(), n);
+  REQUIRE(static_cast<sfx::index_t>(norms.size()) == n * B);
+  double worst_n = 0;
+  for (sfx::index_t t = 0; t < n; ++t)
+    for (sfx::index_t b = 0; b < B; ++b) {
+      double ss = 0, scale = 0;
+      std::vector<double> cb(static_cast<std::size_t>(d), 0.0);
+      for (sfx::index_t i = 0; i < g; ++i) {
+        const double hv = h[static_cast<std::size_t>(t * F + b * g + i)];
+        double vn = 0;
+        for (sfx::index_t col = 0; col < d; ++col) {
+          const double v = w.values(b)[i * w.layout.ld + col];
+          cb[static_cast<std::size_t>(col)] += hv * v;
+          vn += v * v;
+        }
+        scale += std::fabs(hv) * std::sqrt(vn);
+      }
+      for (double e : cb) ss += e * e;
+      const double got = norms[static_cast<std::size_t>(t * B + b)];
+      worst_n = std::max(worst_n, std::fabs(got * got - ss) / (1e-30 + scale * scale));
+    }
+  INFO("worst output norm (squared, relative to the scale) " << worst_n);
+  REQUIRE(worst_n < 1e-5);
 }
 
 }  // namespace
 
-TEST_CASE("converter dense passes: activations, masses, dense output, block contributions", "[convert]") {
+TEST_CASE("converter dense passes: activations, masses, dense output, block contributions, output norms",
+          "[convert]") {
   check_dense_passes<sfx::act::gelu_erf>(37, 16, 5, 300, 0xd1);
   check_dense_passes<sfx::act::relu>(64, 64, 3, 7, 0xd2);
   check_dense_passes<sfx::act::swiglu>(21, 16, 4, 259, 0xd3);

@@ -144,9 +144,21 @@ TEST_CASE("moefy: a valid conversion writes the model and a valid JSON report", 
   INFO(r2.output);
   REQUIRE(r2.status == 0);
   REQUIRE(r2.output.find("rel.error") == std::string::npos);
+  // Routers fitted to the blocks' output norms: recorded in the report, with the oracle of those norms.
+  r2 = run(w.base() + " --router linear --router-target output --report " + w.dir + "/report.json");
+  INFO(r2.output);
+  REQUIRE(r2.status == 0);
+  {
+    const auto rep = nlohmann::json::parse(slurp(w.dir + "/report.json"));
+    REQUIRE(rep["router_target"] == "output");
+    int output_oracle_rows = 0;
+    for (const auto& row : rep["rows"]) output_oracle_rows += row["selector"] == "oracle_output";
+    REQUIRE(output_oracle_rows > 0);
+  }
   const auto help = run("--help");
   REQUIRE(help.status == 0);
-  for (const char* flag : {"--in", "--densities", "--report-splits", "--max-tokens", "--out", "--b3"})
+  for (const char* flag :
+       {"--in", "--densities", "--report-splits", "--max-tokens", "--out", "--b3", "--router-target"})
     REQUIRE(help.output.find(flag) != std::string::npos);
 }
 
@@ -304,6 +316,7 @@ TEST_CASE("moefy: bad command lines are refused with the flag's name, before any
       {w.base() + " --max-tokens 10x", "--max-tokens"},
       {w.base() + " --iterations 0", "--iterations"},
       {w.base() + " --epochs 1e1", "--epochs"},
+      {w.base() + " --router-target energy", "--router-target"},
       {w.base() + " --restarts 0x10", "--restarts"},
       {w.base() + " --densities 0", "--densities"},
       {w.base() + " --densities -0.5", "--densities"},

@@ -146,6 +146,7 @@ inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t
   r.context.held_out = o.report ? o.quality.held_out : 0.0;
   r.context.held_out_tokens = o.report ? held_out_tokens(n, o.quality.held_out) : 0;
   r.context.fit_tokens = n - r.context.held_out_tokens;
+  r.context.router_target = o.quality.train.target;
   const index_t n_fit = r.context.fit_tokens;
   dispatch_activation(o.activation, [&](auto a) {
     using Act = typename decltype(a)::type;
@@ -199,9 +200,11 @@ inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t
       } else {
         if (o.progress && !fitted.fitted) o.progress("block masses", 0.0);
         // The fit share's masses: the first n_fit rows of the report's, or a dense pass of their own.
-        const auto mass = fitted.fitted ? std::vector<float>()
-                          : o.report    ? std::vector<float>(masses[0].begin(), masses[0].begin() + n_fit * B)
-                                        : block_mass<Act>(model, x, n_fit);
+        const bool output_target = o.quality.train.target == "output";
+        const auto mass = fitted.fitted   ? std::vector<float>()
+                          : output_target ? block_output_norms<Act>(model, x, n_fit)
+                          : o.report ? std::vector<float>(masses[0].begin(), masses[0].begin() + n_fit * B)
+                                     : block_mass<Act>(model, x, n_fit);
         if (o.router == "linear") {
           const auto lin = fitted.fitted
                                ? fitted.linear

@@ -60,6 +60,9 @@ inline void check_quality_options(const quality_options& o) {
                                 " is outside (0, 1]");
   sparse_ffn::detail::require(std::isfinite(o.held_out) && o.held_out > 0 && o.held_out < 1,
                               status::invalid_argument, "held_out (", o.held_out, ") must be in (0, 1)");
+  sparse_ffn::detail::require(o.train.target == "mass" || o.train.target == "output",
+                              status::invalid_argument, "router target '", o.train.target,
+                              "' is neither mass nor output");
 }
 
 /// Runs a and b, on two threads where OpenMP has them. An exception in either is rethrown here (the
@@ -136,6 +139,9 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
   // Scores of every selector on the held-out tokens.
   std::vector<std::pair<std::string, std::vector<float>>> scores;
   scores.push_back({"oracle", std::vector<float>(mass_eval, mass_eval + n_eval * B)});
+  // With output targets, the routers learn the output norms: the report shows the oracle of those too.
+  const bool output_target = o.train.target == "output";
+  if (output_target) scores.push_back({"oracle_output", block_output_norms<Act>(model, x_eval, n_eval)});
   {
     std::vector<float> s(static_cast<std::size_t>(n_eval * B));
     linear_router avg;
@@ -163,8 +169,11 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
     // result does not depend on the thread count.
     linear_router lin;
     mlp_router mlp;
-    run_both([&] { lin = fit_linear_router(x, mass, n_train, d, B, o.train, sim.data()); },
-             [&] { mlp = fit_mlp_router(x, mass, n_train, d, B, o.train, sim.data()); });
+    const std::vector<float> out_fit =
+        output_target ? block_output_norms<Act>(model, x, n_train) : std::vector<float>();
+    const float* targets = output_target ? out_fit.data() : mass;
+    run_both([&] { lin = fit_linear_router(x, targets, n_train, d, B, o.train, sim.data()); },
+             [&] { mlp = fit_mlp_router(x, targets, n_train, d, B, o.train, sim.data()); });
     std::vector<float> s(static_cast<std::size_t>(n_eval * B));
     lin.scores(x_eval, n_eval, s.data());
     scores.push_back({"linear", s});
@@ -301,19 +310,20 @@ inline std::string json_string(const std::string& s) {
 
 /// What the rows were measured on (written into the JSON report beside them).
 struct report_context {
-  index_t g = 0;                ///< neurons per block
-  index_t tokens = 0;           ///< tokens given to the conversion
-  index_t fit_tokens = 0;       ///< the first ones: routers are fitted on these
-  index_t held_out_tokens = 0;  ///< the last ones: every row is measured on these
-  double held_out = 0;          ///< the requested held-out share
-  index_t pinned_blocks = 0;    ///< blocks every token computes (convert/pin.hpp)
-  index_t hot_neurons = 0;      ///< neurons over the pinning threshold
-  double pinned_share = 0;      ///< the pinned neurons' share of the output energy (fit tokens)
-  double max_energy_ratio = 0;  ///< the largest neuron energy / the mean (fit tokens; 0: not measured)
+  index_t g = 0;                       ///< neurons per block
+  index_t tokens = 0;                  ///< tokens given to the conversion
+  index_t fit_tokens = 0;              ///< the first ones: routers are fitted on these
+  index_t held_out_tokens = 0;         ///< the last ones: every row is measured on these
+  double held_out = 0;                 ///< the requested held-out share
+  index_t pinned_blocks = 0;           ///< blocks every token computes (convert/pin.hpp)
+  index_t hot_neurons = 0;             ///< neurons over the pinning threshold
+  double pinned_share = 0;             ///< the pinned neurons' share of the output energy (fit tokens)
+  double max_energy_ratio = 0;         ///< the largest neuron energy / the mean (fit tokens; 0: not measured)
+  std::string router_target = "mass";  ///< what the fitted routers learned (router_train_options::target)
 };
 
 /// The rows as JSON: {"g":…, "tokens":…, "fit_tokens":…, "held_out_tokens":…, "held_out":…,
-/// "pinned_blocks":…, "hot_neurons":…, "pinned_share":…, "max_energy_ratio":…,
+/// "pinned_blocks":…, "hot_neurons":…, "pinned_share":…, "max_energy_ratio":…, "router_target":…,
 /// "rows": [{"split":…, "selector":…, "density":…, "k":…, "coverage":…, "rel_error":…, "pinned":…}, …]} (the
 /// context fields only when `ctx` is given). A value that is not finite (rel_error of an all-zero
 /// dense output) is written as null.
@@ -326,7 +336,8 @@ inline std::string report_json(const std::vector<quality_row>& rows, const repor
        << ", \"held_out\": " << detail::json_number(ctx->held_out)
        << ", \"pinned_blocks\": " << ctx->pinned_blocks << ", \"hot_neurons\": " << ctx->hot_neurons
        << ", \"pinned_share\": " << detail::json_number(ctx->pinned_share)
-       << ", \"max_energy_ratio\": " << detail::json_number(ctx->max_energy_ratio) << ",\n ";
+       << ", \"max_energy_ratio\": " << detail::json_number(ctx->max_energy_ratio)
+       << ", \"router_target\": " << detail::json_string(ctx->router_target) << ",\n ";
   os << "\"rows\": [";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];

@@ -3,10 +3,13 @@
 //   block_mass(model, x, n)          per token and block, the activation mass Σ_{i∈b} |h_i| (for ReLU
 //                                    the positive sum MoEfication uses); the training target and the
 //                                    oracle's score
+//   block_output_norms(model, x, n)  per token and block, the output norm ‖Σ_{i∈b} h_i v_i‖ (the
+//                                    alternative training target, router_train_options::target)
 //   similarity_rows(model)           MoEfication's similarity router: the mean of each block's
 //                                    L2-normalised keys (ranking by it equals ranking by cosine with x)
 //   fit_linear_router(...)           Linear d → B, trained to predict each block's share of activation
-//                                    mass (BCE with logits against mass / batch max; Adam)
+//                                    mass (BCE with logits against mass / batch max; Adam), or of
+//                                    whatever nonnegative per-block target it is given
 //   fit_mlp_router(...)              MoEfication's MLP router: Linear d → B (initialised to the block
 //                                    centres), tanh, Linear B → B (initialised to the identity); same loss
 //   topk_coverage(scores, mass, ...) the share of activation mass the top-k blocks of `scores` capture
@@ -20,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "../cpu/forward.hpp"
@@ -290,6 +294,69 @@ void dense_reference(const dense_ffn_view<float>& dense, index_t g,
   }
 }
 
+/// Output norms [n × B] of every block for n tokens x [n × d_model]: ‖c_b‖₂ with c_b = Σ_{i∈b} h_i v_i,
+/// what dropping block b alone does to the token's output (block_mass counts activations, not what
+/// they write: a neuron with a large activation and a small value row weighs the same there). The
+/// alternative router target (router_train_options::target = "output") and the score of the report's
+/// "oracle_output" row. Computed as ‖c_b‖² = h_bᵀ G_b h_b with each block's Gram matrix G_b = V_b V_bᵀ
+/// [g × g] (g² multiply-adds per token and block instead of g·d_model): the activations from
+/// detail::dense_float_pass in chunks, U = H_b G_b on the outer-product kernel, then h_b · u per token.
+/// Float models; the same bits on any thread count.
+template <class Act>
+std::vector<float> block_output_norms(const blocked_ffn<float>& model, const float* x, index_t n) {
+  sparse_ffn::detail::require_not_null(x, "x");
+  const block_layout& l = model.layout();
+  const auto w = model.view();
+  const index_t B = l.num_blocks, g = l.g, F = l.d_ff, d = l.d_model, ld = l.ld,
+                len = sparse_ffn::detail::round_up(d, 16), gl = sparse_ffn::detail::round_up(g, 16);
+  const auto& ops = detail::level1();
+  const index_t RM = ops.rows_m;
+  std::vector<float> norms(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, B, "output norms"))),
+      G(static_cast<std::size_t>(B * g * gl), 0.0f);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel for schedule(dynamic, 1)
+#endif
+  for (index_t b = 0; b < B; ++b) {  // value rows are zero past d_model and at least len long
+    float* Gb = G.data() + b * g * gl;
+    for (index_t i = 0; i < g; ++i)
+      for (index_t j = 0; j <= i; ++j)
+        Gb[i * gl + j] = Gb[j * gl + i] = ops.vdot(w.values(b) + i * ld, w.values(b) + j * ld, len);
+  }
+  std::vector<std::int32_t> iota(static_cast<std::size_t>(g));
+  for (index_t i = 0; i < g; ++i) iota[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+  const index_t chunk = std::max<index_t>(1, std::min<index_t>(n, (index_t{1} << 22) / F));
+  std::vector<float> h(static_cast<std::size_t>(chunk * F));
+  for (index_t t0 = 0; t0 < n; t0 += chunk) {
+    const index_t m = std::min(chunk, n - t0), tiles = (m + RM - 1) / RM;
+    detail::dense_float_pass<Act>(w, x + t0 * d, m, h.data(), nullptr);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel
+#endif
+    {
+      std::vector<float> U(static_cast<std::size_t>(RM * gl));
+      float* ys[8];
+      const float* sp[8];
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (index_t tl = 0; tl < tiles; ++tl) {
+        const index_t q0 = tl * RM, mm = std::min(RM, m - q0);
+        for (index_t b = 0; b < B; ++b) {
+          for (index_t q = 0; q < mm; ++q) {
+            ys[q] = U.data() + q * gl;
+            sp[q] = h.data() + (q0 + q) * F + b * g;
+          }
+          ops.outer_rows(ys, sp, mm, iota.data(), g, G.data() + b * g * gl, gl, 0, gl, true);
+          for (index_t q = 0; q < mm; ++q)
+            norms[static_cast<std::size_t>((t0 + q0 + q) * B + b)] =
+                std::sqrt(std::max(0.0f, ops.vdot(sp[q], ys[q], g)));
+        }
+      }
+    }
+  }
+  return norms;
+}
+
 /// Activations h = act(W1 x + b1 [, W3 x + b3]) of every neuron, [n × d_ff] in the model's packed order
 /// (the original order when it was packed without a permutation): the sample split_coactivation reads
 /// and the pinning rule's energies. Float models run the key pass alone (detail::dense_float_pass
@@ -393,7 +460,11 @@ struct router_train_options {
   index_t batch = 256;
   float lr = 0.01f;        ///< Adam learning rate (MoEfication: 0.01)
   std::uint64_t seed = 0;  ///< minibatch order
-  progress_fn progress;    ///< optional
+  /// What the fitted routers learn to rank by (the report and moefy pass these targets): "mass", each
+  /// block's activation mass (block_mass: what the oracle ranks by, MoEfication's target), or
+  /// "output", each block's output norm (block_output_norms).
+  std::string target = "mass";
+  progress_fn progress;  ///< optional
 };
 
 namespace detail {
