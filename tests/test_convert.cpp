@@ -806,4 +806,7 @@ TEST_CASE("converter dense passes: activations, masses, dense output, block cont
   check_dense_passes<sfx::act::relu>(64, 64, 3, 7, 0xd2);
   check_dense_passes<sfx::act::swiglu>(21, 16, 4, 259, 0xd3);
   check_dense_passes<sfx::act::relu>(130, 1, 40, 20, 0xd4);
+  // Wider than a key-panel segment (1024 inputs: two segments) and more value rows than a slab group
+  // (512: two groups).
+  check_dense_passes<sfx::act::gelu_erf>(1100, 16, 36, 40, 0xd5);
 }

@@ -54,9 +54,14 @@ void dense_pass(const blocked_ffn<T>& model, const float* x, index_t n, float* y
   });
 }
 
-/// Columns of the value pass's slabs in dense_float_pass: a slab of every value row (d_ff × 128
-/// floats: 768 KiB at d_ff = 1536) stays in L2 while a thread's token tiles run over it.
-inline constexpr index_t k_dense_slab = 128;
+/// Columns of the value pass's slabs in dense_float_pass, and the value rows of one group of blocks
+/// in a slab (128 × 512 floats: 256 KiB, half of a Zen 3 core's L2): a thread's token tiles run over
+/// one group's slab while it stays in L2 (a slab of every value row is 5.6 MB at d_ff = 11008).
+inline constexpr index_t k_dense_slab = 128, k_slab_rows = 512;
+/// Inputs of one segment of dense_float_pass's key panels (1024 × 64 floats: 256 KiB): wider models
+/// sum pre-activations segment by segment (a panel of d = 4096 is 1 MiB, streamed from L3 per tile
+/// of rows_m tokens otherwise); up to this width the sums are one pass, as before.
+inline constexpr index_t k_panel_segment = 1024;
 /// dense_float_pass transposes each block's keys for the outer-product kernel from this many tokens
 /// on; below, the panels would cost more than they save (a wide model's quality rows run the pass on
 /// a few tokens at a time) and the forward's dot-product key kernel runs instead.
@@ -70,10 +75,10 @@ inline constexpr index_t k_panel_min_tokens = 32;
 /// no horizontal sums), ~2.7× the forward's dot-product key kernel on a key pass this wide (127 against
 /// 47 GFLOP/s on one Emerald Rapids core, d = 384, g = 64). Key pass: each block's keys transposed into
 /// a [len × g] panel (kernel_ops::transpose_rows, L2-resident), then pre_q = Σ_c x_q[c] · panel_c per
-/// tile of rows_m tokens, blocks in parallel (below k_panel_min_tokens tokens, the dot-product key
-/// kernel on the keys as they are); value pass: per tile of rows_m tokens (each thread a range
-/// of tiles), column slabs outer. Every value is computed by one thread in a fixed order: the same bits
-/// on any thread count.
+/// tile of rows_m tokens, blocks in parallel (inputs in segments of k_panel_segment on wider models;
+/// below k_panel_min_tokens tokens, the dot-product key kernel on the keys as they are); value pass:
+/// per tile of rows_m tokens (each thread a range of tiles), column slabs and groups of blocks outer.
+/// Every value is computed by one thread in a fixed order: the same bits on any thread count.
 template <class Act>
 void dense_float_pass(const blocked_ffn_view<float>& w, const float* x, index_t n, float* h, float* y) {
   const block_layout& l = w.layout;
@@ -111,13 +116,16 @@ void dense_float_pass(const blocked_ffn_view<float>& w, const float* x, index_t 
         ops.dots(ptrs.data(), nullptr, nullptr, m, keys_b, g, ld, len, spill.data(), out);
         return;
       }
-      for (index_t q0 = 0; q0 < m; q0 += RM) {
-        const index_t mm = std::min(RM, m - q0);
-        for (index_t q = 0; q < mm; ++q) {
-          ys[q] = out + (q0 + q) * gl;
-          sp[q] = xp.data() + (t0 + q0 + q) * len;
+      for (index_t c0 = 0; c0 < len; c0 += k_panel_segment) {
+        const index_t nc = std::min(k_panel_segment, len - c0);
+        for (index_t q0 = 0; q0 < m; q0 += RM) {
+          const index_t mm = std::min(RM, m - q0);
+          for (index_t q = 0; q < mm; ++q) {
+            ys[q] = out + (q0 + q) * gl;
+            sp[q] = xp.data() + (t0 + q0 + q) * len;  // outer_rows reads s[q][row]: rows c0 …
+          }
+          ops.outer_rows(ys, sp, mm, iota.data() + c0, nc, pan, gl, 0, gl, c0 == 0);
         }
-        ops.outer_rows(ys, sp, mm, iota.data(), len, pan, gl, 0, gl, true);
       }
     };
 #if SPARSE_FFN_HAS_OPENMP
@@ -148,16 +156,19 @@ void dense_float_pass(const blocked_ffn_view<float>& w, const float* x, index_t 
       const index_t tiles = (n + RM - 1) / RM;
       const int tid = cpu::detail::thread_id(), nth = cpu::detail::num_threads();
       const index_t tl0 = tiles * tid / nth, tl1 = tiles * (tid + 1) / nth;
+      // Every y element still sums the blocks in order 0, 1, …, B − 1 (the groups only reorder tiles).
+      const index_t group = std::max<index_t>(1, k_slab_rows / g);
       for (index_t c0 = 0; c0 < len; c0 += k_dense_slab)
-        for (index_t tl = tl0; tl < tl1; ++tl) {
-          const index_t t0 = tl * RM, mm = std::min(RM, n - t0);
-          for (index_t q = 0; q < mm; ++q) ys[q] = yp.data() + (t0 + q) * len;
-          for (index_t b = 0; b < B; ++b) {
-            for (index_t q = 0; q < mm; ++q) sp[q] = h + (t0 + q) * F + b * g;
-            ops.outer_rows(ys, sp, mm, iota.data(), g, w.values(b), ld, c0, std::min(len, c0 + k_dense_slab),
-                           b == 0);
+        for (index_t b0 = 0; b0 < B; b0 += group)
+          for (index_t tl = tl0; tl < tl1; ++tl) {
+            const index_t t0 = tl * RM, mm = std::min(RM, n - t0);
+            for (index_t q = 0; q < mm; ++q) ys[q] = yp.data() + (t0 + q) * len;
+            for (index_t b = b0; b < std::min(B, b0 + group); ++b) {
+              for (index_t q = 0; q < mm; ++q) sp[q] = h + (t0 + q) * F + b * g;
+              ops.outer_rows(ys, sp, mm, iota.data(), g, w.values(b), ld, c0,
+                             std::min(len, c0 + k_dense_slab), b == 0);
+            }
           }
-        }
     }
   }
   if (y)
