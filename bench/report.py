@@ -26,8 +26,14 @@ def load(path):
         data = json.load(fh)
     runs = defaultdict(list)
     medians = {}
+    skipped = {}
     for b in data["benchmarks"]:
         name = b.get("run_name", b["name"])
+        if b.get("error_occurred"):  # skipped (e.g. oneDNN bf16 on a CPU without AVX-512): say so
+            if name not in skipped:
+                skipped[name] = b.get("error_message", "")
+                print("skipped: %s: %s" % (name, skipped[name]))
+            continue
         if b.get("run_type") == "aggregate":
             if b.get("aggregate_name") == "median":
                 medians[name] = b
