@@ -269,11 +269,11 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
 inline std::string format_report(const std::vector<quality_row>& rows) {
   std::ostringstream os;
   char line[160];
-  std::snprintf(line, sizeof line, "%-14s %-12s %8s %5s %10s %10s\n", "split", "selector", "density", "k",
+  std::snprintf(line, sizeof line, "%-14s %-13s %8s %5s %10s %10s\n", "split", "selector", "density", "k",
                 "coverage", "rel.error");
   os << line;
   for (const auto& r : rows) {
-    std::snprintf(line, sizeof line, "%-14s %-12s %7.0f%% %5lld %10.4f %10.4f\n", r.split.c_str(),
+    std::snprintf(line, sizeof line, "%-14s %-13s %7.0f%% %5lld %10.4f %10.4f\n", r.split.c_str(),
                   r.selector.c_str(), 100 * r.density, static_cast<long long>(r.k), r.coverage, r.rel_error);
     os << line;
   }
