@@ -37,6 +37,14 @@ namespace sparse_ffn {
 namespace convert {
 
 namespace detail {
+/// The row list 0, 1, …, n − 1 (outer_rows reads its rows through a list; the converter's products
+/// walk every row of a panel in order).
+inline std::vector<std::int32_t> identity_rows(index_t n) {
+  std::vector<std::int32_t> r(static_cast<std::size_t>(n));
+  for (std::size_t i = 0; i < r.size(); ++i) r[i] = static_cast<std::int32_t>(i);
+  return r;
+}
+
 /// Every block for every token: the routed forward on the identity table (no scoring, no top-k: the
 /// oracle at k = B would compute every pre-activation twice). Fills y [n × d], the cache's
 /// pre-activations [n × B × g] (and up projections when gated) and cache.blocks = 0..B-1 per token.
@@ -93,8 +101,7 @@ void dense_float_pass(const blocked_ffn_view<float>& w, const float* x, index_t 
                         0.0f),
       yp(y ? xp.size() : 0);
   for (index_t t = 0; t < n; ++t) std::copy(x + t * d, x + (t + 1) * d, xp.begin() + t * len);
-  std::vector<std::int32_t> iota(static_cast<std::size_t>(std::max(g, len)));
-  for (std::size_t i = 0; i < iota.size(); ++i) iota[i] = static_cast<std::int32_t>(i);
+  const std::vector<std::int32_t> iota = identity_rows(std::max(g, len));
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel
 #endif
@@ -184,8 +191,7 @@ inline void block_contributions(const blocked_ffn_view<float>& w, const float* h
   const index_t B = l.num_blocks, g = l.g, F = l.d_ff, len = sparse_ffn::detail::round_up(l.d_model, 16);
   const auto& ops = level1();
   const index_t RM = ops.rows_m, tiles = (n + RM - 1) / RM;
-  std::vector<std::int32_t> iota(static_cast<std::size_t>(g));
-  for (index_t i = 0; i < g; ++i) iota[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+  const std::vector<std::int32_t> iota = identity_rows(g);
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel for schedule(static)
 #endif
@@ -333,8 +339,7 @@ std::vector<float> block_output_norms(const blocked_ffn<float>& model, const flo
       for (index_t j = 0; j <= i; ++j)
         Gb[i * gl + j] = Gb[j * gl + i] = ops.vdot(w.values(b) + i * ld, w.values(b) + j * ld, len);
   }
-  std::vector<std::int32_t> iota(static_cast<std::size_t>(g));
-  for (index_t i = 0; i < g; ++i) iota[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i);
+  const std::vector<std::int32_t> iota = detail::identity_rows(g);
   const index_t chunk = std::max<index_t>(1, std::min<index_t>(n, (index_t{1} << 22) / F));
   std::vector<float> h(static_cast<std::size_t>(chunk * F));
   for (index_t t0 = 0; t0 < n; t0 += chunk) {
@@ -525,10 +530,7 @@ class tiled_products {
     panel_.resize(static_cast<std::size_t>(ld * lr));
     ops_.transpose_rows(W, ld, nrows, 0, ld, panel_.data(), lr);
     tmp_.resize(static_cast<std::size_t>(m * lr));
-    if (static_cast<index_t>(iota_.size()) < ld) {
-      iota_.resize(static_cast<std::size_t>(ld));
-      for (std::size_t i = 0; i < iota_.size(); ++i) iota_[i] = static_cast<std::int32_t>(i);
-    }
+    if (static_cast<index_t>(iota_.size()) < ld) iota_ = identity_rows(ld);
     float* y[8];
     const float* sp[8];
     for (index_t q0 = 0; q0 < m; q0 += RM) {
