@@ -266,6 +266,21 @@ const kernel_ops<T>& ops_for(isa_level level) {
 #endif
 }
 
+// Build time. ops_for<T> instantiates T's kernels for every ISA level, ~20-35 s of compilation per
+// dtype (GCC -O3) in every translation unit that runs a kernel. A project with many such units can
+// compile them once: define SPARSE_FFN_EXTERN_CPU_KERNELS in every unit (only the declarations below
+// are then seen) and, in one unit or one per dtype, include <sparse_ffn/cpu/kernels/instantiate.hpp>
+// and write SPARSE_FFN_INSTANTIATE_CPU_KERNELS(T) for each dtype used (float, sparse_ffn::half_t,
+// sparse_ffn::bfloat16_t, sparse_ffn::q8_t, sparse_ffn::q4_t). Compile every unit with the same
+// compiler and flags (one definition of each kernel for the whole program). docs/api.md, "Build time".
+#if defined(SPARSE_FFN_EXTERN_CPU_KERNELS)
+extern template const kernel_ops<float>& ops_for<float>(isa_level);
+extern template const kernel_ops<half_t>& ops_for<half_t>(isa_level);
+extern template const kernel_ops<bfloat16_t>& ops_for<bfloat16_t>(isa_level);
+extern template const kernel_ops<q8_t>& ops_for<q8_t>(isa_level);
+extern template const kernel_ops<q4_t>& ops_for<q4_t>(isa_level);
+#endif
+
 }  // namespace kernels
 }  // namespace cpu
 }  // namespace sparse_ffn
