@@ -74,6 +74,52 @@ inline int num_threads() {
 #endif
 }
 
+/// The entry points' x and y with their element types as run-time tags (float, half_t, bfloat16_t):
+/// fast_run is compiled once per policy instead of once per (policy, x type, y type); the types only
+/// matter where a token's row is read or written.
+struct io_rows {
+  const void* x = nullptr;
+  dtype x_type = dtype::f32;
+  void* y = nullptr;  ///< null: route only
+  dtype y_type = dtype::f32;
+
+  template <class Tx, class Ty>
+  static io_rows of(const Tx* x, Ty* y) {
+    static_assert(is_dtype<Tx>::value && is_dtype<Ty>::value,
+                  "sparse_ffn: x and y must be float, half_t or bfloat16_t");
+    return {x, dtype_traits<Tx>::id, y, dtype_traits<Ty>::id};
+  }
+};
+
+/// f(type_tag<E>{}) for the I/O element type E with id t (float, half_t or bfloat16_t).
+template <class F>
+void with_io_type(dtype t, F&& f) {
+  switch (t) {
+    case dtype::f16: f(type_tag<half_t>{}); break;
+    case dtype::bf16: f(type_tag<bfloat16_t>{}); break;
+    default: f(type_tag<float>{}); break;
+  }
+}
+
+/// out[c] = float(row t of x)[c], c < d.
+inline void load_row(const io_rows& io, index_t t, index_t d, float* out) {
+  with_io_type(io.x_type, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    const E* xt = static_cast<const E*>(io.x) + t * d;
+    for (index_t c = 0; c < d; ++c) out[c] = to_float(xt[c]);
+  });
+}
+
+/// Row t of y = (a + b) + bias (bias null: 0), in y's type.
+inline void store_row(const io_rows& io, index_t t, index_t d, const float* a, const float* b,
+                      const float* bias) {
+  with_io_type(io.y_type, [&](auto tag) {
+    using E = typename decltype(tag)::type;
+    E* yt = static_cast<E*>(io.y) + t * d;
+    for (index_t c = 0; c < d; ++c) yt[c] = from_float<E>((a[c] + b[c]) + (bias ? bias[c] : 0.0f));
+  });
+}
+
 /// Per-thread scratch of the key and value passes (for a batch of n tokens).
 struct thread_scratch {
   const float** xs;         // n token input pointers
@@ -238,8 +284,8 @@ void value_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w
 }
 
 /// The whole fast forward (see the file comment). `args` null = use `given`; `y` null = route only.
-template <class Policy, class Tx, class Ty>
-void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, Ty* y,
+template <class Policy>
+void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const io_rows& io,
               const route_args* args, const_routing_view given, routing_view* route_out,
               const forward_cache* cache, workspace& ws) {
   using T = typename Policy::dtype;
@@ -250,7 +296,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
   const index_t k = args ? args->k : given.k, d = l.d_model, ld = l.ld, B = l.num_blocks, F = l.d_ff;
   const index_t cols = row_cols<T>(l);
   if (n == 0) return;
-  const bool compute = y != nullptr;
+  const bool compute = io.y != nullptr;
   const int threads = max_threads();
   const kernels::kernel_ops<T>& ops = kernels::ops_for<T>(active_isa());
   const index_t KR = ops.key_r;
@@ -276,7 +322,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #endif
     for (index_t t = 0; t < n; ++t) {
       float* xp = f.xpad + t * cols;
-      for (index_t c = 0; c < d; ++c) xp[c] = to_float(x[t * d + c]);
+      load_row(io, t, d, xp);
       for (index_t c = d; c < cols; ++c) xp[c] = 0.0f;
       if (f.xpad16)
         for (index_t c = 0; c < cols; ++c) f.xpad16[t * cols + c] = bfloat16_t(xp[c]);
@@ -448,9 +494,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #pragma omp for schedule(static)
 #endif
       for (index_t t = 0; t < n; ++t)
-        for (index_t c = 0; c < d; ++c)
-          y[t * d + c] = from_float<Ty>((f.yacc[2 * t * cols + c] + f.yacc[(2 * t + 1) * cols + c]) +
-                                        (w.b2 ? w.b2[c] : 0.0f));
+        store_row(io, t, d, f.yacc + 2 * t * cols, f.yacc + (2 * t + 1) * cols, w.b2);
     }
   }
 }

@@ -42,8 +42,8 @@ void route(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const T
   Policy::selector::check(w, args, n);
   sparse_ffn::detail::check_x(w.layout, n, x);
   sparse_ffn::detail::check_routing_out(n, args.k, out);
-  detail::fast_run<Policy, Tx, float>(w, n, x, nullptr, &args, {}, &out, nullptr,
-                                      ws ? *ws : detail::thread_workspace());
+  detail::fast_run<Policy>(w, n, detail::io_rows::of(x, static_cast<float*>(nullptr)), &args, {}, &out,
+                           nullptr, ws ? *ws : detail::thread_workspace());
 }
 
 template <class Policy, class Tx, class Ty>
@@ -55,7 +55,7 @@ void forward_routed(const blocked_ffn_view<typename Policy::dtype>& w, index_t n
   sparse_ffn::detail::check_io(w.layout, n, x, y);
   sparse_ffn::detail::check_routing(w.layout, n, routing);
   sparse_ffn::detail::check_cache(w.layout, n, routing.k, cache);
-  detail::fast_run<Policy>(w, n, x, y, nullptr, routing, nullptr, cache,
+  detail::fast_run<Policy>(w, n, detail::io_rows::of(x, y), nullptr, routing, nullptr, cache,
                            ws ? *ws : detail::thread_workspace());
 }
 
@@ -67,7 +67,8 @@ void forward(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const
   Policy::selector::check(w, args, n);
   sparse_ffn::detail::check_io(w.layout, n, x, y);
   sparse_ffn::detail::check_cache(w.layout, n, args.k, cache);
-  detail::fast_run<Policy>(w, n, x, y, &args, {}, nullptr, cache, ws ? *ws : detail::thread_workspace());
+  detail::fast_run<Policy>(w, n, detail::io_rows::of(x, y), &args, {}, nullptr, cache,
+                           ws ? *ws : detail::thread_workspace());
 }
 
 }  // namespace cpu
