@@ -512,14 +512,20 @@ void run_backward_case(std::mt19937_64& r, sfx::index_t n) {
   for (sfx::index_t e = 0; e < F; ++e) REQUIRE(gv.b1[e] == b1_before[static_cast<std::size_t>(e)] * 2.0f);
 }
 
+/// Every activation; under AddressSanitizer (SPARSE_FFN_TEST_MEMORY_MATRIX, as in forward_matrix.hpp)
+/// one per memory-access pattern of the backward: relu (value rows whose coefficient is zero skipped),
+/// silu (every row) and swiglu (a third matrix per block and its gradient). The others differ only in
+/// the scalar derivative, which the Release build checks against the float64 reference.
 template <class Sel, class T, int G>
 void backward_acts(std::mt19937_64& r, sfx::index_t n) {
   run_backward_case<sfx::policy<G, Sel, T, sfx::act::relu>>(r, n);
-  run_backward_case<sfx::policy<G, Sel, T, sfx::act::gelu_erf>>(r, n);
-  run_backward_case<sfx::policy<G, Sel, T, sfx::act::gelu_tanh>>(r, n);
   run_backward_case<sfx::policy<G, Sel, T, sfx::act::silu>>(r, n);
   run_backward_case<sfx::policy<G, Sel, T, sfx::act::swiglu>>(r, n);
+#if !defined(SPARSE_FFN_TEST_MEMORY_MATRIX)
+  run_backward_case<sfx::policy<G, Sel, T, sfx::act::gelu_erf>>(r, n);
+  run_backward_case<sfx::policy<G, Sel, T, sfx::act::gelu_tanh>>(r, n);
   run_backward_case<sfx::policy<G, Sel, T, sfx::act::geglu>>(r, n);
+#endif
 }
 
 /// Every activation × {float, bf16} × g ∈ {1, 16, 64} (half at g = 16) × n ∈ {1, 3, 37} for selector Sel.
