@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -41,7 +42,7 @@ namespace detail {
 /// walk every row of a panel in order).
 inline std::vector<std::int32_t> identity_rows(index_t n) {
   std::vector<std::int32_t> r(static_cast<std::size_t>(n));
-  for (std::size_t i = 0; i < r.size(); ++i) r[i] = static_cast<std::int32_t>(i);
+  std::iota(r.begin(), r.end(), 0);
   return r;
 }
 

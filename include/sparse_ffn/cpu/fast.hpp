@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "../activation.hpp"
+#include "../dispatch.hpp"
 #include "../layout.hpp"
 #include "../policy.hpp"
 #include "../routing.hpp"
@@ -91,19 +92,9 @@ struct io_rows {
   }
 };
 
-/// f(type_tag<E>{}) for the I/O element type E with id t (float, half_t or bfloat16_t).
-template <class F>
-void with_io_type(dtype t, F&& f) {
-  switch (t) {
-    case dtype::f16: f(type_tag<half_t>{}); break;
-    case dtype::bf16: f(type_tag<bfloat16_t>{}); break;
-    default: f(type_tag<float>{}); break;
-  }
-}
-
 /// out[c] = float(row t of x)[c], c < d.
 inline void load_row(const io_rows& io, index_t t, index_t d, float* out) {
-  with_io_type(io.x_type, [&](auto tag) {
+  sparse_ffn::dispatch_dtype(io.x_type, [&](auto tag) {
     using E = typename decltype(tag)::type;
     const E* xt = static_cast<const E*>(io.x) + t * d;
     for (index_t c = 0; c < d; ++c) out[c] = to_float(xt[c]);
@@ -113,7 +104,7 @@ inline void load_row(const io_rows& io, index_t t, index_t d, float* out) {
 /// Row t of y = (a + b) + bias (bias null: 0), in y's type.
 inline void store_row(const io_rows& io, index_t t, index_t d, const float* a, const float* b,
                       const float* bias) {
-  with_io_type(io.y_type, [&](auto tag) {
+  sparse_ffn::dispatch_dtype(io.y_type, [&](auto tag) {
     using E = typename decltype(tag)::type;
     E* yt = static_cast<E*>(io.y) + t * d;
     for (index_t c = 0; c < d; ++c) yt[c] = from_float<E>((a[c] + b[c]) + (bias ? bias[c] : 0.0f));
