@@ -69,14 +69,14 @@ TEST_CASE("isa: the best supported level is the default, levels are ordered", "[
                       f.avx2 && f.fma && f.f16c && f.bmi2 && f.os_ymm && SPARSE_FFN_X86_DISPATCH;
   if (avx512 && f.avx512_vnni)
     REQUIRE(best == (f.avx512_bf16 ? cpu::isa_level::avx512_bf16 : cpu::isa_level::avx512_vnni));
-  // What each level runs: VNNI (int8 x) for q8/q4 from avx512_vnni up, bf16 pairs only on avx512_bf16.
+  // What each level runs: int8 x for q8/q4 on avx2 (vpmaddubsw) and from avx512_vnni up (vpdpbusd), not
+  // on avx512 (float there for now), bf16 pairs only on avx512_bf16.
   for (int l = 0; l <= static_cast<int>(best); ++l) {
     const auto level = static_cast<cpu::isa_level>(l);
     INFO("level " << cpu::isa_name(level));
-    REQUIRE(cpu::kernels::ops_for<sfx::q8_t>(level).int8_x ==
-            (l >= static_cast<int>(cpu::isa_level::avx512_vnni)));
-    REQUIRE(cpu::kernels::ops_for<sfx::q4_t>(level).int8_x ==
-            (l >= static_cast<int>(cpu::isa_level::avx512_vnni)));
+    const bool int8 = level == cpu::isa_level::avx2 || l >= static_cast<int>(cpu::isa_level::avx512_vnni);
+    REQUIRE(cpu::kernels::ops_for<sfx::q8_t>(level).int8_x == int8);
+    REQUIRE(cpu::kernels::ops_for<sfx::q4_t>(level).int8_x == int8);
     REQUIRE_FALSE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).int8_x);
     REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).bf16_x == (level == cpu::isa_level::avx512_bf16));
     REQUIRE(cpu::kernels::ops_for<float>(level).level == level);
@@ -378,7 +378,7 @@ std::vector<float> int8_cases(sfx::index_t cols, std::uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("isa: x quantised to int8 for the VNNI key pass: every level writes the scalar reference's bytes",
+TEST_CASE("isa: x quantised to int8 for the int8 key pass: every level writes the scalar reference's bytes",
           "[isa]") {
   int vector_levels = 0;
   for (int l = 0; l <= static_cast<int>(cpu::best_isa()); ++l) {
@@ -438,7 +438,7 @@ TEST_CASE("isa: x quantised to int8 for the VNNI key pass: every level writes th
   }
   if (vector_levels == 0)
     WARN(
-        "SKIPPED: the vectorised int8 quantiser of x (avx512_vnni, avx512_bf16) is not supported by this "
+        "SKIPPED: the vectorised int8 quantiser of x (avx2, avx512_vnni and up) is not supported by this "
         "CPU");
 }
 
@@ -473,4 +473,102 @@ TEST_CASE("isa: SPARSE_FFN_ISA forces a lower level, is clamped to the best, a b
   REQUIRE(cpu::active_isa() == cpu::isa_level::scalar);
   cpu::reset_isa();
   REQUIRE(cpu::active_isa() == expect);
+}
+
+namespace {
+
+/// The int8 key kernel (kernel_ops::dots with int8_x) of weights T at `level` on rows of extreme bytes
+/// against the exact integer sums: q8 bytes ±127 and −128 (not written by pack, but a loaded file may
+/// hold it) times x at ±127 make every int16 pair sum of a naive vpmaddubsw (q + 128 as the unsigned
+/// operand) saturate; q4 nibbles 0 and 15. Returns whether the level runs the int8 kernel.
+template <class T>
+bool int8_dots_exact(cpu::isa_level level, std::uint64_t seed) {
+  using F = sfx::row_format<T>;
+  const auto& ops = cpu::kernels::ops_for<T>(level);
+  if (!ops.int8_x) return false;
+  auto r = test::rng(seed);
+  std::uniform_int_distribution<int> pick(0, 3);
+  const sfx::index_t cols = 1024 + 128, nrows = 11, m = 5;  // cols: one d-chunk and a partial one
+  const sfx::index_t ld = F::ld(cols);
+  std::vector<std::uint8_t> rows(static_cast<std::size_t>(nrows * ld), 0);
+  std::vector<int> q(static_cast<std::size_t>(nrows * cols));
+  std::vector<double> ws(static_cast<std::size_t>(nrows * cols / 32));
+  for (sfx::index_t i = 0; i < nrows; ++i) {
+    std::uint8_t* row = rows.data() + i * ld;
+    auto* sc = reinterpret_cast<sfx::bfloat16_t*>(row + F::quant_bytes(cols));
+    for (sfx::index_t g = 0; g < cols / 32; ++g) {
+      const float s = std::ldexp(1.0f + 0.125f * float(pick(r)), -int(pick(r)) - 3);  // exact in bf16
+      sc[g] = sfx::bfloat16_t(s);
+      ws[static_cast<std::size_t>(i * cols / 32 + g)] = double(sfx::to_float(sc[g]));
+    }
+    for (sfx::index_t c = 0; c < cols; ++c) {
+      int v;
+      if constexpr (F::bits == 8) {
+        const int choice[4] = {127, -127, -128, 127};
+        v = (c + i) % 7 == 3 ? int(pick(r)) - 2 : choice[pick(r)];
+        row[c] = static_cast<std::uint8_t>(static_cast<std::int8_t>(v));
+      } else {
+        const int u = pick(r) < 2 ? 15 : 0;
+        v = u - 8;
+        const sfx::index_t chunk = c / 64, j = c % 64;
+        std::uint8_t& b = row[chunk * 32 + j % 32];
+        b = static_cast<std::uint8_t>(j < 32 ? (b & 0xf0) | u : (b & 0x0f) | (u << 4));
+      }
+      REQUIRE(F::quant(reinterpret_cast<const T*>(row), c) == v);
+      q[static_cast<std::size_t>(i * cols + c)] = v;
+    }
+  }
+  // x: groups with max|x| = 127 (scale 1), x at ±127 and small values, one all-zero group.
+  std::vector<float> x(static_cast<std::size_t>(m * cols));
+  for (sfx::index_t t = 0; t < m; ++t)
+    for (sfx::index_t c = 0; c < cols; ++c) {
+      const int choice[4] = {127, -127, 127, -3};
+      x[static_cast<std::size_t>(t * cols + c)] = (c / 32) % 9 == 4 ? 0.0f : float(choice[pick(r)]);
+    }
+  const sfx::index_t xb = cpu::kernels::x_int8_bytes(cols);
+  std::vector<std::uint8_t> xq(static_cast<std::size_t>(m * xb));
+  std::vector<const std::uint8_t*> xqp(static_cast<std::size_t>(m));
+  for (sfx::index_t t = 0; t < m; ++t) {
+    ops.prepare_x_int8(x.data() + t * cols, cols, xq.data() + t * xb);
+    xqp[static_cast<std::size_t>(t)] = xq.data() + t * xb;
+  }
+  std::vector<float> spill(
+      static_cast<std::size_t>(m * cpu::kernels::k_max_key_r * cpu::kernels::k_max_width));
+  std::vector<float> out(static_cast<std::size_t>(m * nrows), -7.0f);
+  ops.dots(nullptr, nullptr, xqp.data(), m, reinterpret_cast<const T*>(rows.data()), nrows, ld, cols,
+           spill.data(), out.data());
+  for (sfx::index_t t = 0; t < m; ++t)
+    for (sfx::index_t i = 0; i < nrows; ++i) {
+      // Exact: Σ_g s_w · s_x · Σ q·x (s_x = 1 for these groups: max|x| = 127, or 0 for the zero group).
+      double want = 0, mag = 0;
+      for (sfx::index_t g = 0; g < cols / 32; ++g) {
+        long long dot = 0;
+        for (sfx::index_t c = 32 * g; c < 32 * g + 32; ++c)
+          dot += static_cast<long long>(q[static_cast<std::size_t>(i * cols + c)]) *
+                 static_cast<long long>(x[static_cast<std::size_t>(t * cols + c)]);
+        want += ws[static_cast<std::size_t>(i * cols / 32 + g)] * double(dot);
+        mag += ws[static_cast<std::size_t>(i * cols / 32 + g)] * std::fabs(double(dot));
+      }
+      INFO("token " << t << " row " << i << ": " << out[static_cast<std::size_t>(t * nrows + i)] << ", exact "
+                    << want);
+      // Every lane's integer sum is exact; the float accumulation of ~cols/8 lane terms rounds.
+      REQUIRE(std::fabs(out[static_cast<std::size_t>(t * nrows + i)] - want) <= 1e-6 * mag + 1e-30);
+    }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("isa: the int8 key kernel of every level is exact on extreme bytes (no int16 saturation)",
+          "[isa]") {
+  int levels = 0;
+  for (int l = 0; l <= static_cast<int>(cpu::best_isa()); ++l) {
+    const auto level = static_cast<cpu::isa_level>(l);
+    INFO("isa " << cpu::isa_name(level));
+    for (std::uint64_t seed : {1u, 2u, 3u}) {
+      levels += int8_dots_exact<sfx::q8_t>(level, seed) ? 1 : 0;
+      levels += int8_dots_exact<sfx::q4_t>(level, seed) ? 1 : 0;
+    }
+  }
+  if (levels == 0) WARN("SKIPPED: no int8 key kernel (avx2, avx512_vnni and up) is supported by this CPU");
 }

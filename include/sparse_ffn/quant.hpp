@@ -165,7 +165,7 @@ template <class T>
 struct row_format<T, std::enable_if_t<is_quantized<T>::value>> {
   static constexpr bool quantized = true;
   static constexpr int bits = std::is_same<T, q8_t>::value ? 8 : 4;
-  /// q8: d_model rounded up to 64; q4: to 128 (one 64-byte line of nibbles: the VNNI kernel's load).
+  /// q8: d_model rounded up to 64; q4: to 128 (one 64-byte line of nibbles: the int8 kernels' load).
   static constexpr index_t cols(index_t d_model) { return detail::round_up(d_model, bits == 8 ? 64 : 128); }
   /// Bytes of quants (the scales start there).
   static constexpr index_t quant_bytes(index_t cols_) { return cols_ * bits / 8; }

@@ -14,8 +14,8 @@
 // then Y = Yacc + b2 in the output dtype.
 //
 // q8/q4 weights (quant.hpp): x, y and the accumulators are padded to row_cols (d rounded up to 64 /
-// 128) rather than ld (which counts the row's bytes); on the VNNI level each token's x is also quantised
-// once to int8 (kernel_ops::prepare_x_int8) for the key kernel.
+// 128) rather than ld (which counts the row's bytes); on the int8 levels (avx2, avx512_vnni and up) each token's x
+// is also quantised once to int8 (kernel_ops::prepare_x_int8) for the key kernel.
 //
 // The glue below is compiled once, for the consumer's flags; the micro-kernels are called through the
 // table kernels::ops_for<T>(cpu::active_isa()), resolved once per call (run-time ISA dispatch).

@@ -28,7 +28,7 @@ bool rounds_inputs_to_bf16() {
 }
 
 /// Whether the kernels now active quantise x to int8 per group of 32 (key pass) for weights of type T:
-/// q8/q4 on avx512_vnni and avx512_bf16 (docs/design.md, "Quantised weights").
+/// q8/q4 on avx2, avx512_vnni and avx512_bf16 (docs/design.md, "Quantised weights").
 template <class T>
 bool quantizes_inputs_to_int8() {
   return kernels::ops_for<T>(active_isa()).int8_x;

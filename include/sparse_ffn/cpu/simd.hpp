@@ -4,7 +4,8 @@
 // vector `reg` of `width` lanes, loads that convert float / half / bfloat16 to float, fused
 // multiply-add, broadcast, int8 / nibble loads for the quantised weights (quant.hpp) and a horizontal sum
 // with a fixed reduction tree (so a dot product's bits do not depend on how the kernel was tiled).
-// simd<avx512_vnni> adds int8 dot products (`vpdpbusd`), simd<avx512_bf16> bf16-pair operations for
+// simd<avx2> has int8 dot products by `vpmaddubsw` + `vpmaddwd`, simd<avx512_vnni> by `vpdpbusd`;
+// simd<avx512_bf16> adds bf16-pair operations for
 // `vdpbf16ps`. Every wrapper is compiled in its own target
 // region whatever the consumer's flags, so one binary carries all of them; cpu::active_isa() decides at run
 // time which one runs.
@@ -193,6 +194,60 @@ struct simd<isa::avx2> {
   static reg pow2i(reg n) {
     return _mm256_castsi256_ps(
         _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  }
+
+  // Int8 dot products for the quantised weights (no VNNI: vpmaddubsw + vpmaddwd). An `ireg` holds 32
+  // bytes = 8 int32 lanes (one group of 32 values).
+  using ireg = __m256i;
+  static ireg iload(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+  /// Lane i = Σ_j u[4i+j]·s[4i+j] (u unsigned, s signed bytes). Exact only while every pair's
+  /// u[2k]·s[2k] + u[2k+1]·s[2k+1] fits int16 (vpmaddubsw saturates): the callers keep u ≤ 128 and
+  /// |s| ≤ 127 (|pair| ≤ 32512).
+  static ireg dot4(ireg u, ireg s) {
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+  }
+  static ireg iadd(ireg a, ireg b) { return _mm256_add_epi32(a, b); }
+  /// |v| per byte, as unsigned (−128 → 128).
+  static ireg abs8(ireg v) { return _mm256_abs_epi8(v); }
+  /// s per byte negated where v < 0, zeroed where v == 0 (so abs8(v)·sign8(s, v) = v·s).
+  static ireg sign8(ireg s, ireg v) { return _mm256_sign_epi8(s, v); }
+  /// The low and high nibbles of every byte.
+  static void nibbles(ireg v, ireg& lo, ireg& hi) {
+    const ireg m = _mm256_set1_epi8(0x0f);
+    lo = _mm256_and_si256(v, m);
+    hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+  }
+  static reg cvt(ireg i) { return _mm256_cvtepi32_ps(i); }
+  /// kernels::quantize_x32, vectorised: the same bytes and scale (as simd<avx512_vnni>::quantize_x32).
+  static float quantize_x32(const float* x, std::int8_t* q) {
+    __m256 v[4];
+    __m256 fin = _mm256_setzero_ps(), amax = _mm256_setzero_ps();
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(x + 8 * i);
+      fin = _mm256_or_ps(fin, _mm256_sub_ps(v[i], v[i]));  // 0 for finite x, NaN otherwise
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+    }
+    if (_mm256_movemask_ps(_mm256_cmp_ps(fin, _mm256_setzero_ps(), _CMP_EQ_OQ)) != 0xFF) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), _mm256_setzero_si256());
+      return std::numeric_limits<float>::quiet_NaN();
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float am = _mm_cvtss_f32(m);
+    const __m256 inv = _mm256_set1_ps(am >= k_x_int8_tiny ? 127.0f / am : 0.0f);
+    const __m256i hi = _mm256_set1_epi32(127), lo = _mm256_set1_epi32(-127);
+    __m256i i32[4];
+    for (int i = 0; i < 4; ++i)
+      i32[i] = _mm256_max_epi32(lo, _mm256_min_epi32(hi, _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inv))));
+    // The packs work per 128-bit half: the dwords come out as x[0:4) x[8:12) x[16:20) x[24:28) x[4:8)
+    // x[12:16) x[20:24) x[28:32); the permutation restores the natural order.
+    const __m256i p =
+        _mm256_packs_epi16(_mm256_packs_epi32(i32[0], i32[1]), _mm256_packs_epi32(i32[2], i32[3]));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q),
+                        _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    return am / 127.0f;
   }
 };
 SPARSE_FFN_TARGET_END

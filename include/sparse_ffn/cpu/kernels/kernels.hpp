@@ -86,7 +86,7 @@ inline index_t x_int8_group_offset(index_t g0) {
 /// One group of 32 x values to int8 q (scale max|x|/127, round to nearest by the current rounding mode
 /// as std::nearbyint, clamp to ±127); returns the scale. A group holding NaN or Inf gets zeros and a
 /// NaN scale; a group with max|x| < k_x_int8_tiny, zeros. The vector levels compute the same bytes
-/// (simd<avx512_vnni>::quantize_x32; test_isa compares them).
+/// (simd<avx2>::quantize_x32, simd<avx512_vnni>::quantize_x32; test_isa compares them).
 inline float quantize_x32(const float* x, std::int8_t* q) {
   float amax = 0.0f;
   bool finite = true;
@@ -104,8 +104,8 @@ inline float quantize_x32(const float* x, std::int8_t* q) {
   return amax / 127.0f;
 }
 
-/// The 8 dpbusd lanes of a quantised group q (kernel order): each lane's initial accumulator
-/// −zero_point × (sum of its four x values) and its x scale sx.
+/// The 8 int32 lanes (four x values each) of a quantised group q (kernel order): each lane's initial
+/// accumulator −zero_point × (sum of its four x values) and its x scale sx.
 template <class T>
 inline void x_int8_lanes(const std::int8_t* q, float sx, std::int32_t* corr, float* xs) {
   constexpr std::int32_t zero_point = std::is_same<T, q8_t>::value ? 128 : 8;
@@ -116,12 +116,12 @@ inline void x_int8_lanes(const std::int8_t* q, float sx, std::int32_t* corr, flo
   }
 }
 
-/// Quantises one token's x (cols values, zero padded) for the VNNI key kernel of weights T, into
+/// Quantises one token's x (cols values, zero padded) for the int8 key kernel of weights T, into
 /// x_int8_bytes(cols) bytes: [cols int8 in kernel order (x_int8_group_offset)][cols/4 int32: the
-/// initial accumulator of each dpbusd lane, −zero_point × the sum of its four x values][cols/4 float:
+/// initial accumulator of each int32 lane, −zero_point × the sum of its four x values][cols/4 float:
 /// each lane's x scale]. Groups of 32 values (quantize_x32). A group holding NaN or Inf gets a NaN
 /// scale, so the token's affected dot products are NaN (as in float). The scalar reference of
-/// kernel_ops::prepare_x_int8, which the forward calls (vectorised on the VNNI levels).
+/// kernel_ops::prepare_x_int8, which the forward calls (vectorised on the int8 levels).
 template <class T>
 void prepare_x_int8(const float* x, index_t cols, std::uint8_t* out) {
   auto* xq = reinterpret_cast<std::int8_t*>(out);
@@ -209,7 +209,8 @@ struct kernel_ops {
   void (*adam)(float* p, float* m, float* v, const float* g, index_t n, const adam_step& h) = nullptr;
   void (*vsigmoid)(const float* z, float* out, index_t n) = nullptr;
   void (*vtanh)(const float* z, float* out, index_t n) = nullptr;
-  /// prepare_x_int8 (the same bytes; vectorised on the VNNI levels). Used when int8_x.
+  /// prepare_x_int8 (the same bytes; vectorised on the int8 levels: avx2, avx512_vnni and up). Used when
+  /// int8_x.
   void (*prepare_x_int8)(const float* x, index_t cols, std::uint8_t* out) = nullptr;
   /// h[j] = act(a[j], u[j]) for j < n, vectorised, indexed by activation_kind (float ops only; null
   /// otherwise): the converter's dense passes (within ~1e-6 of activation.hpp's scalar functions).
@@ -224,7 +225,7 @@ kernel_ops<T> make_ops(isa_level level) {
   o.key_r = K::key_r;
   o.rows_m = K::rows_m;
   o.bf16_x = K::template bf16_pairs<T>;
-  o.int8_x = K::template vnni_q<T>;
+  o.int8_x = K::template int8_q<T>;
   o.width = K::width;
   o.col_step = is_quantized<T>::value ? static_cast<int>(k_quant_chunk) : K::width;
   o.dots = &K::template dots<T>;

@@ -128,8 +128,8 @@ struct impl {
       const index_t q1 = std::min(len, q0 + k_dchunk);
       for (index_t m0 = 0; m0 < m; m0 += key_m) {
         count<key_m>(static_cast<int>(std::min<index_t>(key_m, m - m0)), [&](auto M) {
-          if constexpr (vnni_q<T>)
-            dot_tile_acc_vnni<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
+          if constexpr (int8_q<T>)
+            dot_tile_acc_int8<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
                                                      q0 == 0, m0 == 0);
           else if constexpr (is_quantized<T>::value)
             dot_tile_acc_q<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
@@ -145,7 +145,7 @@ struct impl {
   }
 
   /// out[q*nrows + r] = dot(rows[r*ld ..], x[q]) for q < m, r < nrows, over len elements (a multiple of
-  /// 32). x is read from xq (int8, prepare_x_int8) when vnni_q<T>, from xb (bf16) when bf16_pairs<T>,
+  /// 32). x is read from xq (int8, prepare_x_int8) when int8_q<T>, from xb (bf16) when bf16_pairs<T>,
   /// else from xf. spill: m × key_r × width floats.
   template <class T>
   static void dots(const float* const* xf, const bfloat16_t* const* xb, const std::uint8_t* const* xq,
@@ -153,7 +153,7 @@ struct impl {
                    float* out) {
     for (index_t r0 = 0; r0 < nrows; r0 += key_r) {
       count<key_r>(static_cast<int>(std::min<index_t>(key_r, nrows - r0)), [&](auto R) {
-        if constexpr (vnni_q<T>)
+        if constexpr (int8_q<T>)
           project<decltype(R)::value>(xq, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
         else if constexpr (bf16_pairs<T>)
           project<decltype(R)::value>(xb, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
@@ -344,22 +344,121 @@ struct impl {
     for (; idx < nrows; ++idx) axpy_group_q<M, 1, T>(y, s, rows, idx, nrows, v, ld, cols, c_begin, c_end);
   }
 
-  // ---- quantised rows on a VNNI level: int8 × int8 dot products (vpdpbusd) ---------------------------
-  // x is quantised per group of 32 to int8 (prepare_x_int8 in kernels.hpp, once per token) and the
-  // weights are the unsigned operand: q8 as q + 128 (a sign flip of the byte), q4 as its nibble u = q + 8.
-  // Each 64-byte unit of weights (q8: 64 values; q4: the low or the high nibbles of a 64-byte line)
-  // gives 16 int32 lanes, lanes 0-7 from one group and 8-15 from another; the int32 accumulator starts
-  // at −zero_point × (sum of the lane's four x values), so it ends at the exact Σ q·xq, then
-  // acc += float(lanes) × (weight scale × x scale) per lane. Same accumulator order in every tile shape.
+  // ---- quantised rows in int8: int8 × int8 dot products (vpdpbusd with VNNI, else vpmaddubsw) -------
+  // x is quantised per group of 32 to int8 (prepare_x_int8 in kernels.hpp, once per token).
+  // AVX512_VNNI levels: the weights are `vpdpbusd`'s unsigned operand: q8 as q + 128 (a sign flip of the
+  // byte), q4 as its nibble u = q + 8. Each 64-byte unit of weights (q8: 64 values; q4: the low or the
+  // high nibbles of a 64-byte line) gives 16 int32 lanes, lanes 0-7 from one group and 8-15 from
+  // another; the int32 accumulator starts at −zero_point × (sum of the lane's four x values), so it
+  // ends at the exact Σ q·xq.
+  // AVX2: each 32-byte unit (q8: 32 values; q4: the low or the high nibbles of a 32-byte chunk) is one
+  // group and gives 8 int32 lanes by vpmaddubsw + vpmaddwd, whose int16 pair sums must not saturate:
+  // q8 multiplies |q| (≤ 128) by x's bytes with q's sign (≤ 127), as ggml's q8_0 does; q4 multiplies
+  // the nibble u (≤ 15) by x and adds the same −8·Σx lane start as VNNI.
+  // Either way acc += float(lanes) × (weight scale × x scale) per lane: the same accumulator order in
+  // every tile shape (bits depend on the ISA only).
   template <class T>
-  static constexpr bool vnni_q = (std::is_base_of<isa::avx512_vnni, Isa>::value && is_quantized<T>::value);
+  static constexpr bool int8_q = ((std::is_base_of<isa::avx512_vnni, Isa>::value ||
+                                   std::is_same<isa::avx2, Isa>::value) &&
+                                  is_quantized<T>::value);
+
+  /// dot_tile_acc_int8's work on one 64-byte line of R rows on AVX2 (width 8): values [q, q + 64) of q8
+  /// rows (two groups), [q, q + 128) of q4 rows (two 32-byte chunks, four groups).
+  template <int M, int R, class T>
+  static void dot_line_int8_avx2(const std::uint8_t* const* xq, const std::uint8_t* rows, index_t ld,
+                                 index_t cols, index_t q, index_t byte, reg (&a)[M][R]) {
+    using F = row_format<T>;
+    using I = typename V::ireg;
+    constexpr bool q8 = std::is_same<T, q8_t>::value;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const std::uint8_t* row = rows + r * ld;
+      const bfloat16_t* sc = F::scales(reinterpret_cast<const T*>(row), cols) + q / 32;
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {  // 32-byte halves of the line
+        const I v = V::iload(row + byte + 32 * h);
+        if constexpr (q8) {
+          const I u = V::abs8(v);
+          const reg s = V::set1(to_float(sc[h]));
+          const index_t kb = q + 32 * h;  // kernel order = natural order for q8
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m) {
+            const std::uint8_t* xm = xq[m];
+            const I i = V::dot4(u, V::sign8(V::iload(xm + kb), v));
+            a[m][r] =
+                V::fma(V::cvt(i), V::mul(s, V::load(reinterpret_cast<const float*>(xm + 2 * cols) + kb / 4)),
+                       a[m][r]);
+          }
+        } else {
+          // Chunk h holds values q + 64h + j (low nibble) and q + 64h + 32 + j (high), j < 32.
+          I nib[2];
+          V::nibbles(v, nib[0], nib[1]);
+#pragma GCC unroll 2
+          for (int n = 0; n < 2; ++n) {
+            const reg s = V::set1(to_float(sc[2 * h + n]));
+            const index_t kb = q + 32 * (2 * n + h);  // x_int8_group_offset<T>(q + 64h + 32n), q % 128 == 0
+#pragma GCC unroll 8
+            for (int m = 0; m < M; ++m) {
+              const std::uint8_t* xm = xq[m];
+              const I i = V::iadd(V::dot4(nib[n], V::iload(xm + kb)), V::iload(xm + cols + kb));
+              a[m][r] =
+                  V::fma(V::cvt(i),
+                         V::mul(s, V::load(reinterpret_cast<const float*>(xm + 2 * cols) + kb / 4)), a[m][r]);
+            }
+          }
+        }
+      }
+    }
+  }
+
+  /// dot_tile_acc_int8's work on one 64-byte line of R rows on an AVX512_VNNI level: values [q, q + 64)
+  /// of q8 rows (one unit), [q, q + 128) of q4 rows (two units: low and high nibbles).
+  template <int M, int R, class T>
+  static void dot_line_int8_vnni(const std::uint8_t* const* xq, const std::uint8_t* rows, index_t ld,
+                                 index_t cols, index_t q, index_t byte, reg (&a)[M][R]) {
+    using F = row_format<T>;
+    using I = typename V::ireg;
+    constexpr bool q8 = std::is_same<T, q8_t>::value;
+    // Kernel-order offsets of this line's units in a token's prepared x (prepare_x_int8).
+    const index_t kb0 = q, kb1 = q + 64;
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      const std::uint8_t* row = rows + r * ld;
+      const bfloat16_t* sc = F::scales(reinterpret_cast<const T*>(row), cols) + q / 32;
+      const I v = V::iload(row + byte);
+      if constexpr (q8) {
+        const I w = V::flip_sign(v);
+        const reg s = V::template scale_lanes<2, 0, 1>(sc);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          const std::uint8_t* xm = xq[m];
+          const I i = V::dpbusd(V::iload(xm + cols + kb0), w, V::iload(xm + kb0));
+          a[m][r] =
+              V::fma(V::cvt(i), V::mul(s, V::load(reinterpret_cast<const float*>(xm + 2 * cols) + kb0 / 4)),
+                     a[m][r]);
+        }
+      } else {
+        I lo, hi;
+        V::nibbles(v, lo, hi);
+        const reg s_lo = V::template scale_lanes<4, 0, 2>(sc), s_hi = V::template scale_lanes<4, 1, 3>(sc);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          const std::uint8_t* xm = xq[m];
+          const float* xs = reinterpret_cast<const float*>(xm + 2 * cols);
+          const I il = V::dpbusd(V::iload(xm + cols + kb0), lo, V::iload(xm + kb0));
+          a[m][r] = V::fma(V::cvt(il), V::mul(s_lo, V::load(xs + kb0 / 4)), a[m][r]);
+          const I ih = V::dpbusd(V::iload(xm + cols + kb1), hi, V::iload(xm + kb1));
+          a[m][r] = V::fma(V::cvt(ih), V::mul(s_hi, V::load(xs + kb1 / 4)), a[m][r]);
+        }
+      }
+    }
+  }
 
   template <int M, int R, class T>
-  static void dot_tile_acc_vnni(const std::uint8_t* const* xq, const T* rows_t, index_t ld, index_t cols,
+  static void dot_tile_acc_int8(const std::uint8_t* const* xq, const T* rows_t, index_t ld, index_t cols,
                                 index_t q0, index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first,
                                 bool prefetch) {
     using F = row_format<T>;
-    using I = typename V::ireg;
     constexpr bool q8 = std::is_same<T, q8_t>::value;
     constexpr index_t step = q8 ? 64 : 128;  // values per 64-byte line of quants
     const auto* rows = reinterpret_cast<const std::uint8_t*>(rows_t);
@@ -378,39 +477,10 @@ struct impl {
         for (int r = 0; r < R; ++r)
           V::prefetch(p < qbytes ? rows + r * ld + p : rows + (R + r) * ld + (p - qbytes));
       }
-      // Kernel-order offsets of this line's units in a token's prepared x (prepare_x_int8).
-      const index_t kb0 = q, kb1 = q + 64;
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const std::uint8_t* row = rows + r * ld;
-        const bfloat16_t* sc = F::scales(reinterpret_cast<const T*>(row), cols) + q / 32;
-        const I v = V::iload(row + byte);
-        if constexpr (q8) {
-          const I w = V::flip_sign(v);
-          const reg s = V::template scale_lanes<2, 0, 1>(sc);
-#pragma GCC unroll 8
-          for (int m = 0; m < M; ++m) {
-            const std::uint8_t* xm = xq[m];
-            const I i = V::dpbusd(V::iload(xm + cols + kb0), w, V::iload(xm + kb0));
-            a[m][r] =
-                V::fma(V::cvt(i), V::mul(s, V::load(reinterpret_cast<const float*>(xm + 2 * cols) + kb0 / 4)),
-                       a[m][r]);
-          }
-        } else {
-          I lo, hi;
-          V::nibbles(v, lo, hi);
-          const reg s_lo = V::template scale_lanes<4, 0, 2>(sc), s_hi = V::template scale_lanes<4, 1, 3>(sc);
-#pragma GCC unroll 8
-          for (int m = 0; m < M; ++m) {
-            const std::uint8_t* xm = xq[m];
-            const float* xs = reinterpret_cast<const float*>(xm + 2 * cols);
-            const I il = V::dpbusd(V::iload(xm + cols + kb0), lo, V::iload(xm + kb0));
-            a[m][r] = V::fma(V::cvt(il), V::mul(s_lo, V::load(xs + kb0 / 4)), a[m][r]);
-            const I ih = V::dpbusd(V::iload(xm + cols + kb1), hi, V::iload(xm + kb1));
-            a[m][r] = V::fma(V::cvt(ih), V::mul(s_hi, V::load(xs + kb1 / 4)), a[m][r]);
-          }
-        }
-      }
+      if constexpr (width == 8)
+        dot_line_int8_avx2<M, R, T>(xq, rows, ld, cols, q, byte, a);
+      else
+        dot_line_int8_vnni<M, R, T>(xq, rows, ld, cols, q, byte, a);
     }
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m)
@@ -421,7 +491,7 @@ struct impl {
   /// kernels::prepare_x_int8 with each group quantised by the ISA (the same bytes); scalar elsewhere.
   template <class T>
   static void prepare_x_int8(const float* x, index_t cols, std::uint8_t* out) {
-    if constexpr (vnni_q<T>) {
+    if constexpr (int8_q<T>) {
       auto* xq = reinterpret_cast<std::int8_t*>(out);
       auto* corr = reinterpret_cast<std::int32_t*>(out + cols);
       auto* xs = reinterpret_cast<float*>(out + 2 * cols);
