@@ -69,7 +69,7 @@ void dense_pass(const blocked_ffn<T>& model, const float* x, index_t n, float* y
 inline constexpr index_t k_dense_slab = 128, k_slab_rows = 512;
 /// Inputs of one segment of dense_float_pass's key panels (1024 × 64 floats: 256 KiB): wider models
 /// sum pre-activations segment by segment (a panel of d = 4096 is 1 MiB, streamed from L3 per tile
-/// of rows_m tokens otherwise); up to this width the sums are one pass, as before.
+/// of outer_m tokens otherwise); up to this width the sums are one pass, as before.
 inline constexpr index_t k_panel_segment = 1024;
 /// dense_float_pass transposes each block's keys for the outer-product kernel from this many tokens
 /// on; below, the panels would cost more than they save (a wide model's quality rows run the pass on
@@ -80,13 +80,13 @@ inline constexpr index_t k_panel_min_tokens = 32;
 /// (every neuron's activation, in the model's packed order, each evaluated once, vectorised:
 /// kernel_ops::activate_rows, within ~1e-6 of the scalar activation) and, when y is not
 /// null, y [n × d_model] = Σ_i h_i v_i + b2. Both passes are matrix products on the backward's
-/// register-tiled outer-product kernel (outer_rows: rows_m tokens × 64 columns of sums in registers,
-/// no horizontal sums), ~2.7× the forward's dot-product key kernel on a key pass this wide (127 against
-/// 47 GFLOP/s on one Emerald Rapids core, d = 384, g = 64). Key pass: each block's keys transposed into
-/// a [len × g] panel (kernel_ops::transpose_rows, L2-resident), then pre_q = Σ_c x_q[c] · panel_c per
-/// tile of rows_m tokens, blocks in parallel (inputs in segments of k_panel_segment on wider models;
+/// register-tiled outer-product kernel (outer_rows: outer_m tokens × outer_vc vectors of columns of sums in
+/// registers, no horizontal sums), ~2.7× the forward's dot-product key kernel on a key pass this wide (127
+/// against 47 GFLOP/s on one Emerald Rapids core, d = 384, g = 64). Key pass: each block's keys transposed
+/// into a [len × g] panel (kernel_ops::transpose_rows, L2-resident), then pre_q = Σ_c x_q[c] · panel_c per
+/// tile of outer_m tokens, blocks in parallel (inputs in segments of k_panel_segment on wider models;
 /// below k_panel_min_tokens tokens, the dot-product key kernel on the keys as they are); value pass:
-/// per tile of rows_m tokens (each thread a range of tiles), column slabs and groups of blocks outer.
+/// per tile of outer_m tokens (each thread a range of tiles), column slabs and groups of blocks outer.
 /// Every value is computed by one thread in a fixed order: the same bits on any thread count.
 template <class Act>
 void dense_float_pass(const blocked_ffn_view<float>& w, const float* x, index_t n, float* h, float* y) {
@@ -97,7 +97,7 @@ void dense_float_pass(const blocked_ffn_view<float>& w, const float* x, index_t 
   // Rows padded to len, whole cache lines (what the kernels walk; the weight rows are zero past d
   // and at least len long); a block's pre-activations in rows of gl floats (zeros past g).
   const index_t len = sparse_ffn::detail::round_up(d, 16), gl = sparse_ffn::detail::round_up(g, 16),
-                tile = 256, RM = ops.rows_m;
+                tile = 256, RM = ops.outer_m;
   std::vector<float> xp(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, len, "dense pass")),
                         0.0f),
       yp(y ? xp.size() : 0);
@@ -186,12 +186,12 @@ void dense_float_pass(const blocked_ffn_view<float>& w, const float* x, index_t 
 }
 /// Each block's output contribution c_b = Σ_{i ∈ b} h_i v_i (no b2) for n tokens whose activations
 /// h [n × d_ff] (dense_float_pass) are given: c [n × B × len] (len = d_model rounded up to 16; zeros
-/// past d_model). The backward's outer_rows per tile of rows_m tokens and block, tiles in parallel.
+/// past d_model). The backward's outer_rows per tile of outer_m tokens and block, tiles in parallel.
 inline void block_contributions(const blocked_ffn_view<float>& w, const float* h, index_t n, float* c) {
   const block_layout& l = w.layout;
   const index_t B = l.num_blocks, g = l.g, F = l.d_ff, len = sparse_ffn::detail::round_up(l.d_model, 16);
   const auto& ops = level1();
-  const index_t RM = ops.rows_m, tiles = (n + RM - 1) / RM;
+  const index_t RM = ops.outer_m, tiles = (n + RM - 1) / RM;
   const std::vector<std::int32_t> iota = identity_rows(g);
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel for schedule(static)
@@ -328,7 +328,7 @@ std::vector<float> block_output_norms(const blocked_ffn<float>& model, const flo
   const index_t B = l.num_blocks, g = l.g, F = l.d_ff, d = l.d_model, ld = l.ld,
                 len = sparse_ffn::detail::round_up(d, 16), gl = sparse_ffn::detail::round_up(g, 16);
   const auto& ops = detail::level1();
-  const index_t RM = ops.rows_m;
+  const index_t RM = ops.outer_m;
   std::vector<float> norms(static_cast<std::size_t>(sparse_ffn::detail::checked_mul(n, B, "output norms"))),
       G(static_cast<std::size_t>(B * g * gl), 0.0f);
 #if SPARSE_FFN_HAS_OPENMP
@@ -525,9 +525,9 @@ class tiled_products {
  public:
   tiled_products() : ops_(level1()) {}
   /// out[q·nrows + r] = W_r · A_q for q < m, r < nrows: W transposed into a [ld × lr] panel, then
-  /// outer products per tile of rows_m rows of A (no horizontal sums; see dense_float_pass).
+  /// outer products per tile of outer_m rows of A (no horizontal sums; see dense_float_pass).
   void nt(const float* A, index_t m, const float* W, index_t nrows, index_t ld, float* out) {
-    const index_t lr = sparse_ffn::detail::round_up(nrows, 16), RM = ops_.rows_m;
+    const index_t lr = sparse_ffn::detail::round_up(nrows, 16), RM = ops_.outer_m;
     panel_.resize(static_cast<std::size_t>(ld * lr));
     ops_.transpose_rows(W, ld, nrows, 0, ld, panel_.data(), lr);
     tmp_.resize(static_cast<std::size_t>(m * lr));
@@ -564,7 +564,7 @@ class tiled_products {
              index_t ld) {
     float* y[8];
     const float* sp[8];
-    const auto M = static_cast<index_t>(ops_.rows_m);
+    const auto M = static_cast<index_t>(ops_.outer_m);
     for (index_t j0 = 0; j0 < nout; j0 += M) {
       const index_t mm = std::min(M, nout - j0);
       for (index_t r = 0; r < mm; ++r) {

@@ -79,8 +79,12 @@ struct bwd_thread {
   const float** sp;       // k_bwd_rows coefficient rows
 };
 
-/// Largest rows_m of any ISA (tile_shape), for scratch sizing.
+/// Largest outer_m of any ISA (tile_shape), for scratch sizing.
 inline constexpr index_t k_bwd_rows = 8;
+static_assert(tile_shape<isa::scalar>::outer_m <= k_bwd_rows &&
+                  tile_shape<isa::avx2>::outer_m <= k_bwd_rows &&
+                  tile_shape<isa::avx512>::outer_m <= k_bwd_rows,
+              "k_bwd_rows sizes the scratch of the largest outer tile");
 /// Columns of V_b per transposed panel of the S product (k_bwd_s_cols × 64 floats = 32 KiB at g = 64:
 /// the panel stays in L1 while every token tile of the block reads it).
 inline constexpr index_t k_bwd_s_cols = 128;
@@ -215,7 +219,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
   const int threads = max_threads();
   const kernels::kernel_ops<T>& ops = kernels::ops_for<T>(active_isa());
   const kernels::kernel_ops<float>& opsf = kernels::ops_for<float>(active_isa());
-  const index_t KR = ops.key_r, RMf = opsf.rows_m, RM = ops.rows_m;
+  const index_t KR = ops.key_r, RMf = opsf.outer_m, RM = ops.outer_m;  // outer_rows tiles
   const bool gate_grads = Gate && k > P;
 
   arena_plan sizing(nullptr);
@@ -333,7 +337,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
       // Weight gradients of block b: each of its matrices in groups of rows.
       auto matrix = [&](float* grad_rows, const float* src, const float* coef) {
         // Each row group's tokens with a nonzero coefficient, listed once for every column range.
-        index_t counts[(G + 1) / 2];  // row groups of rows_m ≥ 2 rows
+        index_t counts[(G + 1) / 2];  // row groups of outer_m ≥ 2 rows
         for (index_t i0 = 0; i0 < G; i0 += RMf) {
           const index_t mm = std::min<index_t>(RMf, G - i0);
           for (index_t r = 0; r < mm; ++r) ts.sp[r] = coef + (i0 + r) * n;

@@ -27,7 +27,8 @@ struct impl {
   using V = simd<Isa>;
   using reg = typename V::reg;
   static constexpr int key_m = tile_shape<Isa>::key_m, key_r = tile_shape<Isa>::key_r,
-                       rows_m = tile_shape<Isa>::rows_m, width = V::width;
+                       rows_m = tile_shape<Isa>::rows_m, outer_m = tile_shape<Isa>::outer_m,
+                       outer_vc = tile_shape<Isa>::outer_vc, width = V::width;
   /// Tokens per key tile for weights T: key_m, but 2 for q4 on avx2 (its int8 tile at 3 × 4 spills:
   /// 23% slower at 16 tokens, measured on a Zen 3).
   template <class T>
@@ -560,7 +561,7 @@ struct impl {
   }
 
   /// y[q] += Σ over the listed rows i (ascending) of s[q][i] · v_i for q < M, columns [c_lo, c_hi)
-  /// (multiples of width), with the M × 4-vector tile of sums in registers over all the rows and added
+  /// (multiples of width), with the M × outer_vc-vector tile of sums in registers over all the rows and added
   /// to y once: the backward's products (a gradient row += Σ_t coef·x_t over a block's tokens; dX +=
   /// Σ_i da_i·k_i over a block's neurons), whose rows are short and reused from cache, so the tile's
   /// walk across rows costs less than the streaming kernel's y traffic (axpy_rows: y loaded and
@@ -570,7 +571,7 @@ struct impl {
   static void outer_tile(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
                          const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_lo, index_t c_hi,
                          bool assign) {
-    constexpr int VC = 4;
+    constexpr int VC = outer_vc;
     constexpr index_t per_line = 64 / sizeof(T);
     const reg one = V::set1(1.0f);
     index_t c = c_lo;
@@ -618,11 +619,11 @@ struct impl {
     }
   }
 
-  /// outer_tile for m (<= rows_m) outputs; element dtypes only (the backward's weights).
+  /// outer_tile for m (<= outer_m) outputs; element dtypes only (the backward's weights).
   template <class T>
   static void outer_rows(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                          index_t nrows, const T* v, index_t ld, index_t c_lo, index_t c_hi, bool assign) {
-    count<rows_m>(static_cast<int>(m), [&](auto M) {
+    count<outer_m>(static_cast<int>(m), [&](auto M) {
       outer_tile<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi, assign);
     });
   }
