@@ -107,6 +107,17 @@ TEST_CASE("cpu backward matrix: learned_gate", "[backward][learned_gate]") {
   test::check_backward_matrix<sfx::select::learned_gate>(0xa2);
 }
 
+TEST_CASE("cpu backward: d a multiple of 1024 (per-token rows one cache line longer)", "[backward][stride]") {
+  // The backward pads its per-token rows (x, dY, the dX accumulator) to a longer stride when their
+  // length is a multiple of 1024 floats; the random matrix above draws d <= 150, so this case covers it.
+  auto r = test::rng(0xa3);
+  for (sfx::index_t n : {3, 37}) {
+    test::run_backward_case<sfx::policy<16, sfx::select::avg_k, float, sfx::act::relu>>(r, n, 1024);
+    test::run_backward_case<sfx::policy<16, sfx::select::learned_gate, sfx::bfloat16_t, sfx::act::swiglu>>(
+        r, n, 2048);
+  }
+}
+
 TEST_CASE("cpu backward: n = 0 zeroes the gradients, bad arguments get clear errors", "[backward][errors]") {
   using P = sfx::policy<16, sfx::select::avg_k, float, sfx::act::relu>;
   using PG = sfx::policy<16, sfx::select::learned_gate, float, sfx::act::swiglu>;

@@ -328,11 +328,12 @@ struct backward_case {
   std::vector<sfx::block_index_t> cb;  // the forward's cache: blocks, weights, pre, up
   std::vector<float> cw, cpre, cup;
 
-  backward_case(std::mt19937_64& r, sfx::index_t tokens) : n(tokens) {
+  /// d_model: d_fixed, or random in [1, 150] when 0.
+  backward_case(std::mt19937_64& r, sfx::index_t tokens, sfx::index_t d_fixed = 0) : n(tokens) {
     using Act = typename P::activation;
     std::uniform_int_distribution<sfx::index_t> dd(1, 150),
         bb(g == 1 ? 8 : 2, g == 1 ? 64 : (g >= 64 ? 5 : 10));
-    d = dd(r);
+    d = d_fixed ? d_fixed : dd(r);
     B = bb(r);
     F = B * g;
     k = std::uniform_int_distribution<sfx::index_t>(1, B)(r);
@@ -461,9 +462,9 @@ void check_backward_grads(const backward_case<P>& c, const sfx::ffn_grads_view& 
 
 /// One random case of policy P: forward with a cache, backward, checks.
 template <class P>
-void run_backward_case(std::mt19937_64& r, sfx::index_t n) {
+void run_backward_case(std::mt19937_64& r, sfx::index_t n, sfx::index_t d_fixed = 0) {
   using T = typename P::dtype;
-  backward_case<P> c(r, n);
+  backward_case<P> c(r, n, d_fixed);
   const auto w = c.model.view();
   const sfx::index_t F = c.F;
   std::vector<float> y(c.x.size());
