@@ -307,7 +307,6 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
       const index_t b = f.order[ob], m = f.offsets[b + 1] - f.offsets[b];
       if (m == 0) continue;
       const std::int32_t* ent = f.entries + 2 * f.offsets[b];
-      for (index_t q = 0; q < m; ++q) f.dw[ent[2 * q] * k + ent[2 * q + 1]] = 0.0f;
       // S = dY_b V_bᵀ [m × gp] as outer products: V_b's columns [q0, q0 + ql) transposed into a float
       // panel (L1-resident), then S_q (+)= Σ_c dY_q[q0 + c] · panel_c for tiles of tokens by the
       // register-tiled kernel, ranges in order (exact float products: dY is not rounded).
@@ -328,6 +327,20 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
       for (index_t q = 0; q < m; ++q) {
         const index_t t = ent[2 * q], e = t * k + ent[2 * q + 1];
         const float wt = cache.weights ? cache.weights[e] : 1.0f;
+        // The slots of a block are scattered over the n × k cache: fetch the pre-activations (read) and
+        // da (written) two tokens ahead (Zen 3, b512: this loop 11.6 -> 8.9 ms a thread per call).
+        if (q + 2 < m) {
+          const index_t e2 = (ent[2 * (q + 2)] * k + ent[2 * (q + 2) + 1]) * G;
+          for (index_t i = 0; i < G; i += 16) {
+            __builtin_prefetch(cache.pre + e2 + i);
+            __builtin_prefetch(f.da + e2 + i, 1);
+            if constexpr (Act::gated) {
+              __builtin_prefetch(cache.up + e2 + i);
+              __builtin_prefetch(f.du + e2 + i, 1);
+            }
+          }
+        }
+        float dwe = 0.0f;  // dL/dw of this slot: Σ_i h_i · S_i, in order
         for (index_t i = 0; i < G; ++i) {
           const index_t at = e * G + i;
           const float a = cache.pre[at], u = Act::gated ? cache.up[at] : 0.0f, sv = S[q * gp + i];
@@ -341,8 +354,9 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
             f.du[at] = du;
             ts.coef_u[i * n + t] = du;
           }
-          f.dw[e] += h * sv;
+          dwe += h * sv;
         }
+        f.dw[e] = dwe;
       }
       // Weight gradients of block b: each of its matrices in groups of rows.
       auto matrix = [&](float* grad_rows, const float* src, const float* coef) {
