@@ -64,6 +64,13 @@ struct simd<isa::scalar> {
     for (int l = 0; l < width; ++l) r.v[l] = to_float(p[l]);
     return r;
   }
+  /// Transposes the 8 × 8 floats r[0..8) (r[i] lane j ← r[j] lane i).
+  static void transpose8(reg* r) {
+    reg t[8];
+    for (int i = 0; i < 8; ++i)
+      for (int j = 0; j < 8; ++j) t[j].v[i] = r[i].v[j];
+    for (int i = 0; i < 8; ++i) r[i] = t[i];
+  }
   /// width int8 values as floats.
   static reg load_q8(const std::uint8_t* p) {
     reg r;
@@ -180,6 +187,25 @@ struct simd<isa::avx2> {
     return _mm_cvtss_f32(s);
   }
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  /// Transposes the 8 × 8 floats r[0..8) in registers (r[i] lane j ← r[j] lane i): unpack pairs of
+  /// rows, shuffle quads, then swap 128-bit halves (24 shuffles).
+  static void transpose8(reg* r) {
+    reg t[8], u[8];
+    for (int i = 0; i < 4; ++i) {
+      t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // a0 b0 a1 b1 | a4 b4 a5 b5
+      t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // a2 b2 a3 b3 | a6 b6 a7 b7
+    }
+    for (int i = 0; i < 2; ++i) {  // u[4i + j]: columns j | j + 4 of rows 4i .. 4i + 3
+      u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+      u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+      u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+      u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; ++j) {
+      r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+      r[j + 4] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+    }
+  }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
   static reg div(reg a, reg b) { return _mm256_div_ps(a, b); }

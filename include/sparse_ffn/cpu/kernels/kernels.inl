@@ -631,8 +631,7 @@ struct impl {
   /// out[c · out_ld + i] = float(v_i[c0 + c]) for rows i < nrows and c < nc (a multiple of width), and
   /// 0 for nrows ≤ i < out_ld (a multiple of 16): rows of a matrix transposed into a float panel, so
   /// a product that reduces over their columns can run as outer products (outer_rows) instead of
-  /// dot products (the backward's S = dY V_bᵀ). Blocks of width × width, transposed in registers on
-  /// AVX-512.
+  /// dot products (the backward's S = dY V_bᵀ). Blocks of width × width, transposed in registers.
   template <class T>
   static void transpose_rows(const T* v, index_t ld, index_t nrows, index_t c0, index_t nc, float* out,
                              index_t out_ld) {
@@ -647,16 +646,12 @@ struct impl {
             r[j] = i0 + j < nrows ? V::load(v + (i0 + j) * ld + c0 + c) : V::zero();
         }
         float* o = out + c * out_ld + i0;
-        if constexpr (width == 16) {
+        if constexpr (width == 16)
           V::transpose16(r);
+        else
+          V::transpose8(r);
 #pragma GCC unroll 16
-          for (int j = 0; j < width; ++j) V::store(o + j * out_ld, r[j]);
-        } else {
-          alignas(64) float tmp[width][width];
-          for (int j = 0; j < width; ++j) V::store(tmp[j], r[j]);
-          for (int l = 0; l < width; ++l)
-            for (int j = 0; j < width; ++j) o[l * out_ld + j] = tmp[j][l];
-        }
+        for (int j = 0; j < width; ++j) V::store(o + j * out_ld, r[j]);
       }
   }
 
