@@ -7,11 +7,15 @@
 //                                                                     OpenBLAS: dH = dY·W2, dA = dH ⊙
 //                                                                     act'(A), dW2 = dYᵀH, dW1 = dAᵀX, dX =
 //                                                                     dA·W1, db1, db2 (four sgemm, two per
-//                                                                     weight)
+//                                                                     weight); swiglu: dU = dH ⊙ silu(A),
+//                                                                     dA = dH ⊙ U ⊙ silu'(A), dW3 = dUᵀX,
+//                                                                     dX += dU·W3, db3 (six sgemm)
 //
-// Both start from what their forward kept (sparse: forward_cache; dense: the pre-activations A) and
-// write every gradient. Counter `gflops`: the multiply-adds of the four products (2·n·d·(k·g or d_ff)
-// each) per second. Weight copies rotate as in every benchmark here (≥ 4× the L3 read per rotation).
+// Both start from what their forward kept (sparse: forward_cache; dense: the pre-activations A, and
+// the up projections U when gated) and write every gradient. Counter `gflops`: the multiply-adds of the
+// four products (2·n·d·(k·g or d_ff) each; six gated) per second. Weight copies rotate as in every
+// benchmark here (≥ 4× the L3 read per rotation). --sffn_act=swiglu runs only these benchmarks (the
+// forward ones are relu/silu).
 #include "bench_common.hpp"
 
 #include <string>
@@ -32,8 +36,8 @@ void BM_backward(benchmark::State& state, sf::index_t d, sf::index_t f, int dens
   constexpr int G = P::block_size;
   constexpr bool gate = std::is_same<Sel, sf::select::learned_gate>::value;
   const sf::index_t B = f / G, k = std::max<sf::index_t>(1, (B * density + 50) / 100);
-  const int copies = sparse_copies_for(packed_bytes<T>(d, f), double(k) / double(B), n);
-  auto models = get_sparse<T>(d, f, G, copies);
+  const int copies = sparse_copies_for(packed_bytes<T>(d, f, P::gated), double(k) / double(B), n);
+  auto models = get_sparse<T>(d, f, G, copies, P::gated);
   const auto x = random_x(n, d, 7), dy = random_x(n, d, 11);
   std::vector<float> y(x.size()), dx(x.size());
   std::vector<sf::token_id_t> ids(static_cast<std::size_t>(n));
@@ -72,20 +76,26 @@ void BM_backward(benchmark::State& state, sf::index_t d, sf::index_t f, int dens
 
 #if defined(SPARSE_FFN_BENCH_OPENBLAS)
 void BM_dense_backward_openblas(benchmark::State& state, sf::index_t d, sf::index_t f, sf::index_t n) {
-  auto models = get_dense_copies(d, f);
+  const bool relu = g_act == "relu", gated = g_act == "swiglu";
+  auto models = get_dense_copies(d, f, gated);
   const auto x = random_x(n, d, 7), dy = random_x(n, d, 11);
-  const bool relu = g_act == "relu";
-  // What the forward keeps: the pre-activations A (of copy 0; every copy is the same size and kind).
-  std::vector<float> a(static_cast<std::size_t>(n * f)), h(a.size()), dh(a.size()), dx(x.size());
+  // What the forward keeps: the pre-activations A (and U, gated) of copy 0; every copy is the same size
+  // and kind.
+  std::vector<float> a(static_cast<std::size_t>(n * f)), u(gated ? a.size() : 0), h(a.size()), dh(a.size()),
+      du(u.size()), dx(x.size());
   {
     const auto& m = models->copies[0].ffn;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(f), int(d), 1.0f, x.data(), int(d),
                 m.w1.data(), int(d), 0.0f, a.data(), int(f));
+    if (gated)
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(n), int(f), int(d), 1.0f, x.data(), int(d),
+                  m.w3.data(), int(d), 0.0f, u.data(), int(f));
   }
   for (std::size_t e = 0; e < a.size(); ++e)
-    h[e] = relu ? sf::act::relu::apply(a[e]) : sf::act::silu::apply(a[e]);
-  std::vector<float> dw1(static_cast<std::size_t>(f * d)), dw2(dw1.size()), db1(static_cast<std::size_t>(f)),
-      db2(static_cast<std::size_t>(d));
+    h[e] = gated ? sf::act::silu::apply(a[e]) * u[e]
+                 : (relu ? sf::act::relu::apply(a[e]) : sf::act::silu::apply(a[e]));
+  std::vector<float> dw1(static_cast<std::size_t>(f * d)), dw2(dw1.size()), dw3(gated ? dw1.size() : 0),
+      db1(static_cast<std::size_t>(f)), db3(gated ? db1.size() : 0), db2(static_cast<std::size_t>(d));
   std::size_t next = 0;
   auto step = [&] {
     const auto& m = models->copies[next++ % models->copies.size()].ffn;
@@ -93,15 +103,28 @@ void BM_dense_backward_openblas(benchmark::State& state, sf::index_t d, sf::inde
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(f), int(d), 1.0f, dy.data(), int(d),
                 m.w2.data(), int(f), 0.0f, dh.data(), int(f));
 #pragma omp parallel for schedule(static)
-    for (std::size_t e = 0; e < dh.size(); ++e)
-      dh[e] *= relu ? sf::act::relu::grad(a[e]) : sf::act::silu::grad(a[e]);
-    // dW2 = dYᵀ · H [d × d_ff]; dW1 = dAᵀ · X [d_ff × d]; dX = dA · W1 [n × d]
+    for (std::size_t e = 0; e < dh.size(); ++e) {
+      if (gated) {
+        sf::activation_backward<sf::act::swiglu>(a[e], u[e], dh[e], dh[e], du[e]);  // dA, dU
+      } else {
+        dh[e] *= relu ? sf::act::relu::grad(a[e]) : sf::act::silu::grad(a[e]);
+      }
+    }
+    // dW2 = dYᵀ · H [d × d_ff]; dW1 = dAᵀ · X [d_ff × d]; dX = dA · W1 [n × d] (gated: dW3 = dUᵀ · X,
+    // dX += dU · W3)
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(d), int(f), int(n), 1.0f, dy.data(), int(d),
                 h.data(), int(f), 0.0f, dw2.data(), int(f));
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(f), int(d), int(n), 1.0f, dh.data(), int(f),
                 x.data(), int(d), 0.0f, dw1.data(), int(d));
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(d), int(f), 1.0f, dh.data(), int(f),
                 m.w1.data(), int(d), 0.0f, dx.data(), int(d));
+    if (gated) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(f), int(d), int(n), 1.0f, du.data(), int(f),
+                  x.data(), int(d), 0.0f, dw3.data(), int(d));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(d), int(f), 1.0f, du.data(), int(f),
+                  m.w3.data(), int(d), 1.0f, dx.data(), int(d));
+      column_sums(du.data(), n, f, db3.data());
+    }
     column_sums(dh.data(), n, f, db1.data());
     column_sums(dy.data(), n, d, db2.data());
   };
@@ -112,7 +135,7 @@ void BM_dense_backward_openblas(benchmark::State& state, sf::index_t d, sf::inde
     benchmark::DoNotOptimize(dw1.data());
     benchmark::ClobberMemory();
   }
-  const double flops = 4.0 * 2.0 * double(n) * double(f) * double(d);
+  const double flops = (gated ? 6.0 : 4.0) * 2.0 * double(n) * double(f) * double(d);
   state.counters["gflops"] =
       benchmark::Counter(flops * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
   state.counters["density"] = 1.0;
@@ -154,7 +177,7 @@ void register_dense_backward_onednn();  // bench_onednn.cpp
 
 void register_backward(const std::string& act) {
 #if defined(SPARSE_FFN_BENCH_ONEDNN)
-  register_dense_backward_onednn();
+  if (act != "swiglu") register_dense_backward_onednn();  // its dense backward is not gated
 #endif
 #if defined(SPARSE_FFN_BENCH_OPENBLAS)
   for (const shape& s : k_backward_shapes)
@@ -168,8 +191,10 @@ void register_backward(const std::string& act) {
 #endif
   if (act == "relu")
     register_backward_act<sf::act::relu>();
-  else
+  else if (act == "silu")
     register_backward_act<sf::act::silu>();
+  else
+    register_backward_act<sf::act::swiglu>();
 }
 
 }  // namespace bench

@@ -81,14 +81,18 @@ inline void fill(float* p, std::size_t n, std::uint64_t seed, float scale) {
   }
 }
 
-/// A dense float FFN (relu or silu: not gated), as OpenBLAS and pack() read it.
+/// A dense float FFN as OpenBLAS and pack() read it: relu or silu, or gated (swiglu: w3, b3 too).
 struct dense_model {
   sf::dense_ffn<float> ffn;
-  dense_model(sf::index_t d, sf::index_t f, std::uint64_t seed) : ffn(d, f, false, true) {
+  dense_model(sf::index_t d, sf::index_t f, std::uint64_t seed, bool gated = false) : ffn(d, f, gated, true) {
     fill(ffn.w1.data(), ffn.w1.size(), seed, 1.0f / std::sqrt(float(d)));
     fill(ffn.w2.data(), ffn.w2.size(), seed + 1, 1.0f / std::sqrt(float(f)));
     fill(ffn.b1.data(), ffn.b1.size(), seed + 2, 0.1f);
     fill(ffn.b2.data(), ffn.b2.size(), seed + 3, 0.1f);
+    if (gated) {
+      fill(ffn.w3.data(), ffn.w3.size(), seed + 4, 1.0f / std::sqrt(float(d)));
+      fill(ffn.b3.data(), ffn.b3.size(), seed + 5, 0.1f);
+    }
   }
 };
 
@@ -97,7 +101,7 @@ struct dense_model {
 struct dense_copies {
   std::vector<dense_model> copies;
 };
-inline std::shared_ptr<dense_copies> get_dense_copies(sf::index_t d, sf::index_t f);
+inline std::shared_ptr<dense_copies> get_dense_copies(sf::index_t d, sf::index_t f, bool gated = false);
 
 /// out[c] = sum over rows r < m of a[r * cols + c], rows in order (the dense backward's bias gradients).
 inline void column_sums(const float* a, sf::index_t m, sf::index_t cols, float* out) {
@@ -152,20 +156,22 @@ struct model_cache {
 };
 inline model_cache g_models;
 
-inline std::shared_ptr<dense_copies> get_dense_copies(sf::index_t d, sf::index_t f) {
-  const std::string key = "dense/" + std::to_string(d) + "x" + std::to_string(f);
-  const int copies = copies_for(2.0 * double(d) * double(f) * 4);
-  return g_models.get<dense_copies>(key, 4.0 * double(d) * double(f) * 4 * copies, [&] {
+inline std::shared_ptr<dense_copies> get_dense_copies(sf::index_t d, sf::index_t f, bool gated) {
+  const std::string key = "dense/" + std::to_string(d) + "x" + std::to_string(f) + (gated ? "/gated" : "");
+  const double matrices = gated ? 3.0 : 2.0;
+  const int copies = copies_for(matrices * double(d) * double(f) * 4);
+  return g_models.get<dense_copies>(key, 2.0 * matrices * double(d) * double(f) * 4 * copies, [&] {
     auto* m = new dense_copies();
-    for (int c = 0; c < copies; ++c) m->copies.emplace_back(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
+    for (int c = 0; c < copies; ++c)
+      m->copies.emplace_back(d, f, 1000 + 17 * static_cast<std::uint64_t>(c), gated);
     return m;
   });
 }
 
-/// Bytes of a packed (not gated) model's weights: 2 matrices of d_ff padded rows (q8/q4: with scales).
+/// Bytes of a packed model's weights: 2 matrices of d_ff padded rows (3 gated; q8/q4: with scales).
 template <class T>
-double packed_bytes(sf::index_t d, sf::index_t f) {
-  return 2.0 * double(f) * double(sf::padded_ld<T>(d)) * sizeof(T);
+double packed_bytes(sf::index_t d, sf::index_t f, bool gated = false) {
+  return (gated ? 3.0 : 2.0) * double(f) * double(sf::padded_ld<T>(d)) * sizeof(T);
 }
 
 /// At least `copies` copies of one packed model in separate memory (caches cannot serve one copy's
@@ -173,16 +179,17 @@ double packed_bytes(sf::index_t d, sf::index_t f) {
 /// copy 0 hold for all). Packed once: packing q4 is slow. The cache keeps one entry per configuration
 /// and grows it, so batch 8 and 64 reuse the copies made for batch 1.
 template <class T>
-std::shared_ptr<sparse_models<T>> get_sparse(sf::index_t d, sf::index_t f, int g, int copies) {
-  const std::string key =
-      std::to_string(d) + "x" + std::to_string(f) + "/" + sf::dtype_traits<T>::name + "/" + std::to_string(g);
-  const double bytes = packed_bytes<T>(d, f);
+std::shared_ptr<sparse_models<T>> get_sparse(sf::index_t d, sf::index_t f, int g, int copies,
+                                             bool gated = false) {
+  const std::string key = std::to_string(d) + "x" + std::to_string(f) + "/" + sf::dtype_traits<T>::name +
+                          "/" + std::to_string(g) + (gated ? "/gated" : "");
+  const double bytes = packed_bytes<T>(d, f, gated);
   auto m = g_models.get<sparse_models<T>>(key, bytes * copies, [] { return new sparse_models<T>(); });
   const sf::index_t B = f / g;
   std::vector<float> gate(static_cast<std::size_t>(B * d));
   fill(gate.data(), gate.size(), 99, 1.0f / std::sqrt(float(d)));
   if (m->copies.empty()) {
-    dense_model dense(d, f, 1000);
+    dense_model dense(d, f, 1000, gated);
     sf::pack_options po;
     po.g = g;
     po.gate_w = gate.data();

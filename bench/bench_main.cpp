@@ -14,9 +14,9 @@
 // (fraction of blocks the batch used). Every benchmark rotates over enough weight copies that the working set
 // is ≥ 4× the L3, so no run is served from cache. Threads: OpenMP's (OMP_NUM_THREADS), for us and OpenBLAS.
 //
-// Extra flags (before Google Benchmark's): --sffn_act=relu|silu (activation of the sparse and dense
-// FFNs, default relu), --sffn_l3_mib=N (cache size to defeat; default: the CPU's L3 as sysconf reports
-// it, at least 36).
+// Extra flags (before Google Benchmark's): --sffn_act=relu|silu|swiglu (activation of the sparse and dense
+// FFNs, default relu; swiglu registers only the backward benchmarks), --sffn_l3_mib=N (cache size to defeat;
+// default: the CPU's L3 as sysconf reports it, at least 36).
 #include "bench_common.hpp"
 
 #include <algorithm>
@@ -90,6 +90,10 @@ void register_sparse_oracle(const std::string& act);
 void register_backward(const std::string& act);  // bench_backward.cpp
 
 void register_all(const std::string& act) {
+  if (act == "swiglu") {  // gated: the backward benchmarks only (the forward ones are relu/silu)
+    register_backward(act);
+    return;
+  }
   register_stream();
 #if defined(SPARSE_FFN_BENCH_OPENBLAS)
   for (const shape& s : k_shapes)
@@ -135,8 +139,8 @@ int main(int argc, char** argv) {
     if (l3 > 0) bench::g_l3_bytes = std::max(bench::g_l3_bytes, static_cast<double>(l3));
 #endif
   }
-  if (bench::g_act != "relu" && bench::g_act != "silu") {
-    std::fprintf(stderr, "--sffn_act must be relu or silu\n");
+  if (bench::g_act != "relu" && bench::g_act != "silu" && bench::g_act != "swiglu") {
+    std::fprintf(stderr, "--sffn_act must be relu, silu or swiglu (swiglu: backward benchmarks only)\n");
     return 2;
   }
   bench::register_all(bench::g_act);
@@ -146,7 +150,10 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("sparse_ffn.l3_mib_defeated",
                               std::to_string(bench::g_l3_bytes / (1024 * 1024)));
 #if defined(SPARSE_FFN_BENCH_ONEDNN)
-  benchmark::AddCustomContext("sparse_ffn.dense_baselines", "openblas f32, onednn f32 + bf16");
+  benchmark::AddCustomContext("sparse_ffn.dense_baselines",
+                              bench::g_act == "swiglu"
+                                  ? "openblas f32 (the oneDNN dense backward is not gated)"
+                                  : "openblas f32, onednn f32 + bf16");
 #else
   benchmark::AddCustomContext("sparse_ffn.dense_baselines", "openblas f32 (oneDNN not found at build time)");
 #endif
@@ -156,10 +163,11 @@ int main(int argc, char** argv) {
   const std::string core = openblas_get_corename();
   benchmark::AddCustomContext("sparse_ffn.openblas_core", core);
   if (core == "Prescott" && __builtin_cpu_supports("avx2"))
-    std::fprintf(stderr,
-                 "warning: OpenBLAS runs its SSE3 'Prescott' kernels on this AVX2/AVX-512 CPU (a CPU model it "
-                 "does not know): its dense baseline is too weak; rerun with OPENBLAS_CORETYPE=SkylakeX (AVX-512) "
-                 "or Haswell (AVX2)\n");
+    std::fprintf(
+        stderr,
+        "warning: OpenBLAS runs its SSE3 'Prescott' kernels on this AVX2/AVX-512 CPU (a CPU model it "
+        "does not know): its dense baseline is too weak; rerun with OPENBLAS_CORETYPE=SkylakeX (AVX-512) "
+        "or Haswell (AVX2)\n");
 #endif
 #if SPARSE_FFN_HAS_OPENMP
   benchmark::AddCustomContext("sparse_ffn.threads", std::to_string(omp_get_max_threads()));
