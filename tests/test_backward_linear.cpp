@@ -118,6 +118,29 @@ TEST_CASE("cpu backward: d a multiple of 1024 (per-token rows one cache line lon
   }
 }
 
+namespace {
+/// Users' activations (not one of the six built-in tags): the backward's chain rule runs their scalar
+/// functions instead of kernels::chain_rows. SiLU's and SwiGLU's functions under other types, so the
+/// float64 reference of those kinds checks them.
+struct user_silu : sfx::act::silu {
+  static constexpr const char* name = "user_silu";
+};
+struct user_swiglu : sfx::act::glu<sfx::act::silu> {
+  static constexpr sfx::activation_kind kind = sfx::activation_kind::swiglu;
+  static constexpr const char* name = "user_swiglu";
+};
+static_assert(!sfx::is_builtin_activation<user_silu> && !sfx::is_builtin_activation<user_swiglu>,
+              "the user activations must take the scalar path");
+}  // namespace
+
+TEST_CASE("cpu backward: a user's activation (the scalar chain rule)", "[backward][user_act]") {
+  auto r = test::rng(0xa4);
+  for (sfx::index_t n : {1, 3, 37}) {
+    test::run_backward_case<sfx::policy<16, sfx::select::avg_k, float, user_silu>>(r, n);
+    test::run_backward_case<sfx::policy<1, sfx::select::learned_gate, sfx::bfloat16_t, user_swiglu>>(r, n);
+  }
+}
+
 TEST_CASE("cpu backward: n = 0 zeroes the gradients, bad arguments get clear errors", "[backward][errors]") {
   using P = sfx::policy<16, sfx::select::avg_k, float, sfx::act::relu>;
   using PG = sfx::policy<16, sfx::select::learned_gate, float, sfx::act::swiglu>;

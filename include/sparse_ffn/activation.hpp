@@ -119,6 +119,13 @@ struct is_activation : std::false_type {};
 template <class A>
 struct is_activation<A, std::void_t<decltype(A::gated), decltype(A::name)>> : std::true_type {};
 
+/// True for the six activations above (those with an activation_kind and vectorised CPU kernels).
+template <class A>
+inline constexpr bool is_builtin_activation =
+    std::is_same<A, act::relu>::value || std::is_same<A, act::gelu_erf>::value ||
+    std::is_same<A, act::gelu_tanh>::value || std::is_same<A, act::silu>::value ||
+    std::is_same<A, act::swiglu>::value || std::is_same<A, act::geglu>::value;
+
 /// h = act(a) for plain activations, act(a) * u for gated ones (u is ignored for plain ones).
 template <class Act>
 SPARSE_FFN_HD float activate(float a, float u) {

@@ -68,9 +68,10 @@ struct bwd_thread {
   const bfloat16_t** xb;  // n token pointers (bf16 copies, when the kernels read them)
   float* spill;           // n × key_r vectors
   float* dots;            // n × key_r dot products
-  float* coef;            // g × n coefficients indexed by token: w·h (dV's)
-  float* coef_k;          // g × n: da (dK's)
-  float* coef_u;          // g × n: du (dU's, gated)
+  float* coef;            // g rows of n coefficients indexed by token (stride coef_stride(n)): w·h (dV's)
+  float* coef_k;          // the same: da (dK's)
+  float* coef_u;          // the same: du (dU's, gated)
+  float* wh;              // g: w·h of one routing slot (the chain rule's output for coef)
   float* S;               // n × gp: S = dY_b V_bᵀ of a block's tokens (gp = g rounded up to 16)
   float* panel;           // k_bwd_s_cols × gp: a column range of V_b, transposed to float
   std::int32_t* rows;     // max(n, G, B) row or token indices
@@ -105,7 +106,7 @@ struct bwd_buffers {
   std::int32_t* order = nullptr;       // B: blocks by decreasing token count (the per-block loop's order)
   float* logits = nullptr;             // n × B (learned gate)
   float* dlog = nullptr;               // n × B
-  float* dlogT = nullptr;              // B × n
+  float* dlogT = nullptr;              // B rows of n (stride coef_stride(n))
   std::int32_t* grows = nullptr;       // tiles × B: per token tile, the gate rows with a nonzero dlogit
   index_t* gcount = nullptr;           // tiles: how many
   std::vector<bwd_thread> per_thread;
@@ -119,6 +120,14 @@ inline index_t row_stride(index_t len) {
   return len % 1024 == 0 ? len + 16 : len;
 }
 
+/// Row stride of the rows indexed by token (the coefficients, dlogitsᵀ): n rounded up to an odd number
+/// of cache lines. The chain rule writes one token's coefficient in every row; at a stride of a
+/// multiple of 2 KiB those writes share two L1 sets and evict each other.
+inline index_t coef_stride(index_t n) {
+  const index_t lines = (n + 15) / 16;
+  return (lines % 2 == 0 ? lines + 1 : lines) * 16;
+}
+
 template <bool Gate, bool Gated>
 bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, index_t n, index_t k,
                           int threads, bool bf16_x) {
@@ -126,7 +135,7 @@ bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, ind
   auto mul = [](index_t x, index_t y) { return sparse_ffn::detail::checked_mul(x, y, "workspace"); };
   const index_t B = l.num_blocks, g = l.g, nk = mul(n, k), gp = sparse_ffn::detail::round_up(g, 16);
   bwd_buffers f;
-  const index_t ls = row_stride(len);
+  const index_t ls = row_stride(len), cs = coef_stride(n);
   f.xpad = a.take<float>(mul(n, ls));
   f.dypad = a.take<float>(mul(n, ls));
   if (bf16_x && Gate) f.x16 = a.take<bfloat16_t>(mul(n, ls));
@@ -143,7 +152,7 @@ bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, ind
   if (Gate) {
     f.logits = a.take<float>(mul(n, B));
     f.dlog = a.take<float>(mul(n, B));
-    f.dlogT = a.take<float>(mul(n, B));
+    f.dlogT = a.take<float>(mul(cs, B));
     f.grows = a.take<std::int32_t>(mul(n, B));  // tiles ≤ n
     f.gcount = a.take<index_t>(n);
   }
@@ -153,9 +162,10 @@ bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, ind
     t.xb = a.take<const bfloat16_t*>(n);
     t.spill = a.take<float>(mul(mul(n, KR), W));
     t.dots = a.take<float>(mul(n, KR));
-    t.coef = a.take<float>(mul(g, n));
-    t.coef_k = a.take<float>(mul(g, n));
-    if (Gated) t.coef_u = a.take<float>(mul(g, n));
+    t.coef = a.take<float>(mul(g, cs));
+    t.coef_k = a.take<float>(mul(g, cs));
+    if (Gated) t.coef_u = a.take<float>(mul(g, cs));
+    t.wh = a.take<float>(g);
     t.S = a.take<float>(mul(n, gp));
     t.panel = a.take<float>(mul(k_bwd_s_cols, gp));
     t.rows = a.take<std::int32_t>(std::max(n, std::max(g, B)));
@@ -223,6 +233,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
   const index_t k = args.k, d = l.d_model, ld = l.ld, B = l.num_blocks, P = l.pinned;
   const index_t len = sparse_ffn::detail::round_up(d, 64 / static_cast<index_t>(sizeof(T)));
   const index_t ls = row_stride(len);  // row stride of xpad, dypad, x16, dxacc
+  const index_t cs = coef_stride(n);   // row stride of the coefficients and dlogitsᵀ
   const index_t gcols = sparse_ffn::detail::round_up(d, 16), gld = gr.layout.ld;
   const index_t gp = sparse_ffn::detail::round_up(index_t{G}, 16);
   const bool acc = args.accumulate;
@@ -330,7 +341,8 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
         // The slots of a block are scattered over the n × k cache: fetch the pre-activations (read) and
         // da (written) two tokens ahead (Zen 3, b512: this loop 11.6 -> 8.9 ms a thread per call).
         if (q + 2 < m) {
-          const index_t e2 = (ent[2 * (q + 2)] * k + ent[2 * (q + 2) + 1]) * G;
+          const index_t e1 = ent[2 * (q + 2)] * k + ent[2 * (q + 2) + 1], e2 = e1 * G;
+          if (cache.weights) __builtin_prefetch(cache.weights + e1);
           for (index_t i = 0; i < G; i += 16) {
             __builtin_prefetch(cache.pre + e2 + i);
             __builtin_prefetch(f.da + e2 + i, 1);
@@ -340,23 +352,31 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
             }
           }
         }
-        float dwe = 0.0f;  // dL/dw of this slot: Σ_i h_i · S_i, in order
-        for (index_t i = 0; i < G; ++i) {
-          const index_t at = e * G + i;
-          const float a = cache.pre[at], u = Act::gated ? cache.up[at] : 0.0f, sv = S[q * gp + i];
-          float da = 0.0f, du = 0.0f;
-          activation_backward<Act>(a, u, wt * sv, da, du);
-          const float h = activate<Act>(a, u);
-          f.da[at] = da;
-          ts.coef[i * n + t] = wt * h;
-          ts.coef_k[i * n + t] = da;
-          if constexpr (Act::gated) {
-            f.du[at] = du;
-            ts.coef_u[i * n + t] = du;
+        const float* a = cache.pre + e * G;
+        const float* u = Act::gated ? cache.up + e * G : nullptr;
+        float* da = f.da + e * G;
+        float* du = Act::gated ? f.du + e * G : nullptr;
+        if constexpr (is_builtin_activation<Act>) {
+          // Vectorised (kernels::chain_rows): da, du and wt·h in place, dL/dw returned.
+          f.dw[e] = opsf.chain_rows[static_cast<int>(Act::kind)](a, u, S + q * gp, wt, G, da, du, ts.wh);
+        } else {             // a user's activation: its scalar functions
+          float dwe = 0.0f;  // dL/dw of this slot: Σ_i h_i · S_i, in order
+          for (index_t i = 0; i < G; ++i) {
+            const float sv = S[q * gp + i];
+            float dui = 0.0f;
+            activation_backward<Act>(a[i], Act::gated ? u[i] : 0.0f, wt * sv, da[i], dui);
+            if constexpr (Act::gated) du[i] = dui;
+            const float h = activate<Act>(a[i], Act::gated ? u[i] : 0.0f);
+            ts.wh[i] = wt * h;
+            dwe += h * sv;
           }
-          dwe += h * sv;
+          f.dw[e] = dwe;
         }
-        f.dw[e] = dwe;
+        for (index_t i = 0; i < G; ++i) {  // the coefficients by row, indexed by token
+          ts.coef[i * cs + t] = ts.wh[i];
+          ts.coef_k[i * cs + t] = da[i];
+          if constexpr (Act::gated) ts.coef_u[i * cs + t] = du[i];
+        }
       }
       // Weight gradients of block b: each of its matrices in groups of rows.
       auto matrix = [&](float* grad_rows, const float* src, const float* coef) {
@@ -364,7 +384,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
         index_t counts[(G + 1) / 2];  // row groups of outer_m ≥ 2 rows
         for (index_t i0 = 0; i0 < G; i0 += RMf) {
           const index_t mm = std::min<index_t>(RMf, G - i0);
-          for (index_t r = 0; r < mm; ++r) ts.sp[r] = coef + (i0 + r) * n;
+          for (index_t r = 0; r < mm; ++r) ts.sp[r] = coef + (i0 + r) * cs;
           counts[i0 / RMf] = nonzero_tokens(ts.sp, mm, ent, 2, m, ts.tlists + i0 / RMf * n);
         }
         float* out[k_bwd_rows];
@@ -374,7 +394,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
             const index_t mm = std::min<index_t>(RMf, G - i0);
             for (index_t r = 0; r < mm; ++r) {
               out[r] = grad_rows + (i0 + r) * gld;
-              ts.sp[r] = coef + (i0 + r) * n;
+              ts.sp[r] = coef + (i0 + r) * cs;
             }
             add_outer(opsf, out, ts.sp, mm, ts.tlists + i0 / RMf * n, counts[i0 / RMf], src, ls, c0, c1,
                       !acc);
@@ -488,7 +508,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
             const float p = prob(bl[j]);
             dl[bl[j]] = args.renormalize ? p * (f.dw[t * k + j] - gsum) : dl[bl[j]] + p * f.dw[t * k + j];
           }
-          for (index_t c = 0; c < B; ++c) f.dlogT[c * n + t] = dl[c];
+          for (index_t c = 0; c < B; ++c) f.dlogT[c * cs + t] = dl[c];
         }  // implicit barrier (also after the dX pass above)
         // dWg += dlogitsᵀ X: a column range at a time, every row group over it (X's columns stay in L2).
         if (gr.gate_w) {
@@ -501,7 +521,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
               const index_t mm = std::min<index_t>(RMf, B - c0);
               for (index_t r = 0; r < mm; ++r) {
                 out[r] = gr.gate_w + (c0 + r) * gld;
-                ts.sp[r] = f.dlogT + (c0 + r) * n;
+                ts.sp[r] = f.dlogT + (c0 + r) * cs;
               }
               add_outer(opsf, out, ts.sp, mm, ts.rows, nonzero_tokens(ts.sp, mm, f.all_tokens, 1, n, ts.rows),
                         f.xpad, ls, x0, std::min(gcols, x0 + k_bwd_cols), false);
@@ -514,7 +534,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
 #endif
           for (index_t c = 0; c < B; ++c) {
             float s = 0.0f;
-            for (index_t t = 0; t < n; ++t) s += f.dlogT[c * n + t];
+            for (index_t t = 0; t < n; ++t) s += f.dlogT[c * cs + t];
             gr.gate_b[c] += s;
           }
         }

@@ -140,6 +140,12 @@ struct simd<isa::scalar> {
     for (int l = 0; l < width; ++l) r.v[l] = c.v[l] >= 0.0f ? a.v[l] : b.v[l];
     return r;
   }
+  /// c > 0 ? a : b, per lane (NaN: b).
+  static reg select_gt0(reg c, reg a, reg b) {
+    reg r;
+    for (int l = 0; l < width; ++l) r.v[l] = c.v[l] > 0.0f ? a.v[l] : b.v[l];
+    return r;
+  }
   /// 2^n for integral n in [-127, 128] (exponent bits; n = -127 gives 0, 128 gives +inf).
   static reg pow2i(reg n) {
     reg r;
@@ -216,6 +222,9 @@ struct simd<isa::avx2> {
   static reg abs(reg a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), a); }
   static reg select_ge0(reg c, reg a, reg b) {
     return _mm256_blendv_ps(b, a, _mm256_cmp_ps(c, _mm256_setzero_ps(), _CMP_GE_OQ));
+  }
+  static reg select_gt0(reg c, reg a, reg b) {
+    return _mm256_blendv_ps(b, a, _mm256_cmp_ps(c, _mm256_setzero_ps(), _CMP_GT_OQ));
   }
   static reg pow2i(reg n) {
     return _mm256_castsi256_ps(
@@ -328,6 +337,9 @@ struct simd<isa::avx512> {
   static reg abs(reg a) { return _mm512_abs_ps(a); }
   static reg select_ge0(reg c, reg a, reg b) {
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(c, _mm512_setzero_ps(), _CMP_GE_OQ), b, a);
+  }
+  static reg select_gt0(reg c, reg a, reg b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(c, _mm512_setzero_ps(), _CMP_GT_OQ), b, a);
   }
   static reg pow2i(reg n) {
     return _mm512_castsi512_ps(

@@ -222,6 +222,10 @@ struct kernel_ops {
   /// h[j] = act(a[j], u[j]) for j < n, vectorised, indexed by activation_kind (float ops only; null
   /// otherwise): the converter's dense passes (within ~1e-6 of activation.hpp's scalar functions).
   void (*activate_rows[k_activation_kinds])(const float* a, const float* u, float* h, index_t n) = {};
+  /// The backward's chain rule over one routing slot's n neurons (kernels.inl chain_rows), indexed by
+  /// activation_kind (float ops only; null otherwise): da (du, gated) and wt·h written, Σ h·s returned.
+  float (*chain_rows[k_activation_kinds])(const float* a, const float* u, const float* s, float wt, index_t n,
+                                          float* da, float* du, float* wh) = {};
 };
 
 template <class Isa, class T>
@@ -252,6 +256,7 @@ kernel_ops<T> make_ops(isa_level level) {
     for (int a = 0; a < k_activation_kinds; ++a)
       dispatch_activation(static_cast<activation_kind>(a), [&](auto tag) {
         o.activate_rows[a] = &K::template activate_rows<typename decltype(tag)::type>;
+        o.chain_rows[a] = &K::template chain_rows<typename decltype(tag)::type>;
       });
   return o;
 }

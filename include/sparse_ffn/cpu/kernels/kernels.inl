@@ -827,6 +827,84 @@ struct impl {
     }
   }
 
+  /// A plain activation of a vector and its derivative: f = act(a), g = act'(a) (activation.hpp's
+  /// formulas; GELU and SiLU within ~1e-6 relative of the scalar functions, f as activate_plain; ReLU
+  /// exactly, its NaN rule and the sign of zero included).
+  template <class Act>
+  static void activate_and_grad(reg a, reg& f, reg& g) {
+    const reg one = V::set1(1.0f);
+    if constexpr (std::is_same<Act, act::relu>::value) {
+      const reg na = V::sub(V::zero(), a);
+      f = V::select_gt0(na, V::zero(), a);                         // a < 0 ? 0 : a
+      g = V::select_gt0(a, one, V::select_ge0(na, V::zero(), a));  // a > 0 ? 1 : a <= 0 ? 0 : NaN
+    } else if constexpr (std::is_same<Act, act::silu>::value) {
+      const reg den = V::add(one, exp(V::sub(V::zero(), a))), s = V::div(one, den);  // σ(a)
+      f = V::div(a, den);
+      g = V::mul(s, V::fma(a, V::sub(one, s), one));  // σ(a)·(1 + a·(1 − σ(a)))
+    } else if constexpr (std::is_same<Act, act::gelu_erf>::value) {
+      const reg phi = V::mul(V::set1(0.5f), erfc(V::mul(a, V::set1(-0.70710678118654752f))));  // Φ(a)
+      f = V::mul(a, phi);
+      g = V::fma(V::mul(a, V::set1(0.39894228040143268f)), exp(V::mul(V::set1(-0.5f), V::mul(a, a))),
+                 phi);  // Φ(a) + a·φ(a)
+    } else {
+      static_assert(std::is_same<Act, act::gelu_tanh>::value, "activate_and_grad: a plain activation");
+      // s = (1 + tanh y)/2 = 1 / (1 + e^{−2y}), y = c·(a + 0.044715·a³); 1 − tanh² y = 4·s·(1 − s):
+      // g = s + 2c·a·s·(1 − s)·(1 + 0.134145·a²).
+      const reg y2 =
+          V::mul(V::set1(-1.5957691216057307f), V::fma(V::mul(V::set1(0.044715f), a), V::mul(a, a), a));
+      const reg den = V::add(one, exp(y2)), s = V::div(one, den);
+      f = V::div(a, den);
+      g = V::fma(V::mul(V::mul(V::set1(1.5957691216057307f), a), V::mul(s, V::sub(one, s))),
+                 V::fma(V::set1(0.134145f), V::mul(a, a), one), s);
+    }
+  }
+
+  /// The backward's chain rule over the n neurons of one routing slot: with dh = wt·s[j],
+  /// da[j] = dh·act'(a[j]) (gated: dh·u[j]·inner'(a[j]), and du[j] = dh·inner(a[j])), wh[j] = wt·h[j];
+  /// returns Σ_j h[j]·s[j] (per lane, then the lanes summed: a fixed order). The tail runs the same
+  /// vector code on a zero-padded copy (padded lanes add an exact 0).
+  template <class Act>
+  static float chain_rows(const float* a, const float* u, const float* s, float wt, index_t n, float* da,
+                          float* du, float* wh) {
+    using Inner = decltype(plain_of<Act>());
+    const reg w = V::set1(wt);
+    reg acc = V::zero();
+    auto one = [&](const float* av, const float* uv, const float* sv, float* dav, float* duv, float* whv) {
+      reg f, g;
+      activate_and_grad<Inner>(V::load(av), f, g);
+      const reg sr = V::load(sv), dh = V::mul(w, sr);
+      reg h = f;
+      if constexpr (Act::gated) {
+        const reg ur = V::load(uv);
+        V::store(dav, V::mul(V::mul(dh, ur), g));
+        V::store(duv, V::mul(dh, f));
+        h = V::mul(f, ur);
+      } else {
+        V::store(dav, V::mul(dh, g));
+      }
+      V::store(whv, V::mul(w, h));
+      acc = V::fma(h, sr, acc);
+    };
+    index_t j = 0;
+    for (; j + width <= n; j += width)
+      one(a + j, Act::gated ? u + j : nullptr, s + j, da + j, Act::gated ? du + j : nullptr, wh + j);
+    if (j < n) {
+      float ta[width] = {}, tu[width] = {}, tsv[width] = {}, tda[width], tdu[width], twh[width];
+      for (index_t q = j; q < n; ++q) {
+        ta[q - j] = a[q];
+        tsv[q - j] = s[q];
+        if constexpr (Act::gated) tu[q - j] = u[q];
+      }
+      one(ta, tu, tsv, tda, tdu, twh);
+      for (index_t q = j; q < n; ++q) {
+        da[q] = tda[q - j];
+        wh[q] = twh[q - j];
+        if constexpr (Act::gated) du[q] = tdu[q - j];
+      }
+    }
+    return V::hsum(acc);
+  }
+
   /// y[q] += sum over the listed rows i of s[q][i] * v[i] for q < m (<= rows_m) tokens, columns
   /// [c_lo, c_hi) (multiples of width; of 64 for quantised rows). rows: ascending, nrows of them.
   /// cols: values per row (quantised rows: where the scales start).
