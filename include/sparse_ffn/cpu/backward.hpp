@@ -338,8 +338,9 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
       for (index_t q = 0; q < m; ++q) {
         const index_t t = ent[2 * q], e = t * k + ent[2 * q + 1];
         const float wt = cache.weights ? cache.weights[e] : 1.0f;
-        // The slots of a block are scattered over the n × k cache: fetch the pre-activations (read) and
-        // da (written) two tokens ahead (Zen 3, b512: this loop 11.6 -> 8.9 ms a thread per call).
+        // The slots of a block are scattered over the n × k cache: fetch the weight, the pre-activations
+        // (read) and da (written) two tokens ahead (Zen 3, b512, the scalar loop before chain_rows:
+        // 11.6 -> 8.9 ms a thread per call).
         if (q + 2 < m) {
           const index_t e1 = ent[2 * (q + 2)] * k + ent[2 * (q + 2) + 1], e2 = e1 * G;
           if (cache.weights) __builtin_prefetch(cache.weights + e1);
