@@ -108,8 +108,9 @@ TEST_CASE("cpu backward matrix: learned_gate", "[backward][learned_gate]") {
 }
 
 TEST_CASE("cpu backward: d a multiple of 1024 (per-token rows one cache line longer)", "[backward][stride]") {
-  // The backward pads its per-token rows (x, dY, the dX accumulator) to a longer stride when their
-  // length is a multiple of 1024 floats; the random matrix above draws d <= 150, so this case covers it.
+  // The backward's per-token rows (x, dY, the dX accumulator) sit an odd number of cache lines apart
+  // (row_stride); the random matrix above draws d <= 150, so this case covers the lengths of real
+  // models, where len is a multiple of 1024 floats and the padding is one line.
   auto r = test::rng(0xa3);
   for (sfx::index_t n : {3, 37}) {
     test::run_backward_case<sfx::policy<16, sfx::select::avg_k, float, sfx::act::relu>>(r, n, 1024);

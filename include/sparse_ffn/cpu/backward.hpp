@@ -68,7 +68,7 @@ struct bwd_thread {
   const bfloat16_t** xb;  // n token pointers (bf16 copies, when the kernels read them)
   float* spill;           // n × key_r vectors
   float* dots;            // n × key_r dot products
-  float* coef;            // g rows of n coefficients indexed by token (stride coef_stride(n)): w·h (dV's)
+  float* coef;            // g rows of n coefficients indexed by token (stride row_stride(n)): w·h (dV's)
   float* coef_k;          // the same: da (dK's)
   float* coef_u;          // the same: du (dU's, gated)
   float* wh;              // g: w·h of one routing slot (the chain rule's output for coef)
@@ -106,25 +106,20 @@ struct bwd_buffers {
   std::int32_t* order = nullptr;       // B: blocks by decreasing token count (the per-block loop's order)
   float* logits = nullptr;             // n × B (learned gate)
   float* dlog = nullptr;               // n × B
-  float* dlogT = nullptr;              // B rows of n (stride coef_stride(n))
+  float* dlogT = nullptr;              // B rows of n (stride row_stride(n))
   std::int32_t* grows = nullptr;       // tiles × B: per token tile, the gate rows with a nonzero dlogit
   index_t* gcount = nullptr;           // tiles: how many
   std::vector<bwd_thread> per_thread;
 };
 
-/// Row stride of the backward's per-token rows of len values: len, plus one cache line where len is a
-/// multiple of 4 KiB of floats. The weight-gradient products walk many tokens' rows 64 bytes at a time;
-/// rows 4 KiB apart fall into the same L1 sets and evict each other (on a Zen 3 core, 128 rows × 512
-/// columns: 62 GFLOP/s at a 16 KiB stride, 87 with one line more).
-inline index_t row_stride(index_t len) {
-  return len % 1024 == 0 ? len + 16 : len;
-}
-
-/// Row stride of the rows indexed by token (the coefficients, dlogitsᵀ): n rounded up to an odd number
-/// of cache lines. The chain rule writes one token's coefficient in every row; at a stride of a
-/// multiple of 2 KiB those writes share two L1 sets and evict each other.
-inline index_t coef_stride(index_t n) {
-  const index_t lines = (n + 15) / 16;
+/// Row stride (in elements) of the backward's row arrays that are walked across rows at one column —
+/// the per-token rows of len values (x, dY, x in bf16, the dX accumulator) and the rows indexed by
+/// token (the coefficients, dlogitsᵀ): count rounded up to an odd number of 16-element lines. Rows a
+/// power-of-two number of lines apart share a few L1 sets and evict each other (Zen 3: the
+/// weight-gradient products over 128 rows × 512 columns, 62 GFLOP/s at a 16 KiB stride, 87 with one
+/// line more; the chain rule's writes of one token into every coefficient row, 2 KiB apart at n = 512).
+inline index_t row_stride(index_t count) {
+  const index_t lines = (count + 15) / 16;
   return (lines % 2 == 0 ? lines + 1 : lines) * 16;
 }
 
@@ -135,7 +130,7 @@ bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, ind
   auto mul = [](index_t x, index_t y) { return sparse_ffn::detail::checked_mul(x, y, "workspace"); };
   const index_t B = l.num_blocks, g = l.g, nk = mul(n, k), gp = sparse_ffn::detail::round_up(g, 16);
   bwd_buffers f;
-  const index_t ls = row_stride(len), cs = coef_stride(n);
+  const index_t ls = row_stride(len), cs = row_stride(n);
   f.xpad = a.take<float>(mul(n, ls));
   f.dypad = a.take<float>(mul(n, ls));
   if (bf16_x && Gate) f.x16 = a.take<bfloat16_t>(mul(n, ls));
@@ -233,7 +228,7 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
   const index_t k = args.k, d = l.d_model, ld = l.ld, B = l.num_blocks, P = l.pinned;
   const index_t len = sparse_ffn::detail::round_up(d, 64 / static_cast<index_t>(sizeof(T)));
   const index_t ls = row_stride(len);  // row stride of xpad, dypad, x16, dxacc
-  const index_t cs = coef_stride(n);   // row stride of the coefficients and dlogitsᵀ
+  const index_t cs = row_stride(n);    // row stride of the coefficients and dlogitsᵀ
   const index_t gcols = sparse_ffn::detail::round_up(d, 16), gld = gr.layout.ld;
   const index_t gp = sparse_ffn::detail::round_up(index_t{G}, 16);
   const bool acc = args.accumulate;

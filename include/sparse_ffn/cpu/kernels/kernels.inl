@@ -786,16 +786,28 @@ struct impl {
   template <class Act>
   static reg activate_plain(reg a) {
     if constexpr (std::is_same<Act, act::gelu_erf>::value) {
-      return V::mul(V::mul(V::set1(0.5f), a), erfc(V::mul(a, V::set1(-0.70710678118654752f))));
+      return V::mul(V::mul(V::set1(0.5f), a), gelu_erfc(a));
     } else if constexpr (std::is_same<Act, act::gelu_tanh>::value) {
-      // a/2 · (1 + tanh(y)) = a / (1 + e^{−2y}): no cancellation where tanh(y) is near −1.
-      const reg y2 =
-          V::mul(V::set1(-1.5957691216057307f), V::fma(V::mul(V::set1(0.044715f), a), V::mul(a, a), a));
-      return V::div(a, V::add(V::set1(1.0f), exp(y2)));
+      return V::div(a, gelu_tanh_den(a));
     } else {
       static_assert(std::is_same<Act, act::silu>::value, "activate_plain: gelu_erf, gelu_tanh or silu");
-      return V::div(a, V::add(V::set1(1.0f), exp(V::sub(V::zero(), a))));
+      return V::div(a, silu_den(a));
     }
+  }
+  /// erfc(−a/√2) = 2·Φ(a): GELU-erf is a/2 times it.
+  static reg gelu_erfc(reg a) {
+    return erfc(V::mul(a, V::set1(-0.70710678118654752f)));
+  }
+  /// 1 + e^{−2y}, y = √(2/π)·(a + 0.044715·a³): GELU-tanh a/2 · (1 + tanh y) is a over it (no
+  /// cancellation where tanh y is near −1), and (1 + tanh y)/2 is 1 over it.
+  static reg gelu_tanh_den(reg a) {
+    const reg y2 =
+        V::mul(V::set1(-1.5957691216057307f), V::fma(V::mul(V::set1(0.044715f), a), V::mul(a, a), a));
+    return V::add(V::set1(1.0f), exp(y2));
+  }
+  /// 1 + e^{−a}: SiLU is a over it, σ(a) 1 over it.
+  static reg silu_den(reg a) {
+    return V::add(V::set1(1.0f), exp(V::sub(V::zero(), a)));
   }
 
   /// h[j] = activate<Act>(a[j], u[j]) for j < n (u: the up projections, gated only; else unused):
@@ -838,21 +850,19 @@ struct impl {
       f = V::select_gt0(na, V::zero(), a);                         // a < 0 ? 0 : a
       g = V::select_gt0(a, one, V::select_ge0(na, V::zero(), a));  // a > 0 ? 1 : a <= 0 ? 0 : NaN
     } else if constexpr (std::is_same<Act, act::silu>::value) {
-      const reg den = V::add(one, exp(V::sub(V::zero(), a))), s = V::div(one, den);  // σ(a)
+      const reg den = silu_den(a), s = V::div(one, den);  // σ(a)
       f = V::div(a, den);
       g = V::mul(s, V::fma(a, V::sub(one, s), one));  // σ(a)·(1 + a·(1 − σ(a)))
     } else if constexpr (std::is_same<Act, act::gelu_erf>::value) {
-      const reg phi = V::mul(V::set1(0.5f), erfc(V::mul(a, V::set1(-0.70710678118654752f))));  // Φ(a)
-      f = V::mul(a, phi);
+      const reg e = gelu_erfc(a), phi = V::mul(V::set1(0.5f), e);  // Φ(a)
+      f = V::mul(V::mul(V::set1(0.5f), a), e);
       g = V::fma(V::mul(a, V::set1(0.39894228040143268f)), exp(V::mul(V::set1(-0.5f), V::mul(a, a))),
                  phi);  // Φ(a) + a·φ(a)
     } else {
       static_assert(std::is_same<Act, act::gelu_tanh>::value, "activate_and_grad: a plain activation");
-      // s = (1 + tanh y)/2 = 1 / (1 + e^{−2y}), y = c·(a + 0.044715·a³); 1 − tanh² y = 4·s·(1 − s):
-      // g = s + 2c·a·s·(1 − s)·(1 + 0.134145·a²).
-      const reg y2 =
-          V::mul(V::set1(-1.5957691216057307f), V::fma(V::mul(V::set1(0.044715f), a), V::mul(a, a), a));
-      const reg den = V::add(one, exp(y2)), s = V::div(one, den);
+      // s = (1 + tanh y)/2 = 1 / gelu_tanh_den; 1 − tanh² y = 4·s·(1 − s):
+      // g = s + 2c·a·s·(1 − s)·(1 + 0.134145·a²), c = √(2/π).
+      const reg den = gelu_tanh_den(a), s = V::div(one, den);
       f = V::div(a, den);
       g = V::fma(V::mul(V::mul(V::set1(1.5957691216057307f), a), V::mul(s, V::sub(one, s))),
                  V::fma(V::set1(0.134145f), V::mul(a, a), one), s);
