@@ -119,6 +119,18 @@ TEST_CASE("cpu backward: d a multiple of 1024 (per-token rows one cache line lon
   }
 }
 
+TEST_CASE("cpu backward: dX over several widened key panels", "[backward][panels]") {
+  // Half/bf16 keys (and up rows) are widened to float k_bwd_cols (512) columns at a time for dX; a d
+  // that is not a multiple of it leaves a short last panel on each thread's column range (one thread:
+  // 512 + 512 + 80 columns; two: 512 + 40 each).
+  auto r = test::rng(0xa4);
+  for (sfx::index_t n : {1, 37}) {
+    test::run_backward_case<sfx::policy<16, sfx::select::avg_k, sfx::half_t, sfx::act::silu>>(r, n, 1100);
+    test::run_backward_case<sfx::policy<16, sfx::select::learned_gate, sfx::bfloat16_t, sfx::act::swiglu>>(
+        r, n, 1100);
+  }
+}
+
 namespace {
 /// Users' activations (not one of the six built-in tags): the backward's chain rule runs their scalar
 /// functions instead of kernels::chain_rows. SiLU's and SwiGLU's functions under other types, so the

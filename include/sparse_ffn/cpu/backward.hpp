@@ -74,6 +74,7 @@ struct bwd_thread {
   float* wh;              // g: w·h of one routing slot (the chain rule's output for coef)
   float* S;               // n × gp: S = dY_b V_bᵀ of a block's tokens (gp = g rounded up to 16)
   float* panel;           // k_bwd_s_cols × gp: a column range of V_b, transposed to float
+  float* kpanel;          // g × row_stride(k_bwd_cols): a column range of K_b (U_b), widened to float
   std::int32_t* rows;     // max(n, G, B) row or token indices
   std::int32_t* tlists;   // g × n: per row group of a block matrix, its tokens with a nonzero coefficient
   float** ys;             // k_bwd_rows output rows
@@ -89,6 +90,11 @@ static_assert(tile_shape<isa::scalar>::outer_m <= k_bwd_rows &&
 /// Columns of V_b per transposed panel of the S product (k_bwd_s_cols × 64 floats = 32 KiB at g = 64:
 /// the panel stays in L1 while every token tile of the block reads it).
 inline constexpr index_t k_bwd_s_cols = 128;
+
+/// Columns per pass of a block's weight gradients: every row group of the block runs over one such
+/// range before the next, so the block's tokens' inputs in it (≤ n × 2 KiB) stay in L2 instead of being
+/// re-read from L3 once per row group (and dX's widened key panels: g × 2 KiB).
+inline constexpr index_t k_bwd_cols = 512;
 
 struct bwd_buffers {
   float* xpad = nullptr;               // n rows of len (row stride row_stride(len))
@@ -125,7 +131,7 @@ inline index_t row_stride(index_t count) {
 
 template <bool Gate, bool Gated>
 bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, index_t n, index_t k,
-                          int threads, bool bf16_x) {
+                          int threads, bool bf16_x, bool widen) {
   constexpr index_t KR = kernels::k_max_key_r, W = kernels::k_max_width;
   auto mul = [](index_t x, index_t y) { return sparse_ffn::detail::checked_mul(x, y, "workspace"); };
   const index_t B = l.num_blocks, g = l.g, nk = mul(n, k), gp = sparse_ffn::detail::round_up(g, 16);
@@ -163,6 +169,7 @@ bwd_buffers plan_backward(arena_plan& a, const block_layout& l, index_t len, ind
     t.wh = a.take<float>(g);
     t.S = a.take<float>(mul(n, gp));
     t.panel = a.take<float>(mul(k_bwd_s_cols, gp));
+    t.kpanel = widen ? a.take<float>(mul(g, row_stride(k_bwd_cols))) : nullptr;
     t.rows = a.take<std::int32_t>(std::max(n, std::max(g, B)));
     t.tlists = a.take<std::int32_t>(mul(g, n));
     t.ys = a.take<float*>(k_bwd_rows);
@@ -210,11 +217,6 @@ inline void add_outer(const kernels::kernel_ops<float>& opsf, float* const* out,
     for (index_t r = 0; r < m; ++r) std::fill(out[r] + c0, out[r] + c1, 0.0f);
 }
 
-/// Columns per pass of a block's weight gradients: every row group of the block runs over one such
-/// range before the next, so the block's tokens' inputs in it (≤ n × 2 KiB) stay in L2 instead of being
-/// re-read from L3 once per row group.
-inline constexpr index_t k_bwd_cols = 512;
-
 template <class Policy, class Tx, class Tdy, class Tdx>
 void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, const Tdy* dy,
                   const forward_cache& cache, Tdx* dx, const ffn_grads_view& gr, const backward_args& args,
@@ -239,10 +241,11 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
   const bool gate_grads = Gate && k > P;
 
   arena_plan sizing(nullptr);
-  plan_backward<Gate, Act::gated>(sizing, l, len, n, k, threads, ops.bf16_x);
+  constexpr bool widen = !std::is_same<T, float>::value;  // dX's product on a float copy of the keys
+  plan_backward<Gate, Act::gated>(sizing, l, len, n, k, threads, ops.bf16_x, widen);
   ws.reserve(sizing.bytes());
   arena_plan carve(ws.data());
-  const bwd_buffers f = plan_backward<Gate, Act::gated>(carve, l, len, n, k, threads, ops.bf16_x);
+  const bwd_buffers f = plan_backward<Gate, Act::gated>(carve, l, len, n, k, threads, ops.bf16_x, widen);
 
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel num_threads(threads)
@@ -439,26 +442,39 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
       for (index_t e = 0; e < n * k; ++e) gr.route_weights[e] = acc ? gr.route_weights[e] + f.dw[e] : f.dw[e];
     }
     // ---- dX through the keys (and up rows): thread tid owns columns [c_lo, c_hi), blocks ascending --
+    // Half/bf16 weights: a block's rows are widened to float k_bwd_cols columns at a time (a panel in L2
+    // that all the block's token tiles read), so the product runs on float rows instead of converting
+    // each weight once per tile (Zen 3, b512: the bf16 backward 2–4% faster, level with f32's). Exact:
+    // the same sums, in the same order, as on the narrow rows.
     if (dx) {
       const index_t gran = ops.col_step, vecs = gcols / gran;
       const index_t c_lo = vecs * tid / nth * gran, c_hi = vecs * (tid + 1) / nth * gran;
+      const index_t span = widen ? k_bwd_cols : c_hi - c_lo, kps = row_stride(k_bwd_cols);
       if (c_lo < c_hi)
         for (index_t b = 0; b < B; ++b) {
           const index_t m = f.offsets[b + 1] - f.offsets[b];
           const std::int32_t* ent = f.entries + 2 * f.offsets[b];
-          for (index_t q0 = 0; q0 < m; q0 += RM) {
-            const index_t mm = std::min<index_t>(RM, m - q0);
-            for (int pass = 0; pass < (Act::gated ? 2 : 1); ++pass) {
-              const float* src = pass == 0 ? f.da : f.du;
-              for (index_t q = 0; q < mm; ++q) {
-                const index_t t = ent[2 * (q0 + q)];
-                ts.ys[q] = f.dxacc + t * ls;
-                ts.sp[q] = src + (t * k + ent[2 * (q0 + q) + 1]) * G;
+          if (m == 0) continue;
+          for (int pass = 0; pass < (Act::gated ? 2 : 1); ++pass) {
+            const float* src = pass == 0 ? f.da : f.du;
+            const T* rows_b = pass == 0 ? w.keys(b) : w.up(b);
+            for (index_t c0 = c_lo; c0 < c_hi; c0 += span) {
+              const index_t c1 = std::min(c_hi, c0 + span);
+              if constexpr (widen) ops.widen_rows(rows_b, ld, G, c0, c1 - c0, ts.kpanel, kps);
+              for (index_t q0 = 0; q0 < m; q0 += RMf) {
+                const index_t mm = std::min<index_t>(RMf, m - q0);
+                for (index_t q = 0; q < mm; ++q) {
+                  const index_t t = ent[2 * (q0 + q)];
+                  ts.ys[q] = f.dxacc + t * ls + (widen ? c0 : 0);
+                  ts.sp[q] = src + (t * k + ent[2 * (q0 + q) + 1]) * G;
+                }
+                const index_t nr = nonzero_rows(ts.sp, mm, G, ts.rows);
+                if (nr == 0) continue;
+                if constexpr (widen)
+                  opsf.outer_rows(ts.ys, ts.sp, mm, ts.rows, nr, ts.kpanel, kps, 0, c1 - c0, false);
+                else
+                  ops.outer_rows(ts.ys, ts.sp, mm, ts.rows, nr, rows_b, ld, c0, c1, false);
               }
-              const index_t nr = nonzero_rows(ts.sp, mm, G, ts.rows);
-              if (nr)
-                ops.outer_rows(ts.ys, ts.sp, mm, ts.rows, nr, pass == 0 ? w.keys(b) : w.up(b), ld, c_lo, c_hi,
-                               false);
             }
           }
         }

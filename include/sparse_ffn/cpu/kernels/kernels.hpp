@@ -208,6 +208,10 @@ struct kernel_ops {
   /// dtypes only, null for q8/q4): the backward's transposed panel of a block's value rows.
   void (*transpose_rows)(const T* v, index_t ld, index_t nrows, index_t c0, index_t nc, float* out,
                          index_t out_ld) = nullptr;
+  /// out[i·out_ld + c] = float(v_i[c0 + c]), i < nrows, c < nc (a multiple of width; element dtypes only,
+  /// null for q8/q4): the backward's float copy of a column range of a block's key rows (dX's product).
+  void (*widen_rows)(const T* v, index_t ld, index_t nrows, index_t c0, index_t nc, float* out,
+                     index_t out_ld) = nullptr;
   /// Level-1 float loops (any n and alignment) for host code outside the forward: Σ a·b, y += c·x.
   float (*vdot)(const float* a, const float* b, index_t n) = nullptr;
   void (*vaxpy)(float c, const float* x, float* y, index_t n) = nullptr;
@@ -245,6 +249,7 @@ kernel_ops<T> make_ops(isa_level level) {
   if constexpr (!is_quantized<T>::value) {
     o.outer_rows = &K::template outer_rows<T>;
     o.transpose_rows = &K::template transpose_rows<T>;
+    o.widen_rows = &K::template widen_rows<T>;
   }
   o.vdot = &K::vdot;
   o.vaxpy = &K::vaxpy;

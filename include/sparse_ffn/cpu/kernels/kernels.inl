@@ -655,6 +655,19 @@ struct impl {
       }
   }
 
+  /// out[i · out_ld + c] = float(v_i[c0 + c]) for rows i < nrows and c < nc (a multiple of width): a
+  /// column range of a block's rows widened to a float panel, so the backward's products over them run
+  /// on float rows (outer_rows<float>: no conversion per use; the widening is exact).
+  template <class T>
+  static void widen_rows(const T* v, index_t ld, index_t nrows, index_t c0, index_t nc, float* out,
+                         index_t out_ld) {
+    for (index_t i = 0; i < nrows; ++i) {
+      const T* src = v + i * ld + c0;
+      float* dst = out + i * out_ld;
+      for (index_t c = 0; c < nc; c += width) V::store(dst + c, V::load(src + c));
+    }
+  }
+
   // ---- level-1 loops for host code outside the forward (the converter's router training and the
   // fitted routers' scores): any n, any alignment; a fixed order for a given ISA ------------------------
 
