@@ -177,7 +177,7 @@ void register_dense_backward_onednn();  // bench_onednn.cpp
 
 void register_backward(const std::string& act) {
 #if defined(SPARSE_FFN_BENCH_ONEDNN)
-  if (act != "swiglu") register_dense_backward_onednn();  // its dense backward is not gated
+  register_dense_backward_onednn();
 #endif
 #if defined(SPARSE_FFN_BENCH_OPENBLAS)
   for (const shape& s : k_backward_shapes)

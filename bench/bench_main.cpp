@@ -150,10 +150,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("sparse_ffn.l3_mib_defeated",
                               std::to_string(bench::g_l3_bytes / (1024 * 1024)));
 #if defined(SPARSE_FFN_BENCH_ONEDNN)
-  benchmark::AddCustomContext("sparse_ffn.dense_baselines",
-                              bench::g_act == "swiglu"
-                                  ? "openblas f32 (the oneDNN dense backward is not gated)"
-                                  : "openblas f32, onednn f32 + bf16");
+  benchmark::AddCustomContext("sparse_ffn.dense_baselines", "openblas f32, onednn f32 + bf16");
 #else
   benchmark::AddCustomContext("sparse_ffn.dense_baselines", "openblas f32 (oneDNN not found at build time)");
 #endif

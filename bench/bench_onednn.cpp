@@ -4,7 +4,8 @@
 //   BM_dense_onednn_f32/d:D/dff:F/batch:N    y = W2·act(W1·x + b1) + b2, f32 weights and activations
 //   BM_dense_onednn_bf16/d:D/dff:F/batch:N   bf16 weights, bf16 x and h (as oneDNN and ggml run bf16),
 //                                             f32 accumulation, f32 y
-//   BM_dense_backward_onednn_f32|bf16/...     the dense FFN's backward (BM_dense_backward_onednn below)
+//   BM_dense_backward_onednn_f32|bf16/...     the dense FFN's backward (BM_dense_backward_onednn below;
+//                                             gated with --sffn_act=swiglu)
 //
 // Two matmul primitives per FFN, the activation fused as a post-op. The weights (PyTorch layout:
 // W1 [d_ff × d], W2 [d × d_ff], i.e. transposed "ba" matmul weights) are reordered once, outside the
@@ -30,6 +31,8 @@ using dt = memory::data_type;
 struct onednn_weights {
   std::vector<float> w1f, w2f, b1, b2;   // f32 storage (f32 runs)
   std::vector<sf::bfloat16_t> w1h, w2h;  // bf16 storage (bf16 runs)
+  // Gated (swiglu, the backward only): w1f / w1h hold W1 and W3 stacked, [2·d_ff × d], so dX = [dA dU]·W13
+  // and [dW1; dW3] = [dA dU]ᵀX are one matmul each.
 };
 
 struct onednn_copies {
@@ -38,15 +41,17 @@ struct onednn_copies {
 
 /// Copies of one dense model's weights (>= 4x the L3), cached and shared by the forward and backward
 /// benchmarks.
-std::shared_ptr<onednn_copies> get_onednn_copies(sf::index_t d, sf::index_t f, bool bf16) {
-  const std::string key =
-      std::string("onednn/") + (bf16 ? "bf16/" : "f32/") + std::to_string(d) + "x" + std::to_string(f);
-  const double weight_bytes = 2.0 * double(d) * double(f) * (bf16 ? 2 : 4);
+std::shared_ptr<onednn_copies> get_onednn_copies(sf::index_t d, sf::index_t f, bool bf16,
+                                                 bool gated = false) {
+  const std::string key = std::string("onednn/") + (bf16 ? "bf16/" : "f32/") + (gated ? "gated/" : "") +
+                          std::to_string(d) + "x" + std::to_string(f);
+  const double weight_bytes = (gated ? 3.0 : 2.0) * double(d) * double(f) * (bf16 ? 2 : 4);
   const int copies = copies_for(weight_bytes);
   return g_models.get<onednn_copies>(key, weight_bytes * copies, [&] {
     auto* m = new onednn_copies();
     for (int c = 0; c < copies; ++c) {
-      dense_model dense(d, f, 1000 + 17 * static_cast<std::uint64_t>(c));
+      dense_model dense(d, f, 1000 + 17 * static_cast<std::uint64_t>(c), gated);
+      if (gated) dense.ffn.w1.insert(dense.ffn.w1.end(), dense.ffn.w3.begin(), dense.ffn.w3.end());
       onednn_weights w;
       w.b1 = dense.ffn.b1;
       w.b2 = dense.ffn.b2;
@@ -152,18 +157,24 @@ void BM_dense_onednn(benchmark::State& state, sf::index_t d, sf::index_t f, sf::
 
 /// The dense FFN's backward with oneDNN matmul (plain layouts: in training the weights change every
 /// step, so nothing is prepacked): dH = dY·W2, dA = dH ⊙ act'(A), dW2 = dYᵀH, dW1 = dAᵀX, dX = dA·W1,
-/// db1, db2. bf16: dY, H, dA, X and the weights in bf16 (f32 accumulation and f32 gradients), as
-/// mixed-precision training runs them; the conversions of dA are timed, the others (of the forward's
-/// outputs) are not.
+/// db1, db2. Gated (swiglu): dA and dU from dH, A and U, side by side in one [n × 2·d_ff] matrix, so
+/// [dW1; dW3] = [dA dU]ᵀX and dX = [dA dU]·[W1; W3] are one matmul each (the six products of OpenBLAS's
+/// gated backward, in four calls), db3 too. bf16: dY, H, dA (dU), X and the weights in bf16 (f32
+/// accumulation and f32 gradients), as mixed-precision training runs them; the conversions of dA (dU)
+/// are timed, the others (of the forward's outputs) are not.
 void BM_dense_backward_onednn(benchmark::State& state, sf::index_t d, sf::index_t f, sf::index_t n,
                               bool bf16) {
   dnnl::engine eng(dnnl::engine::kind::cpu, 0);
   dnnl::stream strm(eng);
   const dt wt = bf16 ? dt::bf16 : dt::f32;
+  const bool relu = g_act == "relu", gated = g_act == "swiglu";
+  const sf::index_t f2 = gated ? 2 * f : f;  // columns of [dA dU], rows of [W1; W3]
   const memory::desc dy_md({n, d}, wt, tag::ab), w2_md({d, f}, wt, tag::ab), dh_md({n, f}, dt::f32, tag::ab);
   const memory::desc dyT_md({d, n}, wt, tag::ba), h_md({n, f}, wt, tag::ab), dw2_md({d, f}, dt::f32, tag::ab);
-  const memory::desc daT_md({f, n}, wt, tag::ba), x_md({n, d}, wt, tag::ab), dw1_md({f, d}, dt::f32, tag::ab);
-  const memory::desc da_md({n, f}, wt, tag::ab), w1_md({f, d}, wt, tag::ab), dx_md({n, d}, dt::f32, tag::ab);
+  const memory::desc daT_md({f2, n}, wt, tag::ba), x_md({n, d}, wt, tag::ab),
+      dw1_md({f2, d}, dt::f32, tag::ab);
+  const memory::desc da_md({n, f2}, wt, tag::ab), w1_md({f2, d}, wt, tag::ab),
+      dx_md({n, d}, dt::f32, tag::ab);
   dnnl::matmul mm_dh, mm_dw2, mm_dw1, mm_dx;
   if (!onednn_or_skip(state, bf16, [&] {
         mm_dh = dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(dy_md, w2_md, dh_md), eng));
@@ -172,17 +183,20 @@ void BM_dense_backward_onednn(benchmark::State& state, sf::index_t d, sf::index_
         mm_dx = dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(da_md, w1_md, dx_md), eng));
       }))
     return;
-  auto models = get_onednn_copies(d, f, bf16);
+  auto models = get_onednn_copies(d, f, bf16, gated);
 
   const auto xf = random_x(n, d, 7), dyf = random_x(n, d, 11);
-  const bool relu = g_act == "relu";
-  // The forward's pre-activations A (the same for every copy: they are only read elementwise here).
-  std::vector<float> a(static_cast<std::size_t>(n * f)), dh(a.size()), dw1(static_cast<std::size_t>(f * d)),
-      dw2(dw1.size()), dx(xf.size()), db1(static_cast<std::size_t>(f)), db2(static_cast<std::size_t>(d));
+  // The forward's pre-activations A (and up projections U, gated), the same for every copy: they are
+  // only read elementwise here.
+  std::vector<float> a(static_cast<std::size_t>(n * f)), u(gated ? a.size() : 0), dh(a.size()),
+      dau(gated ? 2 * a.size() : 0), dw1(static_cast<std::size_t>(f2 * d)),
+      dw2(static_cast<std::size_t>(f * d)), dx(xf.size()), db1(static_cast<std::size_t>(f2)),
+      db2(static_cast<std::size_t>(d));
   fill(a.data(), a.size(), 5, 1.0f);
+  if (gated) fill(u.data(), u.size(), 6, 1.0f);
   const std::size_t esz = bf16 ? 2 : 4;
   std::vector<unsigned char> x_buf(xf.size() * esz), dy_buf(xf.size() * esz), h_buf(a.size() * esz),
-      da_buf(a.size() * esz);
+      da_buf(static_cast<std::size_t>(n * f2) * esz);
   auto store = [&](std::vector<unsigned char>& buf, std::size_t i, float v) {
     if (bf16)
       reinterpret_cast<sf::bfloat16_t*>(buf.data())[i] = sf::bfloat16_t(v);
@@ -194,7 +208,10 @@ void BM_dense_backward_onednn(benchmark::State& state, sf::index_t d, sf::index_
     store(dy_buf, i, dyf[i]);
   }
   for (std::size_t i = 0; i < a.size(); ++i)
-    store(h_buf, i, relu ? sf::act::relu::apply(a[i]) : sf::act::silu::apply(a[i]));
+    store(h_buf, i,
+          gated  ? sf::act::silu::apply(a[i]) * u[i]
+          : relu ? sf::act::relu::apply(a[i])
+                 : sf::act::silu::apply(a[i]));
   memory dy_mem(dy_md, eng, dy_buf.data()), dyT_mem(dyT_md, eng, dy_buf.data()),
       h_mem(h_md, eng, h_buf.data()), x_mem(x_md, eng, x_buf.data()), da_mem(da_md, eng, da_buf.data()),
       daT_mem(daT_md, eng, da_buf.data()), dh_mem(dh_md, eng, dh.data()), dw1_mem(dw1_md, eng, dw1.data()),
@@ -209,16 +226,27 @@ void BM_dense_backward_onednn(benchmark::State& state, sf::index_t d, sf::index_
     const std::size_t c = next++ % w1s.size();
     mm_dh.execute(strm, {{DNNL_ARG_SRC, dy_mem}, {DNNL_ARG_WEIGHTS, w2s[c]}, {DNNL_ARG_DST, dh_mem}});
     strm.wait();
+    if (gated) {
 #pragma omp parallel for schedule(static)
-    for (std::size_t e = 0; e < dh.size(); ++e) {
-      dh[e] *= relu ? sf::act::relu::grad(a[e]) : sf::act::silu::grad(a[e]);  // dA, f32
-      store(da_buf, e, dh[e]);
+      for (sf::index_t t = 0; t < n; ++t)
+        for (sf::index_t j = 0; j < f; ++j) {
+          const std::size_t e = static_cast<std::size_t>(t * f + j), o = static_cast<std::size_t>(t * f2 + j);
+          sf::activation_backward<sf::act::swiglu>(a[e], u[e], dh[e], dau[o], dau[o + f]);  // dA, dU (f32)
+          store(da_buf, o, dau[o]);
+          store(da_buf, o + f, dau[o + f]);
+        }
+    } else {
+#pragma omp parallel for schedule(static)
+      for (std::size_t e = 0; e < dh.size(); ++e) {
+        dh[e] *= relu ? sf::act::relu::grad(a[e]) : sf::act::silu::grad(a[e]);  // dA, f32
+        store(da_buf, e, dh[e]);
+      }
     }
     mm_dw2.execute(strm, {{DNNL_ARG_SRC, dyT_mem}, {DNNL_ARG_WEIGHTS, h_mem}, {DNNL_ARG_DST, dw2_mem}});
     mm_dw1.execute(strm, {{DNNL_ARG_SRC, daT_mem}, {DNNL_ARG_WEIGHTS, x_mem}, {DNNL_ARG_DST, dw1_mem}});
     mm_dx.execute(strm, {{DNNL_ARG_SRC, da_mem}, {DNNL_ARG_WEIGHTS, w1s[c]}, {DNNL_ARG_DST, dx_mem}});
     strm.wait();
-    column_sums(dh.data(), n, f, db1.data());
+    column_sums(gated ? dau.data() : dh.data(), n, f2, db1.data());  // db1 (and db3)
     column_sums(dyf.data(), n, d, db2.data());
   };
   step();  // untimed: oneDNN's scratchpads and the outputs' first touch
@@ -228,7 +256,7 @@ void BM_dense_backward_onednn(benchmark::State& state, sf::index_t d, sf::index_
     benchmark::DoNotOptimize(dw1.data());
     benchmark::ClobberMemory();
   }
-  const double flops = 4.0 * 2.0 * double(n) * double(f) * double(d);
+  const double flops = (gated ? 6.0 : 4.0) * 2.0 * double(n) * double(f) * double(d);
   state.counters["gflops"] =
       benchmark::Counter(flops * 1e-9 * double(state.iterations()), benchmark::Counter::kIsRate);
   state.counters["density"] = 1.0;
