@@ -48,8 +48,11 @@ void BM_backward(benchmark::State& state, sf::index_t d, sf::index_t f, int dens
   args.vocab_size = 50000;
   const auto nk = static_cast<std::size_t>(n * k);
   std::vector<sf::block_index_t> blocks(nk);
-  std::vector<float> weights(nk), pre(nk * G), up(P::gated ? nk * G : 0);
-  const sf::forward_cache cache{blocks.data(), weights.data(), pre.data(), P::gated ? up.data() : nullptr};
+  std::vector<float> weights(nk), pre(nk * G), up(P::gated ? nk * G : 0),
+      logits(gate ? static_cast<std::size_t>(n * B) : 0);
+  // The learned gate's forward keeps its logits too (forward_cache::logits), as a training step would.
+  const sf::forward_cache cache{blocks.data(), weights.data(), pre.data(), P::gated ? up.data() : nullptr,
+                                gate ? logits.data() : nullptr};
   sf::cpu::workspace ws;
   // Every copy holds the same weights, so the cache of copy 0's forward serves them all.
   sf::cpu::forward<P>(models->copies[0].view(), n, x.data(), y.data(), args, &cache, &ws);

@@ -154,6 +154,93 @@ TEST_CASE("cpu backward: a user's activation (the scalar chain rule)", "[backwar
   }
 }
 
+namespace {
+template <class T>
+void check_cached_logits(std::mt19937_64& r) {
+  using PG = sfx::policy<16, sfx::select::learned_gate, T, sfx::act::silu>;
+  const sfx::index_t d = 72, B = 7, P = 1, n = 37, k = 3, g = 16;
+  const auto dense = test::random_dense<T>(r, d, B * g, false, true);
+  std::vector<float> gw(static_cast<std::size_t>(B * d)), gb(static_cast<std::size_t>(B));
+  test::fill_normal(gw, r, 1.0 / std::sqrt(double(d)));
+  test::fill_normal(gb, r, 0.5);
+  sfx::pack_options po{g};
+  po.gate_w = gw.data();
+  po.gate_b = gb.data();
+  po.pinned = P;
+  const auto model = sfx::pack<T>(dense.view(), po);
+  const auto w = model.view();
+  std::vector<float> x(static_cast<std::size_t>(n * d)), dy(x.size()), y(x.size());
+  test::fill_normal(x, r, 1.0);
+  test::fill_normal(dy, r, 1.0);
+  std::vector<sfx::block_index_t> cb(static_cast<std::size_t>(n * k));
+  std::vector<float> cw(cb.size()), pre(cb.size() * g), lg(static_cast<std::size_t>(n * B), NAN), lr(lg);
+  sfx::forward_cache cache{cb.data(), cw.data(), pre.data(), nullptr, lg.data()};
+  sfx::cpu::forward<PG>(w, n, x.data(), y.data(), sfx::route_args{k}, &cache);
+  // Columns [P, B) hold Wg·x + bg (float64 of the stored rows; x as the key kernels read it), the pinned
+  // ones are not written; the reference forward writes the same.
+  std::vector<sfx::block_index_t> rb(cb.size());
+  std::vector<float> rw(cw.size()), rpre(pre.size());
+  const sfx::forward_cache rcache{rb.data(), rw.data(), rpre.data(), nullptr, lr.data()};
+  sfx::cpu::reference_forward<PG>(w, n, x.data(), y.data(), sfx::route_args{k}, &rcache);
+  const double tol = sfx::cpu::rounds_inputs_to_bf16<T>() ? 1e-2 : 1e-5;
+  for (sfx::index_t t = 0; t < n; ++t)
+    for (sfx::index_t c = 0; c < B; ++c) {
+      const float got = lg[static_cast<std::size_t>(t * B + c)];
+      if (c < P) {
+        REQUIRE(std::isnan(got));
+        REQUIRE(std::isnan(lr[static_cast<std::size_t>(t * B + c)]));
+        continue;
+      }
+      double want = w.gate_b[c], mag = std::fabs(want);
+      for (sfx::index_t i = 0; i < d; ++i) {
+        const double p =
+            double(sfx::to_float(w.gate_w[c * w.layout.ld + i])) * x[static_cast<std::size_t>(t * d + i)];
+        want += p;
+        mag += std::fabs(p);
+      }
+      REQUIRE(std::fabs(got - want) <= tol * mag);
+      REQUIRE(std::fabs(lr[static_cast<std::size_t>(t * B + c)] - want) <= 1e-5 * mag);
+    }
+  // The backward with the kept logits gives exactly what it gives recomputing them.
+  sfx::cpu::backward_args ba;
+  ba.k = k;
+  sfx::ffn_grads kept(w.layout, true), again(w.layout, true);
+  std::vector<float> dx1(x.size()), dx2(x.size());
+  sfx::forward_cache no_lg = cache;
+  no_lg.logits = nullptr;
+  sfx::cpu::backward<PG>(w, n, x.data(), dy.data(), cache, dx1.data(), kept.view(), ba);
+  sfx::cpu::backward<PG>(w, n, x.data(), dy.data(), no_lg, dx2.data(), again.view(), ba);
+  auto same = [](const float* a, const float* b, sfx::index_t count) {
+    return std::memcmp(a, b, static_cast<std::size_t>(count) * sizeof(float)) == 0;
+  };
+  const auto gk = kept.view(), ga = again.view();
+  REQUIRE(same(dx1.data(), dx2.data(), n * d));
+  REQUIRE(same(gk.weights, ga.weights, gk.layout.total_elements()));
+  REQUIRE(same(gk.b1, ga.b1, gk.layout.d_ff));
+  REQUIRE(same(gk.b2, ga.b2, gk.layout.d_model));
+  REQUIRE(same(gk.gate_w, ga.gate_w, B * gk.layout.ld));
+  REQUIRE(same(gk.gate_b, ga.gate_b, B));
+  // Only the learned gate's fused forward writes them, and only its backward reads them.
+  using PA = sfx::policy<16, sfx::select::avg_k, T, sfx::act::silu>;
+  REQUIRE_ERROR(sfx::cpu::forward<PA>(w, n, x.data(), y.data(), sfx::route_args{k}, &cache),
+                sfx::status::invalid_argument, "only for the learned gate");
+  REQUIRE_ERROR(sfx::cpu::backward<PA>(w, n, x.data(), dy.data(), cache, dx1.data(), kept.view(), ba),
+                sfx::status::invalid_argument, "only for the learned gate");
+  const sfx::const_routing_view rt{n, k, cb.data(), cw.data()};
+  REQUIRE_ERROR(sfx::cpu::forward_routed<PG>(w, n, x.data(), y.data(), rt, &cache),
+                sfx::status::invalid_argument, "does not score");
+  REQUIRE_ERROR(sfx::cpu::reference_forward_routed<PG>(w, n, x.data(), y.data(), rt, &cache),
+                sfx::status::invalid_argument, "does not score");
+}
+}  // namespace
+
+TEST_CASE("cpu backward: the learned gate's logits kept by the forward", "[backward][logits]") {
+  auto r = test::rng(0xa6);
+  check_cached_logits<float>(r);
+  check_cached_logits<sfx::bfloat16_t>(r);
+  check_cached_logits<sfx::half_t>(r);
+}
+
 TEST_CASE("cpu backward: n = 0 zeroes the gradients, bad arguments get clear errors", "[backward][errors]") {
   using P = sfx::policy<16, sfx::select::avg_k, float, sfx::act::relu>;
   using PG = sfx::policy<16, sfx::select::learned_gate, float, sfx::act::swiglu>;

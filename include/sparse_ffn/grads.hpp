@@ -118,6 +118,7 @@ void check_backward_args(const blocked_ffn_view<typename Policy::dtype>& w, inde
             status::invalid_argument, "dX must not overlap X or dY");
   }
   check_cache(l, n, args.k, &cache);
+  check_cache_logits<Sel>(&cache, true);
   if (n > 0) {
     require(cache.blocks != nullptr && cache.pre != nullptr, status::invalid_argument,
             "backward needs the forward's routing table and pre-activations (forward_cache::blocks, ::pre)");

@@ -69,6 +69,11 @@ struct forward_cache {
   float* weights = nullptr;         ///< [n × k] block weights (1 for unweighted selectors)
   float* pre = nullptr;             ///< [n × k × g] a = k_i·x + b1_i
   float* up = nullptr;              ///< [n × k × g] u = w3_i·x + b3_i (gated FFNs only)
+  /// [n × B] the learned gate's logits Wg_c·x + bg_c (optional; learned gate only): the fused forward
+  /// writes columns [pinned, B) (pinned blocks have no logit), and the CPU backward then reads them
+  /// instead of recomputing them (the same bits: the forward's kernels). forward_routed does not score,
+  /// so it requires this to be null. The CUDA backward recomputes them either way.
+  float* logits = nullptr;
 };
 
 }  // namespace sparse_ffn

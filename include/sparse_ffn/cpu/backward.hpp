@@ -16,7 +16,8 @@
 // and GShard do). Only the learned gate has parameters and non-unit weights: its gradient flows from
 // dw_j through the softmax over the routed blocks [P, B) (renormalize = false: every routed logit gets a
 // gradient; true: only the selected ones, through the softmax over the top-k) into dWg, dbg and dX; the
-// logits are recomputed from x with the forward's kernels. Avg-K, hash and oracle have unit weights,
+// logits are read from forward_cache::logits where the forward kept them, else recomputed from x with
+// the forward's kernels (the same bits). Avg-K, hash and oracle have unit weights,
 // so the loss does not depend on their scores wherever the selection is fixed: they get no router
 // gradient (Avg-K's centroids are a function of the keys, and the exact gradient through them is zero
 // almost everywhere; an estimator such as straight-through on the scores is a training-recipe choice
@@ -482,26 +483,30 @@ void backward_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, 
     // ---- learned gate: logits, dlogits through the softmax, dWg, dbg, dX --------------------------
     if constexpr (Gate) {
       if (gate_grads) {
+        // The logits the forward kept (forward_cache::logits), or recomputed with its kernels.
+        const float* const logits = cache.logits ? cache.logits : f.logits;
+        if (!cache.logits) {
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(dynamic, 4)
 #endif
-        for (index_t b0 = 0; b0 < B; b0 += KR) {
-          const index_t rr = std::min<index_t>(KR, B - b0);
-          for (index_t t = 0; t < n; ++t) {
-            ts.xs[t] = f.xpad + t * ls;
-            ts.xb[t] = f.x16 ? f.x16 + t * ls : nullptr;
+          for (index_t b0 = 0; b0 < B; b0 += KR) {
+            const index_t rr = std::min<index_t>(KR, B - b0);
+            for (index_t t = 0; t < n; ++t) {
+              ts.xs[t] = f.xpad + t * ls;
+              ts.xb[t] = f.x16 ? f.x16 + t * ls : nullptr;
+            }
+            ops.dots(ts.xs, ts.xb, nullptr, n, w.gate_w + b0 * ld, rr, ld, len, ts.spill, ts.dots);
+            for (index_t t = 0; t < n; ++t)
+              for (index_t r = 0; r < rr; ++r)
+                f.logits[t * B + b0 + r] =
+                    Sel::linear_score(ts.dots[t * rr + r], w.gate_b ? w.gate_b[b0 + r] : 0.0f);
           }
-          ops.dots(ts.xs, ts.xb, nullptr, n, w.gate_w + b0 * ld, rr, ld, len, ts.spill, ts.dots);
-          for (index_t t = 0; t < n; ++t)
-            for (index_t r = 0; r < rr; ++r)
-              f.logits[t * B + b0 + r] =
-                  Sel::linear_score(ts.dots[t * rr + r], w.gate_b ? w.gate_b[b0 + r] : 0.0f);
         }
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(static)
 #endif
         for (index_t t = 0; t < n; ++t) {
-          const float* lg = f.logits + t * B;
+          const float* lg = logits + t * B;
           const block_index_t* bl = cache.blocks + t * k;
           float* dl = f.dlog + t * B;
           const float max_logit = lg[bl[P]];  // the forward's choice (selector/learned_gate.hpp)

@@ -95,9 +95,21 @@ inline void check_cache(const block_layout& l, index_t n, index_t k, const forwa
   checked_elements<float>(checked_mul(n, k, "forward cache"), l.g, "forward cache");
   require(c->up == nullptr || l.gated, status::invalid_argument, "forward_cache::up is only for gated FFNs");
   if (c->blocks) require_aligned<block_index_t>(c->blocks, "forward_cache::blocks");
-  const float* const cache_ptrs[] = {c->weights, c->pre, c->up};
+  const float* const cache_ptrs[] = {c->weights, c->pre, c->up, c->logits};
   for (const float* p : cache_ptrs)
     if (p) require_aligned<float>(p, "forward_cache buffer");
+  if (c->logits) checked_elements<float>(n, l.num_blocks, "forward_cache::logits");
+}
+
+/// forward_cache::logits: only a fused forward (one that scores) with the learned gate writes them, and
+/// only the learned gate's backward reads them.
+template <class Sel>
+void check_cache_logits(const forward_cache* c, bool scores) {
+  if (!c || !c->logits) return;
+  require(std::is_same<Sel, select::learned_gate>::value, status::invalid_argument,
+          "forward_cache::logits is only for the learned gate (this policy's selector: ", Sel::name, ")");
+  require(scores, status::invalid_argument,
+          "forward_routed does not score the blocks: forward_cache::logits must be null");
 }
 
 }  // namespace detail

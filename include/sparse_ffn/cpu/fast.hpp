@@ -14,8 +14,8 @@
 // then Y = Yacc + b2 in the output dtype.
 //
 // q8/q4 weights (quant.hpp): x, y and the accumulators are padded to row_cols (d rounded up to 64 /
-// 128) rather than ld (which counts the row's bytes); on the int8 levels (avx2, avx512_vnni and up) each token's x
-// is also quantised once to int8 (kernel_ops::prepare_x_int8) for the key kernel.
+// 128) rather than ld (which counts the row's bytes); on the int8 levels (avx2, avx512_vnni and up) each
+// token's x is also quantised once to int8 (kernel_ops::prepare_x_int8) for the key kernel.
 //
 // The glue below is compiled once, for the consumer's flags; the micro-kernels are called through the
 // table kernels::ops_for<T>(cpu::active_isa()), resolved once per call (run-time ISA dispatch).
@@ -344,6 +344,8 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
     } else if constexpr (Sel::scoring == scoring_kind::linear) {
       const T* rows = Sel::linear_rows(w);
       const float* bias = Sel::linear_bias(w);
+      float* const logits = cache ? cache->logits : nullptr;  // learned gate only (check_cache_logits)
+      const index_t P = w.layout.pinned;
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(dynamic, 4)
 #endif
@@ -356,9 +358,11 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
         }
         ops.dots(ts.xs, ts.xb, ts.xq, n, rows + b0 * ld, rr, ld, cols, ts.spill, ts.dots);
         for (index_t t = 0; t < n; ++t)
-          for (int r = 0; r < rr; ++r)
-            f.scores[t * B + b0 + r] = ranking_score(
-                Sel::linear_score(ts.dots[t * rr + r], bias ? bias[b0 + r] : 0.0f), b0 + r, w.layout.pinned);
+          for (int r = 0; r < rr; ++r) {
+            const float s = Sel::linear_score(ts.dots[t * rr + r], bias ? bias[b0 + r] : 0.0f);
+            f.scores[t * B + b0 + r] = ranking_score(s, b0 + r, P);
+            if (logits && b0 + r >= P) logits[t * B + b0 + r] = s;
+          }
       }
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(static)

@@ -55,6 +55,7 @@ void forward_routed(const blocked_ffn_view<typename Policy::dtype>& w, index_t n
   sparse_ffn::detail::check_io(w.layout, n, x, y);
   sparse_ffn::detail::check_routing(w.layout, n, routing);
   sparse_ffn::detail::check_cache(w.layout, n, routing.k, cache);
+  sparse_ffn::detail::check_cache_logits<typename Policy::selector>(cache, false);
   detail::fast_run<Policy>(w, n, detail::io_rows::of(x, y), nullptr, routing, nullptr, cache,
                            ws ? *ws : detail::thread_workspace());
 }
@@ -67,6 +68,7 @@ void forward(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const
   Policy::selector::check(w, args, n);
   sparse_ffn::detail::check_io(w.layout, n, x, y);
   sparse_ffn::detail::check_cache(w.layout, n, args.k, cache);
+  sparse_ffn::detail::check_cache_logits<typename Policy::selector>(cache, true);
   detail::fast_run<Policy>(w, n, detail::io_rows::of(x, y), &args, {}, nullptr, cache,
                            ws ? *ws : detail::thread_workspace());
 }

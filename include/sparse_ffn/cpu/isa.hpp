@@ -13,9 +13,10 @@
 //   avx512_bf16   avx512_vnni + AVX512_BF16                                 Cooper Lake, SPR+, Zen 4
 //
 // avx2 and avx512_vnni run the key pass of q8/q4 weights in int8 (`vpmaddubsw`, `vpdpbusd`) on x
-// quantised to int8 per group of 32 (docs/design.md, "Quantised weights"; avx512 keeps float there); avx512_bf16 adds the key pass of bf16 weights with `vdpbf16ps`,
-// which multiplies bf16 by bf16: it rounds each token's input x to bf16 first (docs/design.md, "Accuracy
-// of the bf16 kernels"). Force `avx512` to keep x in float.
+// quantised to int8 per group of 32 (docs/design.md, "Quantised weights"; avx512 keeps float there);
+// avx512_bf16 adds the key pass of bf16 weights with `vdpbf16ps`, which multiplies bf16 by bf16: it rounds
+// each token's input x to bf16 first (docs/design.md, "Accuracy of the bf16 kernels"). Force `avx512` to keep
+// x in float.
 //
 // Override: the environment variable SPARSE_FFN_ISA (scalar | avx2 | avx512 | avx512_vnni | avx512_bf16),
 // read once

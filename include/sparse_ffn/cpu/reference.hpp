@@ -58,6 +58,9 @@ void reference_run(const blocked_ffn_view<T>& w, index_t n, const Tx* x, Ty* y, 
       }
       if (cache && cache->blocks) std::copy(blocks.begin(), blocks.end(), cache->blocks + t * k);
       if (cache && cache->weights) std::copy(weights.begin(), weights.end(), cache->weights + t * k);
+      if (cache && cache->logits)  // the learned gate's (check_cache_logits): its scores of routed blocks
+        std::copy(scratch.begin() + l.pinned, scratch.begin() + l.num_blocks,
+                  cache->logits + t * l.num_blocks + l.pinned);
       if (!y) continue;
 
       std::fill(acc.begin(), acc.end(), 0.0f);
@@ -105,6 +108,7 @@ void reference_forward_routed(const blocked_ffn_view<typename Policy::dtype>& w,
   sparse_ffn::detail::check_io(w.layout, n, x, y);
   sparse_ffn::detail::check_routing(w.layout, n, routing);
   sparse_ffn::detail::check_cache(w.layout, n, routing.k, cache);
+  sparse_ffn::detail::check_cache_logits<typename Policy::selector>(cache, false);
   detail::reference_run<typename Policy::dtype, typename Policy::selector, typename Policy::activation>(
       w, n, x, y, nullptr, routing, nullptr, cache);
 }
@@ -118,6 +122,7 @@ void reference_forward(const blocked_ffn_view<typename Policy::dtype>& w, index_
   Policy::selector::check(w, args, n);
   sparse_ffn::detail::check_io(w.layout, n, x, y);
   sparse_ffn::detail::check_cache(w.layout, n, args.k, cache);
+  sparse_ffn::detail::check_cache_logits<typename Policy::selector>(cache, true);
   detail::reference_run<typename Policy::dtype, typename Policy::selector, typename Policy::activation>(
       w, n, x, y, &args, {}, nullptr, cache);
 }

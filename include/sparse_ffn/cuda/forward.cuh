@@ -615,6 +615,16 @@ result launch(const buffers& b, const grids& gr, const blocked_ffn_view<typename
     }
     if (e != cudaSuccess) return from_cuda(e);
   }
+  if constexpr (std::is_same<Sel, select::learned_gate>::value) {
+    // The logits the forward scored with (linear_scores), for the caller's backward: columns [pinned, B).
+    if (cache && cache->logits && !given && B > l.pinned) {
+      const std::size_t pitch = static_cast<std::size_t>(B) * 4;
+      e = cudaMemcpy2DAsync(cache->logits + l.pinned, pitch, b.scores + l.pinned, pitch,
+                            static_cast<std::size_t>(B - l.pinned) * 4, static_cast<std::size_t>(n),
+                            cudaMemcpyDeviceToDevice, s);
+      if (e != cudaSuccess) return from_cuda(e);
+    }
+  }
   return from_cuda(cudaPeekAtLastError());  // observe; never clear errors of other code
 }
 
@@ -648,6 +658,7 @@ result run(void* ws, std::size_t& ws_bytes, const blocked_ffn_view<typename Poli
       }
     }
     sparse_ffn::detail::check_cache(w.layout, n, k, cache);
+    sparse_ffn::detail::check_cache_logits<typename Policy::selector>(cache, given == nullptr);
     sparse_ffn::detail::require_aligned<float>(w.weights, "blocked weights", 16);
     sizing = plan<Policy>(nullptr, w.layout, n, k, given != nullptr, y != nullptr);
     gr = plan_grids<Policy>(w.layout, n, k, sizing, given != nullptr, y != nullptr);
