@@ -92,7 +92,8 @@ TEST_CASE("fast path: a token's output does not depend on the rest of the batch"
   check_batch_invariance<sfx::policy<16, sfx::select::avg_k, float, sfx::act::gelu_tanh>>(5);
   check_batch_invariance<sfx::policy<32, sfx::select::learned_gate, sfx::bfloat16_t, sfx::act::geglu>>(6);
   check_batch_invariance<sfx::policy<16, sfx::select::oracle, float, sfx::act::relu>>(7);
-  // Quantised weights: x's int8 copy (VNNI levels) is per token, the value coefficients per (token, row).
+  // Quantised weights: x's int8 copy (avx2, VNNI levels) is per token, the value coefficients per (token,
+  // row) (avx2: their integer steps per token, chunk of 32 rows and group of 32 columns).
   check_batch_invariance<sfx::policy<16, sfx::select::avg_k, sfx::q8_t, sfx::act::relu>>(10);
   check_batch_invariance<sfx::policy<32, sfx::select::hash, sfx::q4_t, sfx::act::silu>>(11);
 }

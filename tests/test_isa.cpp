@@ -78,6 +78,11 @@ TEST_CASE("isa: the best supported level is the default, levels are ordered", "[
     REQUIRE(cpu::kernels::ops_for<sfx::q8_t>(level).int8_x == int8);
     REQUIRE(cpu::kernels::ops_for<sfx::q4_t>(level).int8_x == int8);
     REQUIRE_FALSE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).int8_x);
+    // Integer value coefficients: q4 on avx2 only.
+    REQUIRE(cpu::kernels::ops_for<sfx::q4_t>(level).value_levels ==
+            (level == cpu::isa_level::avx2 ? 127 : 0));
+    REQUIRE(cpu::kernels::ops_for<sfx::q8_t>(level).value_levels == 0);
+    REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).value_levels == 0);
     REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).bf16_x == (level == cpu::isa_level::avx512_bf16));
     REQUIRE(cpu::kernels::ops_for<float>(level).level == level);
   }
@@ -571,4 +576,158 @@ TEST_CASE("isa: the int8 key kernel of every level is exact on extreme bytes (no
     }
   }
   if (levels == 0) WARN("SKIPPED: no int8 key kernel (avx2, avx512_vnni and up) is supported by this CPU");
+}
+
+namespace {
+
+/// The integer value kernel (kernel_ops::apply_rows with value_levels > 0: q4) at `level` against a
+/// scalar model of its arithmetic, bit for bit: per token, chunk of 32 rows and group of 32 columns,
+/// a = s·scale (float), t = max|a| / Q, r = round-to-nearest-even(a · (Q / max|a|)), the exact integer
+/// Σ r·q, then y = fma(t, float(Σ), y), chunks in ascending order. Rows of extreme nibbles (0 and 15:
+/// 16 pairs at ±127 · 15 would overflow int16 if summed at once), scales over 2^±8, coefficients over
+/// 2^±20 with exact zeros (a row one token does not use, a chunk one token does not use at all), three
+/// chunks (the last partial), a column range whose last coefficient pass is partial; m = 2 and each
+/// token alone (batch invariance). Returns whether the level runs the integer value kernel.
+bool int_values_exact(cpu::isa_level level, std::uint64_t seed) {
+  using T = sfx::q4_t;
+  using F = sfx::row_format<T>;
+  const auto& ops = cpu::kernels::ops_for<T>(level);
+  const std::int32_t Q = ops.value_levels;
+  if (Q == 0) return false;
+  auto r = test::rng(seed);
+  std::uniform_int_distribution<int> pick(0, 3);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  const sfx::index_t cols = 1024 + 128, g = 80, ld = F::ld(cols);
+  std::vector<std::uint8_t> rows(static_cast<std::size_t>(g * ld), 0);
+  std::vector<int> q(static_cast<std::size_t>(g * cols));
+  std::vector<float> sc(static_cast<std::size_t>(g * cols / 32));
+  for (sfx::index_t i = 0; i < g; ++i) {
+    std::uint8_t* row = rows.data() + i * ld;
+    auto* scales = reinterpret_cast<sfx::bfloat16_t*>(row + F::quant_bytes(cols));
+    for (sfx::index_t gr = 0; gr < cols / 32; ++gr) {
+      scales[gr] = sfx::bfloat16_t(static_cast<float>(std::ldexp(1.0 + 0.25 * pick(r), int(r() % 17) - 8)));
+      sc[static_cast<std::size_t>(i * cols / 32 + gr)] = sfx::to_float(scales[gr]);
+    }
+    for (sfx::index_t c = 0; c < cols; ++c) {
+      const int u = (c + i) % 5 == 2 ? int(r() % 16) : (pick(r) < 2 ? 15 : 0), v = u - 8;
+      const sfx::index_t chunk = c / 64, j = c % 64;
+      std::uint8_t& b = row[chunk * 32 + j % 32];
+      b = static_cast<std::uint8_t>(j < 32 ? (b & 0xf0) | u : (b & 0x0f) | (u << 4));
+      REQUIRE(F::quant(reinterpret_cast<const T*>(row), c) == v);
+      q[static_cast<std::size_t>(i * cols + c)] = v;
+    }
+  }
+  // Coefficients of two tokens: token 0 skips rows 7 and 40..52, token 1 uses rows 0..40 only (9 rows of
+  // chunk 1: alone, at most 8 pairs, its sums go straight to y; with token 0, 20 rows, through acc32;
+  // none of chunk 2); rows 3 and 66 are zero for both (left out, as the caller does).
+  const int M = 2;
+  std::vector<float> s(static_cast<std::size_t>(M * g));
+  for (int m = 0; m < M; ++m)
+    for (sfx::index_t i = 0; i < g; ++i) {
+      const bool zero =
+          i == 3 || i == 66 || (m == 0 && (i == 7 || (i >= 40 && i <= 52))) || (m == 1 && i > 40);
+      s[static_cast<std::size_t>(m * g + i)] =
+          zero ? 0.0f : static_cast<float>(nd(r) * std::ldexp(1.0, int(r() % 41) - 20));
+    }
+  auto listed = [&](std::initializer_list<int> toks) {
+    std::vector<std::int32_t> out;
+    for (sfx::index_t i = 0; i < g; ++i) {
+      bool any = false;
+      for (int m : toks) any |= s[static_cast<std::size_t>(m * g + i)] != 0.0f;
+      if (any) out.push_back(static_cast<std::int32_t>(i));
+    }
+    return out;
+  };
+  // The scalar model of one token over the listed rows and columns [c_lo, c_hi).
+  auto model = [&](int m, const std::vector<std::int32_t>& list, sfx::index_t c_lo, sfx::index_t c_hi,
+                   float* y) {
+    for (std::size_t i0 = 0; i0 < list.size();) {
+      std::size_t i1 = i0;
+      while (i1 < list.size() && list[i1] / 32 == list[i0] / 32) ++i1;
+      for (sfx::index_t gr = c_lo / 32; gr < c_hi / 32; ++gr) {
+        std::vector<float> a;
+        float amax = 0;
+        for (std::size_t k = i0; k < i1; ++k) {
+          const sfx::index_t i = list[k];
+          a.push_back(s[static_cast<std::size_t>(m * g + i)] *
+                      sc[static_cast<std::size_t>(i * cols / 32 + gr)]);
+          amax = std::max(amax, std::fabs(a.back()));
+        }
+        const float t = amax / static_cast<float>(Q);
+        const float inv = amax - cpu::k_value_coef_tiny >= 0.0f ? static_cast<float>(Q) / amax : 0.0f;
+        for (sfx::index_t c = 32 * gr; c < 32 * gr + 32; ++c) {
+          std::int64_t sum = 0;
+          for (std::size_t k = i0; k < i1; ++k) {
+            const auto rq = static_cast<std::int64_t>(
+                std::max(-double(Q), std::min(double(Q), std::nearbyint(double(a[k - i0] * inv)))));
+            sum += rq * q[static_cast<std::size_t>(list[k] * cols + c)];
+          }
+          REQUIRE(std::llabs(sum) < (std::int64_t(1) << 31));
+          y[c] = std::fma(t, static_cast<float>(sum), y[c]);
+        }
+      }
+      i0 = i1;
+    }
+  };
+  for (auto range : {std::make_pair(sfx::index_t(0), cols), std::make_pair(sfx::index_t(64), cols - 128)}) {
+    const sfx::index_t c_lo = range.first, c_hi = range.second;
+    INFO("columns [" << c_lo << ", " << c_hi << ")");
+    std::vector<float> y0(static_cast<std::size_t>(M * cols));
+    for (auto& e : y0) e = static_cast<float>(nd(r));
+    // Both tokens in one call.
+    std::vector<float> got = y0, want = y0;
+    const auto both = listed({0, 1});
+    float* yp[2] = {got.data(), got.data() + cols};
+    const float* sp[2] = {s.data(), s.data() + g};
+    ops.apply_rows(yp, sp, M, both.data(), static_cast<sfx::index_t>(both.size()),
+                   reinterpret_cast<const T*>(rows.data()), ld, cols, c_lo, c_hi);
+    for (int m = 0; m < M; ++m) model(m, both, c_lo, c_hi, want.data() + m * cols);
+    for (sfx::index_t c = 0; c < M * cols; ++c) {
+      INFO("token " << c / cols << " column " << c % cols);
+      REQUIRE(got[static_cast<std::size_t>(c)] == want[static_cast<std::size_t>(c)]);
+    }
+    // Each token alone, over its own rows: the same bits (batch invariance).
+    for (int m = 0; m < M; ++m) {
+      std::vector<float> alone(y0.begin() + m * cols, y0.begin() + (m + 1) * cols);
+      const auto own = listed({m});
+      float* ya[1] = {alone.data()};
+      const float* sa[1] = {s.data() + m * g};
+      ops.apply_rows(ya, sa, 1, own.data(), static_cast<sfx::index_t>(own.size()),
+                     reinterpret_cast<const T*>(rows.data()), ld, cols, c_lo, c_hi);
+      INFO("token " << m << " alone");
+      REQUIRE(std::memcmp(alone.data(), got.data() + m * cols,
+                          static_cast<std::size_t>(cols) * sizeof(float)) == 0);
+    }
+  }
+  // A NaN coefficient makes its token's columns NaN (as the float path), the other token's unchanged.
+  {
+    std::vector<float> s2 = s, y(static_cast<std::size_t>(M * cols), 1.0f),
+                       y1(static_cast<std::size_t>(cols), 1.0f);
+    s2[static_cast<std::size_t>(g + 5)] = std::numeric_limits<float>::quiet_NaN();
+    const auto both = listed({0, 1});
+    float* yp[2] = {y.data(), y.data() + cols};
+    const float* sp[2] = {s2.data(), s2.data() + g};
+    ops.apply_rows(yp, sp, M, both.data(), static_cast<sfx::index_t>(both.size()),
+                   reinterpret_cast<const T*>(rows.data()), ld, cols, 0, cols);
+    for (sfx::index_t c = 0; c < cols; ++c) REQUIRE(std::isnan(y[static_cast<std::size_t>(cols + c)]));
+    float* ya[1] = {y1.data()};
+    const float* sa[1] = {s.data()};
+    ops.apply_rows(ya, sa, 1, both.data(), static_cast<sfx::index_t>(both.size()),
+                   reinterpret_cast<const T*>(rows.data()), ld, cols, 0, cols);
+    REQUIRE(std::memcmp(y1.data(), y.data(), static_cast<std::size_t>(cols) * sizeof(float)) == 0);
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("isa: the integer value kernel (q4 on avx2) is its scalar model bit for bit, batch invariant",
+          "[isa]") {
+  int levels = 0;
+  for (int l = 0; l <= static_cast<int>(cpu::best_isa()); ++l) {
+    const auto level = static_cast<cpu::isa_level>(l);
+    INFO("isa " << cpu::isa_name(level));
+    for (std::uint64_t seed : {11u, 12u, 13u}) levels += int_values_exact(level, seed) ? 1 : 0;
+  }
+  if (levels == 0) WARN("SKIPPED: no integer value kernel (avx2) is supported by this CPU");
 }

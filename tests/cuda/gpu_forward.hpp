@@ -57,6 +57,7 @@ void check_policy_gpu(std::uint64_t salt, sfx::index_t num_blocks = 0) {
     // What the GPU kernels round: nothing on the decode path (X stays float); on the tensor-core path X
     // (made exact above) and the value coefficients w·h (to T, bf16 or half: 2^-8 bounds both).
     c.x_to_bf16 = c.x_to_int8 = false;
+    c.h_levels = 0;
     c.h_to_bf16 = sfx::cuda::detail::path_for<P>(c.s.n, true) == sfx::cuda::detail::compute_path::wmma;
     sfx::cuda::device_model<T> m;
     REQUIRE(m.upload(c.model));

@@ -51,6 +51,7 @@ struct case_data {
   bool x_to_bf16 = sfx::cpu::rounds_inputs_to_bf16<T>();
   bool x_to_int8 = sfx::cpu::quantizes_inputs_to_int8<T>();
   bool h_to_bf16 = sfx::cpu::rounds_inputs_to_bf16<T>();
+  std::int32_t h_levels = sfx::cpu::value_coefficient_levels<T>();  ///< integer value coefficients (0: float)
 
   case_data(std::mt19937_64& r, const case_shape& s_, sfx::index_t g_, sfx::selector_kind sel_,
             sfx::activation_kind act_)
@@ -120,10 +121,11 @@ struct case_data {
     // Rounding of x in the key pass (bf16 or int8; tolerances below, x_rounding): xr bounds it per
     // element; rounding of the value coefficients w·h to bf16: h_round, relative.
     const bool rounds_x = x_to_bf16 || x_to_int8;
-    const double act_round = rounds_x || h_to_bf16 ? 1.0 : 0.0;
+    const double act_round = rounds_x || h_to_bf16 || h_levels > 0 ? 1.0 : 0.0;
     const double h_round = h_to_bf16 ? std::ldexp(1.0, -8) : 0.0;  // bf16's 2^-9, with margin
     INFO("kernels " << sfx::cpu::isa_name(sfx::cpu::active_isa()) << ", x rounded to bf16 " << x_to_bf16
-                    << ", to int8 " << x_to_int8 << ", coefficients to bf16 " << h_to_bf16);
+                    << ", to int8 " << x_to_int8 << ", coefficients to bf16 " << h_to_bf16
+                    << ", value coefficients to integers of " << h_levels);
     for (sfx::index_t t = 0; t < n; ++t) {
       INFO("token " << t);
       const Tio* xt = x.data() + t * d;
@@ -178,7 +180,7 @@ struct case_data {
                     1e-5 * (1 + std::fabs(u)) * std::sqrt(double(d)) + 5 * act_round * u2);
         }
       // Output.
-      const auto ref = forward_ref(w, act, xt, bt, wt, k, xr.data(), h_round);
+      const auto ref = forward_ref(w, act, xt, bt, wt, k, xr.data(), h_round, h_levels);
       double err = 0;
       const bool ok = close_to(y.data() + t * d, ref, &err, act_round);
       INFO("||y - ref|| / ||mag|| = " << err << ", rel L2 " << rel_l2(y.data() + t * d, ref.y));

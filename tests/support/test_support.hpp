@@ -241,12 +241,30 @@ struct ref_output {
 /// it in place of x (callers pass act_round 1 to close_to), and `h_round` is the relative rounding of
 /// the value coefficients w·h (2^-8 where they are rounded to bf16, else 0). Without xr, mag2 is
 /// relative (x and the coefficients both count fully; close_to scales it by act_round).
+/// `h_levels` (quantised T; cpu::value_coefficient_levels): the kernels quantise each coefficient w·h·scale
+/// to an integer of at most h_levels with one step per chunk of 32 rows and group of 32 columns
+/// (max |w·h·scale| / h_levels): half a step times |q| per term joins mag2.
 template <class T, class Tx>
 ref_output forward_ref(const sfx::blocked_ffn_view<T>& w, sfx::activation_kind act, const Tx* x,
                        const sfx::block_index_t* blocks, const float* weights, sfx::index_t k,
-                       const double* xr = nullptr, double h_round = 0.0) {
+                       const double* xr = nullptr, double h_round = 0.0, std::int32_t h_levels = 0) {
   const double hr = xr ? h_round : 1.0;
   const auto& l = w.layout;
+  // The quantised value row i's scale of column c and its integer there (1 and v for other dtypes).
+  auto scale_of = [&](const T* row, sfx::index_t c) -> double {
+    if constexpr (sfx::is_quantized<T>::value)
+      return sfx::to_float(sfx::row_format<T>::scales(row, sfx::row_format<T>::cols(l.d_model))[c / 32]);
+    else
+      return 1.0;
+  };
+  auto int_of = [&](const T* row, sfx::index_t c) -> double {
+    if constexpr (sfx::is_quantized<T>::value)
+      return sfx::row_format<T>::quant(row, c);
+    else
+      return wval(row, c, l.d_model);
+  };
+  const sfx::index_t chunks = (l.g + 31) / 32, groups = (l.d_model + 31) / 32;
+  std::vector<double> step(static_cast<std::size_t>(h_levels > 0 ? chunks * groups : 0));
   ref_output out;
   out.y.resize(static_cast<std::size_t>(l.d_model));
   out.mag.resize(static_cast<std::size_t>(l.d_model));
@@ -258,6 +276,18 @@ ref_output forward_ref(const sfx::blocked_ffn_view<T>& w, sfx::activation_kind a
   for (sfx::index_t j = 0; j < k; ++j) {
     const sfx::index_t b = blocks[j];
     const double wb = weights ? weights[j] : 1.0;
+    if (h_levels > 0) {  // the step of every (chunk, group): max |w·h·scale| / h_levels
+      std::fill(step.begin(), step.end(), 0.0);
+      for (sfx::index_t i = 0; i < l.g; ++i) {
+        double a, u;
+        neuron_ref(w, x, b, i, a, u);
+        const double h = wb * act_ref(act, a, u);
+        for (sfx::index_t gr = 0; gr < groups; ++gr) {
+          double& st = step[static_cast<std::size_t>(i / 32 * groups + gr)];
+          st = std::max(st, std::fabs(h * scale_of(w.values(b) + i * l.ld, 32 * gr)) / h_levels);
+        }
+      }
+    }
     for (sfx::index_t i = 0; i < l.g; ++i) {
       double a, u, amag = w.b1 ? std::fabs(w.b1[b * l.g + i]) : 0.0,
                    umag = w.b3 ? std::fabs(w.b3[b * l.g + i]) : 0.0, amag2 = 0, umag2 = 0;
@@ -288,6 +318,11 @@ ref_output forward_ref(const sfx::blocked_ffn_view<T>& w, sfx::activation_kind a
         out.y[static_cast<std::size_t>(c)] += h * v;
         out.mag[static_cast<std::size_t>(c)] += (std::fabs(h) + hsens) * std::fabs(v);
         out.mag2[static_cast<std::size_t>(c)] += std::pow((hr * std::fabs(h) + hsens2) * std::fabs(v), 2);
+        if (h_levels > 0)  // half a step (1% margin for the kernels' own h) times |q|
+          out.mag2[static_cast<std::size_t>(c)] +=
+              std::pow(0.505 * step[static_cast<std::size_t>(i / 32 * groups + c / 32)] *
+                           std::fabs(int_of(w.values(b) + i * l.ld, c)),
+                       2);
       }
     }
   }

@@ -34,6 +34,14 @@ bool quantizes_inputs_to_int8() {
   return kernels::ops_for<T>(active_isa()).int8_x;
 }
 
+/// The largest magnitude of the integers the value kernels now active quantise the value coefficients
+/// to for weights T (per token, chunk of 32 rows and group of 32 columns): 127 for q4 on avx2, 0 where
+/// they stay float (docs/design.md, "Quantised weights").
+template <class T>
+std::int32_t value_coefficient_levels() {
+  return kernels::ops_for<T>(active_isa()).value_levels;
+}
+
 template <class Policy, class Tx>
 void route(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, const route_args& args,
            routing_view out, workspace* ws = nullptr) {

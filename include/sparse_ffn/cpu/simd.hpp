@@ -41,6 +41,9 @@ namespace cpu {
 /// Below this max|x| a group of x quantises to int8 zeros (kernels::quantize_x32; 127 / max|x| would
 /// overflow float near the denormals).
 inline constexpr float k_x_int8_tiny = 0x1p-96f;
+/// Below this max|a| a (token, chunk, group) of value coefficients quantises to zeros (the integer
+/// value pass of q4 on avx2: kernels.inl, axpy_rows_int; the same reason).
+inline constexpr float k_value_coef_tiny = 0x1p-96f;
 
 template <class Isa>
 struct simd;
@@ -253,6 +256,43 @@ struct simd<isa::avx2> {
     hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
   }
   static reg cvt(ireg i) { return _mm256_cvtepi32_ps(i); }
+
+  // The integer value pass of q4 rows (kernels.inl, axpy_rows_int): two rows a, b at a time, with one
+  // coefficient pair per token and group broadcast as a dword.
+  static void istore(void* p, ireg a) { _mm256_storeu_si256(static_cast<__m256i*>(p), a); }
+  static ireg isub(ireg a, ireg b) { return _mm256_sub_epi32(a, b); }
+  static ireg bcast32(std::int32_t v) { return _mm256_set1_epi32(v); }
+  /// round-to-nearest-even(a), clamped to [−lim, lim] (a finite and |a| ≤ 2^31).
+  static ireg round_clamp(reg a, std::int32_t lim) {
+    return _mm256_max_epi32(_mm256_set1_epi32(-lim),
+                            _mm256_min_epi32(_mm256_set1_epi32(lim), _mm256_cvtps_epi32(a)));
+  }
+  /// Coefficient pairs as vpmaddubsw reads them: the low bytes of a and b, (a, b) twice per dword.
+  static ireg pair8(ireg a, ireg b) {
+    const ireg m = _mm256_set1_epi32(0xff);
+    const ireg p = _mm256_or_si256(_mm256_and_si256(a, m), _mm256_slli_epi32(_mm256_and_si256(b, m), 8));
+    return _mm256_or_si256(p, _mm256_slli_epi32(p, 16));
+  }
+  /// q4: one 32-byte chunk of row a and of row b (64 values each: byte j holds value j in its low nibble
+  /// and 32 + j in its high one) → unsigned nibble pairs (a, b): n[0] values 0-7 | 16-23, n[1] 8-15 |
+  /// 24-31, n[2] 32-39 | 48-55, n[3] 40-47 | 56-63.
+  static void q4_pairs(const std::uint8_t* a, const std::uint8_t* b, ireg (&n)[4]) {
+    const ireg va = iload(a), vb = iload(b), m = _mm256_set1_epi8(0x0f);
+    const ireg lo = _mm256_unpacklo_epi8(va, vb), hi = _mm256_unpackhi_epi8(va, vb);
+    n[0] = _mm256_and_si256(lo, m);
+    n[1] = _mm256_and_si256(hi, m);
+    n[2] = _mm256_and_si256(_mm256_srli_epi16(lo, 4), m);
+    n[3] = _mm256_and_si256(_mm256_srli_epi16(hi, 4), m);
+  }
+  /// acc (int16 per column) += u_a·c_a + u_b·c_b (vpmaddubsw: u ≤ 15, |c| ≤ 127, so a pair is ≤ 3810
+  /// and eight pairs fit int16 without saturation).
+  static ireg q4_madd(ireg acc, ireg nib, ireg c) {
+    return _mm256_add_epi16(acc, _mm256_maddubs_epi16(nib, c));
+  }
+  static ireg zero16() { return _mm256_setzero_si256(); }
+  /// The int16 lanes of a q4_madd accumulator widened: its low half (8 columns) and its high half.
+  static ireg widen_lo(ireg a) { return _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a)); }
+  static ireg widen_hi(ireg a) { return _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1)); }
   /// kernels::quantize_x32, vectorised: the same bytes and scale (as simd<avx512_vnni>::quantize_x32).
   static float quantize_x32(const float* x, std::int8_t* q) {
     __m256 v[4];

@@ -193,6 +193,9 @@ struct kernel_ops {
   int col_step = 1;     ///< value-pass column ranges are multiples of it (width; 64 for q8/q4)
   bool bf16_x = false;  ///< the key kernel reads x rounded to bf16 (dots' xb argument)
   bool int8_x = false;  ///< the key kernel reads x quantised to int8 (dots' xq argument, prepare_x_int8)
+  /// The value kernel's coefficients quantised to integers of at most this magnitude per (token, chunk
+  /// of 32 rows, group of 32 columns) (q4 on avx2: 127; kernels.inl, axpy_rows_int); 0: float.
+  std::int32_t value_levels = 0;
   void (*dots)(const float* const* xf, const bfloat16_t* const* xb, const std::uint8_t* const* xq, index_t m,
                const T* rows, index_t nrows, index_t ld, index_t len, float* spill, float* out) = nullptr;
   void (*apply_rows)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
@@ -242,6 +245,7 @@ kernel_ops<T> make_ops(isa_level level) {
   o.outer_m = K::outer_m;
   o.bf16_x = K::template bf16_pairs<T>;
   o.int8_x = K::template int8_q<T>;
+  o.value_levels = K::template int_values<T> ? K::value_levels : 0;
   o.width = K::width;
   o.col_step = is_quantized<T>::value ? static_cast<int>(k_quant_chunk) : K::width;
   o.dots = &K::template dots<T>;

@@ -13,6 +13,8 @@
 // in ascending row order in every tile shape (so a token's output bits do not depend on tiling or batch
 // size, up to the sign of an exact zero). Rows whose coefficient is zero for every token of the tile
 // are left out by the caller, so a ReLU block reads only the value rows of its active neurons.
+// q4 rows on avx2 (`axpy_rows_int`) sum each chunk of 32 rows exactly in integers and add the chunks in
+// ascending order instead: the same independence from tiling and batch.
 //
 // avx512_bf16 with bf16 weights (`bf16_pairs`): the key kernel multiplies bf16 rows by the token's x
 // rounded to bf16 with vdpbf16ps (32 elements per instruction). The value kernel stays in float: a
@@ -349,6 +351,186 @@ struct impl {
     for (; idx + 4 <= nrows; idx += 4)
       axpy_group_q<M, 4, T>(y, s, rows, idx, nrows, v, ld, cols, c_begin, c_end);
     for (; idx < nrows; ++idx) axpy_group_q<M, 1, T>(y, s, rows, idx, nrows, v, ld, cols, c_begin, c_end);
+  }
+
+  // ---- q4 value rows in integers (avx2) ------------------------------------------------------------
+  // On AVX2 the value pass of q4 rows multiplies integers (design.md, "Quantised weights"). Per token,
+  // chunk of 32 rows (rows 32h .. 32h + 31 of the block) and group of 32 columns, the coefficients
+  // a_i = s_i · scale_i are quantised with one step t = max_i |a_i| / 127 to r_i = round(a_i / t) (to
+  // nearest even), vpmaddubsw multiplies them by the nibbles u = q + 8 of two rows at a time, the
+  // chunk's products are summed exactly in int32 (minus 8·Σ r), and y += t · float(sum) once per chunk
+  // and column (an FMA), chunks in ascending order. An integer sum does not depend on which rows a tile
+  // lists (a row whose s is 0 adds 0 and does not move the max), so a token's bits do not depend on its
+  // tile or batch. A non-finite coefficient makes t NaN, so y is NaN as in the float path.
+  // q8 stays on the float path (axpy_rows_q): the same scheme with int16 coefficients and vpmaddwd was
+  // measured on a Zen 3 (2 threads, 4096 × 16384, g 64, 25%): ~15% faster at batch 64 but 5–15% slower
+  // at batch 1, where q8 is nearly bound by memory and the float path streams four rows at a time.
+  template <class T>
+  static constexpr bool int_values = (std::is_same<isa::avx2, Isa>::value && std::is_same<T, q4_t>::value);
+  /// The largest coefficient magnitude of the integer value pass (int8, vpmaddubsw's signed operand).
+  static constexpr std::int32_t value_levels = 127;
+
+  template <int M, class T>
+  static void axpy_rows_int(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
+                            const std::uint8_t* v, index_t ld, index_t cols, index_t c_begin, index_t c_end) {
+    using F = row_format<T>;
+    using I = typename V::ireg;
+    static_assert(std::is_same<T, q4_t>::value, "the integer value pass is q4's");
+    constexpr std::int32_t Q = value_levels;
+    // span: columns per pass of coefficients (sg groups), their int32 sums in acc32. Each register tile
+    // (one 32-byte chunk of quants = two groups) walks down the chunk's rows, two at a time.
+    // Measured on a Zen 3 (2 threads, 4096 × 16384, g 64, 25%): prefetching each row 128 bytes ahead
+    // beats 64, 256 and 512 (32 rows in flight), and streaming 4 or 8 rows at a time across the span
+    // (sums parked in acc32 between passes) was slower at batch 64 and no faster at batch 1.
+    constexpr index_t span = 512, sg = span / k_quant_group, tile = 64, cr = 32;
+    constexpr index_t ahead = 128;               // bytes a row is prefetched ahead
+    alignas(32) float af[cr][sg];                // one token's coefficients, chunk rows × groups
+    alignas(32) bfloat16_t scl[cr][sg];          // scales of a partial span (zero-padded to 8 groups)
+    alignas(32) std::int32_t rq[cr][8];          // quantised coefficients of 8 groups
+    alignas(32) std::int32_t cp[M][cr / 2][sg];  // coefficient pairs, per token, row pair and group
+    alignas(32) float ts[M][sg];                 // steps t
+    alignas(32) std::int32_t corr[M][sg];        // −8 Σ r
+    alignas(32) std::int32_t acc32[M][span];     // the chunk's int32 sums over the span
+    const std::uint8_t* pa[cr / 2];
+    const std::uint8_t* pb[cr / 2];
+    const bfloat16_t* sc[cr];
+    const std::uint8_t* nx[cr];  // the next chunk's rows (prefetched at the end of this one)
+    const index_t b_begin = c_begin * F::bits / 8, b_end = c_end * F::bits / 8;
+    for (index_t i0 = 0; i0 < nrows;) {
+      index_t i1 = i0 + 1, i2;
+      while (i1 < nrows && rows[i1] / cr == rows[i0] / cr) ++i1;
+      for (i2 = i1 + 1; i2 < nrows && rows[i2] / cr == rows[i1] / cr;) ++i2;
+      const index_t nr = i1 - i0, np = (nr + 1) / 2, nn = i1 < nrows ? std::min<index_t>(i2, nrows) - i1 : 0;
+      for (index_t r = 0; r < nr; ++r)
+        sc[r] = F::scales(reinterpret_cast<const T*>(v + rows[i0 + r] * ld), cols);
+      for (index_t r = 0; r < nn; ++r) nx[r] = v + rows[i1 + r] * ld;
+      for (index_t p = 0; p < np; ++p) {
+        pa[p] = v + rows[i0 + 2 * p] * ld;
+        pb[p] = 2 * p + 1 < nr ? v + rows[i0 + 2 * p + 1] * ld : pa[p];
+      }
+      {  // the scale lines of the column range: this chunk's rows (read first), then the next chunk's
+        const index_t first = c_begin / k_quant_group * 2 / 64 * 64, end = c_end / k_quant_group * 2;
+        for (index_t r = 0; r < nr + nn; ++r) {
+          const auto* sl = reinterpret_cast<const std::uint8_t*>(
+              r < nr ? sc[r] : F::scales(reinterpret_cast<const T*>(nx[r - nr]), cols));
+          for (index_t b = first; b < end; b += 64) V::prefetch(sl + b);
+        }
+      }
+      for (index_t c0 = c_begin; c0 < c_end; c0 += span) {
+        const index_t c1 = std::min(c_end, c0 + span), g0 = c0 / k_quant_group,
+                      ng = (c1 - c0) / k_quant_group;
+        const bool partial = ng % 8 != 0;  // vector loads of 8 scales would pass the span's last group
+        // At most 8 pairs (a ReLU block's chunk, typically): one int16 pass per tile, its sums go
+        // straight to y (the same integers and FMA as through acc32).
+        const bool direct = np <= 8;
+        if (partial)
+          for (index_t r = 0; r < nr; ++r)
+            for (index_t g = 0; g < sg; ++g) scl[r][g] = g < ng ? sc[r][g0 + g] : bfloat16_t{};
+        for (int m = 0; m < M; ++m) {
+          for (index_t gv = 0; gv < ng; gv += 8) {
+            reg amax = V::zero(), bad = V::zero();
+            for (index_t r = 0; r < nr; ++r) {
+              const reg a =
+                  V::mul(V::set1(s[m][rows[i0 + r]]), V::load(partial ? &scl[r][gv] : sc[r] + g0 + gv));
+              V::store(&af[r][gv], a);
+              amax = V::max(amax, V::abs(a));
+              bad = V::add(bad, V::sub(a, a));  // NaN once a coefficient is not finite
+            }
+            const reg levels = V::set1(static_cast<float>(Q));
+            V::store(&ts[m][gv], V::add(V::div(amax, levels), bad));
+            const reg inv =
+                V::select_ge0(V::sub(amax, V::set1(k_value_coef_tiny)), V::div(levels, amax), V::zero());
+            I sum = V::bcast32(0);
+            for (index_t r = 0; r < nr; ++r) {
+              const I q = V::round_clamp(V::mul(V::load(&af[r][gv]), inv), Q);
+              V::istore(&rq[r][0], q);
+              sum = V::iadd(sum, q);
+            }
+            for (index_t p = 0; p < np; ++p) {
+              const I a = V::iload(&rq[2 * p][0]),
+                      b = 2 * p + 1 < nr ? V::iload(&rq[2 * p + 1][0]) : V::bcast32(0);
+              V::istore(&cp[m][p][gv], V::pair8(a, b));
+            }
+            const I s2 = V::iadd(sum, sum), s4 = V::iadd(s2, s2);
+            V::istore(&corr[m][gv], V::isub(V::bcast32(0), V::iadd(s4, s4)));
+          }
+          if (!direct)
+            for (index_t c = 0; c < c1 - c0; c += 8)
+              V::istore(&acc32[m][c], V::bcast32(corr[m][c / k_quant_group]));
+        }
+        for (index_t c = c0; c < c1; c += tile) {
+          const index_t byte = c * F::bits / 8, g = (c - c0) / k_quant_group;
+          if ((byte - b_begin) % 64 == 0) {  // one prefetch per cache line and row, `ahead` bytes on
+            const index_t pf = byte + ahead;
+            if (pf < b_end) {  // this chunk's rows (over this span or the next)
+              for (index_t p = 0; p < np; ++p) {
+                V::prefetch(pa[p] + pf);
+                V::prefetch(pb[p] + pf);
+              }
+            } else {  // the next chunk's rows
+              for (index_t r = 0; r < nn; ++r)
+                V::prefetch(nx[r] + b_begin + (pf - b_end) % (b_end - b_begin));
+            }
+          }
+          for (index_t p0 = 0; p0 < np; p0 += 8) {  // ≤ 8 pairs: the int16 sums cannot saturate
+            const index_t p1 = std::min<index_t>(np, p0 + 8);
+            I s16[M][4];
+#pragma GCC unroll 4
+            for (int m = 0; m < M; ++m)
+#pragma GCC unroll 4
+              for (int k = 0; k < 4; ++k) s16[m][k] = V::zero16();
+            for (index_t p = p0; p < p1; ++p) {
+              I n[4];
+              V::q4_pairs(pa[p] + byte, pb[p] + byte, n);
+#pragma GCC unroll 4
+              for (int m = 0; m < M; ++m) {
+                const I ca = V::bcast32(cp[m][p][g]), cb = V::bcast32(cp[m][p][g + 1]);
+                s16[m][0] = V::q4_madd(s16[m][0], n[0], ca);
+                s16[m][1] = V::q4_madd(s16[m][1], n[1], ca);
+                s16[m][2] = V::q4_madd(s16[m][2], n[2], cb);
+                s16[m][3] = V::q4_madd(s16[m][3], n[3], cb);
+              }
+            }
+            // n[k]'s low and high halves: columns lo_at[k] and hi_at[k] of the tile (simd<avx2>::q4_pairs)
+            constexpr int lo_at[4] = {0, 8, 32, 40}, hi_at[4] = {16, 24, 48, 56};
+            if (direct) {
+#pragma GCC unroll 4
+              for (int m = 0; m < M; ++m) {
+                const I ca = V::bcast32(corr[m][g]), cb = V::bcast32(corr[m][g + 1]);
+                const reg ta = V::set1(ts[m][g]), tb = V::set1(ts[m][g + 1]);
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; ++k) {
+                  float* ylo = y[m] + c + lo_at[k];
+                  float* yhi = y[m] + c + hi_at[k];
+                  const I cc = k < 2 ? ca : cb;
+                  const reg tt = k < 2 ? ta : tb;
+                  V::store(ylo, V::fma(tt, V::cvt(V::iadd(cc, V::widen_lo(s16[m][k]))), V::load(ylo)));
+                  V::store(yhi, V::fma(tt, V::cvt(V::iadd(cc, V::widen_hi(s16[m][k]))), V::load(yhi)));
+                }
+              }
+              continue;
+            }
+#pragma GCC unroll 4
+            for (int m = 0; m < M; ++m)
+#pragma GCC unroll 4
+              for (int k = 0; k < 4; ++k) {
+                std::int32_t* a = &acc32[m][c - c0 + lo_at[k]];
+                std::int32_t* b = &acc32[m][c - c0 + hi_at[k]];
+                V::istore(a, V::iadd(V::iload(a), V::widen_lo(s16[m][k])));
+                V::istore(b, V::iadd(V::iload(b), V::widen_hi(s16[m][k])));
+              }
+          }
+        }
+        for (int m = 0; !direct && m < M; ++m) {  // y += t · float(Σ), once per chunk and column
+          float* yc = y[m] + c0;
+          const std::int32_t* a = acc32[m];
+          for (index_t c = 0; c < c1 - c0; c += 8)
+            V::store(yc + c,
+                     V::fma(V::set1(ts[m][c / k_quant_group]), V::cvt(V::iload(a + c)), V::load(yc + c)));
+        }
+      }
+      i0 = i1;
+    }
   }
 
   // ---- quantised rows in int8: int8 × int8 dot products (vpdpbusd with VNNI, else vpmaddubsw) -------
@@ -935,7 +1117,10 @@ struct impl {
   static void apply_rows(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                          index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo, index_t c_hi) {
     count<rows_m>(static_cast<int>(m), [&](auto M) {
-      if constexpr (is_quantized<T>::value)
+      if constexpr (int_values<T>)
+        axpy_rows_int<decltype(M)::value, T>(y, s, rows, nrows, reinterpret_cast<const std::uint8_t*>(v), ld,
+                                             cols, c_lo, c_hi);
+      else if constexpr (is_quantized<T>::value)
         axpy_rows_q<decltype(M)::value>(y, s, rows, nrows, v, ld, cols, c_lo, c_hi);
       else
         axpy_rows<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi);
