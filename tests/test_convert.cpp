@@ -12,9 +12,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <map>
 #include <numeric>
+#include <set>
 
 namespace cv = sparse_ffn::convert;
 
@@ -580,6 +582,113 @@ TEST_CASE("per-layer budgets for a target error: allocate_blocks_for_error is th
   }
   REQUIRE_ERROR(cv::allocate_blocks_for_error({{{1, 2}, {0.2, 0.1}, 1, 64, 1.0}}, -1.0, 1000),
                 sfx::status::invalid_argument, "must be finite and >= 0");
+}
+
+TEST_CASE("per-layer budgets by local search: refine_allocation on a measured loss", "[convert][budget]") {
+  using V = std::vector<sfx::index_t>;
+  auto r = test::rng(41);
+  // Separable convex losses with equal block bytes: single-block moves reach the global optimum, which
+  // brute force finds.
+  for (int rep = 0; rep < 100; ++rep) {
+    const int L = 2 + static_cast<int>(r() % 3);
+    std::vector<cv::layer_range> range(static_cast<std::size_t>(L));
+    std::vector<double> a(static_cast<std::size_t>(L)), p(static_cast<std::size_t>(L));
+    for (int l = 0; l < L; ++l) {
+      auto& c = range[static_cast<std::size_t>(l)];
+      c.min_k = 1 + static_cast<sfx::index_t>(r() % 3);
+      c.max_k = c.min_k + static_cast<sfx::index_t>(r() % 8);
+      c.block_bytes = 96;
+      a[static_cast<std::size_t>(l)] = std::uniform_real_distribution<double>(0.1, 2.0)(r);
+      p[static_cast<std::size_t>(l)] = std::uniform_real_distribution<double>(0.5, 2.0)(r);
+    }
+    auto loss = [&](const V& k) {
+      double s = 0;
+      for (int l = 0; l < L; ++l)
+        s += a[static_cast<std::size_t>(l)] /
+             std::pow(double(k[static_cast<std::size_t>(l)]), p[static_cast<std::size_t>(l)]);
+      return s;
+    };
+    V start(static_cast<std::size_t>(L));
+    std::int64_t least = 0, most = 0;
+    for (int l = 0; l < L; ++l) {
+      const auto& c = range[static_cast<std::size_t>(l)];
+      start[static_cast<std::size_t>(l)] =
+          c.min_k + static_cast<sfx::index_t>(r() % static_cast<std::uint64_t>(c.max_k - c.min_k + 1));
+      least += c.min_k * 96;
+      most += c.max_k * 96;
+    }
+    std::int64_t start_bytes = 0;
+    for (int l = 0; l < L; ++l) start_bytes += start[static_cast<std::size_t>(l)] * 96;
+    const std::int64_t budget =
+        start_bytes + static_cast<std::int64_t>(r() % static_cast<std::uint64_t>(most - start_bytes + 1)) / 2;
+    double best = std::numeric_limits<double>::infinity();
+    V k(static_cast<std::size_t>(L));
+    std::function<void(int, std::int64_t)> walk = [&](int l, std::int64_t bytes) {
+      if (l == L) {
+        best = std::min(best, loss(k));
+        return;
+      }
+      const auto& c = range[static_cast<std::size_t>(l)];
+      for (sfx::index_t x = c.min_k; x <= c.max_k && bytes + x * 96 <= budget; ++x) {
+        k[static_cast<std::size_t>(l)] = x;
+        walk(l + 1, bytes + x * 96);
+      }
+    };
+    walk(0, 0);
+    cv::refine_options o;
+    o.step = 1 + static_cast<sfx::index_t>(r() % 4);
+    o.max_evaluations = 100000;
+    std::set<V> called;
+    bool repeated = false;
+    const auto res = cv::refine_allocation(
+        range, start, budget,
+        [&](const V& kk) {
+          repeated = repeated || !called.insert(kk).second;
+          return loss(kk);
+        },
+        o);
+    INFO("rep " << rep << " layers " << L << " budget " << budget << " least " << least);
+    REQUIRE_FALSE(repeated);
+    REQUIRE(res.evaluations == static_cast<std::int64_t>(called.size()));
+    REQUIRE(res.loss == Approx(best).epsilon(1e-12));
+    REQUIRE(res.loss == loss(res.k));
+    REQUIRE(res.start_loss == loss(start));
+    REQUIRE(res.bytes <= budget);
+  }
+  // A loss with interactions between layers and unequal block sizes: within bounds and budget, never
+  // worse than the start, deterministic, and it stops at max_evaluations.
+  const std::vector<cv::layer_range> range{{1, 12, 64}, {2, 10, 128}, {1, 16, 64}};
+  auto coupled = [](const V& k) {
+    const double x = double(k[0]), y = double(k[1]), z = double(k[2]);
+    return 1.0 / x + 2.0 / y + 1.5 / z + 0.3 * std::abs(x - z) / (x + z) + 0.05 * x * y / 100.0;
+  };
+  const V start{4, 4, 4};
+  const auto a = cv::refine_allocation(range, start, 4 * 64 + 4 * 128 + 4 * 64 + 64, coupled);
+  const auto b = cv::refine_allocation(range, start, 4 * 64 + 4 * 128 + 4 * 64 + 64, coupled);
+  REQUIRE(a.k == b.k);
+  REQUIRE(a.loss < a.start_loss);
+  REQUIRE(a.moves > 0);
+  REQUIRE(a.bytes <= 4 * 64 + 4 * 128 + 4 * 64 + 64);
+  REQUIRE(a.bytes == a.k[0] * 64 + a.k[1] * 128 + a.k[2] * 64);
+  for (std::size_t l = 0; l < 3; ++l) REQUIRE((a.k[l] >= range[l].min_k && a.k[l] <= range[l].max_k));
+  cv::refine_options few;
+  few.max_evaluations = 3;
+  REQUIRE(cv::refine_allocation(range, start, 10000, coupled, few).evaluations == 3);
+  // Bad arguments.
+  REQUIRE_ERROR(cv::refine_allocation(range, V{4, 4}, 10000, coupled), sfx::status::invalid_argument,
+                "start has 2 layers, the bounds 3");
+  REQUIRE_ERROR(cv::refine_allocation(range, V{4, 1, 4}, 10000, coupled), sfx::status::invalid_argument,
+                "layer 1: start k 1 is outside [2, 10]");
+  REQUIRE_ERROR(cv::refine_allocation(range, start, 100, coupled), sfx::status::invalid_argument,
+                "over the budget");
+  REQUIRE_ERROR(cv::refine_allocation({{3, 2, 64}}, V{3}, 10000, coupled), sfx::status::invalid_argument,
+                "min_k <= max_k");
+  REQUIRE_ERROR(cv::refine_allocation(range, start, 10000, [](const V&) { return NAN; }),
+                sfx::status::invalid_argument, "not finite");
+  cv::refine_options zero;
+  zero.step = 0;
+  REQUIRE_ERROR(cv::refine_allocation(range, start, 10000, coupled, zero), sfx::status::invalid_argument,
+                "step and max_evaluations");
 }
 
 TEST_CASE("model conversion: layer lists, name patterns, report curves, block bytes", "[convert][layers]") {
