@@ -618,10 +618,10 @@ result launch(const buffers& b, const grids& gr, const blocked_ffn_view<typename
   if constexpr (std::is_same<Sel, select::learned_gate>::value) {
     // The logits the forward scored with (linear_scores), for the caller's backward: columns [pinned, B).
     if (cache && cache->logits && !given && B > l.pinned) {
-      const std::size_t pitch = static_cast<std::size_t>(B) * 4;
+      const std::size_t pitch = static_cast<std::size_t>(B) * sizeof(float);
       e = cudaMemcpy2DAsync(cache->logits + l.pinned, pitch, b.scores + l.pinned, pitch,
-                            static_cast<std::size_t>(B - l.pinned) * 4, static_cast<std::size_t>(n),
-                            cudaMemcpyDeviceToDevice, s);
+                            static_cast<std::size_t>(B - l.pinned) * sizeof(float),
+                            static_cast<std::size_t>(n), cudaMemcpyDeviceToDevice, s);
       if (e != cudaSuccess) return from_cuda(e);
     }
   }
