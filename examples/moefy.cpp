@@ -97,6 +97,7 @@ sf::convert::moefy_options pipeline_options(const moefy::options& o,
   mo.quality.progress = progress;
   mo.quality.train.progress = progress;
   mo.report = !o.no_report;
+  mo.quality.fit_routers = !o.no_report_routers;
   mo.report_splits = o.report_splits;
   mo.progress = progress;
   mo.pin.ratio = o.pin_ratio;

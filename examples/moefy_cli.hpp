@@ -38,6 +38,7 @@ struct options {
   double pin_ratio = 64;
   std::int64_t max_pinned = -1;
   bool no_report = false;
+  bool no_report_routers = false;
   std::string out, report;
   std::string layers;       ///< "0-5": convert these layers; names hold {i} (empty: one layer, no {i})
   double budget = 0;        ///< share of the block bytes the layers may compute together (0: none)
@@ -226,6 +227,10 @@ inline void define(CLI::App& app, options& o) {
       ->type_name("N")->check(detail::integer(0, std::numeric_limits<std::int32_t>::max()));
   app.add_flag("--no-report", o.no_report, "skip the quality report (the router is then fitted on all tokens)")
       ->excludes(held)->excludes("--densities")->excludes("--report-splits");
+  app.add_flag("--no-report-routers", o.no_report_routers,
+               "the report leaves out the fitted routers (linear, mlp): none is trained for it, and unless --router is "
+               "linear or mlp its dense pass covers the held-out tokens only (much faster on wide layers)")
+      ->excludes("--no-report");
   app.add_option("--out", o.out, "the blocked model to write (safetensors); with --layers a pattern with {i}")->required()->type_name("FILE")->check(detail::non_empty());
   app.add_option("--report", o.report, "also write the report as JSON (with --layers: one report for the model)")->type_name("FILE")->excludes("--no-report")->check(detail::non_empty());
   app.add_option("--layers", o.layers, "convert these layers in one run, e.g. 0-5 or 0,2,4: every {i} in a tensor name, --hidden and --out becomes the layer's index")

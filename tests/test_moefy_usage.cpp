@@ -18,6 +18,9 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <string>
+#include <utility>
+#include <vector>
 
 #ifndef MOEFY_BIN
 #error "MOEFY_BIN must name the moefy executable"
@@ -155,10 +158,46 @@ TEST_CASE("moefy: a valid conversion writes the model and a valid JSON report", 
     for (const auto& row : rep["rows"]) output_oracle_rows += row["selector"] == "oracle_output";
     REQUIRE(output_oracle_rows > 0);
   }
+  // The report without fitted routers: no linear/mlp rows, the others as in the full report (its dense
+  // pass then covers the held-out tokens only, which the progress says); an installed linear router is
+  // still fitted.
+  for (const auto& [router, target] : std::vector<std::pair<std::string, std::string>>{
+           {"avg_k", "output"}, {"linear", "mass"}, {"linear", "output"}}) {
+    const std::string common = w.base(false) + " --router " + router + " --router-target " + target +
+                               " --densities 0.25,0.5 --report-splits random --report ";
+    auto full = run(common + w.dir + "/full.json --out " + w.dir + "/full.safetensors");
+    INFO(full.output);
+    REQUIRE(full.status == 0);
+    auto lean = run(common + w.dir + "/lean.json --no-report-routers --out " + w.dir + "/lean.safetensors");
+    INFO(lean.output);
+    REQUIRE(lean.status == 0);
+    REQUIRE((lean.output.find("dense pass (held-out tokens)") != std::string::npos) ==
+            (router == "avg_k" || target == "output"));
+    const auto a = nlohmann::json::parse(slurp(w.dir + "/full.json"));
+    const auto b = nlohmann::json::parse(slurp(w.dir + "/lean.json"));
+    std::size_t matched = 0, fitted_rows = 0;
+    for (const auto& row : a["rows"]) fitted_rows += row["selector"] == "linear" || row["selector"] == "mlp";
+    REQUIRE(fitted_rows > 0);
+    for (const auto& row : b["rows"]) {
+      REQUIRE(row["selector"] != "linear");
+      REQUIRE(row["selector"] != "mlp");
+      for (const auto& ref : a["rows"])
+        if (ref["split"] == row["split"] && ref["selector"] == row["selector"] && ref["k"] == row["k"]) {
+          REQUIRE(row["rel_error"].get<double>() == Approx(ref["rel_error"].get<double>()).epsilon(1e-6));
+          ++matched;
+        }
+    }
+    REQUIRE(matched == b["rows"].size());
+    REQUIRE(matched + fitted_rows == a["rows"].size());
+    // The installed router (the mean keys, or the linear router fitted on the fit share) is the same.
+    REQUIRE(io::load_blocked<float>(w.dir + "/lean.safetensors").centroids_float() ==
+            io::load_blocked<float>(w.dir + "/full.safetensors").centroids_float());
+  }
+  REQUIRE(run(w.base() + " --no-report --no-report-routers").status != 0);
   const auto help = run("--help");
   REQUIRE(help.status == 0);
-  for (const char* flag :
-       {"--in", "--densities", "--report-splits", "--max-tokens", "--out", "--b3", "--router-target"})
+  for (const char* flag : {"--in", "--densities", "--report-splits", "--max-tokens", "--out", "--b3",
+                           "--router-target", "--no-report-routers"})
     REQUIRE(help.output.find(flag) != std::string::npos);
 }
 

@@ -180,8 +180,18 @@ inline moefy_result moefy(const dense_ffn<float>& dense, const float* x, index_t
         other_perms.push_back(make_pinned_split<Act>(splits[i], dense, x, n, o, r.pinned));
         perms.push_back(&other_perms.back());
       }
-      if (o.progress) o.progress("dense pass", 0.0);
-      dense_reference<Act>(dense.view(), o.g, perms, x, n, y_dense, masses);
+      // Unless a router learns the fit share's masses (the report's, or the installed one with target
+      // mass), they are not read: the dense pass covers the held-out tokens only (rows [0, n_fit) stay
+      // zero).
+      const bool fit_share = o.quality.fit_routers || ((o.router == "linear" || o.router == "mlp") &&
+                                                       o.quality.train.target == "mass");
+      const index_t from = fit_share ? 0 : n_fit;
+      if (o.progress) o.progress(fit_share ? "dense pass" : "dense pass (held-out tokens)", 0.0);
+      dense_reference<Act>(dense.view(), o.g, perms, x + from * d, n - from, y_dense, masses);
+      if (from > 0) {
+        y_dense.insert(y_dense.begin(), static_cast<std::size_t>(from * d), 0.0f);
+        for (auto& m : masses) m.insert(m.begin(), static_cast<std::size_t>(from * B), 0.0f);
+      }
     }
     // The report first: the router it fits on the installed split is the one to install (same tokens,
     // same masses, same options), so it is not fitted twice.

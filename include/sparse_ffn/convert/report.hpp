@@ -103,7 +103,8 @@ struct fitted_routers {
 /// Evaluates one split (permutation) of a dense float FFN with activation Act on tokens x [n × d].
 /// `mass` [n × B] and `y_dense` [n × d], when given, are the split's block masses and the dense
 /// output (dense_reference computes them for several splits in one pass); otherwise they are
-/// computed here.
+/// computed here. Their rows of the fit share (the tokens before the held-out ones) are read only to
+/// fit the routers (o.fit_routers); without, only the held-out tokens' dense pass runs.
 template <class Act>
 std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
                                         const std::vector<std::int32_t>& perm, index_t g, const float* x,
@@ -123,11 +124,15 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
   const float* x_eval = x + n_train * d;
   sparse_ffn::detail::require((mass_in == nullptr) == (y_dense_in == nullptr), status::invalid_argument,
                               "evaluate_split: give both the block masses and the dense output, or neither");
+  const bool fit = o.fit_routers && n_train > 0;
   std::vector<float> y_dense_own, mass_own;
   if (!mass_in) {
     if (o.progress) o.progress("quality " + split_name + " (dense pass)", 0.0);
-    y_dense_own.resize(static_cast<std::size_t>(n * d));
-    mass_own = block_mass<Act>(model, x, n, y_dense_own.data());
+    const index_t from = fit ? 0 : n_train;  // rows [0, from) stay zero: not read
+    y_dense_own.assign(static_cast<std::size_t>(n * d), 0.0f);
+    mass_own.assign(static_cast<std::size_t>(n * B), 0.0f);
+    const auto m = block_mass<Act>(model, x + from * d, n - from, y_dense_own.data() + from * d);
+    std::copy(m.begin(), m.end(), mass_own.begin() + from * B);
   }
   const float* y_dense = mass_in ? y_dense_in : y_dense_own.data();
   const float* mass = mass_in ? mass_in : mass_own.data();
@@ -142,10 +147,11 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
   // With output targets, the routers learn the output norms (fit share) and the report shows the
   // oracle of those (held-out share): one pass over all the tokens.
   const bool output_target = o.train.target == "output";
-  const std::vector<float> out_norms =
-      output_target ? block_output_norms<Act>(model, x, n) : std::vector<float>();
+  const std::vector<float> out_norms = !output_target ? std::vector<float>()
+                                       : fit          ? block_output_norms<Act>(model, x, n)
+                                                      : block_output_norms<Act>(model, x_eval, n_eval);
   if (output_target)
-    scores.push_back({"oracle_output", std::vector<float>(out_norms.begin() + n_train * B, out_norms.end())});
+    scores.push_back({"oracle_output", std::vector<float>(out_norms.end() - n_eval * B, out_norms.end())});
   {
     std::vector<float> s(static_cast<std::size_t>(n_eval * B));
     linear_router avg;
@@ -168,7 +174,7 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
     r.scores(x_eval, n_eval, s.data());
     scores.push_back({"similarity", s});
   }
-  if (o.fit_routers && n_train > 0) {
+  if (fit) {
     // The two routers train side by side, one thread each (each fit is single-threaded), so the
     // result does not depend on the thread count.
     linear_router lin;
