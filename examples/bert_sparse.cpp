@@ -70,6 +70,7 @@ struct options {
   double target = 0.98;
   index_t every = 2;  // uniform k = every, 2·every, …, B (and B)
   int epochs = 20;
+  std::int64_t refine = 0;  // "refined" rows: local search with at most this many dev evaluations (0: none)
   std::string router_target = "mass";  // what the linear router learns: block mass or output norm
   bool quiet = false;
 };
@@ -201,6 +202,7 @@ struct study {
   std::vector<variant> variants;
   index_t calib_tokens = 0, eval_tokens = 0;
   nlohmann::json timing;
+  nlohmann::json refined = nlohmann::json::array();  // the refine searches: dev losses, moves, time
 };
 
 /// The whole study on a loaded model (the real run and the synthetic test share it).
@@ -302,6 +304,87 @@ study run_study(const bert::model& m, const std::vector<std::vector<int>>& calib
       }
     }
   }
+  // Refined budgets (--refine N): convert::refine_allocation with the loss measured on the whole model,
+  // every layer sparse (pinned variant, fitted linear router): 1 − mean cosine of the dev sentences'
+  // embeddings to the dense model's. It starts from the better on dev of uniform k and the e2e budget at
+  // the same bytes; the held-out sentences (the rows' cosines) are never seen by the search.
+  if (opt.refine > 0) {
+    const variant& v = st.variants[0];
+    const std::string sel = "linear";
+    const std::vector<float> x0 = bert::embed(m, dev);
+    std::vector<float> dev_ref = x0;
+    bert::run_layers(m, dev, dev_ref, 0, L, dense_ffns(m));
+    dev_ref = bert::pool(m, dev, dev_ref);
+    std::vector<cv::layer_range> range(static_cast<std::size_t>(L));
+    for (index_t l = 0; l < L; ++l)
+      range[static_cast<std::size_t>(l)] = {std::max<index_t>(1, v.pinned[static_cast<std::size_t>(l)]), B,
+                                            block};
+    for (index_t k : ks) {
+      if (k == B) continue;
+      std::int64_t least = 0;
+      for (const auto& r : range) least += r.min_k * block;
+      if (k * L * block < least) continue;
+      // The search's current allocation is the least loss seen so far; a candidate differs from it in
+      // at most two layers, so the dev states before the first of them are reused.
+      std::vector<index_t> best_k;
+      double best_loss = 2;
+      std::vector<std::vector<float>> best_states;  // input of each layer under best_k
+      std::int64_t evals = 0;
+      auto loss = [&](const std::vector<index_t>& kl) {
+        index_t from = 0;
+        if (!best_k.empty())
+          while (from < L && kl[static_cast<std::size_t>(from)] == best_k[static_cast<std::size_t>(from)])
+            ++from;
+        if (from == L) return best_loss;  // the same allocation
+        std::vector<std::vector<float>> states(static_cast<std::size_t>(L));
+        for (index_t l = 0; l < from; ++l)
+          states[static_cast<std::size_t>(l)] = best_states[static_cast<std::size_t>(l)];
+        std::vector<float> y = best_k.empty() ? x0 : best_states[static_cast<std::size_t>(from)];
+        const auto f = sparse_ffns(v, sel, kl, opt.g, ws);
+        for (index_t l = from; l < L; ++l) {
+          states[static_cast<std::size_t>(l)] = y;
+          bert::run_layers(m, dev, y, l, l + 1, f);
+        }
+        const double D = 1.0 - cosines(bert::pool(m, dev, y), dev_ref, d).first;
+        ++evals;
+        if (D < best_loss) {
+          best_loss = D;
+          best_k = kl;
+          best_states = std::move(states);
+        }
+        return D;
+      };
+      const double t1 = now();
+      std::vector<index_t> start(static_cast<std::size_t>(L), k);
+      const double uniform_loss = loss(start);
+      double e2e_loss = -1;
+      if (v.e2e_curves.count(sel)) {
+        const auto e = cv::allocate_blocks(v.e2e_curves.at(sel), k * L * block).k;
+        e2e_loss = loss(e);
+        if (e2e_loss < uniform_loss) start = e;
+      }
+      cv::refine_options ro;
+      ro.step = std::max<index_t>(1, k / 4);
+      ro.max_evaluations = opt.refine;
+      const cv::refine_result r = cv::refine_allocation(range, start, k * L * block, loss, ro);
+      if (!opt.quiet)
+        std::fprintf(
+            stderr,
+            "refined at %lld blocks a layer: dev loss %.4f -> %.4f, %lld moves, %lld evaluations, %.1f s\n",
+            static_cast<long long>(k), r.start_loss, r.loss, static_cast<long long>(r.moves),
+            static_cast<long long>(evals), now() - t1);
+      st.refined.push_back({{"uniform_k", k},
+                            {"dev_loss_uniform", uniform_loss},
+                            {"dev_loss_e2e", e2e_loss},
+                            {"start", start},
+                            {"dev_loss", r.loss},
+                            {"k", r.k},
+                            {"moves", r.moves},
+                            {"evaluations", evals},
+                            {"seconds", now() - t1}});
+      measure(v, sel, "refined", r.k, k);
+    }
+  }
   return st;
 }
 
@@ -369,6 +452,7 @@ nlohmann::json to_json(const study& st, const options& opt) {
                          {"mean_cos", r.mean_cos},
                          {"min_cos", r.min_cos}});
   j["timing"] = st.timing;
+  j["refined"] = st.refined;
   return j;
 }
 
@@ -460,6 +544,7 @@ int synthetic() {
   opt.g = 16;
   opt.every = 4;
   opt.epochs = 10;
+  opt.refine = 40;
   opt.quiet = true;
   std::vector<std::vector<int>> dev;
   for (int i = 0; i < 20; ++i) dev.push_back(tok.sentence(sentence(4 + i % 7), 64));
@@ -489,6 +574,13 @@ int synthetic() {
       budgets_ok = budgets_ok && sum <= r.uniform_k * m.c.layers;
     }
   check(budgets_ok, "per-layer budgets stay within the uniform rows' bytes");
+  bool refined_ok = st.refined.size() == static_cast<std::size_t>(B / opt.every - 1);
+  for (const auto& r : st.refined)
+    refined_ok = refined_ok && r.at("dev_loss").get<double>() <= r.at("dev_loss_uniform").get<double>() &&
+                 r.at("dev_loss").get<double>() <= r.at("dev_loss_e2e").get<double>() &&
+                 r.at("evaluations").get<std::int64_t>() <= 40 + 2;
+  check(refined_ok,
+        "refined budgets: one search per uniform k < B, its dev loss at most uniform's and e2e's");
   check(st.variants[0].e2e_curves.size() == 3 && st.variants[0].e2e_curves.at("avg_k").size() == 2 &&
             st.variants[1].e2e_curves.empty(),
         "end-to-end curves for each selector and layer of the pinned variant");
@@ -509,7 +601,7 @@ std::string read_text(const std::string& path) {
       stderr,
       "%s\nusage: bert_sparse --model DIR --calib FILE --sentences FILE [--json OUT] [--g 64]\n"
       "                   [--calib-tokens 60000] [--pin-ratio 64] [--target 0.98] [--every 2] [--dev 100]\n"
-      "                   [--router-target mass|output] [--dump OUT]\n"
+      "                   [--router-target mass|output] [--refine 0] [--dump OUT]\n"
       "       bert_sparse --synthetic\n",
       why);
   std::exit(2);
@@ -529,7 +621,7 @@ int main(int argc, char** argv) {
     for (const auto& [k, v] : a)
       if (k != "model" && k != "calib" && k != "sentences" && k != "json" && k != "g" &&
           k != "calib-tokens" && k != "pin-ratio" && k != "target" && k != "every" && k != "dump" &&
-          k != "dev" && k != "router-target")
+          k != "dev" && k != "router-target" && k != "refine")
         usage(("unknown option --" + k).c_str());
     if (!a.count("model") || !a.count("calib") || !a.count("sentences"))
       usage("--model, --calib and --sentences are required");
@@ -549,9 +641,10 @@ int main(int argc, char** argv) {
     opt.every = static_cast<index_t>(num("every", 2));
     const index_t calib_tokens = static_cast<index_t>(num("calib-tokens", 60000));
     const index_t dev_count = static_cast<index_t>(num("dev", 100));
+    opt.refine = static_cast<std::int64_t>(num("refine", 0));
     if (opt.g != 16 && opt.g != 32 && opt.g != 64 && opt.g != 128) usage("--g must be 16, 32, 64 or 128");
-    if (opt.every < 1 || calib_tokens < 1 || dev_count < 1)
-      usage("--every, --calib-tokens and --dev must be >= 1");
+    if (opt.every < 1 || calib_tokens < 1 || dev_count < 1 || opt.refine < 0)
+      usage("--every, --calib-tokens and --dev must be >= 1, --refine >= 0");
     if (a.count("router-target")) opt.router_target = a.at("router-target");
     if (opt.router_target != "mass" && opt.router_target != "output")
       usage("--router-target must be mass or output");

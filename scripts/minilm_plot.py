@@ -23,6 +23,7 @@ lines = [
     ("pinned", "linear", "budget", "linear router, pinned, budgets on local errors", "tab:blue", ":"),
     ("pinned", "linear", "e2e", "linear router, pinned, end-to-end budgets", "tab:blue", "-"),
     ("pinned", "oracle", "e2e", "oracle, pinned, end-to-end budgets", "k", "-"),
+    ("pinned", "linear", "refined", "linear router, pinned, refined budgets (--refine)", "tab:green", "-"),
 ]
 fig, ax = plt.subplots(figsize=(7.5, 4.8))
 for pins, router, mode, label, color, style in lines:
@@ -33,7 +34,8 @@ for pins, router, mode, label, color, style in lines:
 ax.axhline(j["target"], color="0.7", lw=0.8)
 ax.set_xlabel("share of FFN block bytes computed (average over the 6 layers)")
 ax.set_ylabel("mean cosine to the dense embeddings")
-ax.set_title(f"all-MiniLM-L6-v2, every FFN sparse (g={j['g']}), {j['eval_tokens']} held-out tokens")
+ax.set_title(f"all-MiniLM-L6-v2, every FFN sparse (g={j['g']}, routers fitted to {j.get('router_target', 'mass')}), "
+             f"{j['eval_tokens']} held-out tokens", fontsize=10)
 ax.set_ylim(0.45, 1.005)
 ax.grid(alpha=0.3)
 ax.legend(fontsize=8, loc="lower right")
