@@ -205,7 +205,14 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
   std::vector<double> tok_err(S * static_cast<std::size_t>(n_eval) * (Bs + 1), 0.0);  // [selector][t][k]
   {
     const index_t len = sparse_ffn::detail::round_up(d, 16), F = l.d_ff;
-    const index_t chunk = std::max<index_t>(1, std::min<index_t>(n_eval, (index_t{1} << 21) / (B * len)));
+    // Chunks of at least 64 tokens (the dense pass's outer-product kernel needs 32 or more; with the 2
+    // tokens that 8 MiB of contributions hold on a 4096 × 11008 layer, the dense pass and the first
+    // split's rows took 404 s instead of 117 s) while the contributions stay within 256 MiB; 8 MiB where
+    // that already holds more tokens (MiniLM: 227, unchanged).
+    const index_t per_token = B * len;
+    const index_t chunk = std::max<index_t>(
+        1, std::min<index_t>(n_eval, std::max(std::min<index_t>(64, (index_t{1} << 26) / per_token),
+                                              (index_t{1} << 21) / per_token)));
     std::vector<float> hq(static_cast<std::size_t>(chunk * F)), c(static_cast<std::size_t>(chunk * B * len));
     // Per-thread scratch (ranking, top-k scratch, tail sum), allocated once, not once per token.
     const auto threads = static_cast<std::size_t>(cpu::detail::max_threads());
