@@ -10,11 +10,15 @@
 //     FFN's own relative output error on held-out tokens, what moefy --budget uses), and "e2e" on
 //     end-to-end curves (one layer sparse at a time, the embeddings' mean 1 − cosine on --dev sentences
 //     of the calibration text);
+//   - with --refine N, "refined" budgets: convert::refine_allocation from the better of uniform and e2e,
+//     on the loss measured with every layer sparse (1 − mean cosine on the --dev sentences), at most N
+//     evaluations per budget (pinned variant, linear router);
 //   - the smallest average density whose mean cosine reaches --target (0.98);
 //   - time per sentence, dense FFNs (OpenBLAS sgemm) and sparse (sparse_ffn), one sentence at a time.
 //
 //   bert_sparse --model DIR --calib FILE --sentences FILE [--json OUT] [--g 64] [--calib-tokens 60000]
 //               [--pin-ratio 64] [--target 0.98] [--every 2] [--dev 100] [--router-target mass|output]
+//               [--refine 0]
 //   bert_sparse --model DIR --calib FILE --sentences FILE --dump OUT.safetensors   (dense embeddings only)
 //   bert_sparse --synthetic     (a small random BERT with a planted massive activation; checks, exit 1 on
 //                                a failed check: the ctest example_bert_sparse)
@@ -577,6 +581,7 @@ int synthetic() {
   bool refined_ok = st.refined.size() == static_cast<std::size_t>(B / opt.every - 1);
   for (const auto& r : st.refined)
     refined_ok = refined_ok && r.at("dev_loss").get<double>() <= r.at("dev_loss_uniform").get<double>() &&
+                 r.at("dev_loss_e2e").get<double>() >= 0 &&
                  r.at("dev_loss").get<double>() <= r.at("dev_loss_e2e").get<double>() &&
                  r.at("evaluations").get<std::int64_t>() <= 40 + 2;
   check(refined_ok,
