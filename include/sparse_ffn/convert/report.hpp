@@ -145,7 +145,7 @@ std::vector<quality_row> evaluate_split(const dense_ffn_view<float>& dense,
   std::vector<std::pair<std::string, std::vector<float>>> scores;
   scores.push_back({"oracle", std::vector<float>(mass_eval, mass_eval + n_eval * B)});
   // With output targets, the routers learn the output norms (fit share) and the report shows the
-  // oracle of those (held-out share): one pass over all the tokens.
+  // oracle of those (held-out share): one pass over all the tokens, or the held-out ones without routers.
   const bool output_target = o.train.target == "output";
   const std::vector<float> out_norms = !output_target ? std::vector<float>()
                                        : fit          ? block_output_norms<Act>(model, x, n)
