@@ -28,8 +28,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <map>
 #include <numeric>
+#include <set>
 #include <vector>
 
 #include "../error.hpp"
@@ -221,13 +221,13 @@ refine_result refine_allocation(const std::vector<layer_range>& layers, std::vec
   }
   require(bytes <= budget, status::invalid_argument, "the start (", bytes, " bytes) is over the budget (",
           budget, " bytes)");
-  std::map<std::vector<index_t>, double> seen;
+  std::set<std::vector<index_t>> seen;  // allocations measured
   refine_result r;
   auto measure = [&](const std::vector<index_t>& k) {
     const double v = static_cast<double>(loss(k));
     require(std::isfinite(v), status::invalid_argument, "refine_allocation: the loss is not finite");
     ++r.evaluations;
-    seen.emplace(k, v);
+    seen.insert(k);
     return v;
   };
   r.k = std::move(start);
