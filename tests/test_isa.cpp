@@ -731,3 +731,65 @@ TEST_CASE("isa: the integer value kernel (q4 on avx2) is its scalar model bit fo
   }
   if (levels == 0) WARN("SKIPPED: no integer value kernel (avx2) is supported by this CPU");
 }
+
+TEST_CASE("isa: the bf16 pair value kernel (avx512_bf16) is FMAs with bf16 coefficients, rows ascending",
+          "[isa]") {
+  // vdpbf16ps on two rows' column pairs must give, bit for bit, y = fma(h_a, w_a, y) then fma(h_b, w_b,
+  // y) with h rounded to bf16 (the instruction adds the first pair element's exact product, then the
+  // second's): then a token's output does not depend on which rows the kernel paired, i.e. on the rest
+  // of its tile. Checked against that scalar model for 1..6 tokens, row lists of every length mod 8
+  // (passes of eight rows, pairs and a last single row), coefficients that are zero for some tokens.
+  using T = sfx::bfloat16_t;
+  if (cpu::best_isa() < cpu::isa_level::avx512_bf16) {
+    WARN("SKIPPED: avx512_bf16 (the bf16 pair value kernel) is not supported by this CPU");
+    return;
+  }
+  const auto& ops = cpu::kernels::ops_for<T>(cpu::isa_level::avx512_bf16);
+  REQUIRE(ops.bf16_x);
+  REQUIRE(ops.apply_rows_pairs != nullptr);
+  REQUIRE(ops.bf16_values == cpu::kernels::fast_bf16_dot());
+  REQUIRE(ops.col_step == (ops.bf16_values ? 32 : ops.width));
+  auto r = test::rng(21);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  const sfx::index_t g = 64, ld = 320, cols = 320;
+  sfx::detail::aligned_buffer<T> v(g * ld);  // 64-byte aligned, as packed rows are
+  for (sfx::index_t i = 0; i < v.size(); ++i)
+    v[i] = T(static_cast<float>(nd(r) * std::ldexp(1.0, int(r() % 9) - 4)));
+  for (int trial = 0; trial < 60; ++trial) {
+    const int M = 1 + trial % 6;
+    std::vector<std::int32_t> rows;
+    for (sfx::index_t i = 0; i < g; ++i)
+      if (r() % 3 != 0) rows.push_back(static_cast<std::int32_t>(i));
+    rows.resize(std::min<std::size_t>(rows.size(), static_cast<std::size_t>(trial % 23 + 1)));
+    std::vector<float> s(static_cast<std::size_t>(M * g), 0.0f);
+    sfx::detail::aligned_buffer<float> y(M * ld);
+    for (int m = 0; m < M; ++m)
+      for (std::int32_t i : rows)
+        if (m == 0 || r() % 4 != 0)  // token 0 uses every listed row, others leave some out
+          s[static_cast<std::size_t>(m * g + i)] =
+              static_cast<float>(nd(r) * std::ldexp(1.0, int(r() % 21) - 10));
+    for (sfx::index_t i = 0; i < y.size(); ++i) y[i] = static_cast<float>(nd(r));
+    const std::vector<float> ym(y.data(), y.data() + y.size());
+    const sfx::index_t c_lo = 32 * (trial % 3), c_hi = cols - 32 * (trial % 2);
+    std::vector<float*> yp(static_cast<std::size_t>(M));
+    std::vector<const float*> sp(static_cast<std::size_t>(M));
+    for (int m = 0; m < M; ++m) {
+      yp[static_cast<std::size_t>(m)] = y.data() + m * ld;
+      sp[static_cast<std::size_t>(m)] = s.data() + m * g;
+    }
+    ops.apply_rows_pairs(yp.data(), sp.data(), M, rows.data(), static_cast<sfx::index_t>(rows.size()),
+                         v.data(), ld, cols, c_lo, c_hi);
+    INFO("trial " << trial << ", tokens " << M << ", rows " << rows.size() << ", columns " << c_lo << ".."
+                  << c_hi);
+    for (int m = 0; m < M; ++m)
+      for (sfx::index_t c = 0; c < cols; ++c) {
+        float e = ym[static_cast<std::size_t>(m * ld + c)];
+        if (c >= c_lo && c < c_hi)
+          for (std::int32_t i : rows)
+            e = std::fma(sfx::to_float(T(s[static_cast<std::size_t>(m * g + i)])),
+                         sfx::to_float(v[i * ld + c]), e);
+        INFO("token " << m << ", column " << c);
+        REQUIRE(y[m * ld + c] == e);
+      }
+  }
+}

@@ -21,7 +21,8 @@ namespace sparse_ffn {
 namespace cpu {
 
 /// Whether the kernels now active (active_isa()) round x to bf16 (key pass) for weights of type T:
-/// avx512_bf16 with bf16 weights (docs/design.md, "Accuracy of the bf16 kernels").
+/// avx512_bf16 with bf16 weights (docs/design.md, "Accuracy of the bf16 kernels"). On AMD CPUs the
+/// value pass then rounds its coefficients to bf16 too (kernels::fast_bf16_dot).
 template <class T>
 bool rounds_inputs_to_bf16() {
   return kernels::ops_for<T>(active_isa()).bf16_x;

@@ -119,6 +119,7 @@ struct cpu_features {
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false, avx512cd = false;
   bool avx512_vnni = false, avx512_bf16 = false;
   bool os_ymm = false, os_zmm = false;  ///< XCR0 says the OS saves YMM / ZMM + opmask state
+  bool amd = false;                     ///< vendor "AuthenticAMD" (kernels::fast_bf16_dot)
 };
 
 namespace isa_detail {
@@ -129,6 +130,7 @@ inline cpu_features detect_features() {
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (!__get_cpuid(0, &a, &b, &c, &d)) return f;
   const unsigned max_leaf = a;
+  f.amd = b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u;  // "Auth" "enti" "cAMD"
   if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
   const bool osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
   f.fma = (c >> 12) & 1;

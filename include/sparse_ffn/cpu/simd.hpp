@@ -482,6 +482,20 @@ struct simd<isa::avx512_bf16> : simd<isa::avx512_vnni> {
   static constexpr int pair_width = 32;  // bf16 elements per `pairs` register
   static pairs load_pairs(const bfloat16_t* p) { return (pairs)_mm512_loadu_si512(p); }
   static reg dot(reg acc, pairs a, pairs b) { return _mm512_dpbf16_ps(acc, a, b); }
+  /// The value kernel's operands (kernels.inl, axpy_rows_pairs): 32 columns of two bf16 rows a and b as
+  /// column pairs, lo = columns [0, 16), hi = [16, 32), each lane (a[c] odd, b[c] even), so that
+  /// dot() adds a's product first, then b's.
+  static void interleave(const bfloat16_t* a, const bfloat16_t* b, pairs& lo, pairs& hi) {
+    const __m512i va = _mm512_loadu_si512(a), vb = _mm512_loadu_si512(b);
+    // word 2i of the result: b[i] (index i), word 2i + 1: a[i] (index 32 + i); hi: i + 16.
+    const __m512i ilo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7,
+                                         38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i ihi = _mm512_add_epi16(ilo, _mm512_set1_epi16(16));
+    lo = (pairs)_mm512_permutex2var_epi16(vb, ilo, va);
+    hi = (pairs)_mm512_permutex2var_epi16(vb, ihi, va);
+  }
+  /// One pair of coefficients (a odd, b even: interleave's order) in every lane.
+  static pairs set1_pair(std::uint32_t ab) { return (pairs)_mm512_set1_epi32(static_cast<int>(ab)); }
 };
 SPARSE_FFN_TARGET_END
 #endif  // SPARSE_FFN_X86_DISPATCH

@@ -190,7 +190,8 @@ struct kernel_ops {
   int key_r = 1, rows_m = 1;
   int outer_m = 1;      ///< outputs per outer_rows call at most
   int width = 1;        ///< floats per vector
-  int col_step = 1;     ///< value-pass column ranges are multiples of it (width; 64 for q8/q4)
+  int col_step = 1;     ///< value-pass (apply_rows) column ranges are multiples of it (width; 32 with
+                        ///< bf16_values; 64 for q8/q4)
   bool bf16_x = false;  ///< the key kernel reads x rounded to bf16 (dots' xb argument)
   bool int8_x = false;  ///< the key kernel reads x quantised to int8 (dots' xq argument, prepare_x_int8)
   /// The value kernel's coefficients quantised to integers of at most this magnitude per (token, chunk
@@ -201,6 +202,14 @@ struct kernel_ops {
   void (*apply_rows)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                      index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo,
                      index_t c_hi) = nullptr;
+  /// apply_rows rounds the coefficients to bf16 (the bf16 pair kernel, kernels.inl axpy_rows_pairs):
+  /// bf16 weights on avx512_bf16 where fast_bf16_dot().
+  bool bf16_values = false;
+  /// The bf16 pair value kernel whether apply_rows uses it or not (bf16 on avx512_bf16; else null),
+  /// for tests. Column ranges: multiples of 32.
+  void (*apply_rows_pairs)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
+                           index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo,
+                           index_t c_hi) = nullptr;
   /// The backward's register-tiled form of apply_rows (same arguments but cols; element dtypes only,
   /// null for q8/q4): y[q] += Σ_i s[q][i]·v_i, each element summed from zero over the rows, then added
   /// (`assign`: stored).
@@ -235,6 +244,15 @@ struct kernel_ops {
                                           float* da, float* du, float* wh) = {};
 };
 
+/// Whether the value pass of bf16 weights on avx512_bf16 takes the bf16 pair kernel (vdpbf16ps, the
+/// coefficients rounded to bf16) rather than the float one: where vdpbf16ps retires at about the FMA's
+/// instruction rate, i.e. twice its FLOPs — AMD's (Zen 4: 3.3 vs 3.2 zmm instructions/ns per core,
+/// measured 2026-12-03). Intel's Sapphire Rapids runs it at a quarter of the FMA's rate (1.37 vs 5.5,
+/// docs/benchmarks.md 2026-11-30), where the float kernel is faster.
+inline bool fast_bf16_dot() {
+  return features().amd;
+}
+
 template <class Isa, class T>
 kernel_ops<T> make_ops(isa_level level) {
   using K = kernels<Isa>;
@@ -247,9 +265,11 @@ kernel_ops<T> make_ops(isa_level level) {
   o.int8_x = K::template int8_q<T>;
   o.value_levels = K::template int_values<T> ? K::value_levels : 0;
   o.width = K::width;
-  o.col_step = is_quantized<T>::value ? static_cast<int>(k_quant_chunk) : K::width;
+  o.bf16_values = K::template bf16_pairs<T> && fast_bf16_dot();
+  o.col_step = is_quantized<T>::value ? static_cast<int>(k_quant_chunk) : o.bf16_values ? 32 : K::width;
   o.dots = &K::template dots<T>;
-  o.apply_rows = &K::template apply_rows<T>;
+  o.apply_rows = o.bf16_values ? &K::template apply_rows<T, true> : &K::template apply_rows<T, false>;
+  if (K::template bf16_pairs<T>) o.apply_rows_pairs = &K::template apply_rows<T, true>;
   if constexpr (!is_quantized<T>::value) {
     o.outer_rows = &K::template outer_rows<T>;
     o.transpose_rows = &K::template transpose_rows<T>;

@@ -17,10 +17,9 @@
 // ascending order instead: the same independence from tiling and batch.
 //
 // avx512_bf16 with bf16 weights (`bf16_pairs`): the key kernel multiplies bf16 rows by the token's x
-// rounded to bf16 with vdpbf16ps (32 elements per instruction). The value kernel stays in float: a
-// bf16-pair version (rows 2p, 2p+1 interleaved, coefficients rounded to bf16) was measured slower on
-// a Sapphire Rapids VM at every batch (ReLU skips single rows, pairs read ~1.5x the value rows) and
-// was removed.
+// rounded to bf16 with vdpbf16ps (32 elements per instruction). The value kernel does too where that
+// instruction is fast (kernels.hpp fast_bf16_dot: AMD): axpy_rows_pairs, coefficients rounded to bf16,
+// the listed rows interleaved two at a time in registers; elsewhere it stays in float (docs/design.md).
 
 namespace SPARSE_FFN_KERNEL_NS {
 
@@ -742,6 +741,73 @@ struct impl {
     }
   }
 
+  /// axpy_rows for bf16 rows on avx512_bf16 (`bf16_pairs`): the coefficients rounded to bf16 and the
+  /// listed rows taken two at a time as column pairs for vdpbf16ps (simd::interleave), eight rows per
+  /// pass over the column range (y loaded and stored once per eight rows), then pairs, then a last row
+  /// by an FMA. vdpbf16ps adds the earlier row's exact product, then the later one's, each rounded
+  /// (simd.hpp; test_isa checks the instruction does so on the machine), which is what two FMAs with
+  /// the rounded coefficients give: every element is y + p(r0) + p(r1) + … in ascending row order
+  /// whichever rows are paired, so a token's bits do not depend on the rest of its tile (up to
+  /// denormals, which the instruction flushes). c_begin, c_end: multiples of 32.
+  template <int M>
+  static void axpy_rows_pairs(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
+                              const bfloat16_t* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_begin,
+                              index_t c_end) {
+    using P = typename V::pairs;
+    constexpr index_t ahead = 512;  // elements: 1 KiB
+    const index_t span = c_end - c_begin;
+    auto bits = [](float f) { return static_cast<std::uint32_t>(from_float<bfloat16_t>(f).bits); };
+    index_t idx = 0;
+    auto pass = [&](auto U_) {  // U rows (U/2 pairs) from idx
+      constexpr int U = decltype(U_)::value, NP = U / 2;
+      const bfloat16_t* vr[U];
+      const bfloat16_t* next[U];
+      std::uint32_t cp[M][NP];
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) {
+        vr[u] = v + rows[idx + u] * ld;
+        next[u] = idx + U + u < nrows ? v + rows[idx + U + u] * ld : vr[u];
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m)
+#pragma GCC unroll 4
+        for (int p = 0; p < NP; ++p)
+          cp[m][p] = bits(s[m][rows[idx + 2 * p]]) << 16 | bits(s[m][rows[idx + 2 * p + 1]]);
+      for (index_t c = c_begin; c < c_end; c += 32) {  // one cache line per row
+        const index_t pf = c + ahead;
+#pragma GCC unroll 8
+        for (int u = 0; u < U; ++u)
+          V::prefetch(pf < c_end ? vr[u] + pf : next[u] + c_begin + (pf - c_end) % span);
+        P lo[NP], hi[NP];
+#pragma GCC unroll 4
+        for (int p = 0; p < NP; ++p) V::interleave(vr[2 * p] + c, vr[2 * p + 1] + c, lo[p], hi[p]);
+#pragma GCC unroll 8
+        for (int m = 0; m < M; ++m) {
+          reg a = V::load(y[m] + c), b = V::load(y[m] + c + 16);
+#pragma GCC unroll 4
+          for (int p = 0; p < NP; ++p) {
+            const P h = V::set1_pair(cp[m][p]);
+            a = V::dot(a, lo[p], h);
+            b = V::dot(b, hi[p], h);
+          }
+          V::store(y[m] + c, a);
+          V::store(y[m] + c + 16, b);
+        }
+      }
+      idx += U;
+    };
+    while (idx + 8 <= nrows) pass(std::integral_constant<int, 8>{});
+    while (idx + 2 <= nrows) pass(std::integral_constant<int, 2>{});
+    if (idx < nrows) {
+      const bfloat16_t* vi = v + rows[idx] * ld;
+      for (int m = 0; m < M; ++m) {
+        const reg si = V::set1(to_float(from_float<bfloat16_t>(s[m][rows[idx]])));
+        for (index_t c = c_begin; c < c_end; c += width)
+          V::store(y[m] + c, V::fma(si, V::load(vi + c), V::load(y[m] + c)));
+      }
+    }
+  }
+
   /// y[q] += Σ over the listed rows i (ascending) of s[q][i] · v_i for q < M, columns [c_lo, c_hi)
   /// (multiples of width), with the M × outer_vc-vector tile of sums in registers over all the rows and added
   /// to y once: the backward's products (a gradient row += Σ_t coef·x_t over a block's tokens; dX +=
@@ -1112,8 +1178,9 @@ struct impl {
 
   /// y[q] += sum over the listed rows i of s[q][i] * v[i] for q < m (<= rows_m) tokens, columns
   /// [c_lo, c_hi) (multiples of width; of 64 for quantised rows). rows: ascending, nrows of them.
-  /// cols: values per row (quantised rows: where the scales start).
-  template <class T>
+  /// cols: values per row (quantised rows: where the scales start). Pairs: bf16 rows on avx512_bf16
+  /// take the pair kernel (axpy_rows_pairs; columns multiples of 32), else the float one.
+  template <class T, bool Pairs>
   static void apply_rows(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                          index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo, index_t c_hi) {
     count<rows_m>(static_cast<int>(m), [&](auto M) {
@@ -1122,6 +1189,8 @@ struct impl {
                                              cols, c_lo, c_hi);
       else if constexpr (is_quantized<T>::value)
         axpy_rows_q<decltype(M)::value>(y, s, rows, nrows, v, ld, cols, c_lo, c_hi);
+      else if constexpr (Pairs && bf16_pairs<T>)
+        axpy_rows_pairs<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi);
       else
         axpy_rows<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi);
     });
