@@ -146,6 +146,11 @@ int main(int argc, char** argv) {
   bench::register_all(bench::g_act);
   int rc = static_cast<int>(rest.size());
   benchmark::AddCustomContext("sparse_ffn.isa", sf::cpu::isa_description());
+  // bf16 weights' value pass: vdpbf16ps on row pairs (coefficients rounded to bf16) or float FMAs.
+  benchmark::AddCustomContext("sparse_ffn.bf16_value_pass",
+                              sf::cpu::kernels::ops_for<sf::bfloat16_t>(sf::cpu::active_isa()).bf16_values
+                                  ? "vdpbf16ps pairs"
+                                  : "float");
   benchmark::AddCustomContext("sparse_ffn.activation", bench::g_act);
   benchmark::AddCustomContext("sparse_ffn.l3_mib_defeated",
                               std::to_string(bench::g_l3_bytes / (1024 * 1024)));

@@ -91,10 +91,10 @@ def table(context, rows, markdown):
     hdr = ["selector", "dtype", "d×d_ff", "g", "density %", "batch", "median ms", "GB/s", "% stream",
            "vs OpenBLAS", "vs best dense", "touched", "reps"]
     fmt = "{:<13}{:<6}{:<12}{:>4}{:>10}{:>6}{:>11}{:>7}{:>9}{:>12}{:>14}{:>8}{:>6}"
-    print("machine: %s, %s CPUs @ %s MHz, threads %s, ISA %s, activation %s" % (
+    print("machine: %s, %s CPUs @ %s MHz, threads %s, ISA %s, bf16 value pass %s, activation %s" % (
         context.get("host_name", "?"), context.get("num_cpus", "?"), context.get("mhz_per_cpu", "?"),
         context.get("sparse_ffn.threads", "?"), context.get("sparse_ffn.isa", "?"),
-        context.get("sparse_ffn.activation", "?")))
+        context.get("sparse_ffn.bf16_value_pass", "?"), context.get("sparse_ffn.activation", "?")))
     if stream:
         print("BM_stream_read: %.1f GB/s (best of %s)" % (stream, ", ".join(
             "%s %.1f" % (k.split("/", 1)[-1], g) for k, g in sorted(streams.items()))))
