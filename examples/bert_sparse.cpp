@@ -323,11 +323,10 @@ study run_study(const bert::model& m, const std::vector<std::vector<int>>& calib
     for (index_t l = 0; l < L; ++l)
       range[static_cast<std::size_t>(l)] = {std::max<index_t>(1, v.pinned[static_cast<std::size_t>(l)]), B,
                                             block};
+    std::int64_t least = 0;  // bytes of the smallest allocation within the bounds
+    for (const auto& r : range) least += r.min_k * block;
     for (index_t k : ks) {
-      if (k == B) continue;
-      std::int64_t least = 0;
-      for (const auto& r : range) least += r.min_k * block;
-      if (k * L * block < least) continue;
+      if (k == B || k * L * block < least) continue;
       // The search's current allocation is the least loss seen so far; a candidate differs from it in
       // at most two layers, so the dev states before the first of them are reused.
       std::vector<index_t> best_k;

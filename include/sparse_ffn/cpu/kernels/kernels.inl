@@ -756,7 +756,6 @@ struct impl {
     using P = typename V::pairs;
     constexpr index_t ahead = 512;  // elements: 1 KiB
     const index_t span = c_end - c_begin;
-    auto bits = [](float f) { return static_cast<std::uint32_t>(from_float<bfloat16_t>(f).bits); };
     index_t idx = 0;
     auto pass = [&](auto U_) {  // U rows (U/2 pairs) from idx
       constexpr int U = decltype(U_)::value, NP = U / 2;
@@ -772,7 +771,8 @@ struct impl {
       for (int m = 0; m < M; ++m)
 #pragma GCC unroll 4
         for (int p = 0; p < NP; ++p)
-          cp[m][p] = bits(s[m][rows[idx + 2 * p]]) << 16 | bits(s[m][rows[idx + 2 * p + 1]]);
+          cp[m][p] = std::uint32_t{::sparse_ffn::detail::float_to_bf16_bits(s[m][rows[idx + 2 * p]])} << 16 |
+                     ::sparse_ffn::detail::float_to_bf16_bits(s[m][rows[idx + 2 * p + 1]]);
       for (index_t c = c_begin; c < c_end; c += 32) {  // one cache line per row
         const index_t pf = c + ahead;
 #pragma GCC unroll 8
