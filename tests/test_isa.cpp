@@ -78,10 +78,11 @@ TEST_CASE("isa: the best supported level is the default, levels are ordered", "[
     REQUIRE(cpu::kernels::ops_for<sfx::q8_t>(level).int8_x == int8);
     REQUIRE(cpu::kernels::ops_for<sfx::q4_t>(level).int8_x == int8);
     REQUIRE_FALSE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).int8_x);
-    // Integer value coefficients: q4 on avx2 only.
+    // Integer value coefficients: q4 on avx2, q8 and q4 from avx512_vnni up.
+    const bool vnni = l >= static_cast<int>(cpu::isa_level::avx512_vnni);
     REQUIRE(cpu::kernels::ops_for<sfx::q4_t>(level).value_levels ==
-            (level == cpu::isa_level::avx2 ? 127 : 0));
-    REQUIRE(cpu::kernels::ops_for<sfx::q8_t>(level).value_levels == 0);
+            (level == cpu::isa_level::avx2 || vnni ? 127 : 0));
+    REQUIRE(cpu::kernels::ops_for<sfx::q8_t>(level).value_levels == (vnni ? 127 : 0));
     REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).value_levels == 0);
     REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).bf16_x == (level == cpu::isa_level::avx512_bf16));
     REQUIRE(cpu::kernels::ops_for<float>(level).level == level);
@@ -580,17 +581,19 @@ TEST_CASE("isa: the int8 key kernel of every level is exact on extreme bytes (no
 
 namespace {
 
-/// The integer value kernel (kernel_ops::apply_rows with value_levels > 0: q4) at `level` against a
-/// scalar model of its arithmetic, bit for bit: per token, chunk of 32 rows and group of 32 columns,
-/// a = s·scale (float), t = max|a| / Q, r = round-to-nearest-even(a · (Q / max|a|)), the exact integer
-/// Σ r·q, then y = fma(t, float(Σ), y), chunks in ascending order. Rows of extreme nibbles (0 and 15:
-/// 16 pairs at ±127 · 15 would overflow int16 if summed at once), scales over 2^±8, coefficients over
+/// The integer value kernel (kernel_ops::apply_rows with value_levels > 0: q4 on avx2, q8 and q4 on
+/// avx512_vnni) at `level` against a scalar model of its arithmetic, bit for bit: per token, chunk of 32
+/// rows and group of 32 columns, a = s·scale (float), t = max|a| / Q, r = round-to-nearest-even(a · (Q /
+/// max|a|)), the exact integer Σ r·q, then y = fma(t, float(Σ), y), chunks in ascending order. Rows of
+/// extreme values (q4: nibbles 0 and 15: 16 pairs at ±127 · 15 would overflow int16 if summed at once;
+/// q8: −128, −127 and 127), row lists whose chunks are not whole quads, scales over 2^±8, coefficients over
 /// 2^±20 with exact zeros (a row one token does not use, a chunk one token does not use at all), three
 /// chunks (the last partial), a column range whose last coefficient pass is partial; m = 2 and each
 /// token alone (batch invariance). Returns whether the level runs the integer value kernel.
+template <class T>
 bool int_values_exact(cpu::isa_level level, std::uint64_t seed) {
-  using T = sfx::q4_t;
   using F = sfx::row_format<T>;
+  constexpr bool q8 = std::is_same<T, sfx::q8_t>::value;
   const auto& ops = cpu::kernels::ops_for<T>(level);
   const std::int32_t Q = ops.value_levels;
   if (Q == 0) return false;
@@ -609,31 +612,40 @@ bool int_values_exact(cpu::isa_level level, std::uint64_t seed) {
       sc[static_cast<std::size_t>(i * cols / 32 + gr)] = sfx::to_float(scales[gr]);
     }
     for (sfx::index_t c = 0; c < cols; ++c) {
-      const int u = (c + i) % 5 == 2 ? int(r() % 16) : (pick(r) < 2 ? 15 : 0), v = u - 8;
-      const sfx::index_t chunk = c / 64, j = c % 64;
-      std::uint8_t& b = row[chunk * 32 + j % 32];
-      b = static_cast<std::uint8_t>(j < 32 ? (b & 0xf0) | u : (b & 0x0f) | (u << 4));
+      int v;
+      if (q8) {
+        const int e[3] = {-128, -127, 127};
+        v = (c + i) % 5 == 2 ? int(r() % 256) - 128 : e[r() % 3];
+        row[c] = static_cast<std::uint8_t>(static_cast<std::int8_t>(v));
+      } else {
+        const int u = (c + i) % 5 == 2 ? int(r() % 16) : (pick(r) < 2 ? 15 : 0);
+        v = u - 8;
+        const sfx::index_t chunk = c / 64, j = c % 64;
+        std::uint8_t& b = row[chunk * 32 + j % 32];
+        b = static_cast<std::uint8_t>(j < 32 ? (b & 0xf0) | u : (b & 0x0f) | (u << 4));
+      }
       REQUIRE(F::quant(reinterpret_cast<const T*>(row), c) == v);
       q[static_cast<std::size_t>(i * cols + c)] = v;
     }
   }
-  // Coefficients of two tokens: token 0 skips rows 7 and 40..52, token 1 uses rows 0..40 only (9 rows of
-  // chunk 1: alone, at most 8 pairs, its sums go straight to y; with token 0, 20 rows, through acc32;
-  // none of chunk 2); rows 3 and 66 are zero for both (left out, as the caller does).
-  const int M = 2;
+  // Coefficients of six tokens: token 0 skips rows 7 and 40..52, token 1 uses rows 0..40 only (9 rows of
+  // chunk 1: alone, at most 8 pairs, q4's avx2 sums go straight to y; with token 0, 20 rows, through
+  // acc32; none of chunk 2), tokens 2..5 skip rows at random (chunks of every length mod 4); rows 3
+  // and 66 are zero for all (left out, as the caller does).
+  const int M = 6;
   std::vector<float> s(static_cast<std::size_t>(M * g));
   for (int m = 0; m < M; ++m)
     for (sfx::index_t i = 0; i < g; ++i) {
-      const bool zero =
-          i == 3 || i == 66 || (m == 0 && (i == 7 || (i >= 40 && i <= 52))) || (m == 1 && i > 40);
+      const bool zero = i == 3 || i == 66 || (m == 0 && (i == 7 || (i >= 40 && i <= 52))) ||
+                        (m == 1 && i > 40) || (m >= 2 && r() % (m + 1) == 0);
       s[static_cast<std::size_t>(m * g + i)] =
           zero ? 0.0f : static_cast<float>(nd(r) * std::ldexp(1.0, int(r() % 41) - 20));
     }
-  auto listed = [&](std::initializer_list<int> toks) {
+  auto listed = [&](int m0, int m1) {  // the rows nonzero for one of tokens [m0, m1)
     std::vector<std::int32_t> out;
     for (sfx::index_t i = 0; i < g; ++i) {
       bool any = false;
-      for (int m : toks) any |= s[static_cast<std::size_t>(m * g + i)] != 0.0f;
+      for (int m = m0; m < m1; ++m) any |= s[static_cast<std::size_t>(m * g + i)] != 0.0f;
       if (any) out.push_back(static_cast<std::int32_t>(i));
     }
     return out;
@@ -674,14 +686,22 @@ bool int_values_exact(cpu::isa_level level, std::uint64_t seed) {
     INFO("columns [" << c_lo << ", " << c_hi << ")");
     std::vector<float> y0(static_cast<std::size_t>(M * cols));
     for (auto& e : y0) e = static_cast<float>(nd(r));
-    // Both tokens in one call.
+    // The tokens in tiles of rows_m (one call each, the rows any of them uses).
     std::vector<float> got = y0, want = y0;
-    const auto both = listed({0, 1});
-    float* yp[2] = {got.data(), got.data() + cols};
-    const float* sp[2] = {s.data(), s.data() + g};
-    ops.apply_rows(yp, sp, M, both.data(), static_cast<sfx::index_t>(both.size()),
-                   reinterpret_cast<const T*>(rows.data()), ld, cols, c_lo, c_hi);
-    for (int m = 0; m < M; ++m) model(m, both, c_lo, c_hi, want.data() + m * cols);
+    const int RM = ops.rows_m;
+    for (int m0 = 0; m0 < M; m0 += RM) {
+      const int m1 = std::min(M, m0 + RM);
+      const auto tile = listed(m0, m1);
+      std::vector<float*> yp;
+      std::vector<const float*> sp;
+      for (int m = m0; m < m1; ++m) {
+        yp.push_back(got.data() + m * cols);
+        sp.push_back(s.data() + m * g);
+      }
+      ops.apply_rows(yp.data(), sp.data(), m1 - m0, tile.data(), static_cast<sfx::index_t>(tile.size()),
+                     reinterpret_cast<const T*>(rows.data()), ld, cols, c_lo, c_hi);
+      for (int m = m0; m < m1; ++m) model(m, tile, c_lo, c_hi, want.data() + m * cols);
+    }
     for (sfx::index_t c = 0; c < M * cols; ++c) {
       INFO("token " << c / cols << " column " << c % cols);
       REQUIRE(got[static_cast<std::size_t>(c)] == want[static_cast<std::size_t>(c)]);
@@ -689,7 +709,7 @@ bool int_values_exact(cpu::isa_level level, std::uint64_t seed) {
     // Each token alone, over its own rows: the same bits (batch invariance).
     for (int m = 0; m < M; ++m) {
       std::vector<float> alone(y0.begin() + m * cols, y0.begin() + (m + 1) * cols);
-      const auto own = listed({m});
+      const auto own = listed(m, m + 1);
       float* ya[1] = {alone.data()};
       const float* sa[1] = {s.data() + m * g};
       ops.apply_rows(ya, sa, 1, own.data(), static_cast<sfx::index_t>(own.size()),
@@ -701,13 +721,13 @@ bool int_values_exact(cpu::isa_level level, std::uint64_t seed) {
   }
   // A NaN coefficient makes its token's columns NaN (as the float path), the other token's unchanged.
   {
-    std::vector<float> s2 = s, y(static_cast<std::size_t>(M * cols), 1.0f),
+    std::vector<float> s2 = s, y(static_cast<std::size_t>(2 * cols), 1.0f),
                        y1(static_cast<std::size_t>(cols), 1.0f);
     s2[static_cast<std::size_t>(g + 5)] = std::numeric_limits<float>::quiet_NaN();
-    const auto both = listed({0, 1});
+    const auto both = listed(0, 2);
     float* yp[2] = {y.data(), y.data() + cols};
     const float* sp[2] = {s2.data(), s2.data() + g};
-    ops.apply_rows(yp, sp, M, both.data(), static_cast<sfx::index_t>(both.size()),
+    ops.apply_rows(yp, sp, 2, both.data(), static_cast<sfx::index_t>(both.size()),
                    reinterpret_cast<const T*>(rows.data()), ld, cols, 0, cols);
     for (sfx::index_t c = 0; c < cols; ++c) REQUIRE(std::isnan(y[static_cast<std::size_t>(cols + c)]));
     float* ya[1] = {y1.data()};
@@ -721,15 +741,21 @@ bool int_values_exact(cpu::isa_level level, std::uint64_t seed) {
 
 }  // namespace
 
-TEST_CASE("isa: the integer value kernel (q4 on avx2) is its scalar model bit for bit, batch invariant",
-          "[isa]") {
-  int levels = 0;
+TEST_CASE(
+    "isa: the integer value kernels (q4 on avx2, q8 and q4 on avx512_vnni) are their scalar model "
+    "bit for bit, batch invariant",
+    "[isa]") {
+  int levels = 0, vnni = 0;
   for (int l = 0; l <= static_cast<int>(cpu::best_isa()); ++l) {
     const auto level = static_cast<cpu::isa_level>(l);
     INFO("isa " << cpu::isa_name(level));
-    for (std::uint64_t seed : {11u, 12u, 13u}) levels += int_values_exact(level, seed) ? 1 : 0;
+    for (std::uint64_t seed : {11u, 12u, 13u}) {
+      levels += int_values_exact<sfx::q4_t>(level, seed) ? 1 : 0;
+      vnni += int_values_exact<sfx::q8_t>(level, seed) ? 1 : 0;
+    }
   }
-  if (levels == 0) WARN("SKIPPED: no integer value kernel (avx2) is supported by this CPU");
+  if (levels == 0) WARN("SKIPPED: no integer value kernel (avx2, avx512_vnni) is supported by this CPU");
+  if (vnni == 0) WARN("SKIPPED: no q8 integer value kernel (avx512_vnni) is supported by this CPU");
 }
 
 TEST_CASE("isa: the bf16 pair value kernel (avx512_bf16) is FMAs with bf16 coefficients, rows ascending",

@@ -468,6 +468,66 @@ struct simd<isa::avx512_vnni> : simd<isa::avx512> {
                                          A, 7, A, 7, A, 7, A, 7, A, 7, A, 7, A, 7, A, 7);
     return _mm512_castsi512_ps(_mm512_permutexvar_epi16(idx, _mm512_zextsi128_si512(v)));
   }
+
+  // The integer value pass (kernels.inl, axpy_rows_vnni). A unit is 64 columns of one row: 64 bytes
+  // of q8 quants, 32 of q4. As dpbusd's unsigned operand: q8 as q + 128, q4 as the nibble u = q + 8,
+  // lanes 0-1 (columns 0-31) then 2-3 (columns 32-63).
+  static ireg q8_unit(const std::uint8_t* p) { return flip_sign(iload(p)); }
+  static ireg q4_unit(const std::uint8_t* p) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
+    return _mm512_and_si512(both, _mm512_set1_epi8(0x0f));
+  }
+  /// Four rows' units as dword lanes (a[c], b[c], c[c], d[c]): lane 4L + i of out[k] holds column
+  /// 16L + 4k + i (L: the 128-bit lane).
+  static void interleave4(ireg a, ireg b, ireg c, ireg d, ireg (&out)[4]) {
+    const ireg ablo = _mm512_unpacklo_epi8(a, b), abhi = _mm512_unpackhi_epi8(a, b),
+               cdlo = _mm512_unpacklo_epi8(c, d), cdhi = _mm512_unpackhi_epi8(c, d);
+    out[0] = _mm512_unpacklo_epi16(ablo, cdlo);
+    out[1] = _mm512_unpackhi_epi16(ablo, cdlo);
+    out[2] = _mm512_unpacklo_epi16(abhi, cdhi);
+    out[3] = _mm512_unpackhi_epi16(abhi, cdhi);
+  }
+  /// interleave4's column order undone: a[L] = columns 16L .. 16L + 15 (a 4 × 4 transpose of 128-bit
+  /// blocks).
+  static void untangle4(ireg (&a)[4]) {
+    const ireg t0 = _mm512_shuffle_i32x4(a[0], a[1], 0x44), t1 = _mm512_shuffle_i32x4(a[2], a[3], 0x44),
+               t2 = _mm512_shuffle_i32x4(a[0], a[1], 0xEE), t3 = _mm512_shuffle_i32x4(a[2], a[3], 0xEE);
+    a[0] = _mm512_shuffle_i32x4(t0, t1, 0x88);
+    a[1] = _mm512_shuffle_i32x4(t0, t1, 0xDD);
+    a[2] = _mm512_shuffle_i32x4(t2, t3, 0x88);
+    a[3] = _mm512_shuffle_i32x4(t2, t3, 0xDD);
+  }
+  /// Dword lanes 0-7 = index ga, 8-15 = gb (a unit's two groups, for coef_lanes).
+  static ireg unit_index(int ga, int gb) { return _mm512_mask_set1_epi32(_mm512_set1_epi32(ga), 0xFF00, gb); }
+  /// The dwords of the 16 at p (a quad's coefficient bytes per group) that a unit's lanes use.
+  static ireg coef_lanes(ireg idx, const std::int32_t* p) {
+    return _mm512_permutexvar_epi32(idx, _mm512_loadu_si512(p));
+  }
+  /// float(bfloat16 s[i]) for i < n (n ≤ 16), 0 above (no read past s + n).
+  static reg load_bf16_n(const bfloat16_t* s, int n) {
+    const __mmask16 k = static_cast<__mmask16>((1u << n) - 1u);
+    const __m256i v = _mm256_maskz_loadu_epi16(k, s);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+  }
+  /// Rounded to nearest even (the current rounding mode) as int32; out-of-range and NaN: INT32_MIN.
+  static ireg round_i32(reg a) { return _mm512_cvtps_epi32(a); }
+  static ireg iadd(ireg a, ireg b) { return _mm512_add_epi32(a, b); }
+  static ireg ineg_mul(ireg a, int z) { return _mm512_mullo_epi32(a, _mm512_set1_epi32(-z)); }
+  static ireg izero() { return _mm512_setzero_si512(); }
+  static ireg bcast32(std::int32_t v) { return _mm512_set1_epi32(v); }
+  static void istore(void* p, ireg a) { _mm512_storeu_si512(p, a); }
+  /// The dwords (a[g], b[g], c[g], d[g]) (each saturated to int8) for the 16 lanes g: four rows'
+  /// coefficients per group, dpbusd's signed operand for interleave4's lanes.
+  static ireg quad_bytes(ireg a, ireg b, ireg c, ireg d) {
+    const __m128i a8 = _mm512_cvtsepi32_epi8(a), b8 = _mm512_cvtsepi32_epi8(b), c8 = _mm512_cvtsepi32_epi8(c),
+                  d8 = _mm512_cvtsepi32_epi8(d);
+    const __m128i ablo = _mm_unpacklo_epi8(a8, b8), abhi = _mm_unpackhi_epi8(a8, b8),
+                  cdlo = _mm_unpacklo_epi8(c8, d8), cdhi = _mm_unpackhi_epi8(c8, d8);
+    const __m256i lo = _mm256_set_m128i(_mm_unpackhi_epi16(ablo, cdlo), _mm_unpacklo_epi16(ablo, cdlo)),
+                  hi = _mm256_set_m128i(_mm_unpackhi_epi16(abhi, cdhi), _mm_unpacklo_epi16(abhi, cdhi));
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
 };
 SPARSE_FFN_TARGET_END
 

@@ -195,7 +195,8 @@ struct kernel_ops {
   bool bf16_x = false;  ///< the key kernel reads x rounded to bf16 (dots' xb argument)
   bool int8_x = false;  ///< the key kernel reads x quantised to int8 (dots' xq argument, prepare_x_int8)
   /// The value kernel's coefficients quantised to integers of at most this magnitude per (token, chunk
-  /// of 32 rows, group of 32 columns) (q4 on avx2: 127; kernels.inl, axpy_rows_int); 0: float.
+  /// of 32 rows, group of 32 columns) (127: q4 on avx2, kernels.inl axpy_rows_int; q8 and q4 from
+  /// avx512_vnni up, axpy_rows_vnni); 0: float.
   std::int32_t value_levels = 0;
   void (*dots)(const float* const* xf, const bfloat16_t* const* xb, const std::uint8_t* const* xq, index_t m,
                const T* rows, index_t nrows, index_t ld, index_t len, float* spill, float* out) = nullptr;

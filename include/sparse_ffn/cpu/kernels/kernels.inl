@@ -13,8 +13,9 @@
 // in ascending row order in every tile shape (so a token's output bits do not depend on tiling or batch
 // size, up to the sign of an exact zero). Rows whose coefficient is zero for every token of the tile
 // are left out by the caller, so a ReLU block reads only the value rows of its active neurons.
-// q4 rows on avx2 (`axpy_rows_int`) sum each chunk of 32 rows exactly in integers and add the chunks in
-// ascending order instead: the same independence from tiling and batch.
+// q4 rows on avx2 (`axpy_rows_int`) and q8/q4 rows from avx512_vnni up (`axpy_rows_vnni`) sum each
+// chunk of 32 rows exactly in integers and add the chunks in ascending order instead: the same
+// independence from tiling and batch.
 //
 // avx512_bf16 with bf16 weights (`bf16_pairs`): the key kernel multiplies bf16 rows by the token's x
 // rounded to bf16 with vdpbf16ps (32 elements per instruction). The value kernel does too where that
@@ -361,11 +362,13 @@ struct impl {
   // and column (an FMA), chunks in ascending order. An integer sum does not depend on which rows a tile
   // lists (a row whose s is 0 adds 0 and does not move the max), so a token's bits do not depend on its
   // tile or batch. A non-finite coefficient makes t NaN, so y is NaN as in the float path.
-  // q8 stays on the float path (axpy_rows_q): the same scheme with int16 coefficients and vpmaddwd was
-  // measured on a Zen 3 (2 threads, 4096 × 16384, g 64, 25%): ~15% faster at batch 64 but 5–15% slower
-  // at batch 1, where q8 is nearly bound by memory and the float path streams four rows at a time.
+  // q8 on avx2 stays on the float path (axpy_rows_q): the same scheme with int16 coefficients and vpmaddwd
+  // was measured on a Zen 3 (2 threads, 4096 × 16384, g 64, 25%): ~15% faster at batch 64 but 5–15% slower at
+  // batch 1, where q8 is nearly bound by memory and the float path streams four rows at a time.
   template <class T>
-  static constexpr bool int_values = (std::is_same<isa::avx2, Isa>::value && std::is_same<T, q4_t>::value);
+  static constexpr bool int_values = (std::is_same<isa::avx2, Isa>::value && std::is_same<T, q4_t>::value) ||
+                                     (std::is_base_of<isa::avx512_vnni, Isa>::value &&
+                                      is_quantized<T>::value);
   /// The largest coefficient magnitude of the integer value pass (int8, vpmaddubsw's signed operand).
   static constexpr std::int32_t value_levels = 127;
 
@@ -526,6 +529,137 @@ struct impl {
           for (index_t c = 0; c < c1 - c0; c += 8)
             V::store(yc + c,
                      V::fma(V::set1(ts[m][c / k_quant_group]), V::cvt(V::iload(a + c)), V::load(yc + c)));
+        }
+      }
+      i0 = i1;
+    }
+  }
+
+  // ---- q8 and q4 value rows in integers on AVX512_VNNI ----------------------------------------------
+  // The scheme of axpy_rows_int (the same coefficients, integers and FMA per chunk, so the same bits),
+  // with vpdpbusd: four rows' weights at a time, as its unsigned operand (q8: q + 128; q4: u = q + 8),
+  // the quantised coefficients as its signed one, exact int32 sums per chunk, minus z·Σ r (z = 128 or 8).
+  // A unit is 64 columns (simd q8_unit / q4_unit); interleave4 puts four rows' bytes of a column in one
+  // dword, so a unit's 4 registers hold its columns in a fixed permuted order (lanes 0-1 of each: the
+  // first group, 2-3: the second), which untangle4 undoes once per chunk before y is updated. The
+  // coefficients of a quad are 16 dwords per token (one per group of the span); coef_lanes picks the
+  // unit's two. The tile is M tokens × 4 registers of int32 sums, in registers across the chunk's rows.
+  template <class T>
+  static constexpr bool vnni_values = std::is_base_of<isa::avx512_vnni, Isa>::value&& is_quantized<T>::value;
+
+  template <int M, class T>
+  static void axpy_rows_vnni(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
+                             const std::uint8_t* v, index_t ld, index_t cols, index_t c_begin,
+                             index_t c_end) {
+    using F = row_format<T>;
+    using I = typename V::ireg;
+    constexpr bool q8 = std::is_same<T, q8_t>::value;
+    constexpr std::int32_t Q = value_levels, z = q8 ? 128 : 8;
+    // span: columns per pass of coefficients (16 groups: one register of them per row). cr: rows per
+    // chunk, ahead: bytes each listed row is prefetched ahead (as axpy_rows_int).
+    constexpr index_t span = 512, sg = span / k_quant_group, unit = 64, cr = 32, nq_max = cr / 4;
+    constexpr index_t ahead = 128;
+    static_assert(sg == width, "one register of coefficients per row and span");
+    alignas(64) float sf[cr][sg];                // the chunk's scales over the span, as floats
+    alignas(64) std::int32_t cq[M][nq_max][sg];  // coefficient bytes of each quad, per token and group
+    alignas(64) float ts[M][sg];                 // steps t
+    alignas(64) std::int32_t corr[M][sg];        // −z Σ r
+    float bad[M];                                // NaN where a token's coefficients are not all finite
+    const std::uint8_t* pr[cr];                  // the chunk's rows (padded to whole quads)
+    const bfloat16_t* sc[cr];
+    const std::uint8_t* nx[cr];  // the next chunk's rows (prefetched at the end of this one)
+    const index_t b_begin = c_begin * F::bits / 8, b_end = c_end * F::bits / 8;
+    for (index_t i0 = 0; i0 < nrows;) {
+      index_t i1 = i0 + 1, i2;
+      while (i1 < nrows && rows[i1] / cr == rows[i0] / cr) ++i1;
+      for (i2 = i1 + 1; i2 < nrows && rows[i2] / cr == rows[i1] / cr;) ++i2;
+      const index_t nr = i1 - i0, nq = (nr + 3) / 4, nn = i1 < nrows ? std::min<index_t>(i2, nrows) - i1 : 0;
+      for (index_t r = 0; r < 4 * nq; ++r) {
+        pr[r] = v + rows[i0 + std::min(r, nr - 1)] * ld;  // padding rows: a real row, coefficient 0
+        sc[r] = F::scales(reinterpret_cast<const T*>(pr[r]), cols);
+      }
+      for (index_t r = 0; r < nn; ++r) nx[r] = v + rows[i1 + r] * ld;
+      for (int m = 0; m < M; ++m) {
+        float f = 0.0f;
+        for (index_t r = 0; r < nr; ++r) f += 0.0f * s[m][rows[i0 + r]];  // NaN once one is not finite
+        bad[m] = f;
+      }
+      {  // the scale lines of the column range: this chunk's rows (read first), then the next chunk's
+        const index_t first = c_begin / k_quant_group * 2 / 64 * 64, end = c_end / k_quant_group * 2;
+        for (index_t r = 0; r < nr + nn; ++r) {
+          const auto* sl = reinterpret_cast<const std::uint8_t*>(
+              r < nr ? sc[r] : F::scales(reinterpret_cast<const T*>(nx[r - nr]), cols));
+          for (index_t b = first; b < end; b += 64) V::prefetch(sl + b);
+        }
+      }
+      for (index_t c0 = c_begin; c0 < c_end; c0 += span) {
+        const index_t c1 = std::min(c_end, c0 + span), g0 = c0 / k_quant_group;
+        const int ng = static_cast<int>((c1 - c0) / k_quant_group);
+        for (index_t r = 0; r < nr; ++r) V::store(sf[r], V::load_bf16_n(sc[r] + g0, ng));
+        for (int m = 0; m < M; ++m) {  // the coefficients of token m: a = s·scale, t, r = round(a·Q/max|a|)
+          reg amax = V::zero();
+          for (index_t r = 0; r < nr; ++r)
+            amax = V::max(amax, V::abs(V::mul(V::set1(s[m][rows[i0 + r]]), V::load(sf[r]))));
+          const reg levels = V::set1(static_cast<float>(Q));
+          // t is NaN where a product overflowed (amax = Inf) or a coefficient is not finite (bad).
+          V::store(ts[m], V::add(V::add(V::div(amax, levels), V::sub(amax, amax)), V::set1(bad[m])));
+          const reg inv =
+              V::select_ge0(V::sub(amax, V::set1(k_value_coef_tiny)), V::div(levels, amax), V::zero());
+          I sum = V::izero();
+          for (index_t p = 0; p < nq; ++p) {
+            I qr[4];
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k) {
+              const index_t r = 4 * p + k;
+              qr[k] = r < nr ? V::round_i32(V::mul(V::mul(V::set1(s[m][rows[i0 + r]]), V::load(sf[r])), inv))
+                             : V::izero();
+              sum = V::iadd(sum, qr[k]);
+            }
+            V::istore(cq[m][p], V::quad_bytes(qr[0], qr[1], qr[2], qr[3]));
+          }
+          V::istore(corr[m], V::ineg_mul(sum, z));
+        }
+        for (index_t c = c0; c < c1; c += unit) {
+          const index_t byte = c * F::bits / 8, g = (c - c0) / k_quant_group;
+          if ((byte - b_begin) % 64 == 0) {  // one prefetch per cache line and row, `ahead` bytes on
+            const index_t pf = byte + ahead;
+            if (pf < b_end) {  // this chunk's rows (over this span or the next)
+              for (index_t r = 0; r < nr; ++r) V::prefetch(pr[r] + pf);
+            } else {  // the next chunk's rows
+              for (index_t r = 0; r < nn; ++r)
+                V::prefetch(nx[r] + b_begin + (pf - b_end) % (b_end - b_begin));
+            }
+          }
+          const I idx = V::unit_index(static_cast<int>(g), static_cast<int>(g + 1));
+          I acc[M][4];
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m)
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k) acc[m][k] = V::izero();
+          for (index_t p = 0; p < nq; ++p) {
+            I u[4], d[4];
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k)
+              u[k] = q8 ? V::q8_unit(pr[4 * p + k] + byte) : V::q4_unit(pr[4 * p + k] + byte);
+            V::interleave4(u[0], u[1], u[2], u[3], d);
+#pragma GCC unroll 8
+            for (int m = 0; m < M; ++m) {
+              const I cf = V::coef_lanes(idx, cq[m][p]);
+#pragma GCC unroll 4
+              for (int k = 0; k < 4; ++k) acc[m][k] = V::dpbusd(acc[m][k], d[k], cf);
+            }
+          }
+#pragma GCC unroll 8
+          for (int m = 0; m < M; ++m) {  // y += t · float(Σ r·(q + z) − z Σ r), once per chunk and column
+            V::untangle4(acc[m]);
+            const I ca = V::bcast32(corr[m][g]), cb = V::bcast32(corr[m][g + 1]);
+            const reg ta = V::set1(ts[m][g]), tb = V::set1(ts[m][g + 1]);
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k) {
+              float* yc = y[m] + c + 16 * k;
+              V::store(yc, V::fma(k < 2 ? ta : tb, V::cvt(V::iadd(acc[m][k], k < 2 ? ca : cb)), V::load(yc)));
+            }
+          }
         }
       }
       i0 = i1;
@@ -1184,7 +1318,10 @@ struct impl {
   static void apply_rows(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                          index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo, index_t c_hi) {
     count<rows_m>(static_cast<int>(m), [&](auto M) {
-      if constexpr (int_values<T>)
+      if constexpr (vnni_values<T>)
+        axpy_rows_vnni<decltype(M)::value, T>(y, s, rows, nrows, reinterpret_cast<const std::uint8_t*>(v), ld,
+                                              cols, c_lo, c_hi);
+      else if constexpr (int_values<T>)
         axpy_rows_int<decltype(M)::value, T>(y, s, rows, nrows, reinterpret_cast<const std::uint8_t*>(v), ld,
                                              cols, c_lo, c_hi);
       else if constexpr (is_quantized<T>::value)
