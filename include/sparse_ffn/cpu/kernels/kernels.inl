@@ -545,7 +545,8 @@ struct impl {
   // coefficients of a quad are 16 dwords per token (one per group of the span); coef_lanes picks the
   // unit's two. The tile is M tokens × 4 registers of int32 sums, in registers across the chunk's rows.
   template <class T>
-  static constexpr bool vnni_values = std::is_base_of<isa::avx512_vnni, Isa>::value&& is_quantized<T>::value;
+  static constexpr bool vnni_values = (std::is_base_of<isa::avx512_vnni, Isa>::value &&
+                                       is_quantized<T>::value);
 
   template <int M, class T>
   static void axpy_rows_vnni(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
