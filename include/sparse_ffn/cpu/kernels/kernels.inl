@@ -542,8 +542,11 @@ struct impl {
   // A unit is 64 columns (simd q8_unit / q4_unit); interleave4 puts four rows' bytes of a column in one
   // dword, so a unit's 4 registers hold its columns in a fixed permuted order (lanes 0-1 of each: the
   // first group, 2-3: the second), which untangle4 undoes once per chunk before y is updated. The
-  // coefficients of a quad are 16 dwords per token (one per group of the span); coef_lanes picks the
-  // unit's two. The tile is M tokens × 4 registers of int32 sums, in registers across the chunk's rows.
+  // coefficients of a quad are one dword per token and group of the span; coef_lanes picks the unit's
+  // two. The chunk's rows are walked eight at a time (two quads), each a sequential stream across the
+  // span, the int32 sums of each token and column parked in acc32 between those passes (in L1 at small
+  // M): measured on Zen 4 this beats a register tile over all the chunk's rows at every batch, which
+  // reads up to 32 rows at once in short pieces (docs/benchmarks.md, 2026-12-03).
   template <class T>
   static constexpr bool vnni_values = (std::is_base_of<isa::avx512_vnni, Isa>::value &&
                                        is_quantized<T>::value);
@@ -556,11 +559,13 @@ struct impl {
     using I = typename V::ireg;
     constexpr bool q8 = std::is_same<T, q8_t>::value;
     constexpr std::int32_t Q = value_levels, z = q8 ? 128 : 8;
-    // span: columns per pass of coefficients (16 groups: one register of them per row). cr: rows per
-    // chunk, ahead: bytes each listed row is prefetched ahead (as axpy_rows_int).
-    constexpr index_t span = 512, sg = span / k_quant_group, unit = 64, cr = 32, nq_max = cr / 4;
-    constexpr index_t ahead = 128;
-    static_assert(sg == width, "one register of coefficients per row and span");
+    // span: columns per pass of coefficients (64 groups: sg / width registers of them per row), cr: rows
+    // per chunk, ahead: bytes each listed row is prefetched ahead. acc32: the int32 sums of the span's
+    // columns per token, in L1/L2 between passes (M · 8 KiB).
+    constexpr index_t span = 2048, sg = span / k_quant_group, unit = 64, cr = 32, nq_max = cr / 4;
+    constexpr index_t ahead = 512;
+    static_assert(sg % width == 0, "whole registers of coefficients per row and span");
+    alignas(64) std::int32_t acc32[M][span];
     alignas(64) float sf[cr][sg];                // the chunk's scales over the span, as floats
     alignas(64) std::int32_t cq[M][nq_max][sg];  // coefficient bytes of each quad, per token and group
     alignas(64) float ts[M][sg];                 // steps t
@@ -592,76 +597,111 @@ struct impl {
               r < nr ? sc[r] : F::scales(reinterpret_cast<const T*>(nx[r - nr]), cols));
           for (index_t b = first; b < end; b += 64) V::prefetch(sl + b);
         }
+        if (i0 == 0)  // the first rows' first lines (later chunks' are prefetched by the one before)
+          for (index_t r = 0; r < std::min<index_t>(4 * nq, 8); ++r)
+            for (index_t b = b_begin; b < std::min(b_end, b_begin + ahead); b += 64) V::prefetch(pr[r] + b);
       }
       for (index_t c0 = c_begin; c0 < c_end; c0 += span) {
         const index_t c1 = std::min(c_end, c0 + span), g0 = c0 / k_quant_group;
         const int ng = static_cast<int>((c1 - c0) / k_quant_group);
-        for (index_t r = 0; r < nr; ++r) V::store(sf[r], V::load_bf16_n(sc[r] + g0, ng));
-        for (int m = 0; m < M; ++m) {  // the coefficients of token m: a = s·scale, t, r = round(a·Q/max|a|)
-          reg amax = V::zero();
+        for (index_t gb = 0; gb < sg; gb += width) {
+          const int ngb = static_cast<int>(std::max<index_t>(0, std::min<index_t>(width, ng - gb)));
           for (index_t r = 0; r < nr; ++r)
-            amax = V::max(amax, V::abs(V::mul(V::set1(s[m][rows[i0 + r]]), V::load(sf[r]))));
-          const reg levels = V::set1(static_cast<float>(Q));
-          // t is NaN where a product overflowed (amax = Inf) or a coefficient is not finite (bad).
-          V::store(ts[m], V::add(V::add(V::div(amax, levels), V::sub(amax, amax)), V::set1(bad[m])));
-          const reg inv =
-              V::select_ge0(V::sub(amax, V::set1(k_value_coef_tiny)), V::div(levels, amax), V::zero());
-          I sum = V::izero();
-          for (index_t p = 0; p < nq; ++p) {
-            I qr[4];
+            V::store(sf[r] + gb, ngb > 0 ? V::load_bf16_n(sc[r] + g0 + gb, ngb) : V::zero());
+          for (int m = 0; m < M; ++m) {  // the coefficients of token m: a = s·scale, t, r = round(a·Q/max|a|)
+            reg amax = V::zero();
+            for (index_t r = 0; r < nr; ++r)
+              amax = V::max(amax, V::abs(V::mul(V::set1(s[m][rows[i0 + r]]), V::load(sf[r] + gb))));
+            const reg levels = V::set1(static_cast<float>(Q));
+            // t is NaN where a product overflowed (amax = Inf) or a coefficient is not finite (bad).
+            V::store(ts[m] + gb, V::add(V::add(V::div(amax, levels), V::sub(amax, amax)), V::set1(bad[m])));
+            const reg inv =
+                V::select_ge0(V::sub(amax, V::set1(k_value_coef_tiny)), V::div(levels, amax), V::zero());
+            I sum = V::izero();
+            for (index_t p = 0; p < nq; ++p) {
+              I qr[4];
 #pragma GCC unroll 4
-            for (int k = 0; k < 4; ++k) {
-              const index_t r = 4 * p + k;
-              qr[k] = r < nr ? V::round_i32(V::mul(V::mul(V::set1(s[m][rows[i0 + r]]), V::load(sf[r])), inv))
-                             : V::izero();
-              sum = V::iadd(sum, qr[k]);
+              for (int k = 0; k < 4; ++k) {
+                const index_t r = 4 * p + k;
+                qr[k] =
+                    r < nr
+                        ? V::round_i32(V::mul(V::mul(V::set1(s[m][rows[i0 + r]]), V::load(sf[r] + gb)), inv))
+                        : V::izero();
+                sum = V::iadd(sum, qr[k]);
+              }
+              V::istore(cq[m][p] + gb, V::quad_bytes(qr[0], qr[1], qr[2], qr[3]));
             }
-            V::istore(cq[m][p], V::quad_bytes(qr[0], qr[1], qr[2], qr[3]));
+            V::istore(corr[m] + gb, V::ineg_mul(sum, z));
           }
-          V::istore(corr[m], V::ineg_mul(sum, z));
         }
-        for (index_t c = c0; c < c1; c += unit) {
-          const index_t byte = c * F::bits / 8, g = (c - c0) / k_quant_group;
-          if ((byte - b_begin) % 64 == 0) {  // one prefetch per cache line and row, `ahead` bytes on
-            const index_t pf = byte + ahead;
-            if (pf < b_end) {  // this chunk's rows (over this span or the next)
-              for (index_t r = 0; r < nr; ++r) V::prefetch(pr[r] + pf);
-            } else {  // the next chunk's rows
-              for (index_t r = 0; r < nn; ++r)
-                V::prefetch(nx[r] + b_begin + (pf - b_end) % (b_end - b_begin));
-            }
-          }
-          const I idx = V::unit_index(static_cast<int>(g), static_cast<int>(g + 1));
-          I acc[M][4];
+        // Two quads (eight rows) at a time, each row one sequential stream across the span; the next
+        // pass's rows, then the next chunk's, are prefetched as the stream nears the span's end. The
+        // sums are exact, so the order in which rows are added does not change a bit.
+        auto pass = [&](auto np_c, index_t p) {
+          constexpr int NP = decltype(np_c)::value;  // quads in this pass
+          const bool first = p == 0, last = p + NP == nq;
+          const index_t rn = 4 * (p + NP);  // the next pass's first row
+          const index_t bs = c0 * F::bits / 8, be = c1 * F::bits / 8;
+          for (index_t c = c0; c < c1; c += unit) {
+            const index_t byte = c * F::bits / 8, g = (c - c0) / k_quant_group;
+            if ((byte - bs) % 64 == 0) {  // one prefetch per cache line and row
+              const index_t pf = byte + ahead;
+              if (pf < be) {
 #pragma GCC unroll 8
-          for (int m = 0; m < M; ++m)
+                for (int k = 0; k < 4 * NP; ++k) V::prefetch(pr[4 * p + k] + pf);
+              } else if (!last) {
+                const index_t w = bs + (pf - be) % (be - bs);
+                for (index_t r = rn; r < std::min<index_t>(4 * nq, rn + 4 * NP); ++r) V::prefetch(pr[r] + w);
+              } else if (c1 == c_end) {  // the chunk's last span: the next chunk's first rows
+                const index_t w = b_begin + (pf - be) % (b_end - b_begin);
+                for (index_t r = 0; r < std::min<index_t>(nn, 4 * NP); ++r) V::prefetch(nx[r] + w);
+              } else {  // the next span of this chunk's first rows
+                const index_t w = be + (pf - be) % (b_end - be);
+                for (index_t r = 0; r < std::min<index_t>(4 * nq, 4 * NP); ++r) V::prefetch(pr[r] + w);
+              }
+            }
+            const I idx = V::unit_index(static_cast<int>(g % width), static_cast<int>(g % width + 1));
+            I d[NP][4];
+#pragma GCC unroll 2
+            for (int q = 0; q < NP; ++q) {
+              I u[4];
 #pragma GCC unroll 4
-            for (int k = 0; k < 4; ++k) acc[m][k] = V::izero();
-          for (index_t p = 0; p < nq; ++p) {
-            I u[4], d[4];
-#pragma GCC unroll 4
-            for (int k = 0; k < 4; ++k)
-              u[k] = q8 ? V::q8_unit(pr[4 * p + k] + byte) : V::q4_unit(pr[4 * p + k] + byte);
-            V::interleave4(u[0], u[1], u[2], u[3], d);
+              for (int k = 0; k < 4; ++k)
+                u[k] = q8 ? V::q8_unit(pr[4 * (p + q) + k] + byte) : V::q4_unit(pr[4 * (p + q) + k] + byte);
+              V::interleave4(u[0], u[1], u[2], u[3], d[q]);
+            }
 #pragma GCC unroll 8
             for (int m = 0; m < M; ++m) {
-              const I cf = V::coef_lanes(idx, cq[m][p]);
+              std::int32_t* a = acc32[m] + (c - c0);
+              I acc[4];
 #pragma GCC unroll 4
-              for (int k = 0; k < 4; ++k) acc[m][k] = V::dpbusd(acc[m][k], d[k], cf);
+              for (int k = 0; k < 4; ++k) acc[k] = first ? V::izero() : V::iload(a + width * k);
+#pragma GCC unroll 2
+              for (int q = 0; q < NP; ++q) {
+                const I cf = V::coef_lanes(idx, cq[m][p + q] + g / width * width);
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; ++k) acc[k] = V::dpbusd(acc[k], d[q][k], cf);
+              }
+              if (!last) {
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; ++k) V::istore(a + width * k, acc[k]);
+              } else {  // y += t · float(Σ r·(q + z) − z Σ r), once per chunk and column
+                V::untangle4(acc);
+                const I ca = V::bcast32(corr[m][g]), cb = V::bcast32(corr[m][g + 1]);
+                const reg ta = V::set1(ts[m][g]), tb = V::set1(ts[m][g + 1]);
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; ++k) {
+                  float* yc = y[m] + c + width * k;
+                  V::store(yc,
+                           V::fma(k < 2 ? ta : tb, V::cvt(V::iadd(acc[k], k < 2 ? ca : cb)), V::load(yc)));
+                }
+              }
             }
           }
-#pragma GCC unroll 8
-          for (int m = 0; m < M; ++m) {  // y += t · float(Σ r·(q + z) − z Σ r), once per chunk and column
-            V::untangle4(acc[m]);
-            const I ca = V::bcast32(corr[m][g]), cb = V::bcast32(corr[m][g + 1]);
-            const reg ta = V::set1(ts[m][g]), tb = V::set1(ts[m][g + 1]);
-#pragma GCC unroll 4
-            for (int k = 0; k < 4; ++k) {
-              float* yc = y[m] + c + 16 * k;
-              V::store(yc, V::fma(k < 2 ? ta : tb, V::cvt(V::iadd(acc[m][k], k < 2 ? ca : cb)), V::load(yc)));
-            }
-          }
-        }
+        };
+        index_t p = 0;
+        for (; p + 2 <= nq; p += 2) pass(std::integral_constant<int, 2>{}, p);
+        if (p < nq) pass(std::integral_constant<int, 1>{}, p);
       }
       i0 = i1;
     }
