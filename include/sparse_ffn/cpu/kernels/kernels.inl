@@ -365,12 +365,41 @@ struct impl {
   // q8 on avx2 stays on the float path (axpy_rows_q): the same scheme with int16 coefficients and vpmaddwd
   // was measured on a Zen 3 (2 threads, 4096 × 16384, g 64, 25%): ~15% faster at batch 64 but 5–15% slower at
   // batch 1, where q8 is nearly bound by memory and the float path streams four rows at a time.
+  template <class T>  // axpy_rows_vnni's dtypes and levels (below)
+  static constexpr bool vnni_values = (std::is_base_of<isa::avx512_vnni, Isa>::value &&
+                                       is_quantized<T>::value);
   template <class T>
-  static constexpr bool int_values = (std::is_same<isa::avx2, Isa>::value && std::is_same<T, q4_t>::value) ||
-                                     (std::is_base_of<isa::avx512_vnni, Isa>::value &&
-                                      is_quantized<T>::value);
+  static constexpr bool int_values =
+      (std::is_same<isa::avx2, Isa>::value && std::is_same<T, q4_t>::value) || vnni_values<T>;
   /// The largest coefficient magnitude of the integer value pass (int8, vpmaddubsw's signed operand).
   static constexpr std::int32_t value_levels = 127;
+
+  /// The integer value passes' chunks (axpy_rows_int, axpy_rows_vnni): the end i1 of the listed rows
+  /// from rows[i0] that lie in one chunk of cr rows, and the next chunk's listed rows (nn of them, into
+  /// nx), whose lines are prefetched while this chunk runs.
+  static index_t int_chunk(const std::int32_t* rows, index_t nrows, index_t i0, index_t cr,
+                           const std::uint8_t* v, index_t ld, const std::uint8_t** nx, index_t& nn) {
+    index_t i1 = i0 + 1, i2;
+    while (i1 < nrows && rows[i1] / cr == rows[i0] / cr) ++i1;
+    for (i2 = i1 + 1; i2 < nrows && rows[i2] / cr == rows[i1] / cr;) ++i2;
+    nn = i1 < nrows ? std::min<index_t>(i2, nrows) - i1 : 0;
+    for (index_t r = 0; r < nn; ++r) nx[r] = v + rows[i1 + r] * ld;
+    return i1;
+  }
+
+  /// The scale lines of the column range [c_begin, c_end): the chunk's nr rows (scales sc, read first),
+  /// then the next chunk's nn rows nx.
+  template <class T>
+  static void prefetch_chunk_scales(const bfloat16_t* const* sc, index_t nr, const std::uint8_t* const* nx,
+                                    index_t nn, index_t cols, index_t c_begin, index_t c_end) {
+    using F = row_format<T>;
+    const index_t first = c_begin / k_quant_group * 2 / 64 * 64, end = c_end / k_quant_group * 2;
+    for (index_t r = 0; r < nr + nn; ++r) {
+      const auto* sl = reinterpret_cast<const std::uint8_t*>(
+          r < nr ? sc[r] : F::scales(reinterpret_cast<const T*>(nx[r - nr]), cols));
+      for (index_t b = first; b < end; b += 64) V::prefetch(sl + b);
+    }
+  }
 
   template <int M, class T>
   static void axpy_rows_int(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
@@ -399,25 +428,15 @@ struct impl {
     const std::uint8_t* nx[cr];  // the next chunk's rows (prefetched at the end of this one)
     const index_t b_begin = c_begin * F::bits / 8, b_end = c_end * F::bits / 8;
     for (index_t i0 = 0; i0 < nrows;) {
-      index_t i1 = i0 + 1, i2;
-      while (i1 < nrows && rows[i1] / cr == rows[i0] / cr) ++i1;
-      for (i2 = i1 + 1; i2 < nrows && rows[i2] / cr == rows[i1] / cr;) ++i2;
-      const index_t nr = i1 - i0, np = (nr + 1) / 2, nn = i1 < nrows ? std::min<index_t>(i2, nrows) - i1 : 0;
+      index_t nn;
+      const index_t i1 = int_chunk(rows, nrows, i0, cr, v, ld, nx, nn), nr = i1 - i0, np = (nr + 1) / 2;
       for (index_t r = 0; r < nr; ++r)
         sc[r] = F::scales(reinterpret_cast<const T*>(v + rows[i0 + r] * ld), cols);
-      for (index_t r = 0; r < nn; ++r) nx[r] = v + rows[i1 + r] * ld;
       for (index_t p = 0; p < np; ++p) {
         pa[p] = v + rows[i0 + 2 * p] * ld;
         pb[p] = 2 * p + 1 < nr ? v + rows[i0 + 2 * p + 1] * ld : pa[p];
       }
-      {  // the scale lines of the column range: this chunk's rows (read first), then the next chunk's
-        const index_t first = c_begin / k_quant_group * 2 / 64 * 64, end = c_end / k_quant_group * 2;
-        for (index_t r = 0; r < nr + nn; ++r) {
-          const auto* sl = reinterpret_cast<const std::uint8_t*>(
-              r < nr ? sc[r] : F::scales(reinterpret_cast<const T*>(nx[r - nr]), cols));
-          for (index_t b = first; b < end; b += 64) V::prefetch(sl + b);
-        }
-      }
+      prefetch_chunk_scales<T>(sc, nr, nx, nn, cols, c_begin, c_end);
       for (index_t c0 = c_begin; c0 < c_end; c0 += span) {
         const index_t c1 = std::min(c_end, c0 + span), g0 = c0 / k_quant_group,
                       ng = (c1 - c0) / k_quant_group;
@@ -547,10 +566,6 @@ struct impl {
   // span, the int32 sums of each token and column parked in acc32 between those passes (in L1 at small
   // M): measured on Zen 4 this beats a register tile over all the chunk's rows at every batch, which
   // reads up to 32 rows at once in short pieces (docs/benchmarks.md, 2026-12-03).
-  template <class T>
-  static constexpr bool vnni_values = (std::is_base_of<isa::avx512_vnni, Isa>::value &&
-                                       is_quantized<T>::value);
-
   template <int M, class T>
   static void axpy_rows_vnni(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
                              const std::uint8_t* v, index_t ld, index_t cols, index_t c_begin,
@@ -576,31 +591,21 @@ struct impl {
     const std::uint8_t* nx[cr];  // the next chunk's rows (prefetched at the end of this one)
     const index_t b_begin = c_begin * F::bits / 8, b_end = c_end * F::bits / 8;
     for (index_t i0 = 0; i0 < nrows;) {
-      index_t i1 = i0 + 1, i2;
-      while (i1 < nrows && rows[i1] / cr == rows[i0] / cr) ++i1;
-      for (i2 = i1 + 1; i2 < nrows && rows[i2] / cr == rows[i1] / cr;) ++i2;
-      const index_t nr = i1 - i0, nq = (nr + 3) / 4, nn = i1 < nrows ? std::min<index_t>(i2, nrows) - i1 : 0;
+      index_t nn;
+      const index_t i1 = int_chunk(rows, nrows, i0, cr, v, ld, nx, nn), nr = i1 - i0, nq = (nr + 3) / 4;
       for (index_t r = 0; r < 4 * nq; ++r) {
         pr[r] = v + rows[i0 + std::min(r, nr - 1)] * ld;  // padding rows: a real row, coefficient 0
         sc[r] = F::scales(reinterpret_cast<const T*>(pr[r]), cols);
       }
-      for (index_t r = 0; r < nn; ++r) nx[r] = v + rows[i1 + r] * ld;
       for (int m = 0; m < M; ++m) {
         float f = 0.0f;
         for (index_t r = 0; r < nr; ++r) f += 0.0f * s[m][rows[i0 + r]];  // NaN once one is not finite
         bad[m] = f;
       }
-      {  // the scale lines of the column range: this chunk's rows (read first), then the next chunk's
-        const index_t first = c_begin / k_quant_group * 2 / 64 * 64, end = c_end / k_quant_group * 2;
-        for (index_t r = 0; r < nr + nn; ++r) {
-          const auto* sl = reinterpret_cast<const std::uint8_t*>(
-              r < nr ? sc[r] : F::scales(reinterpret_cast<const T*>(nx[r - nr]), cols));
-          for (index_t b = first; b < end; b += 64) V::prefetch(sl + b);
-        }
-        if (i0 == 0)  // the first rows' first lines (later chunks' are prefetched by the one before)
-          for (index_t r = 0; r < std::min<index_t>(4 * nq, 8); ++r)
-            for (index_t b = b_begin; b < std::min(b_end, b_begin + ahead); b += 64) V::prefetch(pr[r] + b);
-      }
+      prefetch_chunk_scales<T>(sc, nr, nx, nn, cols, c_begin, c_end);
+      if (i0 == 0)  // the first rows' first lines (later chunks' are prefetched by the one before)
+        for (index_t r = 0; r < std::min<index_t>(4 * nq, 8); ++r)
+          for (index_t b = b_begin; b < std::min(b_end, b_begin + ahead); b += 64) V::prefetch(pr[r] + b);
       for (index_t c0 = c_begin; c0 < c_end; c0 += span) {
         const index_t c1 = std::min(c_end, c0 + span), g0 = c0 / k_quant_group;
         const int ng = static_cast<int>((c1 - c0) / k_quant_group);
