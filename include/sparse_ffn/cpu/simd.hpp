@@ -105,6 +105,7 @@ struct simd<isa::scalar> {
     return s0 + s1;
   }
   static void prefetch(const void*) {}
+  static void prefetch_l2(const void*) {}
   // ---- element-wise arithmetic for the vectorised activations (kernels::activate_rows) ----------
   template <class F>
   static reg map2(reg a, reg b, F f) {
@@ -196,6 +197,9 @@ struct simd<isa::avx2> {
     return _mm_cvtss_f32(s);
   }
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  /// Into L2 only (prefetcht1): for streams fetched far ahead, so they do not hold the few L1 miss
+  /// buffers (docs/benchmarks.md, 2026-12-03 late).
+  static void prefetch_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
   /// Transposes the 8 × 8 floats r[0..8) in registers (r[i] lane j ← r[j] lane i): unpack pairs of
   /// rows, shuffle quads, then swap 128-bit halves (24 shuffles).
   static void transpose8(reg* r) {
@@ -367,6 +371,9 @@ struct simd<isa::avx512> {
     return _mm_cvtss_f32(s);
   }
   static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  /// Into L2 only (prefetcht1): for streams fetched far ahead, so they do not hold the few L1 miss
+  /// buffers (docs/benchmarks.md, 2026-12-03 late).
+  static void prefetch_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }

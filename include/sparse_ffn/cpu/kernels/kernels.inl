@@ -75,7 +75,10 @@ struct impl {
   /// acc[m][r] += rows[r][q] * x[m][q] for q in [q0, q1). acc holds M*R vectors (spill format);
   /// `first` starts from zero. With `prefetch`, software prefetch runs 1 KiB ahead along each row and,
   /// near the end of the rows, into the next R rows (the next tile of a block); the caller asks for it
-  /// on the first token tile of a chunk only (later tiles find the chunk in L1).
+  /// on the first token tile of a chunk only (later tiles find the chunk in L1). The key pass and the
+  /// streaming value passes (axpy_rows_pairs, axpy_rows_vnni) prefetch into L2 only (prefetch_l2):
+  /// with 8 rows × 1 KiB in flight, prefetches into L1 held its miss buffers and cost 12–23% at batch 1
+  /// on Zen 4 (docs/benchmarks.md, 2026-12-03 late).
   template <int M, int R, class T, class X>
   static void dot_tile_acc(const X* const* x, const T* SPARSE_FFN_RESTRICT rows, index_t ld, index_t len,
                            index_t q0, index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first,
@@ -95,7 +98,7 @@ struct impl {
         const index_t p = line + ahead;
         const T* pf = p < len ? rows + p : rows + R * ld + (p - len);
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) V::prefetch(pf + r * ld);
+        for (int r = 0; r < R; ++r) V::prefetch_l2(pf + r * ld);
       }
 #pragma GCC unroll 4
       for (index_t q = line; q < line + per_line; q += step) {
@@ -241,7 +244,7 @@ struct impl {
         const index_t p = byte + 1024;
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r)
-          V::prefetch(p < qbytes ? rows + r * ld + p : rows + (R + r) * ld + (p - qbytes));
+          V::prefetch_l2(p < qbytes ? rows + r * ld + p : rows + (R + r) * ld + (p - qbytes));
       }
       reg xa[M], xb[M];
 #pragma GCC unroll 4
@@ -575,10 +578,10 @@ struct impl {
     constexpr bool q8 = std::is_same<T, q8_t>::value;
     constexpr std::int32_t Q = value_levels, z = q8 ? 128 : 8;
     // span: columns per pass of coefficients (64 groups: sg / width registers of them per row), cr: rows
-    // per chunk, ahead: bytes each listed row is prefetched ahead. acc32: the int32 sums of the span's
-    // columns per token, in L1/L2 between passes (M · 8 KiB).
+    // per chunk, ahead: bytes each listed row is prefetched ahead (into L2). acc32: the int32 sums of the
+    // span's columns per token, in L1/L2 between passes (M · 8 KiB).
     constexpr index_t span = 2048, sg = span / k_quant_group, unit = 64, cr = 32, nq_max = cr / 4;
-    constexpr index_t ahead = 512;
+    constexpr index_t ahead = 1024;
     static_assert(sg % width == 0, "whole registers of coefficients per row and span");
     alignas(64) std::int32_t acc32[M][span];
     alignas(64) float sf[cr][sg];                // the chunk's scales over the span, as floats
@@ -605,7 +608,7 @@ struct impl {
       prefetch_chunk_scales<T>(sc, nr, nx, nn, cols, c_begin, c_end);
       if (i0 == 0)  // the first rows' first lines (later chunks' are prefetched by the one before)
         for (index_t r = 0; r < std::min<index_t>(4 * nq, 8); ++r)
-          for (index_t b = b_begin; b < std::min(b_end, b_begin + ahead); b += 64) V::prefetch(pr[r] + b);
+          for (index_t b = b_begin; b < std::min(b_end, b_begin + ahead); b += 64) V::prefetch_l2(pr[r] + b);
       for (index_t c0 = c_begin; c0 < c_end; c0 += span) {
         const index_t c1 = std::min(c_end, c0 + span), g0 = c0 / k_quant_group;
         const int ng = static_cast<int>((c1 - c0) / k_quant_group);
@@ -653,16 +656,17 @@ struct impl {
               const index_t pf = byte + ahead;
               if (pf < be) {
 #pragma GCC unroll 8
-                for (int k = 0; k < 4 * NP; ++k) V::prefetch(pr[4 * p + k] + pf);
+                for (int k = 0; k < 4 * NP; ++k) V::prefetch_l2(pr[4 * p + k] + pf);
               } else if (!last) {
                 const index_t w = bs + (pf - be) % (be - bs);
-                for (index_t r = rn; r < std::min<index_t>(4 * nq, rn + 4 * NP); ++r) V::prefetch(pr[r] + w);
+                for (index_t r = rn; r < std::min<index_t>(4 * nq, rn + 4 * NP); ++r)
+                  V::prefetch_l2(pr[r] + w);
               } else if (c1 == c_end) {  // the chunk's last span: the next chunk's first rows
                 const index_t w = b_begin + (pf - be) % (b_end - b_begin);
-                for (index_t r = 0; r < std::min<index_t>(nn, 4 * NP); ++r) V::prefetch(nx[r] + w);
+                for (index_t r = 0; r < std::min<index_t>(nn, 4 * NP); ++r) V::prefetch_l2(nx[r] + w);
               } else {  // the next span of this chunk's first rows
                 const index_t w = be + (pf - be) % (b_end - be);
-                for (index_t r = 0; r < std::min<index_t>(4 * nq, 4 * NP); ++r) V::prefetch(pr[r] + w);
+                for (index_t r = 0; r < std::min<index_t>(4 * nq, 4 * NP); ++r) V::prefetch_l2(pr[r] + w);
               }
             }
             const I idx = V::unit_index(static_cast<int>(g % width), static_cast<int>(g % width + 1));
@@ -843,7 +847,7 @@ struct impl {
         const index_t p = byte + 1024;
 #pragma GCC unroll 8
         for (int r = 0; r < R; ++r)
-          V::prefetch(p < qbytes ? rows + r * ld + p : rows + (R + r) * ld + (p - qbytes));
+          V::prefetch_l2(p < qbytes ? rows + r * ld + p : rows + (R + r) * ld + (p - qbytes));
       }
       if constexpr (width == 8)
         dot_line_int8_avx2<M, R, T>(xq, rows, ld, cols, q, byte, a);
@@ -934,7 +938,7 @@ struct impl {
                               const bfloat16_t* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_begin,
                               index_t c_end) {
     using P = typename V::pairs;
-    constexpr index_t ahead = 512;  // elements: 1 KiB
+    constexpr index_t ahead = 512;  // elements: 1 KiB, into L2
     const index_t span = c_end - c_begin;
     index_t idx = 0;
     auto pass = [&](auto U_) {  // U rows (U/2 pairs) from idx
@@ -957,7 +961,7 @@ struct impl {
         const index_t pf = c + ahead;
 #pragma GCC unroll 8
         for (int u = 0; u < U; ++u)
-          V::prefetch(pf < c_end ? vr[u] + pf : next[u] + c_begin + (pf - c_end) % span);
+          V::prefetch_l2(pf < c_end ? vr[u] + pf : next[u] + c_begin + (pf - c_end) % span);
         P lo[NP], hi[NP];
 #pragma GCC unroll 4
         for (int p = 0; p < NP; ++p) V::interleave(vr[2 * p] + c, vr[2 * p + 1] + c, lo[p], hi[p]);
