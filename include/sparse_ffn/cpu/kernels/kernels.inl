@@ -77,7 +77,7 @@ struct impl {
   /// near the end of the rows, into the next R rows (the next tile of a block); the caller asks for it
   /// on the first token tile of a chunk only (later tiles find the chunk in L1). The key pass and the
   /// streaming value passes (axpy_rows_pairs, axpy_rows_vnni) prefetch into L2 only (prefetch_l2):
-  /// with 8 rows × 1 KiB in flight, prefetches into L1 held its miss buffers and cost 12–23% at batch 1
+  /// with 8 rows × 1 KiB in flight, prefetches into L1 held its miss buffers and cost 19–23% at batch 1
   /// on Zen 4 (docs/benchmarks.md, 2026-12-03 late).
   template <int M, int R, class T, class X>
   static void dot_tile_acc(const X* const* x, const T* SPARSE_FFN_RESTRICT rows, index_t ld, index_t len,
