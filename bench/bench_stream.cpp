@@ -2,6 +2,8 @@
 // "% of stream" means "% of what these cores can read". Several readers over the same 1 GiB buffer
 // (split between the OpenMP threads); report.py takes the fastest as the reference:
 //   f32_4streams_prefetch  four sequential streams per thread, software prefetch 1 KiB ahead, FMA sum
+//   f32_8streams_prefetch_l2  eight streams per thread (the key pass's shape), prefetch 1 KiB ahead
+//                          into L2 (prefetcht1) once per cache line, FMA sum
 //   f32_1stream            one stream per thread, four accumulators, hardware prefetch only
 //   bf16_dot               ggml's vec_dot_bf16 shape: bf16 rows · a bf16 vector (vdpbf16ps; needs
 //                          AVX512_BF16, else not registered)
@@ -31,35 +33,50 @@ stream_buffer& the_buffer() {
 
 // The two float readers, defined once per instruction set inside its target region (a template
 // defined outside the region would not be compiled for it).
-#define SFFN_STREAM_READERS(NS, ISA)                                       \
-  namespace NS {                                                           \
-  using V = sf::cpu::simd<ISA>;                                            \
-  float read_4streams(const float* base, std::size_t len) {                \
-    const V::reg one = V::set1(1.0f);                                      \
-    V::reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero(); \
-    for (std::size_t i = 0; i < len; i += V::width) {                      \
-      V::prefetch(base + i + 256);                                         \
-      V::prefetch(base + len + i + 256);                                   \
-      V::prefetch(base + 2 * len + i + 256);                               \
-      V::prefetch(base + 3 * len + i + 256);                               \
-      a0 = V::fma(one, V::load(base + i), a0);                             \
-      a1 = V::fma(one, V::load(base + len + i), a1);                       \
-      a2 = V::fma(one, V::load(base + 2 * len + i), a2);                   \
-      a3 = V::fma(one, V::load(base + 3 * len + i), a3);                   \
-    }                                                                      \
-    return V::hsum(a0) + V::hsum(a1) + V::hsum(a2) + V::hsum(a3);          \
-  }                                                                        \
-  float read_1stream(const float* base, std::size_t len) {                 \
-    const V::reg one = V::set1(1.0f);                                      \
-    V::reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero(); \
-    for (std::size_t i = 0; i < len; i += 4 * V::width) {                  \
-      a0 = V::fma(one, V::load(base + i), a0);                             \
-      a1 = V::fma(one, V::load(base + i + V::width), a1);                  \
-      a2 = V::fma(one, V::load(base + i + 2 * V::width), a2);              \
-      a3 = V::fma(one, V::load(base + i + 3 * V::width), a3);              \
-    }                                                                      \
-    return V::hsum(a0) + V::hsum(a1) + V::hsum(a2) + V::hsum(a3);          \
-  }                                                                        \
+#define SFFN_STREAM_READERS(NS, ISA)                                              \
+  namespace NS {                                                                  \
+  using V = sf::cpu::simd<ISA>;                                                   \
+  float read_4streams(const float* base, std::size_t len) {                       \
+    const V::reg one = V::set1(1.0f);                                             \
+    V::reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();        \
+    for (std::size_t i = 0; i < len; i += V::width) {                             \
+      V::prefetch(base + i + 256);                                                \
+      V::prefetch(base + len + i + 256);                                          \
+      V::prefetch(base + 2 * len + i + 256);                                      \
+      V::prefetch(base + 3 * len + i + 256);                                      \
+      a0 = V::fma(one, V::load(base + i), a0);                                    \
+      a1 = V::fma(one, V::load(base + len + i), a1);                              \
+      a2 = V::fma(one, V::load(base + 2 * len + i), a2);                          \
+      a3 = V::fma(one, V::load(base + 3 * len + i), a3);                          \
+    }                                                                             \
+    return V::hsum(a0) + V::hsum(a1) + V::hsum(a2) + V::hsum(a3);                 \
+  }                                                                               \
+  float read_8streams_l2(const float* base, std::size_t len) {                    \
+    const V::reg one = V::set1(1.0f);                                             \
+    V::reg a[8];                                                                  \
+    _Pragma("GCC unroll 8") for (std::size_t k = 0; k < 8; ++k) a[k] = V::zero(); \
+    for (std::size_t i = 0; i < len; i += V::width) {                             \
+      if (i % 16 == 0)                                                            \
+        _Pragma("GCC unroll 8") for (std::size_t k = 0; k < 8; ++k)               \
+            V::prefetch_l2(base + k * len + i + 256);                             \
+      _Pragma("GCC unroll 8") for (std::size_t k = 0; k < 8; ++k) a[k] =          \
+          V::fma(one, V::load(base + k * len + i), a[k]);                         \
+    }                                                                             \
+    float t = 0;                                                                  \
+    for (std::size_t k = 0; k < 8; ++k) t += V::hsum(a[k]);                       \
+    return t;                                                                     \
+  }                                                                               \
+  float read_1stream(const float* base, std::size_t len) {                        \
+    const V::reg one = V::set1(1.0f);                                             \
+    V::reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();        \
+    for (std::size_t i = 0; i < len; i += 4 * V::width) {                         \
+      a0 = V::fma(one, V::load(base + i), a0);                                    \
+      a1 = V::fma(one, V::load(base + i + V::width), a1);                         \
+      a2 = V::fma(one, V::load(base + i + 2 * V::width), a2);                     \
+      a3 = V::fma(one, V::load(base + i + 3 * V::width), a3);                     \
+    }                                                                             \
+    return V::hsum(a0) + V::hsum(a1) + V::hsum(a2) + V::hsum(a3);                 \
+  }                                                                               \
   }
 
 SFFN_STREAM_READERS(scalar_readers, sf::cpu::isa::scalar)
@@ -89,7 +106,7 @@ float read_bf16_dot(const float* base, std::size_t len_floats, const sf::bfloat1
 SPARSE_FFN_TARGET_END
 #endif
 
-enum class reader { f32_4streams_prefetch, f32_1stream, bf16_dot };
+enum class reader { f32_4streams_prefetch, f32_8streams_l2, f32_1stream, bf16_dot };
 
 void BM_stream(benchmark::State& state, reader which) {
   stream_buffer& sb = the_buffer();
@@ -116,6 +133,10 @@ void BM_stream(benchmark::State& state, reader which) {
         s = avx512 ? avx512_readers::read_4streams(base, per / 4)
             : avx2 ? avx2_readers::read_4streams(base, per / 4)
                    : scalar_readers::read_4streams(base, per / 4);
+      } else if (which == reader::f32_8streams_l2) {
+        s = avx512 ? avx512_readers::read_8streams_l2(base, per / 8)
+            : avx2 ? avx2_readers::read_8streams_l2(base, per / 8)
+                   : scalar_readers::read_8streams_l2(base, per / 8);
       } else {
         s = avx512 ? avx512_readers::read_1stream(base, per)
             : avx2 ? avx2_readers::read_1stream(base, per)
@@ -123,6 +144,7 @@ void BM_stream(benchmark::State& state, reader which) {
       }
 #else
       s = which == reader::f32_4streams_prefetch ? scalar_readers::read_4streams(base, per / 4)
+          : which == reader::f32_8streams_l2     ? scalar_readers::read_8streams_l2(base, per / 8)
                                                  : scalar_readers::read_1stream(base, per);
 #endif
       total += s;
@@ -142,6 +164,7 @@ void register_stream() {
     benchmark::RegisterBenchmark(name, BM_stream, r)->Unit(benchmark::kMillisecond)->UseRealTime();
   };
   reg("BM_stream_read/f32_4streams_prefetch", reader::f32_4streams_prefetch);
+  reg("BM_stream_read/f32_8streams_prefetch_l2", reader::f32_8streams_l2);
   reg("BM_stream_read/f32_1stream", reader::f32_1stream);
   if (sf::cpu::isa_supported(sf::cpu::isa_level::avx512_bf16))
     reg("BM_stream_read/bf16_dot", reader::bf16_dot);
