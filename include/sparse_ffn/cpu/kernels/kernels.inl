@@ -76,9 +76,9 @@ struct impl {
   /// `first` starts from zero. With `prefetch`, software prefetch runs 1 KiB ahead along each row and,
   /// near the end of the rows, into the next R rows (the next tile of a block); the caller asks for it
   /// on the first token tile of a chunk only (later tiles find the chunk in L1). The key pass and the
-  /// streaming value passes (axpy_rows_pairs, axpy_rows_vnni) prefetch into L2 only (prefetch_l2):
-  /// with 8 rows × 1 KiB in flight, prefetches into L1 held its miss buffers and cost 19–23% at batch 1
-  /// on Zen 4 (docs/benchmarks.md, 2026-12-03 late).
+  /// streaming value passes (axpy_rows, axpy_rows_pairs, axpy_rows_vnni) prefetch into L2 only
+  /// (prefetch_l2): with 8 rows × 1 KiB in flight, prefetches into L1 held its miss buffers and cost
+  /// 19–23% at batch 1 on Zen 4 (docs/benchmarks.md, 2026-12-03 late and 2026-12-04).
   template <int M, int R, class T, class X>
   static void dot_tile_acc(const X* const* x, const T* SPARSE_FFN_RESTRICT rows, index_t ld, index_t len,
                            index_t q0, index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first,
@@ -275,9 +275,9 @@ struct impl {
   }
 
   /// U value rows (rows[idx .. idx+U)) of q8/q4 weights applied to M tokens over columns
-  /// [c_begin, c_end) (multiples of 64): U sequential streams, software-prefetched 1 KiB ahead and on
-  /// into the next U rows. The M·U coefficients of each group, s[m][row] · scale, are formed for a span
-  /// of columns at a time (vectorised), so the inner loop is one widening and M FMAs per weight vector.
+  /// [c_begin, c_end) (multiples of 64): U sequential streams, software-prefetched 2 KiB ahead into L2
+  /// and on into the next U rows. The M·U coefficients of each group, s[m][row] · scale, are formed for a
+  /// span of columns at a time (vectorised), so the inner loop is one widening and M FMAs per weight vector.
   template <int M, int U, class T>
   static void axpy_group_q(float* const* y, const float* const* s, const std::int32_t* rows, index_t idx,
                            index_t nrows, const std::uint8_t* v, index_t ld, index_t cols, index_t c_begin,
@@ -317,11 +317,11 @@ struct impl {
       }
       for (index_t c = c0; c < c1; c += k_quant_chunk) {
         const index_t byte = c * F::bits / 8, g = (c - c0) / k_quant_group;
-        if ((byte - b_begin) % 64 == 0) {  // one prefetch per cache line and row, 1 KiB ahead
-          const index_t p = byte + 1024;
+        if ((byte - b_begin) % 64 == 0) {  // one prefetch per cache line and row, 2 KiB ahead
+          const index_t p = byte + 2048;
 #pragma GCC unroll 4
           for (int u = 0; u < U; ++u)
-            V::prefetch(p < b_end ? vr[u] + p : next[u] + b_begin + (p - b_end) % (b_end - b_begin));
+            V::prefetch_l2(p < b_end ? vr[u] + p : next[u] + b_begin + (p - b_end) % (b_end - b_begin));
         }
 #pragma GCC unroll 4
         for (index_t j = 0; j < 32; j += width) {
@@ -877,12 +877,13 @@ struct impl {
   }
 
   /// Groups of four value rows applied to M tokens, streaming the rows front to back over the column
-  /// range (four sequential streams, software-prefetched across row groups) with the 4·M coefficients
-  /// in registers and y in L1/L2.
+  /// range (four sequential streams, software-prefetched 2 KiB ahead into L2, across row groups) with
+  /// the 4·M coefficients in registers and y in L1/L2. (Into L1 at 1 KiB before: f32 10–16% and bf16
+  /// at the avx512 level 8–9% slower at batch 1 and 8 on Zen 4, docs/benchmarks.md 2026-12-04.)
   template <int M, class T>
   static void axpy_rows(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
                         const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_begin, index_t c_end) {
-    constexpr index_t ahead = 1024 / sizeof(T), per_line = 64 / sizeof(T);
+    constexpr index_t ahead = 2048 / sizeof(T), per_line = 64 / sizeof(T);
     const index_t span = c_end - c_begin;
     index_t idx = 0;
     for (; idx + 4 <= nrows; idx += 4) {
@@ -901,7 +902,7 @@ struct impl {
           const index_t p = c + ahead;
 #pragma GCC unroll 4
           for (int u = 0; u < 4; ++u)
-            V::prefetch(p < c_end ? vr[u] + p : next[u] + c_begin + (p - c_end) % span);
+            V::prefetch_l2(p < c_end ? vr[u] + p : next[u] + c_begin + (p - c_end) % span);
         }
         reg vv[4];
 #pragma GCC unroll 4
