@@ -1,7 +1,8 @@
 // BM_stream_read/<reader>: the best plain read bandwidth we can write for this machine, so that
 // "% of stream" means "% of what these cores can read". Several readers over the same 1 GiB buffer
 // (split between the OpenMP threads); report.py takes the fastest as the reference:
-//   f32_4streams_prefetch  four sequential streams per thread, software prefetch 1 KiB ahead, FMA sum
+//   f32_4streams_prefetch  four sequential streams per thread, software prefetch 1 KiB ahead into L1
+//                          once per cache line, FMA sum
 //   f32_8streams_prefetch_l2  eight streams per thread (the key pass's shape), prefetch 1 KiB ahead
 //                          into L2 (prefetcht1) once per cache line, FMA sum
 //   f32_1stream            one stream per thread, four accumulators, hardware prefetch only
@@ -31,52 +32,43 @@ stream_buffer& the_buffer() {
   return b;
 }
 
-// The two float readers, defined once per instruction set inside its target region (a template
-// defined outside the region would not be compiled for it).
-#define SFFN_STREAM_READERS(NS, ISA)                                              \
-  namespace NS {                                                                  \
-  using V = sf::cpu::simd<ISA>;                                                   \
-  float read_4streams(const float* base, std::size_t len) {                       \
-    const V::reg one = V::set1(1.0f);                                             \
-    V::reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();        \
-    for (std::size_t i = 0; i < len; i += V::width) {                             \
-      V::prefetch(base + i + 256);                                                \
-      V::prefetch(base + len + i + 256);                                          \
-      V::prefetch(base + 2 * len + i + 256);                                      \
-      V::prefetch(base + 3 * len + i + 256);                                      \
-      a0 = V::fma(one, V::load(base + i), a0);                                    \
-      a1 = V::fma(one, V::load(base + len + i), a1);                              \
-      a2 = V::fma(one, V::load(base + 2 * len + i), a2);                          \
-      a3 = V::fma(one, V::load(base + 3 * len + i), a3);                          \
-    }                                                                             \
-    return V::hsum(a0) + V::hsum(a1) + V::hsum(a2) + V::hsum(a3);                 \
-  }                                                                               \
-  float read_8streams_l2(const float* base, std::size_t len) {                    \
-    const V::reg one = V::set1(1.0f);                                             \
-    V::reg a[8];                                                                  \
-    _Pragma("GCC unroll 8") for (std::size_t k = 0; k < 8; ++k) a[k] = V::zero(); \
-    for (std::size_t i = 0; i < len; i += V::width) {                             \
-      if (i % 16 == 0)                                                            \
-        _Pragma("GCC unroll 8") for (std::size_t k = 0; k < 8; ++k)               \
-            V::prefetch_l2(base + k * len + i + 256);                             \
-      _Pragma("GCC unroll 8") for (std::size_t k = 0; k < 8; ++k) a[k] =          \
-          V::fma(one, V::load(base + k * len + i), a[k]);                         \
-    }                                                                             \
-    float t = 0;                                                                  \
-    for (std::size_t k = 0; k < 8; ++k) t += V::hsum(a[k]);                       \
-    return t;                                                                     \
-  }                                                                               \
-  float read_1stream(const float* base, std::size_t len) {                        \
-    const V::reg one = V::set1(1.0f);                                             \
-    V::reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();        \
-    for (std::size_t i = 0; i < len; i += 4 * V::width) {                         \
-      a0 = V::fma(one, V::load(base + i), a0);                                    \
-      a1 = V::fma(one, V::load(base + i + V::width), a1);                         \
-      a2 = V::fma(one, V::load(base + i + 2 * V::width), a2);                     \
-      a3 = V::fma(one, V::load(base + i + 3 * V::width), a3);                     \
-    }                                                                             \
-    return V::hsum(a0) + V::hsum(a1) + V::hsum(a2) + V::hsum(a3);                 \
-  }                                                                               \
+// The float readers, defined once per instruction set inside its target region (a template
+// defined outside the region would not be compiled for it). read_streams<N, L2>: N sequential streams
+// of len floats, each prefetched 1 KiB ahead once per cache line (into L2 with L2, else L1).
+#define SFFN_STREAM_READERS(NS, ISA)                                         \
+  namespace NS {                                                             \
+  using V = sf::cpu::simd<ISA>;                                              \
+  template <int N, bool L2>                                                  \
+  float read_streams(const float* base, std::size_t len) {                   \
+    const V::reg one = V::set1(1.0f);                                        \
+    V::reg a[N];                                                             \
+    _Pragma("GCC unroll 8") for (int k = 0; k < N; ++k) a[k] = V::zero();    \
+    for (std::size_t i = 0; i < len; i += V::width) {                        \
+      if (i % 16 == 0) _Pragma("GCC unroll 8") for (int k = 0; k < N; ++k) { \
+          const float* p = base + k * len + i + 256;                         \
+          if constexpr (L2)                                                  \
+            V::prefetch_l2(p);                                               \
+          else                                                               \
+            V::prefetch(p);                                                  \
+        }                                                                    \
+      _Pragma("GCC unroll 8") for (int k = 0; k < N; ++k) a[k] =             \
+          V::fma(one, V::load(base + k * len + i), a[k]);                    \
+    }                                                                        \
+    float t = 0;                                                             \
+    for (int k = 0; k < N; ++k) t += V::hsum(a[k]);                          \
+    return t;                                                                \
+  }                                                                          \
+  float read_1stream(const float* base, std::size_t len) {                   \
+    const V::reg one = V::set1(1.0f);                                        \
+    V::reg a0 = V::zero(), a1 = V::zero(), a2 = V::zero(), a3 = V::zero();   \
+    for (std::size_t i = 0; i < len; i += 4 * V::width) {                    \
+      a0 = V::fma(one, V::load(base + i), a0);                               \
+      a1 = V::fma(one, V::load(base + i + V::width), a1);                    \
+      a2 = V::fma(one, V::load(base + i + 2 * V::width), a2);                \
+      a3 = V::fma(one, V::load(base + i + 3 * V::width), a3);                \
+    }                                                                        \
+    return V::hsum(a0) + V::hsum(a1) + V::hsum(a2) + V::hsum(a3);            \
+  }                                                                          \
   }
 
 SFFN_STREAM_READERS(scalar_readers, sf::cpu::isa::scalar)
@@ -130,21 +122,21 @@ void BM_stream(benchmark::State& state, reader which) {
       if (which == reader::bf16_dot) {
         s = read_bf16_dot(base, per, x.data());
       } else if (which == reader::f32_4streams_prefetch) {
-        s = avx512 ? avx512_readers::read_4streams(base, per / 4)
-            : avx2 ? avx2_readers::read_4streams(base, per / 4)
-                   : scalar_readers::read_4streams(base, per / 4);
+        s = avx512 ? avx512_readers::read_streams<4, false>(base, per / 4)
+            : avx2 ? avx2_readers::read_streams<4, false>(base, per / 4)
+                   : scalar_readers::read_streams<4, false>(base, per / 4);
       } else if (which == reader::f32_8streams_l2) {
-        s = avx512 ? avx512_readers::read_8streams_l2(base, per / 8)
-            : avx2 ? avx2_readers::read_8streams_l2(base, per / 8)
-                   : scalar_readers::read_8streams_l2(base, per / 8);
+        s = avx512 ? avx512_readers::read_streams<8, true>(base, per / 8)
+            : avx2 ? avx2_readers::read_streams<8, true>(base, per / 8)
+                   : scalar_readers::read_streams<8, true>(base, per / 8);
       } else {
         s = avx512 ? avx512_readers::read_1stream(base, per)
             : avx2 ? avx2_readers::read_1stream(base, per)
                    : scalar_readers::read_1stream(base, per);
       }
 #else
-      s = which == reader::f32_4streams_prefetch ? scalar_readers::read_4streams(base, per / 4)
-          : which == reader::f32_8streams_l2     ? scalar_readers::read_8streams_l2(base, per / 8)
+      s = which == reader::f32_4streams_prefetch ? scalar_readers::read_streams<4, false>(base, per / 4)
+          : which == reader::f32_8streams_l2     ? scalar_readers::read_streams<8, true>(base, per / 8)
                                                  : scalar_readers::read_1stream(base, per);
 #endif
       total += s;
