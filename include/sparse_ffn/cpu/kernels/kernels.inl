@@ -78,7 +78,8 @@ struct impl {
   /// on the first token tile of a chunk only (later tiles find the chunk in L1). The key pass and the
   /// streaming value passes (axpy_rows, axpy_rows_pairs, axpy_rows_vnni) prefetch into L2 only
   /// (prefetch_l2): with 8 rows × 1 KiB in flight, prefetches into L1 held its miss buffers and cost
-  /// 19–23% at batch 1 on Zen 4 (docs/benchmarks.md, 2026-12-03 late and 2026-12-04).
+  /// the key pass 19–23% at batch 1 on Zen 4 (docs/benchmarks.md, 2026-12-03 late; the float value
+  /// passes: 2026-12-04).
   template <int M, int R, class T, class X>
   static void dot_tile_acc(const X* const* x, const T* SPARSE_FFN_RESTRICT rows, index_t ld, index_t len,
                            index_t q0, index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first,
@@ -878,8 +879,8 @@ struct impl {
 
   /// Groups of four value rows applied to M tokens, streaming the rows front to back over the column
   /// range (four sequential streams, software-prefetched 2 KiB ahead into L2, across row groups) with
-  /// the 4·M coefficients in registers and y in L1/L2. (Into L1 at 1 KiB before: f32 10–16% and bf16
-  /// at the avx512 level 8–9% slower at batch 1 and 8 on Zen 4, docs/benchmarks.md 2026-12-04.)
+  /// the 4·M coefficients in registers and y in L1/L2. (Into L1 at 1 KiB before: at batch 1 and 8 on
+  /// Zen 4, f32 5–17% and bf16 at the avx512 level 7–19% slower; docs/benchmarks.md 2026-12-04.)
   template <int M, class T>
   static void axpy_rows(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
                         const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_begin, index_t c_end) {
