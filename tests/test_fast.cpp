@@ -86,6 +86,8 @@ TEST_CASE("fast path: identical bits for any thread count and across runs", "[fa
   check_thread_invariance<sfx::policy<1, sfx::select::hash, float, sfx::act::silu>>(4);
   check_thread_invariance<sfx::policy<32, sfx::select::avg_k, sfx::q8_t, sfx::act::relu>>(8);
   check_thread_invariance<sfx::policy<16, sfx::select::learned_gate, sfx::q4_t, sfx::act::swiglu>>(9);
+  // g = 64: two chunks of 32 rows per block in the integer value pass, eight-row passes in the pair pass.
+  check_thread_invariance<sfx::policy<64, sfx::select::avg_k, sfx::q4_t, sfx::act::relu>>(15);
 }
 
 TEST_CASE("fast path: a token's output does not depend on the rest of the batch", "[fast]") {
@@ -96,6 +98,12 @@ TEST_CASE("fast path: a token's output does not depend on the rest of the batch"
   // row) (avx2: their integer steps per token, chunk of 32 rows and group of 32 columns).
   check_batch_invariance<sfx::policy<16, sfx::select::avg_k, sfx::q8_t, sfx::act::relu>>(10);
   check_batch_invariance<sfx::policy<32, sfx::select::hash, sfx::q4_t, sfx::act::silu>>(11);
+  // g = 64 (the benchmarks' block): a token alone and in a group walk different lists of active rows
+  // (ReLU), so the pair pass (avx512_bf16) pairs different rows and the integer pass (VNNI levels, avx2
+  // q4) sums different rows per chunk of 32 — the bits must not change.
+  check_batch_invariance<sfx::policy<64, sfx::select::avg_k, sfx::bfloat16_t, sfx::act::relu>>(12);
+  check_batch_invariance<sfx::policy<64, sfx::select::avg_k, sfx::q4_t, sfx::act::relu>>(13);
+  check_batch_invariance<sfx::policy<64, sfx::select::learned_gate, sfx::q8_t, sfx::act::swiglu>>(14);
 }
 
 TEST_CASE("fast path: a reused workspace stops growing", "[fast]") {
