@@ -683,7 +683,10 @@ bool int_values_exact(cpu::isa_level level, std::uint64_t seed) {
       i0 = i1;
     }
   };
-  for (auto range : {std::make_pair(sfx::index_t(0), cols), std::make_pair(sfx::index_t(64), cols - 128)}) {
+  // Column ranges are multiples of col_step (64; q4 on avx512_vnni and up: 128, whole 64-byte lines).
+  const sfx::index_t step = ops.col_step;
+  REQUIRE(step == (!q8 && level >= cpu::isa_level::avx512_vnni ? 128 : 64));
+  for (auto range : {std::make_pair(sfx::index_t(0), cols), std::make_pair(step, cols - 2 * step)}) {
     const sfx::index_t c_lo = range.first, c_hi = range.second;
     INFO("columns [" << c_lo << ", " << c_hi << ")");
     std::vector<float> y0(static_cast<std::size_t>(M * cols));

@@ -476,15 +476,10 @@ struct simd<isa::avx512_vnni> : simd<isa::avx512> {
     return _mm512_castsi512_ps(_mm512_permutexvar_epi16(idx, _mm512_zextsi128_si512(v)));
   }
 
-  // The integer value pass (kernels.inl, axpy_rows_vnni). A unit is 64 columns of one row: 64 bytes
-  // of q8 quants, 32 of q4. As dpbusd's unsigned operand: q8 as q + 128, q4 as the nibble u = q + 8,
-  // lanes 0-1 (columns 0-31) then 2-3 (columns 32-63).
+  // The integer value pass (kernels.inl, axpy_rows_vnni). A unit is 64 columns of one row as dpbusd's
+  // unsigned operand: q8's 64 bytes as q + 128 (q8_unit); q4 (nibbles u = q + 8) is split into units
+  // after interleave4, in the kernel.
   static ireg q8_unit(const std::uint8_t* p) { return flip_sign(iload(p)); }
-  static ireg q4_unit(const std::uint8_t* p) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-    const __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(v), _mm256_srli_epi16(v, 4), 1);
-    return _mm512_and_si512(both, _mm512_set1_epi8(0x0f));
-  }
   /// Four rows' units as dword lanes (a[c], b[c], c[c], d[c]): lane 4L + i of out[k] holds column
   /// 16L + 4k + i (L: the 128-bit lane).
   static void interleave4(ireg a, ireg b, ireg c, ireg d, ireg (&out)[4]) {

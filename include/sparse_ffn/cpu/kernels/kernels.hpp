@@ -191,7 +191,7 @@ struct kernel_ops {
   int outer_m = 1;      ///< outputs per outer_rows call at most
   int width = 1;        ///< floats per vector
   int col_step = 1;     ///< value-pass (apply_rows) column ranges are multiples of it (width; 32 with
-                        ///< bf16_values; 64 for q8/q4)
+                        ///< bf16_values; 64 for q8/q4, 128 for q4 on avx512_vnni and up)
   bool bf16_x = false;  ///< the key kernel reads x rounded to bf16 (dots' xb argument)
   bool int8_x = false;  ///< the key kernel reads x quantised to int8 (dots' xq argument, prepare_x_int8)
   /// The value kernel's coefficients quantised to integers of at most this magnitude per (token, chunk
@@ -200,6 +200,7 @@ struct kernel_ops {
   std::int32_t value_levels = 0;
   void (*dots)(const float* const* xf, const bfloat16_t* const* xb, const std::uint8_t* const* xq, index_t m,
                const T* rows, index_t nrows, index_t ld, index_t len, float* spill, float* out) = nullptr;
+  /// The value pass: columns [c_lo, c_hi), multiples of col_step.
   void (*apply_rows)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                      index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo,
                      index_t c_hi) = nullptr;
@@ -267,7 +268,13 @@ kernel_ops<T> make_ops(isa_level level) {
   o.value_levels = K::template int_values<T> ? K::value_levels : 0;
   o.width = K::width;
   o.bf16_values = K::template bf16_pairs<T> && fast_bf16_dot();
-  o.col_step = is_quantized<T>::value ? static_cast<int>(k_quant_chunk) : o.bf16_values ? 32 : K::width;
+  // q4 on VNNI: the integer value pass walks whole 64-byte lines (128 columns, axpy_rows_vnni).
+  o.col_step =
+      is_quantized<T>::value
+          ? static_cast<int>(K::template vnni_values<T> && std::is_same<T, q4_t>::value ? 2 * k_quant_chunk
+                                                                                        : k_quant_chunk)
+      : o.bf16_values ? 32
+                      : K::width;
   o.dots = &K::template dots<T>;
   o.apply_rows = o.bf16_values ? &K::template apply_rows<T, true> : &K::template apply_rows<T, false>;
   if (K::template bf16_pairs<T>) o.apply_rows_pairs = &K::template apply_rows<T, true>;

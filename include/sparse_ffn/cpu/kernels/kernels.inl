@@ -562,9 +562,10 @@ struct impl {
   // The scheme of axpy_rows_int (the same coefficients, integers and FMA per chunk, so the same bits),
   // with vpdpbusd: four rows' weights at a time, as its unsigned operand (q8: q + 128; q4: u = q + 8),
   // the quantised coefficients as its signed one, exact int32 sums per chunk, minus z·Σ r (z = 128 or 8).
-  // A unit is 64 columns (simd q8_unit / q4_unit); interleave4 puts four rows' bytes of a column in one
-  // dword, so a unit's 4 registers hold its columns in a fixed permuted order (lanes 0-1 of each: the
-  // first group, 2-3: the second), which untangle4 undoes once per chunk before y is updated. The
+  // A unit is 64 columns of four rows, interleave4 putting the rows' bytes of a column in one dword: a
+  // unit's 4 registers hold its columns in a fixed permuted order (lanes 0-1 of each: one group, 2-3:
+  // another), which untangle4 undoes once per chunk before y is updated. q8: one unit per 64-byte
+  // line; q4: the line's bytes are interleaved, then split into two units (low and high nibbles). The
   // coefficients of a quad are one dword per token and group of the span; coef_lanes picks the unit's
   // two. The chunk's rows are walked eight at a time (two quads), each a sequential stream across the
   // span, the int32 sums of each token and column parked in acc32 between those passes (in L1 at small
@@ -581,7 +582,10 @@ struct impl {
     // span: columns per pass of coefficients (64 groups: sg / width registers of them per row), cr: rows
     // per chunk, ahead: bytes each listed row is prefetched ahead (into L2). acc32: the int32 sums of the
     // span's columns per token, in L1/L2 between passes (M · 8 KiB).
+    // step: columns per step, one 64-byte line of quants per row (q8: one unit; q4: U = 2 units).
     constexpr index_t span = 2048, sg = span / k_quant_group, unit = 64, cr = 32, nq_max = cr / 4;
+    constexpr int U = q8 ? 1 : 2;
+    constexpr index_t step = unit * U;
     constexpr index_t ahead = 1024;
     static_assert(sg % width == 0, "whole registers of coefficients per row and span");
     alignas(64) std::int32_t acc32[M][span];
@@ -651,7 +655,7 @@ struct impl {
           const bool first = p == 0, last = p + NP == nq;
           const index_t rn = 4 * (p + NP);  // the next pass's first row
           const index_t bs = c0 * F::bits / 8, be = c1 * F::bits / 8;
-          for (index_t c = c0; c < c1; c += unit) {
+          for (index_t c = c0; c < c1; c += step) {
             const index_t byte = c * F::bits / 8, g = (c - c0) / k_quant_group;
             if ((byte - bs) % 64 == 0) {  // one prefetch per cache line and row
               const index_t pf = byte + ahead;
@@ -670,40 +674,61 @@ struct impl {
                 for (index_t r = 0; r < std::min<index_t>(4 * nq, 4 * NP); ++r) V::prefetch_l2(pr[r] + w);
               }
             }
-            const I idx = V::unit_index(static_cast<int>(g % width), static_cast<int>(g % width + 1));
-            I d[NP][4];
+            // d[q][h]: quad q's units. q8: one unit, columns [c, c + 64) (groups g, g + 1). q4: a whole
+            // 64-byte line of each row, interleaved as bytes, then split: h = 0 the low nibbles, columns
+            // [c, c + 32) and [c + 64, c + 96) (groups g, g + 2); h = 1 the high ones, [c + 32, c + 64)
+            // and [c + 96, c + 128) (g + 1, g + 3). Interleaving the line's bytes once, before the
+            // nibbles are split, takes 8 unpacks per quad and line; splitting each 32-byte half first
+            // took 4 inserts and 16 unpacks.
+            I d[NP][U][4];
 #pragma GCC unroll 2
             for (int q = 0; q < NP; ++q) {
               I u[4];
+              if constexpr (q8) {
 #pragma GCC unroll 4
-              for (int k = 0; k < 4; ++k)
-                u[k] = q8 ? V::q8_unit(pr[4 * (p + q) + k] + byte) : V::q4_unit(pr[4 * (p + q) + k] + byte);
-              V::interleave4(u[0], u[1], u[2], u[3], d[q]);
+                for (int k = 0; k < 4; ++k) u[k] = V::q8_unit(pr[4 * (p + q) + k] + byte);
+                V::interleave4(u[0], u[1], u[2], u[3], d[q][0]);
+              } else {
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; ++k) u[k] = V::iload(pr[4 * (p + q) + k] + byte);
+                I t[4];
+                V::interleave4(u[0], u[1], u[2], u[3], t);
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; ++k) V::nibbles(t[k], d[q][0][k], d[q][U - 1][k]);
+              }
             }
 #pragma GCC unroll 8
             for (int m = 0; m < M; ++m) {
-              std::int32_t* a = acc32[m] + (c - c0);
-              I acc[4];
-#pragma GCC unroll 4
-              for (int k = 0; k < 4; ++k) acc[k] = first ? V::izero() : V::iload(a + width * k);
 #pragma GCC unroll 2
-              for (int q = 0; q < NP; ++q) {
-                const I cf = V::coef_lanes(idx, cq[m][p + q] + g / width * width);
+              for (int h = 0; h < U; ++h) {
+                // The unit's groups: lanes 0-7 (its columns [0, 32)) ga, lanes 8-15 ([32, 64)) gb.
+                const index_t ga = g + h, gb = q8 ? g + 1 : g + h + 2;
+                const I idx = V::unit_index(static_cast<int>(ga % width), static_cast<int>(gb % width));
+                std::int32_t* a = acc32[m] + (c - c0) + unit * h;
+                I acc[4];
 #pragma GCC unroll 4
-                for (int k = 0; k < 4; ++k) acc[k] = V::dpbusd(acc[k], d[q][k], cf);
-              }
-              if (!last) {
+                for (int k = 0; k < 4; ++k) acc[k] = first ? V::izero() : V::iload(a + width * k);
+#pragma GCC unroll 2
+                for (int q = 0; q < NP; ++q) {
+                  const I cf = V::coef_lanes(idx, cq[m][p + q] + g / width * width);
 #pragma GCC unroll 4
-                for (int k = 0; k < 4; ++k) V::istore(a + width * k, acc[k]);
-              } else {  // y += t · float(Σ r·(q + z) − z Σ r), once per chunk and column
-                V::untangle4(acc);
-                const I ca = V::bcast32(corr[m][g]), cb = V::bcast32(corr[m][g + 1]);
-                const reg ta = V::set1(ts[m][g]), tb = V::set1(ts[m][g + 1]);
+                  for (int k = 0; k < 4; ++k) acc[k] = V::dpbusd(acc[k], d[q][h][k], cf);
+                }
+                if (!last) {
 #pragma GCC unroll 4
-                for (int k = 0; k < 4; ++k) {
-                  float* yc = y[m] + c + width * k;
-                  V::store(yc,
-                           V::fma(k < 2 ? ta : tb, V::cvt(V::iadd(acc[k], k < 2 ? ca : cb)), V::load(yc)));
+                  for (int k = 0; k < 4; ++k) V::istore(a + width * k, acc[k]);
+                } else {              // y += t · float(Σ r·(q + z) − z Σ r), once per chunk and column
+                  V::untangle4(acc);  // acc[k]: the unit's columns [16k, 16k + 16)
+                  const I ca = V::bcast32(corr[m][ga]), cb = V::bcast32(corr[m][gb]);
+                  const reg ta = V::set1(ts[m][ga]), tb = V::set1(ts[m][gb]);
+#pragma GCC unroll 4
+                  for (int k = 0; k < 4; ++k) {
+                    float* yc = y[m] + c +
+                                (k < 2 ? (ga - g) * k_quant_group + width * k
+                                       : (gb - g) * k_quant_group + width * (k - 2));
+                    V::store(yc,
+                             V::fma(k < 2 ? ta : tb, V::cvt(V::iadd(acc[k], k < 2 ? ca : cb)), V::load(yc)));
+                  }
                 }
               }
             }
