@@ -268,13 +268,9 @@ kernel_ops<T> make_ops(isa_level level) {
   o.value_levels = K::template int_values<T> ? K::value_levels : 0;
   o.width = K::width;
   o.bf16_values = K::template bf16_pairs<T> && fast_bf16_dot();
-  // q4 on VNNI: the integer value pass walks whole 64-byte lines (128 columns, axpy_rows_vnni).
-  o.col_step =
-      is_quantized<T>::value
-          ? static_cast<int>(K::template vnni_values<T> && std::is_same<T, q4_t>::value ? 2 * k_quant_chunk
-                                                                                        : k_quant_chunk)
-      : o.bf16_values ? 32
-                      : K::width;
+  o.col_step = is_quantized<T>::value ? static_cast<int>(K::template quant_value_step<T>)
+               : o.bf16_values        ? 32
+                                      : K::width;
   o.dots = &K::template dots<T>;
   o.apply_rows = o.bf16_values ? &K::template apply_rows<T, true> : &K::template apply_rows<T, false>;
   if (K::template bf16_pairs<T>) o.apply_rows_pairs = &K::template apply_rows<T, true>;

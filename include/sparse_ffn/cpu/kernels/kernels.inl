@@ -372,6 +372,12 @@ struct impl {
   template <class T>  // axpy_rows_vnni's dtypes and levels (below)
   static constexpr bool vnni_values = (std::is_base_of<isa::avx512_vnni, Isa>::value &&
                                        is_quantized<T>::value);
+  /// Columns per step of the quantised value passes: one 64-byte line of quants per row on the VNNI
+  /// levels (q8 64, q4 128: axpy_rows_vnni), else a 64-value chunk; kernel_ops::col_step for q8/q4.
+  template <class T>
+  static constexpr index_t quant_value_step = (vnni_values<T> && std::is_same<T, q4_t>::value)
+                                                  ? 2 * k_quant_chunk
+                                                  : k_quant_chunk;
   template <class T>
   static constexpr bool int_values =
       (std::is_same<isa::avx2, Isa>::value && std::is_same<T, q4_t>::value) || vnni_values<T>;
@@ -584,8 +590,9 @@ struct impl {
     // span's columns per token, in L1/L2 between passes (M · 8 KiB).
     // step: columns per step, one 64-byte line of quants per row (q8: one unit; q4: U = 2 units).
     constexpr index_t span = 2048, sg = span / k_quant_group, unit = 64, cr = 32, nq_max = cr / 4;
-    constexpr int U = q8 ? 1 : 2;
-    constexpr index_t step = unit * U;
+    constexpr index_t step = quant_value_step<T>;
+    constexpr int U = static_cast<int>(step / unit);
+    static_assert(step * F::bits / 8 == 64, "a step is one 64-byte line of each row");
     constexpr index_t ahead = 1024;
     static_assert(sg % width == 0, "whole registers of coefficients per row and span");
     alignas(64) std::int32_t acc32[M][span];
@@ -657,7 +664,7 @@ struct impl {
           const index_t bs = c0 * F::bits / 8, be = c1 * F::bits / 8;
           for (index_t c = c0; c < c1; c += step) {
             const index_t byte = c * F::bits / 8, g = (c - c0) / k_quant_group;
-            if ((byte - bs) % 64 == 0) {  // one prefetch per cache line and row
+            {  // one prefetch per cache line (step) and row
               const index_t pf = byte + ahead;
               if (pf < be) {
 #pragma GCC unroll 8
