@@ -1,6 +1,7 @@
 // Run-time ISA dispatch: detection agrees with the kernel's own report (/proc/cpuinfo), the best
 // supported level is chosen, set_isa()/reset_isa() and SPARSE_FFN_ISA override it, and every level
 // this CPU runs gives the float64 reference's answer (the full matrix runs per ISA under CTest).
+#include <cstring>
 #include <fstream>
 #include <set>
 
@@ -496,7 +497,8 @@ bool int8_dots_exact(cpu::isa_level level, std::uint64_t seed) {
   if (!ops.int8_x) return false;
   auto r = test::rng(seed);
   std::uniform_int_distribution<int> pick(0, 3);
-  const sfx::index_t cols = 1024 + 128, nrows = 11, m = 5;  // cols: one d-chunk and a partial one
+  // cols: two d-chunks and a partial one; nrows: a whole tile of 16 rows and a partial one
+  const sfx::index_t cols = 1024 + 128, nrows = 19, m = 5;
   const sfx::index_t ld = F::ld(cols);
   std::vector<std::uint8_t> rows(static_cast<std::size_t>(nrows * ld), 0);
   std::vector<int> q(static_cast<std::size_t>(nrows * cols));
@@ -561,6 +563,21 @@ bool int8_dots_exact(cpu::isa_level level, std::uint64_t seed) {
                     << want);
       // Every lane's integer sum is exact; the float accumulation of ~cols/8 lane terms rounds.
       REQUIRE(std::fabs(out[static_cast<std::size_t>(t * nrows + i)] - want) <= 1e-6 * mag + 1e-30);
+    }
+  // Batch invariance: tokens alone and in threes (the VNNI levels' tile of ≤ 4 tokens takes another
+  // path, dots_lanes) give the same bits as in the batch of five.
+  for (sfx::index_t t0 = 0; t0 < m; ++t0)
+    for (const sfx::index_t mm : {sfx::index_t{1}, sfx::index_t{3}}) {
+      if (t0 + mm > m) continue;
+      std::vector<float> sub(static_cast<std::size_t>(mm * nrows), -7.0f);
+      ops.dots(nullptr, nullptr, xqp.data() + t0, mm, reinterpret_cast<const T*>(rows.data()), nrows, ld,
+               cols, spill.data(), sub.data());
+      for (sfx::index_t t = 0; t < mm; ++t)
+        for (sfx::index_t i = 0; i < nrows; ++i) {
+          INFO("token " << t0 + t << " of " << mm << " from " << t0 << ", row " << i);
+          REQUIRE(std::memcmp(&sub[static_cast<std::size_t>(t * nrows + i)],
+                              &out[static_cast<std::size_t>((t0 + t) * nrows + i)], sizeof(float)) == 0);
+        }
     }
   return true;
 }

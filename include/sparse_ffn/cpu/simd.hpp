@@ -439,6 +439,9 @@ struct simd<isa::avx512_vnni> : simd<isa::avx512> {
     hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
   }
   static reg cvt(ireg i) { return _mm512_cvtepi32_ps(i); }
+  /// The same 512 bits as the other type (transpose16 moves integers as floats).
+  static ireg as_int(reg a) { return _mm512_castps_si512(a); }
+  static reg as_float(ireg a) { return _mm512_castsi512_ps(a); }
   /// kernels::quantize_x32, vectorised: the same bytes and scale (x − x is 0 exactly for finite x;
   /// cvtps rounds by the current rounding mode, as std::nearbyint).
   static float quantize_x32(const float* x, std::int8_t* q) {
@@ -499,6 +502,44 @@ struct simd<isa::avx512_vnni> : simd<isa::avx512> {
     a[1] = _mm512_shuffle_i32x4(t0, t1, 0xDD);
     a[2] = _mm512_shuffle_i32x4(t2, t3, 0x88);
     a[3] = _mm512_shuffle_i32x4(t2, t3, 0xDD);
+  }
+  /// The first two stages of a 16 × 16 transpose of dwords: afterwards v[4i + e] holds, in 128-bit lane
+  /// L, dword 4L + e of the old v[4i .. 4i + 3] (the int8 key pass at batch ≤ 4, kernels.inl dots_lanes).
+  static void transpose_quads(ireg (&v)[16]) {
+    ireg a[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      a[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+      a[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      v[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+      v[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+      v[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+      v[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+    }
+  }
+  /// The sums of transpose_quads' lanes for four row quads acc[i] (128-bit lanes 0 + 1: group a, 2 + 3:
+  /// group b) as rows in lanes: ga[4i + r] = acc[i] lane 0 + lane 1 of row r, gb likewise.
+  static void combine_quads(const ireg (&acc)[4], ireg& ga, ireg& gb) {
+    const ireg s01 = _mm512_add_epi32(_mm512_shuffle_i32x4(acc[0], acc[1], 0x88),
+                                      _mm512_shuffle_i32x4(acc[0], acc[1], 0xDD)),
+               s23 = _mm512_add_epi32(_mm512_shuffle_i32x4(acc[2], acc[3], 0x88),
+                                      _mm512_shuffle_i32x4(acc[2], acc[3], 0xDD));
+    ga = _mm512_shuffle_i32x4(s01, s23, 0x88);
+    gb = _mm512_shuffle_i32x4(s01, s23, 0xDD);
+  }
+  /// Quad vector e of 64 bytes of x (kernels::x_int8_quads): dword l = dword 4·(l / 4) + e of v.
+  static ireg quad_x(ireg v, int e) {
+    const __m512i idx = _mm512_add_epi32(_mm512_set_epi32(12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0),
+                                         _mm512_set1_epi32(e));
+    return _mm512_permutexvar_epi32(idx, v);
+  }
+  /// The low (h = 0) or high (h = 1) nibble of every byte.
+  static ireg nibble(ireg v, int h) {
+    const ireg m = _mm512_set1_epi8(0x0f);
+    return _mm512_and_si512(h == 0 ? v : _mm512_srli_epi16(v, 4), m);
   }
   /// Dword lanes 0-7 = index ga, 8-15 = gb (a unit's two groups, for coef_lanes).
   static ireg unit_index(int ga, int gb) { return _mm512_mask_set1_epi32(_mm512_set1_epi32(ga), 0xFF00, gb); }

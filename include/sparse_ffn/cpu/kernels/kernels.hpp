@@ -68,11 +68,19 @@ struct adam_step {
   float b1, b2, lr, c1, c2, eps;
 };
 /// Upper bounds over every ISA (scratch sizing).
-inline constexpr int k_max_key_r = 8, k_max_width = 16;
+inline constexpr int k_max_key_r = 16, k_max_width = 16;
 
 /// Bytes of one token's prepared int8 x for `cols` values (prepare_x_int8).
 inline constexpr index_t x_int8_bytes(index_t cols) {
+  return 3 * cols + (cols / 4 + 63) / 64 * 64 + 4 * cols;
+}
+/// Where a token's prepared int8 x (cols a multiple of 64) holds its per-group terms (cols/32 int32, then
+/// cols/32 float: x_int8_group) and its quad vectors (4·cols bytes, 64-byte aligned: x_int8_quads).
+inline constexpr index_t x_int8_groups_at(index_t cols) {
   return 3 * cols;
+}
+inline constexpr index_t x_int8_quads_at(index_t cols) {
+  return 3 * cols + (cols / 4 + 63) / 64 * 64;
 }
 
 /// Kernel-order offset of the group of 32 values starting at g0 in a token's prepared int8 x
@@ -122,10 +130,32 @@ inline void x_int8_lanes(const std::int8_t* q, float sx, std::int32_t* corr, flo
   }
 }
 
+/// Per group of 32 (natural order, index g0 / 32): its initial accumulator −zero_point × Σ q and its x
+/// scale sx (the rows-in-lanes key kernel of the VNNI levels, kernels.inl dots_lanes).
+template <class T>
+inline void x_int8_group(const std::int8_t* q, float sx, std::int32_t* corr, float* xs) {
+  constexpr std::int32_t zero_point = std::is_same<T, q8_t>::value ? 128 : 8;
+  std::int32_t sum = 0;
+  for (index_t i = 0; i < 32; ++i) sum += q[i];
+  *corr = -zero_point * sum;
+  *xs = sx;
+}
+
+/// The quad vectors of a token's int8 x for the rows-in-lanes key kernel at batch ≤ 4 (kernels.inl
+/// dots_lanes): per 64 bytes u of xq (kernel order) and e < 4, 16 dwords, dword l = xq's dword
+/// 4·(l / 4) + e of u, so that lane (L, i) of dpbusd meets the x of row i's dword 4L + e.
+inline void x_int8_quads(const std::int8_t* xq, index_t cols, std::uint8_t* out) {
+  for (index_t u = 0; u < cols / 64; ++u)
+    for (index_t e = 0; e < 4; ++e)
+      for (index_t l = 0; l < 16; ++l)
+        std::memcpy(out + (4 * u + e) * 64 + 4 * l, xq + 64 * u + 4 * (4 * (l / 4) + e), 4);
+}
+
 /// Quantises one token's x (cols values, zero padded) for the int8 key kernel of weights T, into
 /// x_int8_bytes(cols) bytes: [cols int8 in kernel order (x_int8_group_offset)][cols/4 int32: the
 /// initial accumulator of each int32 lane, −zero_point × the sum of its four x values][cols/4 float:
-/// each lane's x scale]. Groups of 32 values (quantize_x32). A group holding NaN or Inf gets a NaN
+/// each lane's x scale][cols/32 int32 and cols/32 float: the same per group, x_int8_group][padding to
+/// 64 bytes][4·cols: x_int8_quads]. Groups of 32 values (quantize_x32). A group holding NaN or Inf gets a NaN
 /// scale, so the token's affected dot products are NaN (as in float). The scalar reference of
 /// kernel_ops::prepare_x_int8, which the forward calls (vectorised on the int8 levels).
 template <class T>
@@ -133,10 +163,17 @@ void prepare_x_int8(const float* x, index_t cols, std::uint8_t* out) {
   auto* xq = reinterpret_cast<std::int8_t*>(out);
   auto* corr = reinterpret_cast<std::int32_t*>(out + cols);
   auto* xs = reinterpret_cast<float*>(out + 2 * cols);
+  auto* corr_g = reinterpret_cast<std::int32_t*>(out + x_int8_groups_at(cols));
+  auto* xs_g = reinterpret_cast<float*>(out + x_int8_groups_at(cols) + cols / 8);
   for (index_t g0 = 0; g0 < cols; g0 += 32) {
     const index_t kb = x_int8_group_offset<T>(g0);
-    x_int8_lanes<T>(xq + kb, quantize_x32(x + g0, xq + kb), corr + kb / 4, xs + kb / 4);
+    const float sx = quantize_x32(x + g0, xq + kb);
+    x_int8_lanes<T>(xq + kb, sx, corr + kb / 4, xs + kb / 4);
+    x_int8_group<T>(xq + kb, sx, corr_g + g0 / 32, xs_g + g0 / 32);
   }
+  std::memset(out + x_int8_groups_at(cols) + cols / 4, 0,
+              x_int8_quads_at(cols) - x_int8_groups_at(cols) - cols / 4);
+  x_int8_quads(xq, cols, out + x_int8_quads_at(cols));
 }
 
 /// kernels<Isa>: the micro-kernels compiled for Isa (static member templates; see kernels.inl).
@@ -260,7 +297,7 @@ kernel_ops<T> make_ops(isa_level level) {
   using K = kernels<Isa>;
   kernel_ops<T> o;
   o.level = level;
-  o.key_r = K::key_r;
+  o.key_r = K::template key_r_for<T>;
   o.rows_m = K::rows_m;
   o.outer_m = K::outer_m;
   o.bf16_x = K::template bf16_pairs<T>;

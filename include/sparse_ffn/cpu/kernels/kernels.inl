@@ -164,6 +164,10 @@ struct impl {
   static void dots(const float* const* xf, const bfloat16_t* const* xb, const std::uint8_t* const* xq,
                    index_t m, const T* rows, index_t nrows, index_t ld, index_t len, float* spill,
                    float* out) {
+    if constexpr (int8_q<T> && width == lanes_r) {
+      dots_lanes<T>(xq, m, rows, nrows, ld, len, spill, out);
+      return;
+    }
     for (index_t r0 = 0; r0 < nrows; r0 += key_r) {
       count<key_r>(static_cast<int>(std::min<index_t>(key_r, nrows - r0)), [&](auto R) {
         if constexpr (int8_q<T>)
@@ -893,6 +897,218 @@ struct impl {
       for (int r = 0; r < R; ++r) V::store(acc + (m * R + r) * width, a[m][r]);
   }
 
+  // ---- q8 and q4 key rows on AVX512_VNNI: rows in lanes ---------------------------------------------
+  // dots_lanes takes 16 rows at a time, lane i of every vector being row i. Each 64-byte line of the 16
+  // rows is transposed as dwords (transpose16), so wt[g][k] holds the four weights 4k .. 4k + 3 of group
+  // g of every row (q8: q + 128; q4: the nibbles u = q + 8, split after the transpose), and vpdpbusd
+  // multiplies it by the token's four x bytes broadcast: eight of them sum a whole group exactly in
+  // int32, from the group's −zero_point · Σ x (x_int8_group). Then, per token, row and group in
+  // ascending order, y = fma(float(Σ), scale · sx, y): one rounding per group, in the same order for
+  // every token tile and batch (batch invariance), and the integer work per group and token is 8
+  // instructions for 16 rows — against 16 rows × (vpdpbusd, cvt, mul, fma) per 64 values for a row per
+  // register (dot_tile_acc_int8, AVX2). The transposes (64 shuffles per line of 16 rows) are shared by
+  // every token of the block.
+  static constexpr index_t lanes_r = 16;  // rows per dots_lanes tile
+  /// Rows per call of dots that fill its tiles (kernel_ops::key_r): lanes_r where dots_lanes runs.
+  template <class T>
+  static constexpr int key_r_for = (int8_q<T> && width == lanes_r) ? static_cast<int>(lanes_r) : key_r;
+
+  /// One group of MT tokens: y[t] = fma(float(Σ), s · sx[t], y[t]), Σ = corr[t] + the 8 vpdpbusd of
+  /// the group's weights w (rows in lanes) by the token's x bytes xg[t] (4 broadcast per instruction).
+  template <int MT, class I>
+  static void lanes_group(const I* w, const std::uint8_t* const* xg, const std::int32_t* corr,
+                          const float* sx, reg s, reg (&y)[MT]) {
+    I a[MT];
+#pragma GCC unroll 8
+    for (int t = 0; t < MT; ++t) a[t] = V::bcast32(corr[t]);
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; ++k)
+#pragma GCC unroll 8
+      for (int t = 0; t < MT; ++t) {
+        std::int32_t xd;
+        std::memcpy(&xd, xg[t] + 4 * k, 4);
+        a[t] = V::dpbusd(a[t], w[k], V::bcast32(xd));
+      }
+#pragma GCC unroll 8
+    for (int t = 0; t < MT; ++t) y[t] = V::fma(V::cvt(a[t]), V::mul(s, V::set1(sx[t])), y[t]);
+  }
+
+  /// Group gi (of the chunk starting at value q0) for MT tokens: their x bytes and group terms.
+  template <int MT, class T, class I>
+  static void lanes_group_at(const std::uint8_t* const* xq, index_t cols, index_t q0, index_t gi, const I* w,
+                             const float* s, reg (&y)[MT]) {
+    const std::uint8_t* xg[MT];
+    std::int32_t corr[MT];
+    float sx[MT];
+    const index_t kb = x_int8_group_offset<T>(q0 + gi * k_quant_group), gg = q0 / k_quant_group + gi;
+#pragma GCC unroll 8
+    for (int t = 0; t < MT; ++t) {
+      xg[t] = xq[t] + kb;
+      std::memcpy(&corr[t], xq[t] + x_int8_groups_at(cols) + 4 * gg, 4);
+      std::memcpy(&sx[t], xq[t] + x_int8_groups_at(cols) + cols / 8 + 4 * gg, 4);
+    }
+    lanes_group<MT>(w, xg, corr, sx, V::load(s), y);
+  }
+
+  /// kernel_ops::dots for q8/q4 rows on the VNNI levels (see above). spill: m vectors.
+  template <class T>
+  static void dots_lanes(const std::uint8_t* const* xq, index_t m, const T* rows_t, index_t nrows, index_t ld,
+                         index_t cols, float* spill, float* out) {
+    using F = row_format<T>;
+    using I = typename V::ireg;
+    constexpr bool q8 = std::is_same<T, q8_t>::value;
+    constexpr index_t step = q8 ? 64 : 128;  // values per 64-byte line of quants
+    constexpr index_t gc = k_dchunk / k_quant_group;
+    constexpr int MT = 4;            // tokens per tile
+    constexpr index_t ahead = 1024;  // measured at batch 1 (16 rows): 512 and 256 slower
+    static_assert(width == lanes_r, "one row per lane");
+    alignas(64) I wt[gc][8];       // the chunk's weights, rows in lanes (8 KiB; more than MT tokens)
+    alignas(64) float sv[gc][16];  // their scales
+    const auto* base = reinterpret_cast<const std::uint8_t*>(rows_t);
+    const index_t qbytes = F::quant_bytes(cols);
+    for (index_t r0 = 0; r0 < nrows; r0 += lanes_r) {
+      const index_t nr = std::min<index_t>(lanes_r, nrows - r0);
+      const std::uint8_t* row[lanes_r];
+      for (index_t i = 0; i < lanes_r; ++i)
+        row[i] = base + (r0 + std::min(i, nr - 1)) * ld;  // padding: a real row
+      prefetch_tile_scales<lanes_r, T>(base + r0 * ld, ld, cols);
+      // Into L2, `ahead` bytes along each row, then into the next tile's rows.
+      const auto prefetch_line = [&](index_t byte) {
+        const index_t p = byte + ahead;
+#pragma GCC unroll 16
+        for (index_t i = 0; i < lanes_r; ++i)
+          V::prefetch_l2(p < qbytes ? row[i] + p : base + (r0 + lanes_r + i) * ld + (p - qbytes));
+      };
+      // The scales of chunk [q0, q0 + 32 ng) into sv, rows in lanes.
+      const auto chunk_scales = [&](index_t q0, index_t ng) {
+        reg sc[16];
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; ++i)
+          sc[i] = V::load_bf16_n(F::scales(reinterpret_cast<const T*>(row[i]), cols) + q0 / k_quant_group,
+                                 static_cast<int>(ng));
+        V::transpose16(sc);
+        for (index_t g = 0; g < ng; ++g) V::store(sv[g], sc[g]);
+      };
+      // Each 64-byte line of the chunk's rows, transposed: on_group(gi, w) for its groups in ascending
+      // order (gi: the group's index in the chunk; w: its 8 weight vectors, rows in lanes).
+      const auto chunk_lines = [&](index_t q0, index_t q1, auto&& on_group) {
+        for (index_t q = q0; q < q1; q += step) {
+          const index_t byte = q * F::bits / 8, g = (q - q0) / k_quant_group;
+          prefetch_line(byte);
+          reg tr[16];
+#pragma GCC unroll 16
+          for (int i = 0; i < 16; ++i) tr[i] = V::as_float(V::iload(row[i] + byte));
+          V::transpose16(tr);  // tr[j]: dword j of the line (its bytes 4j .. 4j + 3) of every row
+#pragma GCC unroll 2
+          for (int h = 0; h < 2; ++h) {
+            if constexpr (q8) {  // dwords 8h .. 8h + 7: group g + h
+              I w[8];
+#pragma GCC unroll 8
+              for (int k = 0; k < 8; ++k) w[k] = V::flip_sign(V::as_int(tr[8 * h + k]));
+              on_group(g + h, w);
+            } else {  // dwords 8h ..: low nibbles group g + 2h, high g + 2h + 1
+              I lo[8], hi[8];
+#pragma GCC unroll 8
+              for (int k = 0; k < 8; ++k) V::nibbles(V::as_int(tr[8 * h + k]), lo[k], hi[k]);
+              on_group(g + 2 * h, lo);
+              on_group(g + 2 * h + 1, hi);
+            }
+          }
+        }
+      };
+      if (m <= MT) {
+        // One token tile: each line's rows only go through the first two stages of the transpose
+        // (transpose_quads: vector 4i + e holds, per 128-bit lane L, dword 4L + e of rows 4i .. 4i + 3),
+        // vpdpbusd meets the token's quad vectors of x (x_int8_quads), each lane summing its row's
+        // dwords 4L .. 4L + 3, and combine_quads adds the two lanes of each group: the same exact
+        // integer per row and group as the buffered path below, so the same bits, for half the shuffles.
+        count<MT>(static_cast<int>(m), [&](auto M) {
+          constexpr int N = decltype(M)::value;
+          reg y[N];
+          const std::uint8_t* xv[N];
+#pragma GCC unroll 8
+          for (int t = 0; t < N; ++t) {
+            y[t] = V::zero();
+            xv[t] = xq[t] + x_int8_quads_at(cols);
+          }
+          for (index_t q0 = 0; q0 < cols; q0 += k_dchunk) {
+            const index_t q1 = std::min(cols, q0 + k_dchunk);
+            chunk_scales(q0, (q1 - q0) / k_quant_group);
+            for (index_t q = q0; q < q1; q += step) {
+              const index_t byte = q * F::bits / 8, g = (q - q0) / k_quant_group;
+              prefetch_line(byte);
+              I v[16];
+#pragma GCC unroll 16
+              for (int i = 0; i < 16; ++i) v[i] = V::iload(row[i] + byte);
+              V::transpose_quads(v);
+              constexpr int U = q8 ? 1 : 2;  // units of x per line: q8 the line; q4 low, then high nibbles
+              I sums[U][N][2];               // per unit and token: its two groups, rows in lanes
+#pragma GCC unroll 2
+              for (int h = 0; h < U; ++h) {
+                I acc[N][4];
+#pragma GCC unroll 4
+                for (int e = 0; e < 4; ++e) {
+                  const index_t xo = ((byte / 64 * U + h) * 4 + e) * 64;  // the unit's quad vector e
+#pragma GCC unroll 4
+                  for (int i = 0; i < 4; ++i) {
+                    const I w = q8 ? V::flip_sign(v[4 * i + e]) : V::nibble(v[4 * i + e], h);
+#pragma GCC unroll 8
+                    for (int t = 0; t < N; ++t)
+                      acc[t][i] = V::dpbusd(e == 0 ? V::izero() : acc[t][i], w, V::iload(xv[t] + xo));
+                  }
+                }
+#pragma GCC unroll 8
+                for (int t = 0; t < N; ++t) V::combine_quads(acc[t], sums[h][t][0], sums[h][t][1]);
+              }
+              // Groups in ascending order: q8 g, g + 1; q4 g (low), g + 1 (high), g + 2 (low), g + 3 (high).
+#pragma GCC unroll 2
+              for (int a = 0; a < 2; ++a)
+#pragma GCC unroll 2
+                for (int h = 0; h < U; ++h) {
+                  const index_t gi = g + a * U + h, gg = q0 / k_quant_group + gi;
+                  const reg s = V::load(sv[gi]);
+#pragma GCC unroll 8
+                  for (int t = 0; t < N; ++t) {
+                    std::int32_t corr;
+                    float sx;
+                    std::memcpy(&corr, xq[t] + x_int8_groups_at(cols) + 4 * gg, 4);
+                    std::memcpy(&sx, xq[t] + x_int8_groups_at(cols) + cols / 8 + 4 * gg, 4);
+                    y[t] = V::fma(V::cvt(V::iadd(sums[h][t][a], V::bcast32(corr))), V::mul(s, V::set1(sx)),
+                                  y[t]);
+                  }
+                }
+            }
+          }
+#pragma GCC unroll 8
+          for (int t = 0; t < N; ++t) V::store(spill + t * width, y[t]);
+        });
+      } else {  // the chunk's weights transposed once into wt, then every token tile
+        for (index_t q0 = 0; q0 < cols; q0 += k_dchunk) {
+          const index_t q1 = std::min(cols, q0 + k_dchunk), ng = (q1 - q0) / k_quant_group;
+          chunk_scales(q0, ng);
+          chunk_lines(q0, q1, [&](index_t gi, const I* w) {
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; ++k) wt[gi][k] = w[k];
+          });
+          for (index_t m0 = 0; m0 < m; m0 += MT)
+            count<MT>(static_cast<int>(std::min<index_t>(MT, m - m0)), [&](auto M) {
+              constexpr int N = decltype(M)::value;
+              reg y[N];
+              float* acc = spill + m0 * width;
+#pragma GCC unroll 8
+              for (int t = 0; t < N; ++t) y[t] = q0 == 0 ? V::zero() : V::load(acc + t * width);
+              for (index_t gi = 0; gi < ng; ++gi)
+                lanes_group_at<N, T>(xq + m0, cols, q0, gi, wt[gi], sv[gi], y);
+#pragma GCC unroll 8
+              for (int t = 0; t < N; ++t) V::store(acc + t * width, y[t]);
+            });
+        }
+      }
+      for (index_t t = 0; t < m; ++t)
+        for (index_t i = 0; i < nr; ++i) out[t * nrows + r0 + i] = spill[t * width + i];
+    }
+  }
+
   /// kernels::prepare_x_int8 with each group quantised by the ISA (the same bytes); scalar elsewhere.
   template <class T>
   static void prepare_x_int8(const float* x, index_t cols, std::uint8_t* out) {
@@ -900,9 +1116,25 @@ struct impl {
       auto* xq = reinterpret_cast<std::int8_t*>(out);
       auto* corr = reinterpret_cast<std::int32_t*>(out + cols);
       auto* xs = reinterpret_cast<float*>(out + 2 * cols);
+      auto* corr_g = reinterpret_cast<std::int32_t*>(out + x_int8_groups_at(cols));
+      auto* xs_g = reinterpret_cast<float*>(out + x_int8_groups_at(cols) + cols / 8);
       for (index_t g0 = 0; g0 < cols; g0 += 32) {
         const index_t kb = x_int8_group_offset<T>(g0);
-        x_int8_lanes<T>(xq + kb, V::quantize_x32(x + g0, xq + kb), corr + kb / 4, xs + kb / 4);
+        const float sx = V::quantize_x32(x + g0, xq + kb);
+        x_int8_lanes<T>(xq + kb, sx, corr + kb / 4, xs + kb / 4);
+        x_int8_group<T>(xq + kb, sx, corr_g + g0 / 32, xs_g + g0 / 32);
+      }
+      std::memset(out + x_int8_groups_at(cols) + cols / 4, 0,
+                  static_cast<std::size_t>(x_int8_quads_at(cols) - x_int8_groups_at(cols) - cols / 4));
+      std::uint8_t* quads = out + x_int8_quads_at(cols);
+      if constexpr (width == lanes_r) {
+        for (index_t u = 0; u < cols / 64; ++u) {
+          const typename V::ireg v = V::iload(xq + 64 * u);
+#pragma GCC unroll 4
+          for (int e = 0; e < 4; ++e) V::istore(quads + (4 * u + e) * 64, V::quad_x(v, e));
+        }
+      } else {
+        x_int8_quads(xq, cols, quads);
       }
     } else {
       ::sparse_ffn::cpu::kernels::prepare_x_int8<T>(x, cols, out);
