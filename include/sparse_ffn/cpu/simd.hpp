@@ -461,24 +461,6 @@ struct simd<isa::avx512_vnni> : simd<isa::avx512> {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtepi32_epi8(ib));
     return amax / 127.0f;
   }
-  /// Lanes 0-7 = float(s[A]), lanes 8-15 = float(s[B]) for bfloat16 scales s[0..N) (N = 2 or 4).
-  template <int N, int A, int B>
-  static reg scale_lanes(const bfloat16_t* s) {
-    static_assert((N == 2 || N == 4) && A < N && B < N, "scale_lanes reads 2 or 4 scales");
-    __m128i v;
-    if constexpr (N == 2) {
-      std::uint32_t u;
-      std::memcpy(&u, s, 4);
-      v = _mm_cvtsi32_si128(static_cast<int>(u));
-    } else {
-      v = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s));
-    }
-    // Word 7 of v is zero: each dword lane takes it as its low half and the scale as its high half.
-    const __m512i idx = _mm512_set_epi16(B, 7, B, 7, B, 7, B, 7, B, 7, B, 7, B, 7, B, 7,  //
-                                         A, 7, A, 7, A, 7, A, 7, A, 7, A, 7, A, 7, A, 7);
-    return _mm512_castsi512_ps(_mm512_permutexvar_epi16(idx, _mm512_zextsi128_si512(v)));
-  }
-
   // The integer value pass (kernels.inl, axpy_rows_vnni). A unit is 64 columns of one row as dpbusd's
   // unsigned operand: q8's 64 bytes as q + 128 (q8_unit); q4 (nibbles u = q + 8) is split into units
   // after interleave4, in the kernel.

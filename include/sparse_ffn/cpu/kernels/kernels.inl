@@ -166,17 +166,17 @@ struct impl {
                    float* out) {
     if constexpr (int8_q<T> && width == lanes_r) {
       dots_lanes<T>(xq, m, rows, nrows, ld, len, spill, out);
-      return;
-    }
-    for (index_t r0 = 0; r0 < nrows; r0 += key_r) {
-      count<key_r>(static_cast<int>(std::min<index_t>(key_r, nrows - r0)), [&](auto R) {
-        if constexpr (int8_q<T>)
-          project<decltype(R)::value>(xq, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
-        else if constexpr (bf16_pairs<T>)
-          project<decltype(R)::value>(xb, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
-        else
-          project<decltype(R)::value>(xf, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
-      });
+    } else {
+      for (index_t r0 = 0; r0 < nrows; r0 += key_r) {
+        count<key_r>(static_cast<int>(std::min<index_t>(key_r, nrows - r0)), [&](auto R) {
+          if constexpr (int8_q<T>)
+            project<decltype(R)::value>(xq, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
+          else if constexpr (bf16_pairs<T>)
+            project<decltype(R)::value>(xb, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
+          else
+            project<decltype(R)::value>(xf, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
+        });
+      }
     }
   }
 
@@ -755,17 +755,13 @@ struct impl {
 
   // ---- quantised rows in int8: int8 × int8 dot products (vpdpbusd with VNNI, else vpmaddubsw) -------
   // x is quantised per group of 32 to int8 (prepare_x_int8 in kernels.hpp, once per token).
-  // AVX512_VNNI levels: the weights are `vpdpbusd`'s unsigned operand: q8 as q + 128 (a sign flip of the
-  // byte), q4 as its nibble u = q + 8. Each 64-byte unit of weights (q8: 64 values; q4: the low or the
-  // high nibbles of a 64-byte line) gives 16 int32 lanes, lanes 0-7 from one group and 8-15 from
-  // another; the int32 accumulator starts at −zero_point × (sum of the lane's four x values), so it
-  // ends at the exact Σ q·xq.
+  // AVX512_VNNI levels: dots_lanes (below), rows in lanes, one exact int32 sum per row and group.
   // AVX2: each 32-byte unit (q8: 32 values; q4: the low or the high nibbles of a 32-byte chunk) is one
   // group and gives 8 int32 lanes by vpmaddubsw + vpmaddwd, whose int16 pair sums must not saturate:
   // q8 multiplies |q| (≤ 128) by x's bytes with q's sign (≤ 127), as ggml's q8_0 does; q4 multiplies
   // the nibble u (≤ 15) by x and adds the same −8·Σx lane start as VNNI.
-  // Either way acc += float(lanes) × (weight scale × x scale) per lane: the same accumulator order in
-  // every tile shape (bits depend on the ISA only).
+  // acc += float(lanes) × (weight scale × x scale) per lane: the same accumulator order in every tile
+  // shape (bits depend on the ISA only).
   template <class T>
   static constexpr bool int8_q = ((std::is_base_of<isa::avx512_vnni, Isa>::value ||
                                    std::is_same<isa::avx2, Isa>::value) &&
@@ -820,49 +816,7 @@ struct impl {
     }
   }
 
-  /// dot_tile_acc_int8's work on one 64-byte line of R rows on an AVX512_VNNI level: values [q, q + 64)
-  /// of q8 rows (one unit), [q, q + 128) of q4 rows (two units: low and high nibbles).
-  template <int M, int R, class T>
-  static void dot_line_int8_vnni(const std::uint8_t* const* xq, const std::uint8_t* rows, index_t ld,
-                                 index_t cols, index_t q, index_t byte, reg (&a)[M][R]) {
-    using F = row_format<T>;
-    using I = typename V::ireg;
-    constexpr bool q8 = std::is_same<T, q8_t>::value;
-    // Kernel-order offsets of this line's units in a token's prepared x (prepare_x_int8).
-    const index_t kb0 = q, kb1 = q + 64;
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      const std::uint8_t* row = rows + r * ld;
-      const bfloat16_t* sc = F::scales(reinterpret_cast<const T*>(row), cols) + q / 32;
-      const I v = V::iload(row + byte);
-      if constexpr (q8) {
-        const I w = V::flip_sign(v);
-        const reg s = V::template scale_lanes<2, 0, 1>(sc);
-#pragma GCC unroll 8
-        for (int m = 0; m < M; ++m) {
-          const std::uint8_t* xm = xq[m];
-          const I i = V::dpbusd(V::iload(xm + cols + kb0), w, V::iload(xm + kb0));
-          a[m][r] =
-              V::fma(V::cvt(i), V::mul(s, V::load(reinterpret_cast<const float*>(xm + 2 * cols) + kb0 / 4)),
-                     a[m][r]);
-        }
-      } else {
-        I lo, hi;
-        V::nibbles(v, lo, hi);
-        const reg s_lo = V::template scale_lanes<4, 0, 2>(sc), s_hi = V::template scale_lanes<4, 1, 3>(sc);
-#pragma GCC unroll 8
-        for (int m = 0; m < M; ++m) {
-          const std::uint8_t* xm = xq[m];
-          const float* xs = reinterpret_cast<const float*>(xm + 2 * cols);
-          const I il = V::dpbusd(V::iload(xm + cols + kb0), lo, V::iload(xm + kb0));
-          a[m][r] = V::fma(V::cvt(il), V::mul(s_lo, V::load(xs + kb0 / 4)), a[m][r]);
-          const I ih = V::dpbusd(V::iload(xm + cols + kb1), hi, V::iload(xm + kb1));
-          a[m][r] = V::fma(V::cvt(ih), V::mul(s_hi, V::load(xs + kb1 / 4)), a[m][r]);
-        }
-      }
-    }
-  }
-
+  /// The int8 key tile of AVX2 (the VNNI levels take dots_lanes).
   template <int M, int R, class T>
   static void dot_tile_acc_int8(const std::uint8_t* const* xq, const T* rows_t, index_t ld, index_t cols,
                                 index_t q0, index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first,
@@ -886,10 +840,7 @@ struct impl {
         for (int r = 0; r < R; ++r)
           V::prefetch_l2(p < qbytes ? rows + r * ld + p : rows + (R + r) * ld + (p - qbytes));
       }
-      if constexpr (width == 8)
-        dot_line_int8_avx2<M, R, T>(xq, rows, ld, cols, q, byte, a);
-      else
-        dot_line_int8_vnni<M, R, T>(xq, rows, ld, cols, q, byte, a);
+      dot_line_int8_avx2<M, R, T>(xq, rows, ld, cols, q, byte, a);
     }
 #pragma GCC unroll 8
     for (int m = 0; m < M; ++m)
