@@ -432,11 +432,15 @@ struct simd<isa::avx512_vnni> : simd<isa::avx512> {
   static ireg dpbusd(ireg acc, ireg u, ireg s) { return _mm512_dpbusd_epi32(acc, u, s); }
   /// Signed bytes + 128 as unsigned bytes (q8 weights for dpbusd's unsigned operand).
   static ireg flip_sign(ireg v) { return _mm512_xor_si512(v, _mm512_set1_epi8(static_cast<char>(0x80))); }
+  /// The low (h = 0) or high (h = 1) nibble of every byte.
+  static ireg nibble(ireg v, int h) {
+    const ireg m = _mm512_set1_epi8(0x0f);
+    return _mm512_and_si512(h == 0 ? v : _mm512_srli_epi16(v, 4), m);
+  }
   /// The low and high nibbles of every byte.
   static void nibbles(ireg v, ireg& lo, ireg& hi) {
-    const ireg m = _mm512_set1_epi8(0x0f);
-    lo = _mm512_and_si512(v, m);
-    hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), m);
+    lo = nibble(v, 0);
+    hi = nibble(v, 1);
   }
   static reg cvt(ireg i) { return _mm512_cvtepi32_ps(i); }
   /// The same 512 bits as the other type (transpose16 moves integers as floats).
@@ -517,11 +521,6 @@ struct simd<isa::avx512_vnni> : simd<isa::avx512> {
     const __m512i idx = _mm512_add_epi32(_mm512_set_epi32(12, 12, 12, 12, 8, 8, 8, 8, 4, 4, 4, 4, 0, 0, 0, 0),
                                          _mm512_set1_epi32(e));
     return _mm512_permutexvar_epi32(idx, v);
-  }
-  /// The low (h = 0) or high (h = 1) nibble of every byte.
-  static ireg nibble(ireg v, int h) {
-    const ireg m = _mm512_set1_epi8(0x0f);
-    return _mm512_and_si512(h == 0 ? v : _mm512_srli_epi16(v, 4), m);
   }
   /// Dword lanes 0-7 = index ga, 8-15 = gb (a unit's two groups, for coef_lanes).
   static ireg unit_index(int ga, int gb) { return _mm512_mask_set1_epi32(_mm512_set1_epi32(ga), 0xFF00, gb); }

@@ -884,6 +884,12 @@ struct impl {
     for (int t = 0; t < MT; ++t) y[t] = V::fma(V::cvt(a[t]), V::mul(s, V::set1(sx[t])), y[t]);
   }
 
+  /// Group gg's terms in a token's prepared x (x_int8_group): −zero_point · Σ x and the x scale.
+  static void group_terms(const std::uint8_t* xq, index_t cols, index_t gg, std::int32_t& corr, float& sx) {
+    std::memcpy(&corr, xq + x_int8_groups_at(cols) + 4 * gg, 4);
+    std::memcpy(&sx, xq + x_int8_groups_at(cols) + cols / 8 + 4 * gg, 4);
+  }
+
   /// Group gi (of the chunk starting at value q0) for MT tokens: their x bytes and group terms.
   template <int MT, class T, class I>
   static void lanes_group_at(const std::uint8_t* const* xq, index_t cols, index_t q0, index_t gi, const I* w,
@@ -895,8 +901,7 @@ struct impl {
 #pragma GCC unroll 8
     for (int t = 0; t < MT; ++t) {
       xg[t] = xq[t] + kb;
-      std::memcpy(&corr[t], xq[t] + x_int8_groups_at(cols) + 4 * gg, 4);
-      std::memcpy(&sx[t], xq[t] + x_int8_groups_at(cols) + cols / 8 + 4 * gg, 4);
+      group_terms(xq[t], cols, gg, corr[t], sx[t]);
     }
     lanes_group<MT>(w, xg, corr, sx, V::load(s), y);
   }
@@ -1022,8 +1027,7 @@ struct impl {
                   for (int t = 0; t < N; ++t) {
                     std::int32_t corr;
                     float sx;
-                    std::memcpy(&corr, xq[t] + x_int8_groups_at(cols) + 4 * gg, 4);
-                    std::memcpy(&sx, xq[t] + x_int8_groups_at(cols) + cols / 8 + 4 * gg, 4);
+                    group_terms(xq[t], cols, gg, corr, sx);
                     y[t] = V::fma(V::cvt(V::iadd(sums[h][t][a], V::bcast32(corr))), V::mul(s, V::set1(sx)),
                                   y[t]);
                   }
