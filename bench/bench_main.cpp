@@ -1,6 +1,8 @@
 // sparse_ffn_bench — CPU benchmarks (Google Benchmark).
 //
 //   BM_stream_read/<reader>                              bytes/s of plain reads over 1 GiB (bench_stream.cpp)
+//   BM_kernel_keys|values/<dtype>/l2|dram                one thread's key / value micro-kernel alone, from
+//                                                        L2 and from memory (bench_kernels.cpp)
 //   BM_dense_openblas_f32/d:D/dff:F/batch:N              dense FFN with OpenBLAS sgemv/sgemm
 //   BM_dense_onednn_f32|bf16/d:D/dff:F/batch:N           dense FFN with oneDNN matmul (bench_onednn.cpp;
 //                                                        when libdnnl-dev is found)
@@ -88,6 +90,7 @@ void register_sparse_hash(const std::string& act);
 void register_sparse_learned_gate(const std::string& act);
 void register_sparse_oracle(const std::string& act);
 void register_backward(const std::string& act);  // bench_backward.cpp
+void register_kernel_benchmarks();                 // bench_kernels.cpp
 
 void register_all(const std::string& act) {
   if (act == "swiglu") {  // gated: the backward benchmarks only (the forward ones are relu/silu)
@@ -95,6 +98,7 @@ void register_all(const std::string& act) {
     return;
   }
   register_stream();
+  register_kernel_benchmarks();
 #if defined(SPARSE_FFN_BENCH_OPENBLAS)
   for (const shape& s : k_shapes)
     for (int n : k_batches)

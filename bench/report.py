@@ -98,6 +98,15 @@ def table(context, rows, markdown):
     if stream:
         print("BM_stream_read: %.1f GB/s (best of %s)" % (stream, ", ".join(
             "%s %.1f" % (k.split("/", 1)[-1], g) for k, g in sorted(streams.items()))))
+    # One thread's micro-kernels alone (bench_kernels.cpp): GB/s from L2 and from memory.
+    kernels = defaultdict(dict)  # (pass, dtype) -> {"l2": GB/s, "dram": GB/s}
+    for name, v in rows.items():
+        k = re.match(r"^BM_kernel_(keys|values)/(\w+)/(l2|dram)", name)
+        if k:
+            kernels[(k.group(1), k.group(2))][k.group(3)] = v["gbs"]
+    for (pas, dt), g in sorted(kernels.items()):
+        print("kernel %s %s, one thread: %s" % (pas, dt, ", ".join(
+            "%s %.1f GB/s" % (w, g[w]) for w in ("l2", "dram") if w in g)))
     for (d, f, n), libs in sorted(dense.items()):
         best = min(libs, key=libs.get)
         print("dense %d×%d batch %d: %s (best: %s)" % (

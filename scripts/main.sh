@@ -19,7 +19,7 @@ cmake --build "$build" -j"$(nproc)" --target quickstart sparse_ffn_bench
 echo
 mkdir -p "$out"
 shape='d:4096/dff:16384'
-filter="BM_stream_read|BM_dense_(openblas_f32|onednn_f32|onednn_bf16)/${shape}/|BM_sparse_(avg_k|hash|learned_gate|oracle)_f32/${shape}/g:64/density:25/batch:1/|BM_sparse_avg_k_(f32|bf16)/${shape}/g:64/density:25/batch:(8|64)/|BM_sparse_avg_k_(bf16|q8|q4)/${shape}/g:64/density:25/batch:(1|8|64)/"
+filter="BM_stream_read|BM_dense_(openblas_f32|onednn_f32|onednn_bf16)/${shape}/|BM_sparse_(avg_k|hash|learned_gate|oracle)_f32/${shape}/g:64/density:25/batch:1/|BM_sparse_avg_k_(f32|bf16)/${shape}/g:64/density:25/batch:(8|64)/|BM_sparse_avg_k_(bf16|q8|q4)/${shape}/g:64/density:25/batch:(1|8|64)/|BM_kernel_(keys|values)/(bf16|q8|q4)/"
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)} "$build/bench/sparse_ffn_bench" \
   --benchmark_filter="$filter" --benchmark_min_time=0.3 --benchmark_repetitions=3 \
   --benchmark_report_aggregates_only=true --benchmark_out="$out/main.json" --benchmark_out_format=json "$@" >/dev/null

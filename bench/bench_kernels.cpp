@@ -1,0 +1,132 @@
+// BM_kernel_keys/<dtype>/<where> and BM_kernel_values/<dtype>/<where>: one thread, one token, the
+// forward's two micro-kernels alone (kernel_ops::dots, 16 rows a call, and kernel_ops::apply_rows over
+// 64 rows, every row active) on rows of d = 4096, the ISA the library picked at run time. `where`:
+//   l2    64 rows (one block, 0.15–0.53 MB): the weights come from L2, so the figure is the kernel's
+//         compute rate per byte
+//   dram  rows covering 4 × L3 (--sffn_l3_mib; at most 1 GiB), walked in order: the rate from memory
+//         for one core
+// The forward's batch-1 figure is bounded by both; on the Zen 4 of docs/benchmarks.md (2026-12-04,
+// stop 43) a core's time per byte from memory was close to (time per byte from L2) + (time per byte of
+// a plain read), i.e. the compute of a kernel did not hide behind its reads, so a kernel's l2 rate
+// bounds its batch-1 rate well below the read bandwidth. Single-threaded: these do not suffer the
+// shared-machine noise of OpenMP.
+#include "bench_common.hpp"
+
+#include <sparse_ffn/cpu/kernels/kernels.hpp>
+
+#include <random>
+
+namespace bench {
+
+namespace {
+
+namespace k = sf::cpu::kernels;
+
+constexpr sf::index_t k_kernel_d = 4096;
+constexpr sf::index_t k_kernel_block = 64;  // rows per block (g)
+
+/// nrows rows of T (row_format: quantised with scales, or elements), 64-byte aligned, and one token's x
+/// in the forms the kernels read.
+template <class T>
+struct kernel_rows {
+  using F = sf::row_format<T>;
+  sf::index_t cols = F::cols(k_kernel_d), ld = F::ld(k_kernel_d), nrows;
+  sf::detail::aligned_buffer<T> w;
+  std::vector<float> x;
+  std::vector<sf::bfloat16_t> xb;
+  std::vector<std::uint8_t> xq;
+
+  explicit kernel_rows(sf::index_t n) : nrows(n), w(static_cast<std::size_t>(n * ld)) {
+    // 64 distinct encoded rows, repeated: the contents do not change the kernels' speed.
+    std::vector<float> src(static_cast<std::size_t>(k_kernel_d));
+    for (sf::index_t r = 0; r < std::min<sf::index_t>(n, k_kernel_block); ++r) {
+      fill(src.data(), src.size(), 100 + static_cast<std::uint64_t>(r), 0.05f);
+      F::encode(src.data(), k_kernel_d, w.data() + r * ld, ld);
+    }
+    for (sf::index_t r = k_kernel_block; r < n; ++r)
+      std::memcpy(static_cast<void*>(w.data() + r * ld), w.data() + (r % k_kernel_block) * ld,
+                  static_cast<std::size_t>(ld) * sizeof(T));
+    x.assign(static_cast<std::size_t>(cols), 0.0f);
+    fill(x.data(), static_cast<std::size_t>(k_kernel_d), 7, 1.0f);
+    for (float v : x) xb.push_back(sf::bfloat16_t(v));
+    xq.assign(static_cast<std::size_t>(k::x_int8_bytes(cols)), 0);
+  }
+  double bytes() const { return static_cast<double>(nrows * ld) * sizeof(T); }
+};
+
+template <class T>
+sf::index_t rows_for(bool dram) {
+  if (!dram) return k_kernel_block;
+  const double row_bytes = static_cast<double>(sf::row_format<T>::ld(k_kernel_d)) * sizeof(T);
+  const double bytes = std::min(4.0 * g_l3_bytes, 1024.0 * 1024 * 1024);  // at most 1 GiB
+  const auto blocks = static_cast<sf::index_t>(std::ceil(bytes / row_bytes / k_kernel_block));
+  return std::max<sf::index_t>(1, blocks) * k_kernel_block;
+}
+
+template <class T>
+void bm_keys(benchmark::State& state, bool dram) {
+  const auto& ops = k::ops_for<T>(sf::cpu::active_isa());
+  kernel_rows<T> kr(rows_for<T>(dram));
+  if constexpr (sf::is_quantized<T>::value)
+    if (ops.int8_x) ops.prepare_x_int8(kr.x.data(), kr.cols, kr.xq.data());
+  const float* xs[1] = {kr.x.data()};
+  const sf::bfloat16_t* xb[1] = {kr.xb.data()};
+  const std::uint8_t* xq[1] = {kr.xq.data()};
+  constexpr sf::index_t R = k::k_max_key_r;
+  std::vector<float> spill(static_cast<std::size_t>(R * k::k_max_width)), out(static_cast<std::size_t>(R));
+  for (auto _ : state) {
+    for (sf::index_t r0 = 0; r0 < kr.nrows; r0 += R)
+      ops.dots(xs, xb, xq, 1, kr.w.data() + r0 * kr.ld, R, kr.ld, kr.cols, spill.data(), out.data());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * kr.bytes()));
+  state.counters["rows"] = static_cast<double>(kr.nrows);
+}
+
+template <class T>
+void bm_values(benchmark::State& state, bool dram) {
+  const auto& ops = k::ops_for<T>(sf::cpu::active_isa());
+  kernel_rows<T> kr(rows_for<T>(dram));
+  std::vector<float> y(static_cast<std::size_t>(kr.cols), 0.0f), s(static_cast<std::size_t>(k_kernel_block));
+  fill(s.data(), s.size(), 11, 0.01f);
+  std::vector<std::int32_t> rows(static_cast<std::size_t>(k_kernel_block));
+  for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<std::int32_t>(i);
+  float* ys[1] = {y.data()};
+  const float* sp[1] = {s.data()};
+  for (auto _ : state) {
+    for (sf::index_t r0 = 0; r0 < kr.nrows; r0 += k_kernel_block)
+      ops.apply_rows(ys, sp, 1, rows.data(), k_kernel_block, kr.w.data() + r0 * kr.ld, kr.ld, kr.cols, 0,
+                     kr.cols);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * kr.bytes()));
+  state.counters["rows"] = static_cast<double>(kr.nrows);
+}
+
+template <class T>
+void register_kernels(const char* name) {
+  for (const bool dram : {false, true}) {
+    const std::string where = dram ? "dram" : "l2";
+    benchmark::RegisterBenchmark(("BM_kernel_keys/" + std::string(name) + "/" + where).c_str(),
+                                 [dram](benchmark::State& st) { bm_keys<T>(st, dram); })
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("BM_kernel_values/" + std::string(name) + "/" + where).c_str(),
+                                 [dram](benchmark::State& st) { bm_values<T>(st, dram); })
+        ->Unit(benchmark::kMicrosecond)
+        ->UseRealTime();
+  }
+}
+
+}  // namespace
+
+void register_kernel_benchmarks() {
+  register_kernels<float>("f32");
+  register_kernels<sf::bfloat16_t>("bf16");
+  register_kernels<sf::q8_t>("q8");
+  register_kernels<sf::q4_t>("q4");
+}
+
+}  // namespace bench
