@@ -36,7 +36,7 @@ struct kernel_rows {
   std::vector<sf::bfloat16_t> xb;
   std::vector<std::uint8_t> xq;
 
-  explicit kernel_rows(sf::index_t n) : nrows(n), w(static_cast<std::size_t>(n * ld)) {
+  explicit kernel_rows(sf::index_t n) : nrows(n), w(n * ld) {
     // 64 distinct encoded rows, repeated: the contents do not change the kernels' speed.
     std::vector<float> src(static_cast<std::size_t>(k_kernel_d));
     for (sf::index_t r = 0; r < std::min<sf::index_t>(n, k_kernel_block); ++r) {
