@@ -14,8 +14,6 @@
 
 #include <sparse_ffn/cpu/kernels/kernels.hpp>
 
-#include <random>
-
 namespace bench {
 
 namespace {
@@ -57,10 +55,10 @@ struct kernel_rows {
 template <class T>
 sf::index_t rows_for(bool dram) {
   if (!dram) return k_kernel_block;
-  const double row_bytes = static_cast<double>(sf::row_format<T>::ld(k_kernel_d)) * sizeof(T);
-  const double bytes = std::min(4.0 * g_l3_bytes, 1024.0 * 1024 * 1024);  // at most 1 GiB
-  const auto blocks = static_cast<sf::index_t>(std::ceil(bytes / row_bytes / k_kernel_block));
-  return std::max<sf::index_t>(1, blocks) * k_kernel_block;
+  const double block_bytes =
+      static_cast<double>(sf::row_format<T>::ld(k_kernel_d) * k_kernel_block) * sizeof(T);
+  const int blocks = std::min(copies_for(block_bytes), static_cast<int>(1024.0 * 1024 * 1024 / block_bytes));
+  return std::max(1, blocks) * k_kernel_block;  // ≥ 4 × L3 (copies_for), at most 1 GiB
 }
 
 template <class T>
