@@ -162,6 +162,19 @@ struct simd<isa::scalar> {
 };
 
 #if SPARSE_FFN_X86_DISPATCH
+namespace detail {
+/// Software prefetch (prefetcht0 / prefetcht1) that the compiler keeps. GCC treats _mm_prefetch
+/// (__builtin_prefetch) as free of side effects, so a function whose body is only prefetches (a helper
+/// loop or a lambda that is not inlined) is found `const` and its calls are deleted: the q8/q4 key pass
+/// (dots_lanes) compiled with no prefetch at all until 2026-12-04. An asm volatile is never deleted.
+inline void prefetch_t0(const void* p) {
+  asm volatile("prefetcht0 %0" : : "m"(*static_cast<const char*>(p)));
+}
+inline void prefetch_t1(const void* p) {
+  asm volatile("prefetcht1 %0" : : "m"(*static_cast<const char*>(p)));
+}
+}  // namespace detail
+
 SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX2)
 // ---- AVX2 + FMA + F16C: 8 lanes -------------------------------------------------------------------
 template <>
@@ -196,10 +209,10 @@ struct simd<isa::avx2> {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  static void prefetch(const void* p) { detail::prefetch_t0(p); }
   /// Into L2 only (prefetcht1): for streams fetched far ahead, so they do not hold the few L1 miss
   /// buffers (docs/benchmarks.md, 2026-12-03 late).
-  static void prefetch_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
+  static void prefetch_l2(const void* p) { detail::prefetch_t1(p); }
   /// Transposes the 8 × 8 floats r[0..8) in registers (r[i] lane j ← r[j] lane i): unpack pairs of
   /// rows, shuffle quads, then swap 128-bit halves (24 shuffles).
   static void transpose8(reg* r) {
@@ -370,10 +383,10 @@ struct simd<isa::avx512> {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
-  static void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
+  static void prefetch(const void* p) { detail::prefetch_t0(p); }
   /// Into L2 only (prefetcht1): for streams fetched far ahead, so they do not hold the few L1 miss
   /// buffers (docs/benchmarks.md, 2026-12-03 late).
-  static void prefetch_l2(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
+  static void prefetch_l2(const void* p) { detail::prefetch_t1(p); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
