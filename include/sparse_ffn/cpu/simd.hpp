@@ -455,6 +455,18 @@ struct simd<isa::avx512_vnni> : simd<isa::avx512> {
     lo = nibble(v, 0);
     hi = nibble(v, 1);
   }
+  /// The low nibble (h = 0) or 16 × the high nibble (h = 1) of every byte: one AND either way, where
+  /// nibble(v, 1) takes a shift too. A dot product of the h = 1 form is 16 × the high nibbles' one, in
+  /// int32 exactly; the kernels divide it back exactly (an arithmetic shift, or a scale ÷ 16).
+  static ireg nibble_x16(ireg v, int h) {
+    return _mm512_and_si512(v, _mm512_set1_epi8(static_cast<char>(h == 0 ? 0x0f : 0xf0)));
+  }
+  /// a / 16 for int32 lanes that are multiples of 16 (exact: an arithmetic shift).
+  static ireg idiv16(ireg a) { return _mm512_srai_epi32(a, 4); }
+  /// The odd lanes × 16 (exact for |a| < 2^27), the even ones as they are.
+  static ireg odd_x16(ireg a) { return _mm512_mask_slli_epi32(a, 0xAAAA, a, 4); }
+  /// The odd lanes ÷ 16 (exact where the quotient is a normal float, and for 0, ±Inf and NaN).
+  static reg odd_div16(reg a) { return _mm512_mask_mul_ps(a, 0xAAAA, a, _mm512_set1_ps(0.0625f)); }
   static reg cvt(ireg i) { return _mm512_cvtepi32_ps(i); }
   /// The same 512 bits as the other type (transpose16 moves integers as floats).
   static ireg as_int(reg a) { return _mm512_castps_si512(a); }
@@ -546,6 +558,56 @@ struct simd<isa::avx512_vnni> : simd<isa::avx512> {
     const __mmask16 k = static_cast<__mmask16>((1u << n) - 1u);
     const __m256i v = _mm256_maskz_loadu_epi16(k, s);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+  }
+  /// Rows in lanes for 16 rows' bf16 scales: out[g] lane r = float(s[r][g]) for g < n (n ≤ 16; 0 above,
+  /// no read past s[r] + n). Transposed as 16-bit words before they are widened (the key pass, kernels.inl
+  /// dots_lanes): 8 inserts, two unpack stages and one zero-masked two-source word permute per output (40
+  /// shuffles), where widening first and a float transpose take 16 + 64.
+  static void scales_lanes(const bfloat16_t* const* s, int n, reg (&out)[16]) {
+    const __mmask16 k = static_cast<__mmask16>((1u << n) - 1u);
+    __m512i z[8], a[8], c[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {  // words 0-15: row i's groups, 16-31: row i + 8's
+      z[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_maskz_loadu_epi16(k, s[i])),
+                                _mm256_maskz_loadu_epi16(k, s[i + 8]), 1);
+    }
+    // a[j], a[4 + j]: row pairs (2j, 2j + 1) | (2j + 8, 2j + 9) as dwords, 128-bit lane L holding the
+    // groups 8(L % 2) + 0..3 (a[j]) or + 4..7 (a[4 + j]) of the pair's first (L < 2) or second row pair.
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      a[j] = _mm512_unpacklo_epi16(z[2 * j], z[2 * j + 1]);
+      a[4 + j] = _mm512_unpackhi_epi16(z[2 * j], z[2 * j + 1]);
+    }
+    // c[2h + e + 4u] (h: rows 0-3 / 4-7 of each half, e: groups +0-1 / +2-3, u: groups +0 / +4): per lane
+    // two qwords, each four rows' words of one group.
+#pragma GCC unroll 2
+    for (int u = 0; u < 2; ++u)
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        c[4 * u + 2 * h] = _mm512_unpacklo_epi32(a[4 * u + 2 * h], a[4 * u + 2 * h + 1]);
+        c[4 * u + 2 * h + 1] = _mm512_unpackhi_epi32(a[4 * u + 2 * h], a[4 * u + 2 * h + 1]);
+      }
+    // out[g] from c[p] (rows 0-3, 8-11) and c[p + 2] (rows 4-7, 12-15), p = 4u + e: g = 4u + 2e + b
+    // + 8l, word 4b + (r % 4) of lane l + 2(r ≥ 8), into word 2r + 1 (the high half of dword r).
+    alignas(64) static const std::int16_t idx[4][32] = {
+#define SPARSE_FFN_SCALE_IDX(b, l)                                                             \
+  {0, 0 + 4 * b + 8 * l,  0, 1 + 4 * b + 8 * l,  0, 2 + 4 * b + 8 * l,  0, 3 + 4 * b + 8 * l,  \
+   0, 32 + 4 * b + 8 * l, 0, 33 + 4 * b + 8 * l, 0, 34 + 4 * b + 8 * l, 0, 35 + 4 * b + 8 * l, \
+   0, 16 + 4 * b + 8 * l, 0, 17 + 4 * b + 8 * l, 0, 18 + 4 * b + 8 * l, 0, 19 + 4 * b + 8 * l, \
+   0, 48 + 4 * b + 8 * l, 0, 49 + 4 * b + 8 * l, 0, 50 + 4 * b + 8 * l, 0, 51 + 4 * b + 8 * l}
+        SPARSE_FFN_SCALE_IDX(0, 0), SPARSE_FFN_SCALE_IDX(1, 0), SPARSE_FFN_SCALE_IDX(0, 1),
+        SPARSE_FFN_SCALE_IDX(1, 1)};
+#undef SPARSE_FFN_SCALE_IDX
+#pragma GCC unroll 2
+    for (int u = 0; u < 2; ++u)
+#pragma GCC unroll 2
+      for (int e = 0; e < 2; ++e)
+#pragma GCC unroll 4
+        for (int v = 0; v < 4; ++v) {  // v = b + 2l
+          const int g = 4 * u + 2 * e + (v & 1) + 8 * (v >> 1);
+          out[g] = _mm512_castsi512_ps(_mm512_maskz_permutex2var_epi16(
+              0xAAAAAAAAu, c[4 * u + e], _mm512_load_si512(idx[v]), c[4 * u + e + 2]));
+        }
   }
   /// Rounded to nearest even (the current rounding mode) as int32; out-of-range and NaN: INT32_MIN.
   static ireg round_i32(reg a) { return _mm512_cvtps_epi32(a); }

@@ -581,6 +581,10 @@ struct impl {
   // span, the int32 sums of each token and column parked in acc32 between those passes (in L1 at small
   // M): measured on Zen 4 this beats a register tile over all the chunk's rows at every batch, which
   // reads up to 32 rows at once in short pieces (docs/benchmarks.md, 2026-12-03).
+  // q4's high nibbles (the odd groups) go in as 16 u (nibble_x16: one AND, no shift), so their sums are
+  // 16 × exact: their corr is 16 × too and their t is t / 16 (exact: where a coefficient is nonzero,
+  // t ≥ 2^-96 / 127, so t / 16 stays a normal float), and t / 16 · float(16 Σ) is the same real product
+  // as t · float(Σ): the same bits.
   template <int M, class T>
   static void axpy_rows_vnni(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
                              const std::uint8_t* v, index_t ld, index_t cols, index_t c_begin,
@@ -638,7 +642,9 @@ struct impl {
               amax = V::max(amax, V::abs(V::mul(V::set1(s[m][rows[i0 + r]]), V::load(sf[r] + gb))));
             const reg levels = V::set1(static_cast<float>(Q));
             // t is NaN where a product overflowed (amax = Inf) or a coefficient is not finite (bad).
-            V::store(ts[m] + gb, V::add(V::add(V::div(amax, levels), V::sub(amax, amax)), V::set1(bad[m])));
+            reg t = V::add(V::add(V::div(amax, levels), V::sub(amax, amax)), V::set1(bad[m]));
+            if constexpr (!q8) t = V::odd_div16(t);  // odd groups: high nibbles × 16 (nibble_x16 below)
+            V::store(ts[m] + gb, t);
             const reg inv =
                 V::select_ge0(V::sub(amax, V::set1(k_value_coef_tiny)), V::div(levels, amax), V::zero());
             I sum = V::izero();
@@ -655,7 +661,9 @@ struct impl {
               }
               V::istore(cq[m][p] + gb, V::quad_bytes(qr[0], qr[1], qr[2], qr[3]));
             }
-            V::istore(corr[m] + gb, V::ineg_mul(sum, z));
+            I zs = V::ineg_mul(sum, z);
+            if constexpr (!q8) zs = V::odd_x16(zs);
+            V::istore(corr[m] + gb, zs);
           }
         }
         // Two quads (eight rows) at a time, each row one sequential stream across the span; the next
@@ -705,7 +713,10 @@ struct impl {
                 I t[4];
                 V::interleave4(u[0], u[1], u[2], u[3], t);
 #pragma GCC unroll 4
-                for (int k = 0; k < 4; ++k) V::nibbles(t[k], d[q][0][k], d[q][U - 1][k]);
+                for (int k = 0; k < 4; ++k) {
+                  d[q][0][k] = V::nibble_x16(t[k], 0);
+                  d[q][U - 1][k] = V::nibble_x16(t[k], 1);
+                }
               }
             }
 #pragma GCC unroll 8
@@ -937,12 +948,12 @@ struct impl {
       };
       // The scales of chunk [q0, q0 + 32 ng) into sv, rows in lanes.
       const auto chunk_scales = [&](index_t q0, index_t ng) {
-        reg sc[16];
+        const bfloat16_t* sp[16];
 #pragma GCC unroll 16
         for (int i = 0; i < 16; ++i)
-          sc[i] = V::load_bf16_n(F::scales(reinterpret_cast<const T*>(row[i]), cols) + q0 / k_quant_group,
-                                 static_cast<int>(ng));
-        V::transpose16(sc);
+          sp[i] = F::scales(reinterpret_cast<const T*>(row[i]), cols) + q0 / k_quant_group;
+        reg sc[16];
+        V::scales_lanes(sp, static_cast<int>(ng), sc);
         for (index_t g = 0; g < ng; ++g) V::store(sv[g], sc[g]);
       };
       // Each 64-byte line of the chunk's rows, transposed: on_group(gi, w) for its groups in ascending
@@ -978,6 +989,9 @@ struct impl {
         // vpdpbusd meets the token's quad vectors of x (x_int8_quads), each lane summing its row's
         // dwords 4L .. 4L + 3, and combine_quads adds the two lanes of each group: the same exact
         // integer per row and group as the buffered path below, so the same bits, for half the shuffles.
+        // q4's high nibbles go in as 16 u (nibble_x16: one AND, no shift) and their exact sums are
+        // divided by 16 after combine_quads (the buffered path shifts each nibble instead: per token, a
+        // shift per group would cost more there).
         count<MT>(static_cast<int>(m), [&](auto M) {
           constexpr int N = decltype(M)::value;
           reg y[N];
@@ -1007,14 +1021,20 @@ struct impl {
                   const index_t xo = ((byte / 64 * U + h) * 4 + e) * 64;  // the unit's quad vector e
 #pragma GCC unroll 4
                   for (int i = 0; i < 4; ++i) {
-                    const I w = q8 ? V::flip_sign(v[4 * i + e]) : V::nibble(v[4 * i + e], h);
+                    const I w = q8 ? V::flip_sign(v[4 * i + e]) : V::nibble_x16(v[4 * i + e], h);
 #pragma GCC unroll 8
                     for (int t = 0; t < N; ++t)
                       acc[t][i] = V::dpbusd(e == 0 ? V::izero() : acc[t][i], w, V::iload(xv[t] + xo));
                   }
                 }
 #pragma GCC unroll 8
-                for (int t = 0; t < N; ++t) V::combine_quads(acc[t], sums[h][t][0], sums[h][t][1]);
+                for (int t = 0; t < N; ++t) {
+                  V::combine_quads(acc[t], sums[h][t][0], sums[h][t][1]);
+                  if (!q8 && h == 1) {  // nibble_x16: 16 × the high nibbles' sums, divided back exactly
+                    sums[h][t][0] = V::idiv16(sums[h][t][0]);
+                    sums[h][t][1] = V::idiv16(sums[h][t][1]);
+                  }
+                }
               }
               // Groups in ascending order: q8 g, g + 1; q4 g (low), g + 1 (high), g + 2 (low), g + 3 (high).
 #pragma GCC unroll 2
