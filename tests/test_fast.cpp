@@ -187,3 +187,38 @@ TEST_CASE("fast path equals the reference up to float rounding on larger shapes"
   else
     REQUIRE(same == nk);
 }
+
+namespace {
+
+/// Rows longer than the kernels' column spans (the forward matrix's d is at most 150): d = 8200, so the
+/// value passes' coefficient spans (q8/q4 on VNNI: 4096 columns for one token, 2048 for more; the float
+/// q8/q4 path 1024; q4 on AVX2 512) run two or more times per row and end on a partial span, and the key
+/// passes walk long rows; at batch 1 (each thread streams whole rows) and batch 5 (the columns split
+/// between threads). Checked against the float64 reference like the forward matrix.
+template <class T, class Act>
+void check_wide_rows(std::uint64_t salt) {
+  auto r = test::rng(salt);
+  for (sfx::index_t n : {1, 5}) {
+    test::case_shape s{};
+    s.n = n;
+    s.d = 8200;
+    s.num_blocks = 3;
+    s.k = 2;
+    s.biases = true;
+    s.pinned = 0;
+    test::case_data<T, float> c(r, s, 64, sfx::selector_kind::avg_k, Act::kind);
+    test::run_case<sfx::policy<64, sfx::select::avg_k, T, Act>, float>(c);
+    c.verify();
+  }
+}
+
+}  // namespace
+
+TEST_CASE("fast path on rows longer than the kernels' column spans", "[fast]") {
+  check_wide_rows<float, sfx::act::silu>(71);
+  check_wide_rows<sfx::bfloat16_t, sfx::act::silu>(72);
+  check_wide_rows<sfx::q8_t, sfx::act::relu>(73);
+  check_wide_rows<sfx::q8_t, sfx::act::silu>(74);
+  check_wide_rows<sfx::q4_t, sfx::act::relu>(75);
+  check_wide_rows<sfx::q4_t, sfx::act::silu>(76);
+}
