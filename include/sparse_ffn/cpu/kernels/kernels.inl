@@ -593,11 +593,17 @@ struct impl {
     using I = typename V::ireg;
     constexpr bool q8 = std::is_same<T, q8_t>::value;
     constexpr std::int32_t Q = value_levels, z = q8 ? 128 : 8;
-    // span: columns per pass of coefficients (64 groups: sg / width registers of them per row), cr: rows
+    // span: columns per pass of coefficients (sg groups: sg / width registers of them per row), cr: rows
     // per chunk, ahead: bytes each listed row is prefetched ahead (into L2). acc32: the int32 sums of the
-    // span's columns per token, in L1/L2 between passes (M · 8 KiB).
+    // span's columns per token, in L1/L2 between passes (M · 8 KiB; 16 KiB for one token).
+    // One token (batch 1: whole rows) takes 4096 columns per span, a longer piece of each row per pass:
+    // on one Zen 4 core (BM_kernel_values from memory, d 4096, medians of 3 in 4 alternating rounds) q4
+    // read at 11.6–14.0 GB/s against 11.5–12.5 with 2048, q8 at 14.9–16.5 against 14.8–15.3. 8192
+    // columns (stack arrays twice the size, half unused at d 4096) was slower than either, 10.6–12.0 q4:
+    // the cause was not found. More tokens keep 2048 (their M · span sums stay in L1).
     // step: columns per step, one 64-byte line of quants per row (q8: one unit; q4: U = 2 units).
-    constexpr index_t span = 2048, sg = span / k_quant_group, unit = 64, cr = 32, nq_max = cr / 4;
+    constexpr index_t span = M == 1 ? 4096 : 2048, sg = span / k_quant_group, unit = 64, cr = 32,
+                      nq_max = cr / 4;
     constexpr index_t step = quant_value_step<T>;
     constexpr int U = static_cast<int>(step / unit);
     static_assert(step * F::bits / 8 == 64, "a step is one 64-byte line of each row");
