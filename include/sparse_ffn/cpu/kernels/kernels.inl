@@ -638,10 +638,11 @@ struct impl {
       for (index_t c0 = c_begin; c0 < c_end; c0 += span) {
         const index_t c1 = std::min(c_end, c0 + span), g0 = c0 / k_quant_group;
         const int ng = static_cast<int>((c1 - c0) / k_quant_group);
-        for (index_t gb = 0; gb < sg; gb += width) {
-          const int ngb = static_cast<int>(std::max<index_t>(0, std::min<index_t>(width, ng - gb)));
-          for (index_t r = 0; r < nr; ++r)
-            V::store(sf[r] + gb, ngb > 0 ? V::load_bf16_n(sc[r] + g0 + gb, ngb) : V::zero());
+        // The span's groups, a register (width groups) at a time: those past ng in the last register get
+        // coefficient 0; registers past it are never read (a partial span is short rows or the row's end).
+        for (index_t gb = 0; gb < ng; gb += width) {
+          const int ngb = static_cast<int>(std::min<index_t>(width, ng - gb));
+          for (index_t r = 0; r < nr; ++r) V::store(sf[r] + gb, V::load_bf16_n(sc[r] + g0 + gb, ngb));
           for (int m = 0; m < M; ++m) {  // the coefficients of token m: a = s·scale, t, r = round(a·Q/max|a|)
             reg amax = V::zero();
             for (index_t r = 0; r < nr; ++r)
