@@ -62,9 +62,12 @@ foreach(top IN LISTS names)
   endif()
   set(total 0)
   foreach(sym IN LISTS names)
+    # The kernel itself, or a local symbol whose owner's encoding is exactly the kernel's: "_ZZ" + the
+    # kernel's name without "_Z" + "E" (a plain prefix match would also pool an overload whose
+    # parameter list extends this one's).
     string(REGEX REPLACE "^_ZZ+" "_Z" owner "${sym}")
-    string(FIND "${owner}" "${top}" at)
-    if(at EQUAL 0)
+    string(FIND "${owner}" "${top}E" at)
+    if(sym STREQUAL top OR (NOT sym MATCHES "^_ZN" AND at EQUAL 0))
       string(MD5 _key "${sym}")
       math(EXPR total "${total} + ${count_${_key}}")
     endif()
