@@ -45,8 +45,8 @@ struct setup {
 };
 
 template <class P>
-void check_thread_invariance(std::uint64_t salt) {
-  setup<P> s(salt, 200, 24, 37, 6);
+void check_thread_invariance(std::uint64_t salt, sfx::index_t d = 200) {
+  setup<P> s(salt, d, 24, 37, 6);
 #if SPARSE_FFN_HAS_OPENMP
   const int saved = omp_get_max_threads();
   omp_set_num_threads(1);
@@ -88,6 +88,12 @@ TEST_CASE("fast path: identical bits for any thread count and across runs", "[fa
   check_thread_invariance<sfx::policy<16, sfx::select::learned_gate, sfx::q4_t, sfx::act::swiglu>>(9);
   // g = 64: two chunks of 32 rows per block in the integer value pass, eight-row passes in the pair pass.
   check_thread_invariance<sfx::policy<64, sfx::select::avg_k, sfx::q4_t, sfx::act::relu>>(15);
+  // Longer rows, so that 2 and 3 threads split a batch's value pass at several column boundaries
+  // (q4 on the VNNI levels, 1024 columns in steps of 128: [0, 512) [512, 1024) and [0, 256) [256, 640)
+  // [640, 1024)).
+  check_thread_invariance<sfx::policy<64, sfx::select::avg_k, sfx::q4_t, sfx::act::relu>>(16, 1000);
+  check_thread_invariance<sfx::policy<32, sfx::select::avg_k, sfx::bfloat16_t, sfx::act::silu>>(17, 1000);
+  check_thread_invariance<sfx::policy<16, sfx::select::avg_k, sfx::q8_t, sfx::act::relu>>(18, 1000);
 }
 
 TEST_CASE("fast path: a token's output does not depend on the rest of the batch", "[fast]") {
