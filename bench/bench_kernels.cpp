@@ -10,6 +10,11 @@
 // a plain read), i.e. the compute of a kernel did not hide behind its reads, so a kernel's l2 rate
 // bounds its batch-1 rate well below the read bandwidth. Single-threaded: these do not suffer the
 // shared-machine noise of OpenMP.
+// BM_kernel_values/<dtype>/l2/tokens:<M> (M = 2, 4, 6, up to the ISA's token group, kernel_ops::rows_m):
+// the value kernel for M tokens at once (a batch's token group; every row active for each), bytes
+// counted once, weights from L2: the kernel's compute rate per byte at that group size. Where it falls
+// about as 1/M (q8 and q4 on the VNNI levels, docs/benchmarks.md 2026-12-04 stop 47), a batch's value
+// pass is bound by its per-token work, not by the reads.
 #include "bench_common.hpp"
 
 #include <sparse_ffn/cpu/kernels/kernels.hpp>
@@ -83,24 +88,31 @@ void bm_keys(benchmark::State& state, bool dram) {
 }
 
 template <class T>
-void bm_values(benchmark::State& state, bool dram) {
+void bm_values(benchmark::State& state, bool dram, int tokens) {
   const auto& ops = k::ops_for<T>(sf::cpu::active_isa());
   kernel_rows<T> kr(rows_for<T>(dram));
-  std::vector<float> y(static_cast<std::size_t>(kr.cols), 0.0f), s(static_cast<std::size_t>(k_kernel_block));
-  fill(s.data(), s.size(), 11, 0.01f);
+  const auto M = static_cast<std::size_t>(tokens);
+  std::vector<std::vector<float>> y(M, std::vector<float>(static_cast<std::size_t>(kr.cols), 0.0f));
+  std::vector<std::vector<float>> s(M, std::vector<float>(static_cast<std::size_t>(k_kernel_block)));
+  std::vector<float*> ys(M);
+  std::vector<const float*> sp(M);
+  for (std::size_t m = 0; m < M; ++m) {
+    fill(s[m].data(), s[m].size(), 11 + m, 0.01f);
+    ys[m] = y[m].data();
+    sp[m] = s[m].data();
+  }
   std::vector<std::int32_t> rows(static_cast<std::size_t>(k_kernel_block));
   for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<std::int32_t>(i);
-  float* ys[1] = {y.data()};
-  const float* sp[1] = {s.data()};
   for (auto _ : state) {
     for (sf::index_t r0 = 0; r0 < kr.nrows; r0 += k_kernel_block)
-      ops.apply_rows(ys, sp, 1, rows.data(), k_kernel_block, kr.w.data() + r0 * kr.ld, kr.ld, kr.cols, 0,
-                     kr.cols);
-    benchmark::DoNotOptimize(y.data());
+      ops.apply_rows(ys.data(), sp.data(), tokens, rows.data(), k_kernel_block, kr.w.data() + r0 * kr.ld,
+                     kr.ld, kr.cols, 0, kr.cols);
+    benchmark::DoNotOptimize(y.front().data());
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * kr.bytes()));
   state.counters["rows"] = static_cast<double>(kr.nrows);
+  state.counters["tokens"] = static_cast<double>(tokens);
 }
 
 template <class T>
@@ -112,10 +124,18 @@ void register_kernels(const char* name) {
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime();
     benchmark::RegisterBenchmark(("BM_kernel_values/" + std::string(name) + "/" + where).c_str(),
-                                 [dram](benchmark::State& st) { bm_values<T>(st, dram); })
+                                 [dram](benchmark::State& st) { bm_values<T>(st, dram, 1); })
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime();
   }
+  const int group = k::ops_for<T>(sf::cpu::active_isa()).rows_m;  // apply_rows' largest token group
+  for (const int tokens : {2, 4, 6})
+    if (tokens <= group)
+      benchmark::RegisterBenchmark(
+          ("BM_kernel_values/" + std::string(name) + "/l2/tokens:" + std::to_string(tokens)).c_str(),
+          [tokens](benchmark::State& st) { bm_values<T>(st, false, tokens); })
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
 }
 
 }  // namespace

@@ -101,12 +101,14 @@ def table(context, rows, markdown):
     # One thread's micro-kernels alone (bench_kernels.cpp): GB/s from L2 and from memory.
     kernels = defaultdict(dict)  # (pass, dtype) -> {"l2": GB/s, "dram": GB/s}
     for name, v in rows.items():
-        k = re.match(r"^BM_kernel_(keys|values)/(\w+)/(l2|dram)", name)
+        k = re.match(r"^BM_kernel_(keys|values)/(\w+)/(l2|dram)(?:/tokens:(\d+))?(?:/|$)", name)
         if k:
-            kernels[(k.group(1), k.group(2))][k.group(3)] = v["gbs"]
+            where = k.group(3) + (" %s tokens" % k.group(4) if k.group(4) else "")
+            kernels[(k.group(1), k.group(2))][where] = v["gbs"]
     for (pas, dt), g in sorted(kernels.items()):
-        print("kernel %s %s, one thread: %s" % (pas, dt, ", ".join(
-            "%s %.1f GB/s" % (w, g[w]) for w in ("l2", "dram") if w in g)))
+        # l2, dram, then the token groups from L2 by size
+        order = sorted(g, key=lambda w: ({"l2": 0, "dram": 1}.get(w, 2), int(w.split()[1]) if " " in w else 0))
+        print("kernel %s %s, one thread: %s" % (pas, dt, ", ".join("%s %.1f GB/s" % (w, g[w]) for w in order)))
     for (d, f, n), libs in sorted(dense.items()):
         best = min(libs, key=libs.get)
         print("dense %d×%d batch %d: %s (best: %s)" % (

@@ -5,7 +5,8 @@
 #     f32 and oneDNN f32/bf16 (d=4096, d_ff=16384; batch 1, 8, 64): speedups are given over OpenBLAS
 #     and over the best of them
 #   - every selector, f32, g=64, 25% of blocks, batch 1; Avg-K f32, bf16, q8 and q4 at batch 1, 8, 64
-#   - BM_kernel_keys|values/bf16|q8|q4/l2|dram: one thread's key and value micro-kernels alone
+#   - BM_kernel_keys|values/bf16|q8|q4/l2|dram: one thread's key and value micro-kernels alone, and the
+#     value kernel for 2, 4, 6 tokens at once from L2 (BM_kernel_values/<dtype>/l2/tokens:<M>)
 # Writes build/bench/main.json and PNG plots in build/bench/plots. Extra arguments go to
 # sparse_ffn_bench (e.g. --benchmark_repetitions=5). Also builds and runs the quickstart example.
 set -euo pipefail
