@@ -10,7 +10,8 @@
 // a plain read), i.e. the compute of a kernel did not hide behind its reads, so a kernel's l2 rate
 // bounds its batch-1 rate well below the read bandwidth. Single-threaded: these do not suffer the
 // shared-machine noise of OpenMP.
-// BM_kernel_values/<dtype>/l2/tokens:<M> (M = 2, 4, 6, up to the ISA's token group, kernel_ops::rows_m):
+// BM_kernel_values/<dtype>/l2/tokens:<M> (M = 2, 4, 6, up to the ISA's token group kernel_ops::rows_m;
+// more tokens would run as several groups):
 // the value kernel for M tokens at once (a batch's token group; every row active for each), bytes
 // counted once, weights from L2: the kernel's compute rate per byte at that group size. Where it falls
 // about as 1/M (q8 and q4 on the VNNI levels, docs/benchmarks.md 2026-12-04 stop 47), a batch's value

@@ -841,3 +841,77 @@ TEST_CASE("isa: the bf16 pair value kernel (avx512_bf16) is FMAs with bf16 coeff
       }
   }
 }
+
+namespace {
+
+/// apply_rows (and outer_rows, for element dtypes) of every supported level on m tokens in one call,
+/// for m below, at and above the level's group size: each token's output must have the bits of a call
+/// for it alone (the kernels take rows_m / outer_m tokens at a time; a larger m once did nothing).
+template <class T>
+void check_any_token_count(std::uint64_t seed) {
+  using F = sfx::row_format<T>;
+  auto r = test::rng(seed);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  const sfx::index_t g = 64, d = 256, cols = F::cols(d), ld = F::ld(d);
+  sfx::detail::aligned_buffer<T> v(g * ld);  // 64-byte aligned, as packed rows are
+  std::vector<float> src(static_cast<std::size_t>(d));
+  for (sfx::index_t i = 0; i < g; ++i) {
+    for (float& e : src) e = static_cast<float>(nd(r));
+    F::encode(src.data(), d, v.data() + i * ld, ld);
+  }
+  std::vector<std::int32_t> rows;
+  for (sfx::index_t i = 0; i < g; ++i)
+    if (r() % 4 != 0) rows.push_back(static_cast<std::int32_t>(i));
+  const auto nrows = static_cast<sfx::index_t>(rows.size());
+  for (int l = 0; l <= static_cast<int>(cpu::best_isa()); ++l) {
+    const auto& ops = cpu::kernels::ops_for<T>(static_cast<cpu::isa_level>(l));
+    INFO("isa " << cpu::isa_name(static_cast<cpu::isa_level>(l)) << ", dtype "
+                << sfx::dtype_name(sfx::dtype_traits<T>::id));
+    for (int pass = 0; pass < (ops.outer_rows ? 3 : 1); ++pass) {  // apply_rows, outer_rows (add, assign)
+      const int group = pass == 0 ? ops.rows_m : ops.outer_m;
+      for (const int m : {group - 1, group, group + 1, 2 * group + 3}) {
+        if (m < 1) continue;
+        INFO("kernel " << (pass == 0 ? "apply_rows" : "outer_rows") << ", tokens " << m << " (group " << group
+                       << ")");
+        const auto n = static_cast<std::size_t>(m);
+        std::vector<float> s(n * static_cast<std::size_t>(g), 0.0f);
+        for (std::size_t t = 0; t < n; ++t)
+          for (std::int32_t i : rows)
+            if (r() % 3 != 0) s[t * g + static_cast<std::size_t>(i)] = static_cast<float>(nd(r));
+        std::vector<float> y0(n * static_cast<std::size_t>(cols));
+        for (float& e : y0) e = static_cast<float>(nd(r));  // nonzero: no exact-zero sign to differ
+        std::vector<float> all = y0, alone = y0;
+        std::vector<float*> ya(n), y1(n);
+        std::vector<const float*> sp(n);
+        for (std::size_t t = 0; t < n; ++t) {
+          ya[t] = all.data() + t * static_cast<std::size_t>(cols);
+          y1[t] = alone.data() + t * static_cast<std::size_t>(cols);
+          sp[t] = s.data() + t * static_cast<std::size_t>(g);
+        }
+        const auto call = [&](float* const* y, const float* const* sv, sfx::index_t mm) {
+          if (pass == 0)
+            ops.apply_rows(y, sv, mm, rows.data(), nrows, v.data(), ld, cols, 0, cols);
+          else
+            ops.outer_rows(y, sv, mm, rows.data(), nrows, v.data(), ld, 0, cols, pass == 2);
+        };
+        call(ya.data(), sp.data(), m);
+        for (std::size_t t = 0; t < n; ++t) call(&y1[t], &sp[t], 1);
+        REQUIRE(all != y0);  // the call did something
+        for (std::size_t t = 0; t < n; ++t) {
+          INFO("token " << t);
+          REQUIRE(std::memcmp(ya[t], y1[t], static_cast<std::size_t>(cols) * sizeof(float)) == 0);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("isa: the value kernels take any number of tokens, each with the bits it gets alone", "[isa]") {
+  check_any_token_count<float>(31);
+  check_any_token_count<sfx::half_t>(32);
+  check_any_token_count<sfx::bfloat16_t>(33);
+  check_any_token_count<sfx::q8_t>(34);
+  check_any_token_count<sfx::q4_t>(35);
+}

@@ -237,7 +237,8 @@ struct kernel_ops {
   std::int32_t value_levels = 0;
   void (*dots)(const float* const* xf, const bfloat16_t* const* xb, const std::uint8_t* const* xq, index_t m,
                const T* rows, index_t nrows, index_t ld, index_t len, float* spill, float* out) = nullptr;
-  /// The value pass: columns [c_lo, c_hi), multiples of col_step.
+  /// The value pass for m tokens (any number; rows_m at a time): columns [c_lo, c_hi), multiples of
+  /// col_step.
   void (*apply_rows)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                      index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo,
                      index_t c_hi) = nullptr;
@@ -251,7 +252,7 @@ struct kernel_ops {
                            index_t c_hi) = nullptr;
   /// The backward's register-tiled form of apply_rows (same arguments but cols; element dtypes only,
   /// null for q8/q4): y[q] += Σ_i s[q][i]·v_i, each element summed from zero over the rows, then added
-  /// (`assign`: stored).
+  /// (`assign`: stored); m any number (outer_m at a time).
   void (*outer_rows)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                      index_t nrows, const T* v, index_t ld, index_t c_lo, index_t c_hi,
                      bool assign) = nullptr;

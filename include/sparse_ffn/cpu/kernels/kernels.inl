@@ -1299,13 +1299,15 @@ struct impl {
     }
   }
 
-  /// outer_tile for m (<= outer_m) outputs; element dtypes only (the backward's weights).
+  /// outer_tile for m outputs, outer_m at a time (each output's sums are its own, so any grouping gives
+  /// the same bits); element dtypes only (the backward's weights).
   template <class T>
   static void outer_rows(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                          index_t nrows, const T* v, index_t ld, index_t c_lo, index_t c_hi, bool assign) {
-    count<outer_m>(static_cast<int>(m), [&](auto M) {
-      outer_tile<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi, assign);
-    });
+    for (index_t m0 = 0; m0 < m; m0 += outer_m)
+      count<outer_m>(static_cast<int>(std::min<index_t>(outer_m, m - m0)), [&](auto M) {
+        outer_tile<decltype(M)::value>(y + m0, s + m0, rows, nrows, v, ld, c_lo, c_hi, assign);
+      });
   }
 
   /// out[c · out_ld + i] = float(v_i[c0 + c]) for rows i < nrows and c < nc (a multiple of width), and
@@ -1608,27 +1610,32 @@ struct impl {
     return V::hsum(acc);
   }
 
-  /// y[q] += sum over the listed rows i of s[q][i] * v[i] for q < m (<= rows_m) tokens, columns
+  /// y[q] += sum over the listed rows i of s[q][i] * v[i] for q < m tokens (rows_m at a time), columns
   /// [c_lo, c_hi) (multiples of width; of 64 for quantised rows). rows: ascending, nrows of them.
   /// cols: values per row (quantised rows: where the scales start). Pairs: bf16 rows on avx512_bf16
   /// take the pair kernel (axpy_rows_pairs; columns multiples of 32), else the float one.
   template <class T, bool Pairs>
   static void apply_rows(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                          index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo, index_t c_hi) {
-    count<rows_m>(static_cast<int>(m), [&](auto M) {
-      if constexpr (vnni_values<T>)
-        axpy_rows_vnni<decltype(M)::value, T>(y, s, rows, nrows, reinterpret_cast<const std::uint8_t*>(v), ld,
-                                              cols, c_lo, c_hi);
-      else if constexpr (int_values<T>)
-        axpy_rows_int<decltype(M)::value, T>(y, s, rows, nrows, reinterpret_cast<const std::uint8_t*>(v), ld,
-                                             cols, c_lo, c_hi);
-      else if constexpr (is_quantized<T>::value)
-        axpy_rows_q<decltype(M)::value>(y, s, rows, nrows, v, ld, cols, c_lo, c_hi);
-      else if constexpr (Pairs && bf16_pairs<T>)
-        axpy_rows_pairs<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi);
-      else
-        axpy_rows<decltype(M)::value>(y, s, rows, nrows, v, ld, c_lo, c_hi);
-    });
+    // Groups of up to rows_m tokens: a token's bits do not depend on its group (the file comment).
+    for (index_t m0 = 0; m0 < m; m0 += rows_m) {
+      float* const* yg = y + m0;
+      const float* const* sg = s + m0;
+      count<rows_m>(static_cast<int>(std::min<index_t>(rows_m, m - m0)), [&](auto M) {
+        if constexpr (vnni_values<T>)
+          axpy_rows_vnni<decltype(M)::value, T>(yg, sg, rows, nrows, reinterpret_cast<const std::uint8_t*>(v),
+                                                ld, cols, c_lo, c_hi);
+        else if constexpr (int_values<T>)
+          axpy_rows_int<decltype(M)::value, T>(yg, sg, rows, nrows, reinterpret_cast<const std::uint8_t*>(v),
+                                               ld, cols, c_lo, c_hi);
+        else if constexpr (is_quantized<T>::value)
+          axpy_rows_q<decltype(M)::value>(yg, sg, rows, nrows, v, ld, cols, c_lo, c_hi);
+        else if constexpr (Pairs && bf16_pairs<T>)
+          axpy_rows_pairs<decltype(M)::value>(yg, sg, rows, nrows, v, ld, c_lo, c_hi);
+        else
+          axpy_rows<decltype(M)::value>(yg, sg, rows, nrows, v, ld, c_lo, c_hi);
+      });
+    }
   }
 };
 
