@@ -72,6 +72,14 @@ struct impl {
     }
   }
 
+  /// For n items in groups of up to Max: f(i0, std::integral_constant<int, size>{}) for each group's first
+  /// item i0, in ascending order (count's dispatch per group; any n, 0 included).
+  template <int Max, class F>
+  static void groups(index_t n, F&& f) {
+    for (index_t i0 = 0; i0 < n; i0 += Max)
+      count<Max>(static_cast<int>(std::min<index_t>(Max, n - i0)), [&](auto M) { f(i0, M); });
+  }
+
   /// acc[m][r] += rows[r][q] * x[m][q] for q in [q0, q1). acc holds M*R vectors (spill format);
   /// `first` starts from zero. With `prefetch`, software prefetch runs 1 KiB ahead along each row and,
   /// near the end of the rows, into the next R rows (the next tile of a block); the caller asks for it
@@ -139,19 +147,17 @@ struct impl {
                       float* out, index_t ostride) {
     for (index_t q0 = 0; q0 < len; q0 += k_dchunk) {
       const index_t q1 = std::min(len, q0 + k_dchunk);
-      for (index_t m0 = 0; m0 < m; m0 += key_m_for<T>) {
-        count<key_m_for<T>>(static_cast<int>(std::min<index_t>(key_m_for<T>, m - m0)), [&](auto M) {
-          if constexpr (int8_q<T>)
-            dot_tile_acc_int8<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
-                                                     q0 == 0, m0 == 0);
-          else if constexpr (is_quantized<T>::value)
-            dot_tile_acc_q<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
-                                                  q0 == 0, m0 == 0);
-          else
-            dot_tile_acc<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
+      groups<key_m_for<T>>(m, [&](index_t m0, auto M) {
+        if constexpr (int8_q<T>)
+          dot_tile_acc_int8<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
+                                                   q0 == 0, m0 == 0);
+        else if constexpr (is_quantized<T>::value)
+          dot_tile_acc_q<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
                                                 q0 == 0, m0 == 0);
-        });
-      }
+        else
+          dot_tile_acc<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
+                                              q0 == 0, m0 == 0);
+      });
     }
     for (index_t q = 0; q < m; ++q)
       for (int r = 0; r < R; ++r) out[q * ostride + r] = V::hsum(V::load(spill + (q * R + r) * width));
@@ -167,16 +173,14 @@ struct impl {
     if constexpr (int8_q<T> && width == lanes_r) {
       dots_lanes<T>(xq, m, rows, nrows, ld, len, spill, out);
     } else {
-      for (index_t r0 = 0; r0 < nrows; r0 += key_r) {
-        count<key_r>(static_cast<int>(std::min<index_t>(key_r, nrows - r0)), [&](auto R) {
-          if constexpr (int8_q<T>)
-            project<decltype(R)::value>(xq, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
-          else if constexpr (bf16_pairs<T>)
-            project<decltype(R)::value>(xb, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
-          else
-            project<decltype(R)::value>(xf, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
-        });
-      }
+      groups<key_r>(nrows, [&](index_t r0, auto R) {
+        if constexpr (int8_q<T>)
+          project<decltype(R)::value>(xq, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
+        else if constexpr (bf16_pairs<T>)
+          project<decltype(R)::value>(xb, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
+        else
+          project<decltype(R)::value>(xf, m, rows + r0 * ld, ld, len, spill, out + r0, nrows);
+      });
     }
   }
 
@@ -1072,8 +1076,7 @@ struct impl {
 #pragma GCC unroll 8
             for (int k = 0; k < 8; ++k) wt[gi][k] = w[k];
           });
-          for (index_t m0 = 0; m0 < m; m0 += MT)
-            count<MT>(static_cast<int>(std::min<index_t>(MT, m - m0)), [&](auto M) {
+          groups<MT>(m, [&](index_t m0, auto M) {
               constexpr int N = decltype(M)::value;
               reg y[N];
               float* acc = spill + m0 * width;
@@ -1304,10 +1307,9 @@ struct impl {
   template <class T>
   static void outer_rows(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                          index_t nrows, const T* v, index_t ld, index_t c_lo, index_t c_hi, bool assign) {
-    for (index_t m0 = 0; m0 < m; m0 += outer_m)
-      count<outer_m>(static_cast<int>(std::min<index_t>(outer_m, m - m0)), [&](auto M) {
-        outer_tile<decltype(M)::value>(y + m0, s + m0, rows, nrows, v, ld, c_lo, c_hi, assign);
-      });
+    groups<outer_m>(m, [&](index_t m0, auto M) {
+      outer_tile<decltype(M)::value>(y + m0, s + m0, rows, nrows, v, ld, c_lo, c_hi, assign);
+    });
   }
 
   /// out[c · out_ld + i] = float(v_i[c0 + c]) for rows i < nrows and c < nc (a multiple of width), and
@@ -1618,24 +1620,22 @@ struct impl {
   static void apply_rows(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                          index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo, index_t c_hi) {
     // Groups of up to rows_m tokens: a token's bits do not depend on its group (the file comment).
-    for (index_t m0 = 0; m0 < m; m0 += rows_m) {
+    groups<rows_m>(m, [&](index_t m0, auto M) {
       float* const* yg = y + m0;
       const float* const* sg = s + m0;
-      count<rows_m>(static_cast<int>(std::min<index_t>(rows_m, m - m0)), [&](auto M) {
-        if constexpr (vnni_values<T>)
-          axpy_rows_vnni<decltype(M)::value, T>(yg, sg, rows, nrows, reinterpret_cast<const std::uint8_t*>(v),
-                                                ld, cols, c_lo, c_hi);
-        else if constexpr (int_values<T>)
-          axpy_rows_int<decltype(M)::value, T>(yg, sg, rows, nrows, reinterpret_cast<const std::uint8_t*>(v),
-                                               ld, cols, c_lo, c_hi);
-        else if constexpr (is_quantized<T>::value)
-          axpy_rows_q<decltype(M)::value>(yg, sg, rows, nrows, v, ld, cols, c_lo, c_hi);
-        else if constexpr (Pairs && bf16_pairs<T>)
-          axpy_rows_pairs<decltype(M)::value>(yg, sg, rows, nrows, v, ld, c_lo, c_hi);
-        else
-          axpy_rows<decltype(M)::value>(yg, sg, rows, nrows, v, ld, c_lo, c_hi);
-      });
-    }
+      if constexpr (vnni_values<T>)
+        axpy_rows_vnni<decltype(M)::value, T>(yg, sg, rows, nrows, reinterpret_cast<const std::uint8_t*>(v), ld,
+                                              cols, c_lo, c_hi);
+      else if constexpr (int_values<T>)
+        axpy_rows_int<decltype(M)::value, T>(yg, sg, rows, nrows, reinterpret_cast<const std::uint8_t*>(v), ld,
+                                             cols, c_lo, c_hi);
+      else if constexpr (is_quantized<T>::value)
+        axpy_rows_q<decltype(M)::value>(yg, sg, rows, nrows, v, ld, cols, c_lo, c_hi);
+      else if constexpr (Pairs && bf16_pairs<T>)
+        axpy_rows_pairs<decltype(M)::value>(yg, sg, rows, nrows, v, ld, c_lo, c_hi);
+      else
+        axpy_rows<decltype(M)::value>(yg, sg, rows, nrows, v, ld, c_lo, c_hi);
+    });
   }
 };
 
