@@ -10,8 +10,10 @@
 #include "bytes_touched.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +29,31 @@ namespace bench {
 /// Set from the command line in bench_main.cpp.
 inline std::string g_act = "relu";
 inline double g_l3_bytes = 36.0 * 1024 * 1024;
+/// What each sparse forward is paired with (--sffn_pair): "none", "stream" (a plain read of the same
+/// bytes after every iteration) or "all" (that, and the dense bf16 FFN of the same shape and batch).
+inline std::string g_pair = "stream";
+
+// Paired measurements. This host's read bandwidth moves between regimes (34 or 50 GB/s, switching
+// within a run), so a ratio between two benchmarks that ran seconds apart can compare two machines.
+// Iterations of a sparse benchmark are therefore timed next to a plain read of the bytes they touched
+// and, with --sffn_pair=all, next to the best dense baseline: each ratio is a median of per-iteration
+// ratios taken within milliseconds.
+/// bench_stream.cpp: the number of BM_stream_read readers on this CPU, and a timed read of about
+/// `bytes` bytes with reader r < stream_readers() on the OpenMP threads, each call continuing where
+/// the last stopped in the 1 GiB buffer (cold lines). Returns the bytes read (0: none, bytes > 1 GiB);
+/// *seconds: the wall time.
+int stream_readers();
+double paired_read(int r, double bytes, double* seconds);
+/// bench_onednn.cpp (an empty function without oneDNN, or where its bf16 matmul cannot run): one dense
+/// bf16 FFN forward of this shape and batch per call, on rotating prepacked weights.
+std::function<void()> paired_dense(sf::index_t d, sf::index_t f, sf::index_t n);
+
+/// Median of v (v is reordered); 0 for an empty v.
+inline double median_of(std::vector<double>& v) {
+  if (v.empty()) return 0;
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(v.size() / 2), v.end());
+  return v[v.size() / 2];
+}
 
 struct shape {
   sf::index_t d, f;
@@ -241,21 +268,63 @@ void BM_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int densit
   }
 
   // Iteration i reads copy i mod C with input (i + i / C) mod k_x_variants: the pair changes every time.
+  // The forward is timed alone (manual time); the paired read (reader i mod R) and dense run follow it.
+  const bool pair_stream = g_pair != "none", pair_dense = g_pair == "all";
+  const int R = pair_stream ? stream_readers() : 0;
+  const std::function<void()> dense = pair_dense ? paired_dense(d, f, n) : std::function<void()>();
+  std::vector<std::vector<double>> read_ratio(static_cast<std::size_t>(R));  // forward rate / reader's rate
+  std::vector<std::vector<double>> read_gbs(static_cast<std::size_t>(R));
+  std::vector<double> dense_ratio, dense_ms;  // dense time / forward time, dense time
   std::size_t i = 0;
   const std::size_t C = static_cast<std::size_t>(copies);  // the first `copies` of the cached ones
   for (auto _ : state) {
     const auto w = models->copies[i % C].view();
     const auto& x = xs[(i + i / C) % k_x_variants];
-    ++i;
+    const auto t0 = std::chrono::steady_clock::now();
     sf::cpu::forward<P>(w, n, x.data(), y.data(), args, nullptr, &ws);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
+    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    state.SetIterationTime(t);
+    if (R > 0) {
+      const int r = static_cast<int>(i % static_cast<std::size_t>(R));
+      double s = 0;
+      const double got = paired_read(r, bytes, &s);
+      if (got > 0 && s > 0) {
+        read_ratio[static_cast<std::size_t>(r)].push_back((bytes / t) / (got / s));
+        read_gbs[static_cast<std::size_t>(r)].push_back(got / s / 1e9);
+      }
+    }
+    if (dense) {
+      const auto t2 = std::chrono::steady_clock::now();
+      dense();
+      const double td = std::chrono::duration<double>(std::chrono::steady_clock::now() - t2).count();
+      dense_ratio.push_back(td / t);
+      dense_ms.push_back(td * 1e3);
+    }
+    ++i;
   }
   state.SetBytesProcessed(static_cast<std::int64_t>(double(state.iterations()) * bytes));
   state.counters["density"] = double(k) / double(B);
   state.counters["touched"] = touched;
   state.counters["copies"] = static_cast<double>(C);
   state.counters["touched_mb"] = bytes / 1e6;
+  // % of stream, paired: the best reader (the largest median rate), and the forward's rate over its rate
+  // (median over the iterations it followed).
+  int best = -1;
+  double best_gbs = 0;
+  for (int r = 0; r < R; ++r) {
+    const double g = median_of(read_gbs[static_cast<std::size_t>(r)]);
+    if (g > best_gbs) best_gbs = g, best = r;
+  }
+  if (best >= 0) {
+    state.counters["paired_stream_gbs"] = best_gbs;
+    state.counters["paired_stream_pct"] = 100.0 * median_of(read_ratio[static_cast<std::size_t>(best)]);
+  }
+  if (!dense_ratio.empty()) {
+    state.counters["paired_dense_ms"] = median_of(dense_ms);
+    state.counters["paired_vs_dense"] = median_of(dense_ratio);
+  }
 }
 
 template <class S, class T, class A>
@@ -271,7 +340,7 @@ void register_sparse(const char* sel, const char* dt) {
             using P = sf::policy<decltype(gc)::value, S, T, A>;
             benchmark::RegisterBenchmark(name.c_str(), BM_sparse<P>, s.d, s.f, p, sf::index_t{n})
                 ->Unit(benchmark::kMillisecond)
-                ->UseRealTime();
+                ->UseManualTime();
           };
           sf::dispatch_block_size(g, reg);
         }

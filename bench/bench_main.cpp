@@ -15,15 +15,22 @@
 // token of the block are skipped by the kernel and not counted), `density` (k / B), `touched`
 // (fraction of blocks the batch used). Every benchmark rotates over enough weight copies that the working set
 // is ≥ 4× the L3, so no run is served from cache. Threads: OpenMP's (OMP_NUM_THREADS), for us and OpenBLAS.
+// The sparse benchmarks time the forward alone (manual time: names end in /manual_time) and pair every
+// iteration with a plain read of the bytes it touched (the BM_stream_read readers in turn, cold lines):
+// counters paired_stream_gbs (the best reader's median rate) and paired_stream_pct (median of the
+// forward's rate over that reader's, iteration by iteration); with --sffn_pair=all also with the dense
+// oneDNN bf16 FFN of the same shape and batch: paired_dense_ms and paired_vs_dense (median of dense time
+// over sparse time). Ratios of adjacent runs, so they hold when the host's bandwidth shifts mid-run.
 //
 // Extra flags (before Google Benchmark's): --sffn_act=relu|silu|swiglu (activation of the sparse and dense
 // FFNs, default relu; swiglu registers only the backward benchmarks), --sffn_l3_mib=N (cache size to defeat;
-// default: the CPU's L3 as sysconf reports it, at least 36).
+// default: the CPU's L3 as sysconf reports it, at least 36), --sffn_pair=none|stream|all (default stream).
 #include "bench_common.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -84,6 +91,10 @@ void BM_dense_openblas(benchmark::State& state, sf::index_t d, sf::index_t f, sf
 
 #if defined(SPARSE_FFN_BENCH_ONEDNN)
 void register_dense_onednn();  // bench_onednn.cpp
+#else
+std::function<void()> paired_dense(sf::index_t, sf::index_t, sf::index_t) {
+  return {};
+}
 #endif
 void register_sparse_avg_k(const std::string& act);
 void register_sparse_hash(const std::string& act);
@@ -128,6 +139,8 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a.rfind("--sffn_act=", 0) == 0) {
       bench::g_act = a.substr(11);
+    } else if (a.rfind("--sffn_pair=", 0) == 0) {
+      bench::g_pair = a.substr(12);
     } else if (a.rfind("--sffn_l3_mib=", 0) == 0) {
       bench::g_l3_bytes = std::stod(a.substr(14)) * 1024 * 1024;
       l3_given = true;
@@ -147,6 +160,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--sffn_act must be relu, silu or swiglu (swiglu: backward benchmarks only)\n");
     return 2;
   }
+  if (bench::g_pair != "none" && bench::g_pair != "stream" && bench::g_pair != "all") {
+    std::fprintf(stderr, "--sffn_pair must be none, stream or all\n");
+    return 2;
+  }
   bench::register_all(bench::g_act);
   int rc = static_cast<int>(rest.size());
   benchmark::AddCustomContext("sparse_ffn.isa", sf::cpu::isa_description());
@@ -156,6 +173,7 @@ int main(int argc, char** argv) {
                                   ? "vdpbf16ps pairs"
                                   : "float");
   benchmark::AddCustomContext("sparse_ffn.activation", bench::g_act);
+  benchmark::AddCustomContext("sparse_ffn.paired", bench::g_pair);
   benchmark::AddCustomContext("sparse_ffn.l3_mib_defeated",
                               std::to_string(bench::g_l3_bytes / (1024 * 1024)));
 #if defined(SPARSE_FFN_BENCH_ONEDNN)

@@ -16,6 +16,9 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include <functional>
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -86,71 +89,91 @@ bool onednn_or_skip(benchmark::State& state, bool bf16, F&& create) {
   }
 }
 
-void BM_dense_onednn(benchmark::State& state, sf::index_t d, sf::index_t f, sf::index_t n, bool bf16) {
-  const double weight_bytes = 2.0 * double(d) * double(f) * (bf16 ? 2 : 4);
-  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
-  dnnl::stream strm(eng);
-  const dt wt = bf16 ? dt::bf16 : dt::f32;
-  // First matmul: x [n × d] · W1ᵀ (W1 stored [f × d] = weights [d × f] in "ba") + b1, act → h [n × f].
-  const memory::desc x_md({n, d}, wt, tag::ab), w1_md({d, f}, wt, tag::ba), b1_md({1, f}, dt::f32, tag::ab),
-      h_md({n, f}, wt, tag::ab);
-  // Second matmul: h [n × f] · W2ᵀ (W2 stored [d × f] = weights [f × d] in "ba") + b2 → y [n × d] f32.
-  const memory::desc w2_md({f, d}, wt, tag::ba), b2_md({1, d}, dt::f32, tag::ab),
-      y_md({n, d}, dt::f32, tag::ab);
-  dnnl::post_ops po;
-  if (g_act == "relu")
-    po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
-  else
-    po.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);  // silu = swish with alpha 1
-  dnnl::primitive_attr attr;
-  attr.set_post_ops(po);
-  const memory::desc w1_any({d, f}, wt, tag::any), w2_any({f, d}, wt, tag::any);
-  dnnl::matmul::primitive_desc up_pd, down_pd;
-  if (!onednn_or_skip(state, bf16, [&] {
-        up_pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(x_md, w1_any, b1_md, h_md), attr, eng);
-        down_pd = dnnl::matmul::primitive_desc(dnnl::matmul::desc(h_md, w2_any, b2_md, y_md), eng);
-      }))
-    return;
-  const dnnl::matmul up(up_pd), down(down_pd);
-  auto models = get_onednn_copies(d, f, bf16);
-  // Prepacked weights of one copy, in the layout each primitive chose.
-  auto prepack = [&](const memory::desc& user_md, void* user, const memory::desc& want) {
-    memory src(user_md, eng, user), dst(want, eng);
-    dnnl::reorder(src, dst).execute(strm, src, dst);
-    strm.wait();
-    return dst;
-  };
+/// One dense FFN forward per call, each on the next prepacked weight copy: two matmul primitives, the
+/// activation fused as a post-op. The constructor throws dnnl::error where oneDNN has no implementation
+/// (onednn_or_skip).
+class onednn_forward {
+ public:
+  onednn_forward(sf::index_t d, sf::index_t f, sf::index_t n, bool bf16)
+      : eng_(dnnl::engine::kind::cpu, 0), strm_(eng_) {
+    const dt wt = bf16 ? dt::bf16 : dt::f32;
+    // First matmul: x [n × d] · W1ᵀ (W1 stored [f × d] = weights [d × f] in "ba") + b1, act → h [n × f].
+    const memory::desc x_md({n, d}, wt, tag::ab), w1_md({d, f}, wt, tag::ba), b1_md({1, f}, dt::f32, tag::ab),
+        h_md({n, f}, wt, tag::ab);
+    // Second matmul: h [n × f] · W2ᵀ (W2 stored [d × f] = weights [f × d] in "ba") + b2 → y [n × d] f32.
+    const memory::desc w2_md({f, d}, wt, tag::ba), b2_md({1, d}, dt::f32, tag::ab),
+        y_md({n, d}, dt::f32, tag::ab);
+    dnnl::post_ops po;
+    if (g_act == "relu")
+      po.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+    else
+      po.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);  // silu = swish with alpha 1
+    dnnl::primitive_attr attr;
+    attr.set_post_ops(po);
+    const memory::desc w1_any({d, f}, wt, tag::any), w2_any({f, d}, wt, tag::any);
+    const dnnl::matmul::primitive_desc up_pd(dnnl::matmul::desc(x_md, w1_any, b1_md, h_md), attr, eng_),
+        down_pd(dnnl::matmul::desc(h_md, w2_any, b2_md, y_md), eng_);
+    up_ = dnnl::matmul(up_pd);
+    down_ = dnnl::matmul(down_pd);
+    auto models = get_onednn_copies(d, f, bf16);
+    // Prepacked weights of one copy, in the layout each primitive chose.
+    auto prepack = [&](const memory::desc& user_md, void* user, const memory::desc& want) {
+      memory src(user_md, eng_, user), dst(want, eng_);
+      dnnl::reorder(src, dst).execute(strm_, src, dst);
+      strm_.wait();
+      return dst;
+    };
+    const auto xf = random_x(n, d, 7);
+    xh_.resize(bf16 ? xf.size() : 0);
+    hh_.resize(bf16 ? static_cast<std::size_t>(n * f) : 0);
+    for (std::size_t i = 0; i < xh_.size(); ++i) xh_[i] = sf::bfloat16_t(xf[i]);
+    xf_ = xf;
+    hf_.resize(bf16 ? 0 : static_cast<std::size_t>(n * f));
+    y_.resize(static_cast<std::size_t>(n * d));
+    x_mem_ = memory(x_md, eng_, bf16 ? static_cast<void*>(xh_.data()) : static_cast<void*>(xf_.data()));
+    h_mem_ = memory(h_md, eng_, bf16 ? static_cast<void*>(hh_.data()) : static_cast<void*>(hf_.data()));
+    y_mem_ = memory(y_md, eng_, y_.data());
+    for (auto& c : models->copies)
+      ms_.push_back(
+          {prepack(w1_md, bf16 ? static_cast<void*>(c.w1h.data()) : c.w1f.data(), up_pd.weights_desc()),
+           memory(b1_md, eng_, c.b1.data()),
+           prepack(w2_md, bf16 ? static_cast<void*>(c.w2h.data()) : c.w2f.data(), down_pd.weights_desc()),
+           memory(b2_md, eng_, c.b2.data())});
+    models_ = std::move(models);  // the biases are used in place
+  }
+  void operator()() {
+    const mems& m = ms_[next_++ % ms_.size()];
+    up_.execute(
+        strm_,
+        {{DNNL_ARG_SRC, x_mem_}, {DNNL_ARG_WEIGHTS, m.w1}, {DNNL_ARG_BIAS, m.b1}, {DNNL_ARG_DST, h_mem_}});
+    down_.execute(
+        strm_,
+        {{DNNL_ARG_SRC, h_mem_}, {DNNL_ARG_WEIGHTS, m.w2}, {DNNL_ARG_BIAS, m.b2}, {DNNL_ARG_DST, y_mem_}});
+    strm_.wait();
+    benchmark::DoNotOptimize(y_.data());
+    benchmark::ClobberMemory();
+  }
 
-  const auto xf = random_x(n, d, 7);
-  std::vector<sf::bfloat16_t> xh(bf16 ? xf.size() : 0), hh(bf16 ? static_cast<std::size_t>(n * f) : 0);
-  for (std::size_t i = 0; i < xh.size(); ++i) xh[i] = sf::bfloat16_t(xf[i]);
-  std::vector<float> hf(bf16 ? 0 : static_cast<std::size_t>(n * f)), y(static_cast<std::size_t>(n * d));
-  memory x_mem(x_md, eng, bf16 ? static_cast<void*>(xh.data()) : const_cast<float*>(xf.data()));
-  memory h_mem(h_md, eng, bf16 ? static_cast<void*>(hh.data()) : static_cast<void*>(hf.data()));
-  memory y_mem(y_md, eng, y.data());
+ private:
   struct mems {
     memory w1, b1, w2, b2;
   };
-  std::vector<mems> ms;
-  for (auto& c : models->copies)
-    ms.push_back(
-        {prepack(w1_md, bf16 ? static_cast<void*>(c.w1h.data()) : c.w1f.data(), up_pd.weights_desc()),
-         memory(b1_md, eng, c.b1.data()),
-         prepack(w2_md, bf16 ? static_cast<void*>(c.w2h.data()) : c.w2f.data(), down_pd.weights_desc()),
-         memory(b2_md, eng, c.b2.data())});
-  std::size_t next = 0;
-  for (auto _ : state) {
-    const mems& m = ms[next++ % ms.size()];
-    up.execute(
-        strm,
-        {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_WEIGHTS, m.w1}, {DNNL_ARG_BIAS, m.b1}, {DNNL_ARG_DST, h_mem}});
-    down.execute(
-        strm,
-        {{DNNL_ARG_SRC, h_mem}, {DNNL_ARG_WEIGHTS, m.w2}, {DNNL_ARG_BIAS, m.b2}, {DNNL_ARG_DST, y_mem}});
-    strm.wait();
-    benchmark::DoNotOptimize(y.data());
-    benchmark::ClobberMemory();
-  }
+  dnnl::engine eng_;
+  dnnl::stream strm_;
+  dnnl::matmul up_, down_;
+  std::shared_ptr<onednn_copies> models_;
+  std::vector<float> xf_, hf_, y_;
+  std::vector<sf::bfloat16_t> xh_, hh_;
+  memory x_mem_, h_mem_, y_mem_;
+  std::vector<mems> ms_;
+  std::size_t next_ = 0;
+};
+
+void BM_dense_onednn(benchmark::State& state, sf::index_t d, sf::index_t f, sf::index_t n, bool bf16) {
+  const double weight_bytes = 2.0 * double(d) * double(f) * (bf16 ? 2 : 4);
+  std::unique_ptr<onednn_forward> fwd;
+  if (!onednn_or_skip(state, bf16, [&] { fwd.reset(new onednn_forward(d, f, n, bf16)); })) return;
+  for (auto _ : state) (*fwd)();
   state.SetBytesProcessed(static_cast<std::int64_t>(double(state.iterations()) * weight_bytes));
   state.counters["density"] = 1.0;
 }
@@ -263,6 +286,25 @@ void BM_dense_backward_onednn(benchmark::State& state, sf::index_t d, sf::index_
 }
 
 }  // namespace
+
+std::function<void()> paired_dense(sf::index_t d, sf::index_t f, sf::index_t n) {
+  // One runner per shape and batch for the whole run: prepacking 0.27 GB of bf16 weights per call of a
+  // sparse benchmark would cost more than the benchmark.
+  static std::map<std::string, std::shared_ptr<onednn_forward>> runners;
+  const std::string key = g_act + "/" + std::to_string(d) + "x" + std::to_string(f) + "/" + std::to_string(n);
+  auto it = runners.find(key);
+  if (it == runners.end()) {
+    std::shared_ptr<onednn_forward> r;
+    try {
+      r = std::make_shared<onednn_forward>(d, f, n, true);
+    } catch (const dnnl::error&) {  // no bf16 matmul on this CPU: no paired dense figure
+    }
+    it = runners.emplace(key, r).first;
+  }
+  if (!it->second) return {};
+  auto r = it->second;
+  return [r] { (*r)(); };
+}
 
 void register_dense_backward_onednn() {
   for (sf::index_t n : {64, 512})

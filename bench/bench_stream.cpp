@@ -11,7 +11,11 @@
 // Each runs with the widest vectors the CPU has (run-time dispatch, like the kernels).
 #include "bench_common.hpp"
 
+#include <chrono>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace bench {
 
@@ -100,66 +104,103 @@ SPARSE_FFN_TARGET_END
 
 enum class reader { f32_4streams_prefetch, f32_8streams_l2, f32_1stream, bf16_dot };
 
+/// One thread's part: `per` floats from base (a multiple of 2048: whole 4096-bf16 rows, whole vectors
+/// per stream) with the reader, at the widest vectors the CPU has.
+float read_part(reader which, const float* base, std::size_t per, const sf::bfloat16_t* x) {
+#if SPARSE_FFN_X86_DISPATCH
+  const auto level = sf::cpu::best_isa();
+  const bool avx512 = level >= sf::cpu::isa_level::avx512, avx2 = level >= sf::cpu::isa_level::avx2;
+  if (which == reader::bf16_dot) return read_bf16_dot(base, per, x);
+  if (which == reader::f32_4streams_prefetch)
+    return avx512 ? avx512_readers::read_streams<4, false>(base, per / 4)
+           : avx2 ? avx2_readers::read_streams<4, false>(base, per / 4)
+                  : scalar_readers::read_streams<4, false>(base, per / 4);
+  if (which == reader::f32_8streams_l2)
+    return avx512 ? avx512_readers::read_streams<8, true>(base, per / 8)
+           : avx2 ? avx2_readers::read_streams<8, true>(base, per / 8)
+                  : scalar_readers::read_streams<8, true>(base, per / 8);
+  return avx512 ? avx512_readers::read_1stream(base, per)
+         : avx2 ? avx2_readers::read_1stream(base, per)
+                : scalar_readers::read_1stream(base, per);
+#else
+  (void)x;
+  return which == reader::f32_4streams_prefetch ? scalar_readers::read_streams<4, false>(base, per / 4)
+         : which == reader::f32_8streams_l2     ? scalar_readers::read_streams<8, true>(base, per / 8)
+                                                : scalar_readers::read_1stream(base, per);
+#endif
+}
+
+/// Reads `per` floats per OpenMP thread, thread tid from buf + per · tid, with the reader.
+float read_all(reader which, const float* buf, std::size_t per, const sf::bfloat16_t* x) {
+  float total = 0;
+#pragma omp parallel reduction(+ : total)
+  {
+#if SPARSE_FFN_HAS_OPENMP
+    const std::size_t tid = static_cast<std::size_t>(omp_get_thread_num());
+#else
+    const std::size_t tid = 0;
+#endif
+    total += read_part(which, buf + per * tid, per, x);
+  }
+  return total;
+}
+
+const std::vector<sf::bfloat16_t>& ones() {
+  static const std::vector<sf::bfloat16_t> x(4096, sf::bfloat16_t(1.0f));
+  return x;
+}
+
+std::size_t threads() {
+  return static_cast<std::size_t>(sf::cpu::detail::max_threads());
+}
+
 void BM_stream(benchmark::State& state, reader which) {
   stream_buffer& sb = the_buffer();
-  std::vector<sf::bfloat16_t> x(4096, sf::bfloat16_t(1.0f));
-  const auto level = sf::cpu::best_isa();
-  for (auto _ : state) {
-    float total = 0;
-#pragma omp parallel reduction(+ : total)
-    {
-#if SPARSE_FFN_HAS_OPENMP
-      const std::size_t tid = static_cast<std::size_t>(omp_get_thread_num()),
-                        nth = static_cast<std::size_t>(omp_get_num_threads());
-#else
-      const std::size_t tid = 0, nth = 1;
-#endif
-      const std::size_t per = sb.n / nth / 2048 * 2048;  // floats per thread: whole 4096-bf16 rows
-      const float* base = sb.buf.get() + per * tid;
-      float s = 0;
-#if SPARSE_FFN_X86_DISPATCH
-      const bool avx512 = level >= sf::cpu::isa_level::avx512, avx2 = level >= sf::cpu::isa_level::avx2;
-      if (which == reader::bf16_dot) {
-        s = read_bf16_dot(base, per, x.data());
-      } else if (which == reader::f32_4streams_prefetch) {
-        s = avx512 ? avx512_readers::read_streams<4, false>(base, per / 4)
-            : avx2 ? avx2_readers::read_streams<4, false>(base, per / 4)
-                   : scalar_readers::read_streams<4, false>(base, per / 4);
-      } else if (which == reader::f32_8streams_l2) {
-        s = avx512 ? avx512_readers::read_streams<8, true>(base, per / 8)
-            : avx2 ? avx2_readers::read_streams<8, true>(base, per / 8)
-                   : scalar_readers::read_streams<8, true>(base, per / 8);
-      } else {
-        s = avx512 ? avx512_readers::read_1stream(base, per)
-            : avx2 ? avx2_readers::read_1stream(base, per)
-                   : scalar_readers::read_1stream(base, per);
-      }
-#else
-      s = which == reader::f32_4streams_prefetch ? scalar_readers::read_streams<4, false>(base, per / 4)
-          : which == reader::f32_8streams_l2     ? scalar_readers::read_streams<8, true>(base, per / 8)
-                                                 : scalar_readers::read_1stream(base, per);
-#endif
-      total += s;
-    }
-    benchmark::DoNotOptimize(total);
-  }
-  (void)level;
-  const std::size_t nth = static_cast<std::size_t>(sf::cpu::detail::max_threads());
-  const std::size_t read = sb.n / nth / 2048 * 2048 * nth * sizeof(float);
-  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * static_cast<std::int64_t>(read));
+  const std::size_t nth = threads(), per = sb.n / nth / 2048 * 2048;  // floats per thread
+  for (auto _ : state) benchmark::DoNotOptimize(read_all(which, sb.buf.get(), per, ones().data()));
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) *
+                          static_cast<std::int64_t>(per * nth * sizeof(float)));
+}
+
+/// The readers this CPU runs (bf16_dot needs AVX512_BF16).
+const std::vector<std::pair<const char*, reader>>& readers() {
+  static const std::vector<std::pair<const char*, reader>> r = [] {
+    std::vector<std::pair<const char*, reader>> v = {{"f32_4streams_prefetch", reader::f32_4streams_prefetch},
+                                                     {"f32_8streams_prefetch_l2", reader::f32_8streams_l2},
+                                                     {"f32_1stream", reader::f32_1stream}};
+    if (sf::cpu::isa_supported(sf::cpu::isa_level::avx512_bf16)) v.push_back({"bf16_dot", reader::bf16_dot});
+    return v;
+  }();
+  return r;
 }
 
 }  // namespace
 
+int stream_readers() {
+  return static_cast<int>(readers().size());
+}
+
+double paired_read(int r, double bytes, double* seconds) {
+  stream_buffer& sb = the_buffer();
+  static std::size_t cursor = 0;  // floats: each read starts where the last one stopped (cold lines)
+  const std::size_t nth = threads(), row = 2048;
+  const std::size_t per =
+      std::max<std::size_t>(row, static_cast<std::size_t>(bytes / 4.0 / double(nth)) / row * row);
+  if (per * nth > sb.n) return 0;  // more than the buffer: no paired figure
+  if (cursor + per * nth > sb.n) cursor = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  benchmark::DoNotOptimize(
+      read_all(readers()[static_cast<std::size_t>(r)].second, sb.buf.get() + cursor, per, ones().data()));
+  *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  cursor += per * nth;
+  return double(per * nth * sizeof(float));
+}
+
 void register_stream() {
-  auto reg = [](const char* name, reader r) {
-    benchmark::RegisterBenchmark(name, BM_stream, r)->Unit(benchmark::kMillisecond)->UseRealTime();
-  };
-  reg("BM_stream_read/f32_4streams_prefetch", reader::f32_4streams_prefetch);
-  reg("BM_stream_read/f32_8streams_prefetch_l2", reader::f32_8streams_l2);
-  reg("BM_stream_read/f32_1stream", reader::f32_1stream);
-  if (sf::cpu::isa_supported(sf::cpu::isa_level::avx512_bf16))
-    reg("BM_stream_read/bf16_dot", reader::bf16_dot);
+  for (const auto& r : readers())
+    benchmark::RegisterBenchmark((std::string("BM_stream_read/") + r.first).c_str(), BM_stream, r.second)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
 }
 
 }  // namespace bench

@@ -2,7 +2,10 @@
 """Reads sparse_ffn_bench JSON (Google Benchmark --benchmark_out) and prints, per sparse benchmark,
 the median time, GB/s on bytes touched, % of BM_stream_read bandwidth and the speedups over the dense
 FFN of the same shape and batch from the same run: over OpenBLAS f32, and over the best dense
-baseline measured (the fastest of OpenBLAS f32, oneDNN f32 and oneDNN bf16); writes PNG plots.
+baseline measured (the fastest of OpenBLAS f32, oneDNN f32 and oneDNN bf16); then the paired figures
+(bench_main.cpp: each iteration next to a plain read of its bytes, and with --sffn_pair=all next to the
+dense oneDNN bf16 FFN): % of the best reader's rate and the speedup over dense bf16, both medians of
+per-iteration ratios, which hold when the host's bandwidth changes between benchmarks; writes PNG plots.
 
   report.py results.json [--plots DIR] [--markdown]
 """
@@ -55,6 +58,10 @@ def load(path):
             "density": m.get("density"),
             "touched": m.get("touched"),
             "reps": m.get("repetitions", max(len(rep), 1)),
+            "paired_pct": m.get("paired_stream_pct"),
+            "paired_gbs": m.get("paired_stream_gbs"),
+            "paired_dense": m.get("paired_vs_dense"),
+            "paired_dense_ms": m.get("paired_dense_ms"),
         }
     return data.get("context", {}), rows
 
@@ -123,6 +130,22 @@ def table(context, rows, markdown):
                  "%.2f×" % sp if sp else "-", "%.2f×" % v["vs_best"] if v["vs_best"] else "-",
                  "%.0f%%" % (100 * v["touched"]) if v["touched"] is not None else "-", str(v["reps"])]
         print("| " + " | ".join(cells) + " |" if markdown else fmt.format(*cells))
+    paired = [(p, v) for p, v, _ in out if v.get("paired_pct") is not None or v.get("paired_dense") is not None]
+    if paired:
+        print("paired (each iteration next to a plain read of its bytes%s; medians of per-iteration ratios):" % (
+            " and the dense oneDNN bf16 FFN" if any(v.get("paired_dense") for _, v in paired) else ""))
+        phdr = ["selector", "dtype", "d×d_ff", "g", "density %", "batch", "median ms", "stream GB/s",
+                "% stream", "dense bf16 ms", "vs dense bf16"]
+        pfmt = "{:<13}{:<6}{:<12}{:>4}{:>10}{:>6}{:>11}{:>12}{:>10}{:>14}{:>14}"
+        print("| " + " | ".join(phdr) + " |" if markdown else pfmt.format(*phdr))
+        if markdown:
+            print("|" + "---|" * len(phdr))
+        for p, v in paired:
+            opt = lambda x, f: f % x if x is not None else "-"
+            cells = [p["sel"], p["dt"], "%d×%d" % (p["d"], p["f"]), str(p["g"]), str(p["p"]), str(p["n"]),
+                     "%.2f" % v["ms"], opt(v.get("paired_gbs"), "%.1f"), opt(v.get("paired_pct"), "%.0f%%"),
+                     opt(v.get("paired_dense_ms"), "%.2f"), opt(v.get("paired_dense"), "%.2f×")]
+            print("| " + " | ".join(cells) + " |" if markdown else pfmt.format(*cells))
     return out, stream
 
 
