@@ -55,9 +55,16 @@ void check_thread_invariance(std::uint64_t salt, sfx::index_t d = 200) {
   const auto y2 = s.run(0, s.n);
   omp_set_num_threads(3);
   const auto y3 = s.run(0, s.n);
+  // 4 and 6 threads: the value pass's items are (partial, column range), threads / 2 ranges each.
+  omp_set_num_threads(4);
+  const auto y4 = s.run(0, s.n);
+  omp_set_num_threads(6);
+  const auto y6 = s.run(0, s.n);
   omp_set_num_threads(saved);
   REQUIRE(std::memcmp(y1.data(), y2.data(), y1.size() * 4) == 0);
   REQUIRE(std::memcmp(y1.data(), y3.data(), y1.size() * 4) == 0);
+  REQUIRE(std::memcmp(y1.data(), y4.data(), y1.size() * 4) == 0);
+  REQUIRE(std::memcmp(y1.data(), y6.data(), y1.size() * 4) == 0);
 #endif
   const auto ya = s.run(0, s.n), yb = s.run(0, s.n);
   REQUIRE(std::memcmp(ya.data(), yb.data(), ya.size() * 4) == 0);
@@ -88,9 +95,8 @@ TEST_CASE("fast path: identical bits for any thread count and across runs", "[fa
   check_thread_invariance<sfx::policy<16, sfx::select::learned_gate, sfx::q4_t, sfx::act::swiglu>>(9);
   // g = 64: two chunks of 32 rows per block in the integer value pass, eight-row passes in the pair pass.
   check_thread_invariance<sfx::policy<64, sfx::select::avg_k, sfx::q4_t, sfx::act::relu>>(15);
-  // Longer rows, so that 2 and 3 threads split a batch's value pass at several column boundaries
-  // (q4 on the VNNI levels, 1024 columns in steps of 128: [0, 512) [512, 1024) and [0, 256) [256, 640)
-  // [640, 1024)).
+  // Longer rows, so that 4 and 6 threads split the value pass at several column boundaries (q4 on the
+  // VNNI levels, 1024 columns in steps of 128: [0, 512) [512, 1024) and [0, 256) [256, 640) [640, 1024)).
   check_thread_invariance<sfx::policy<64, sfx::select::avg_k, sfx::q4_t, sfx::act::relu>>(16, 1000);
   check_thread_invariance<sfx::policy<32, sfx::select::avg_k, sfx::bfloat16_t, sfx::act::silu>>(17, 1000);
   check_thread_invariance<sfx::policy<16, sfx::select::avg_k, sfx::q8_t, sfx::act::relu>>(18, 1000);
@@ -110,6 +116,45 @@ TEST_CASE("fast path: a token's output does not depend on the rest of the batch"
   check_batch_invariance<sfx::policy<64, sfx::select::avg_k, sfx::bfloat16_t, sfx::act::relu>>(12);
   check_batch_invariance<sfx::policy<64, sfx::select::avg_k, sfx::q4_t, sfx::act::relu>>(13);
   check_batch_invariance<sfx::policy<64, sfx::select::learned_gate, sfx::q8_t, sfx::act::swiglu>>(14);
+}
+
+TEST_CASE("group_by_block: pairs by block, tokens ascending, each block's partial 0 first", "[fast]") {
+  auto r = test::rng(21);
+  for (int trial = 0; trial < 50; ++trial) {
+    const sfx::index_t n = 1 + static_cast<sfx::index_t>(r() % 9), k = 1 + static_cast<sfx::index_t>(r() % 7),
+                       B = 1 + static_cast<sfx::index_t>(r() % 12);
+    std::vector<sfx::block_index_t> blocks(static_cast<std::size_t>(n * k));
+    std::vector<std::uint8_t> part(blocks.size());
+    for (std::size_t e = 0; e < blocks.size(); ++e) {
+      blocks[e] = static_cast<sfx::block_index_t>(r() % static_cast<std::uint64_t>(B));
+      part[e] = static_cast<std::uint8_t>(r() % 2);
+    }
+    for (const bool with_part : {false, true}) {
+      std::vector<sfx::index_t> offsets(static_cast<std::size_t>(B + 1), -1),
+          cursor(static_cast<std::size_t>(B), -1);
+      std::vector<std::int32_t> entries(2 * blocks.size(), -1);
+      sfx::cpu::detail::group_by_block(blocks.data(), n, k, B, offsets.data(), cursor.data(), entries.data(),
+                                       with_part ? part.data() : nullptr);
+      // The expected order: for each block, (part 0 pairs, then part 1 pairs if with_part), (t, j) ascending.
+      std::size_t pos = 0;
+      for (sfx::index_t b = 0; b < B; ++b) {
+        REQUIRE(offsets[static_cast<std::size_t>(b)] == static_cast<sfx::index_t>(pos));
+        for (int p = 0; p < (with_part ? 2 : 1); ++p) {
+          if (with_part && p == 1)
+            REQUIRE(cursor[static_cast<std::size_t>(b)] == static_cast<sfx::index_t>(pos));
+          for (sfx::index_t e = 0; e < n * k; ++e)
+            if (blocks[static_cast<std::size_t>(e)] == b &&
+                (!with_part || part[static_cast<std::size_t>(e)] == p)) {
+              REQUIRE(entries[2 * pos] == e / k);
+              REQUIRE(entries[2 * pos + 1] == e % k);
+              ++pos;
+            }
+        }
+      }
+      REQUIRE(offsets[static_cast<std::size_t>(B)] == n * k);
+      REQUIRE(pos == static_cast<std::size_t>(n * k));
+    }
+  }
 }
 
 TEST_CASE("fast path: a reused workspace stops growing", "[fast]") {

@@ -193,20 +193,31 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t cols, in
 
 /// Counting sort of a routing table's (token, slot) pairs by block, tokens ascending: block b's pairs
 /// are entries[2 offsets[b] ..) (token, slot), offsets[b + 1] - offsets[b] of them. cursor: B scratch.
+/// With `part` (n × k, 0 or 1 per pair): each block's pairs of part 0 first, then those of part 1
+/// (tokens ascending in both), and cursor[b] is where part 1's begin.
 inline void group_by_block(const block_index_t* blocks, index_t n, index_t k, index_t B, index_t* offsets,
-                           index_t* cursor, std::int32_t* entries) {
+                           index_t* cursor, std::int32_t* entries, const std::uint8_t* part = nullptr) {
   std::fill(offsets, offsets + B + 1, index_t{0});
   for (index_t e = 0; e < n * k; ++e) ++offsets[blocks[e] + 1];
-  for (index_t b = 0; b < B; ++b) {
-    offsets[b + 1] += offsets[b];
-    cursor[b] = offsets[b];
+  for (index_t b = 0; b < B; ++b) offsets[b + 1] += offsets[b];
+  const auto put = [&](index_t pos, index_t e) {
+    entries[2 * pos] = static_cast<std::int32_t>(e / k);
+    entries[2 * pos + 1] = static_cast<std::int32_t>(e % k);
+  };
+  if (!part) {
+    std::copy(offsets, offsets + B, cursor);
+    for (index_t e = 0; e < n * k; ++e) put(cursor[blocks[e]]++, e);
+    return;
   }
-  for (index_t t = 0; t < n; ++t)
-    for (index_t j = 0; j < k; ++j) {
-      const index_t pos = cursor[blocks[t * k + j]]++;
-      entries[2 * pos] = static_cast<std::int32_t>(t);
-      entries[2 * pos + 1] = static_cast<std::int32_t>(j);
-    }
+  // Pairs in descending order into positions counting down: part 1's from each block's end, then part
+  // 0's from where part 1's begin; cursor ends at each block's start and is moved up past part 0.
+  std::copy(offsets + 1, offsets + B + 1, cursor);
+  for (index_t e = n * k; e-- > 0;)
+    if (part[e] != 0) put(--cursor[blocks[e]], e);
+  for (index_t e = n * k; e-- > 0;)
+    if (part[e] == 0) put(--cursor[blocks[e]], e);
+  for (index_t e = 0; e < n * k; ++e)
+    if (part[e] == 0) ++cursor[blocks[e]];
 }
 
 /// Key pass of one block for the m (token, slot) pairs in `entries`: emit(t, j, i, pre, up).
@@ -417,7 +428,6 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
 #pragma omp single
 #endif
       {
-        group_by_block(f.blocks, n, k, B, f.offsets, f.cursor, f.entries);
         // Partials: a token's selected blocks in ascending order, the first half adds into accumulator
         // 0 and the rest into 1 (a function of the token's own routing: batch invariant).
         for (index_t t = 0; t < n; ++t)
@@ -426,6 +436,8 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
             for (index_t j2 = 0; j2 < k; ++j2) rank += f.blocks[t * k + j2] < f.blocks[t * k + j];
             f.part[t * k + j] = static_cast<std::uint8_t>(rank >= (k + 1) / 2);
           }
+        // Pairs by block, each block's partial-0 pairs first; cursor[b]: where its partial-1 pairs begin.
+        group_by_block(f.blocks, n, k, B, f.offsets, f.cursor, f.entries, f.part);
       }  // implicit barrier
       // ---- 3. keys --------------------------------------------------------------------------------
       auto emit = [&](index_t t, index_t j, index_t i, float pre, float u) {
@@ -460,29 +472,29 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
         }
       }
       // ---- 4. values ------------------------------------------------------------------------------
-      if (n == 1) {
-        // One token: each partial (its first / second half of blocks) is one work item that streams
-        // whole value rows; two threads read disjoint blocks.
+      // Work items: (partial, column range), max(1, threads / 2) ranges per partial (with 2 threads, one
+      // partial each over all the columns). An item walks the blocks in order and applies each block's
+      // pairs of its partial, so every accumulator is written by one item, blocks ascending: the same
+      // bits for any number of threads and any batch. Against every thread owning a column range of
+      // every block (before 2026-12-05 at batch > 1), each thread streams whole value rows: on Zen 4 at
+      // batch 8, 8–15% less time in the q8/q4 value pass, though a block selected by tokens of both
+      // partials is read twice (~6% more blocks at batch 8, ~19% at 64; docs/benchmarks.md, stop 48).
+      {
+        const index_t ranges = std::max(1, nth / 2), gran = ops.col_step, vecs = cols / gran;
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(static, 1) nowait
 #endif
-        for (int p = 0; p < 2; ++p)
-          for (index_t b = 0; b < B; ++b)
-            if (f.offsets[b + 1] > f.offsets[b] && f.part[f.entries[2 * f.offsets[b] + 1]] == p)
-              value_block<G, T>(ops, w, b, f.entries + 2 * f.offsets[b], 1, k, f.h, f.weights, f.part, f.yacc,
-                                cols, 0, cols, ts);
-      } else {
-        // A batch: thread tid owns the columns [c_lo, c_hi) of every accumulator, so every block's rows
-        // are read once for all the tokens that chose it.
-        const index_t gran = ops.col_step, vecs = cols / gran;
-        const index_t c_lo = vecs * tid / nth * gran, c_hi = vecs * (tid + 1) / nth * gran;
-        if (c_lo < c_hi)
-          for (index_t b = 0; b < B; ++b) {
-            const index_t m = f.offsets[b + 1] - f.offsets[b];
-            if (m)
-              value_block<G, T>(ops, w, b, f.entries + 2 * f.offsets[b], m, k, f.h, f.weights, f.part, f.yacc,
+        for (index_t item = 0; item < 2 * ranges; ++item) {
+          const bool second = item % 2 != 0;
+          const index_t r = item / 2, c_lo = vecs * r / ranges * gran, c_hi = vecs * (r + 1) / ranges * gran;
+          for (index_t b = 0; b < B && c_lo < c_hi; ++b) {
+            const index_t lo = second ? f.cursor[b] : f.offsets[b],
+                          hi = second ? f.offsets[b + 1] : f.cursor[b];
+            if (hi > lo)
+              value_block<G, T>(ops, w, b, f.entries + 2 * lo, hi - lo, k, f.h, f.weights, f.part, f.yacc,
                                 cols, c_lo, c_hi, ts);
           }
+        }
       }
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp barrier
