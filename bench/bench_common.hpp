@@ -36,8 +36,9 @@ inline std::string g_pair = "stream";
 // Paired measurements. This host's read bandwidth moves between regimes (34 or 50 GB/s, switching
 // within a run), so a ratio between two benchmarks that ran seconds apart can compare two machines.
 // Iterations of a sparse benchmark are therefore timed next to a plain read of the bytes they touched
-// and, with --sffn_pair=all, next to the best dense baseline: each ratio is a median of per-iteration
-// ratios taken within milliseconds.
+// and, with --sffn_pair=all, next to the dense oneDNN bf16 FFN (the strongest dense baseline on the
+// AVX512_BF16 CPUs measured here; none where oneDNN is absent or has no bf16 matmul): each ratio is a
+// median of per-iteration ratios taken within milliseconds.
 /// bench_stream.cpp: the number of BM_stream_read readers on this CPU, and a timed read of about
 /// `bytes` bytes with reader r < stream_readers() on the OpenMP threads, each call continuing where
 /// the last stopped in the 1 GiB buffer (cold lines). Returns the bytes read (0: none, bytes > 1 GiB);

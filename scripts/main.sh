@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job (~5 min on 2 cores, most of it building the benchmark): a selector
+# The main job (~7 min on 2 cores: building the benchmark, then ~5 min running it): a selector
 # comparison with the benchmark suite, and its table.
 #   - BM_stream_read/<reader> (the fastest is the bandwidth yardstick) and the dense FFN with OpenBLAS
 #     f32 and oneDNN f32/bf16 (d=4096, d_ff=16384; batch 1, 8, 64): speedups are given over OpenBLAS
