@@ -88,6 +88,38 @@ void bm_keys(benchmark::State& state, bool dram) {
   state.counters["rows"] = static_cast<double>(kr.nrows);
 }
 
+/// BM_kernel_keys/<q8|q4>_tiles/<where>: the same rows as BM_kernel_keys re-laid as key_tile<T>
+/// (quant.hpp), tiles back to back, run by kernel_ops::dots_tiles (the same bits as dots): time per
+/// iteration compares with BM_kernel_keys directly (same rows); bytes are the tiles' (the rows' padding
+/// lines are not in them).
+template <class T>
+void bm_key_tiles(benchmark::State& state, bool dram) {
+  using KT = sf::key_tile<T>;
+  const auto& ops = k::ops_for<T>(sf::cpu::active_isa());
+  if (!ops.dots_tiles) {
+    state.SkipWithError("no key-tile kernel at this ISA level (q8/q4 on avx512_vnni and up)");
+    return;
+  }
+  kernel_rows<T> kr(rows_for<T>(dram));
+  const sf::index_t stride = (KT::bytes(kr.cols) + 63) / 64 * 64, ntiles = kr.nrows / KT::rows;
+  sf::detail::aligned_buffer<std::uint8_t> tiles(ntiles * stride);
+  for (sf::index_t t = 0; t < ntiles; ++t)
+    KT::pack(kr.w.data() + t * KT::rows * kr.ld, kr.ld, kr.cols, tiles.data() + t * stride);
+  ops.prepare_x_int8(kr.x.data(), kr.cols, kr.xq.data());
+  const std::uint8_t* xq[1] = {kr.xq.data()};
+  constexpr sf::index_t R = k::k_max_key_r;
+  std::vector<float> spill(static_cast<std::size_t>(R * k::k_max_width)), out(static_cast<std::size_t>(R));
+  for (auto _ : state) {
+    for (sf::index_t t = 0; t < ntiles; ++t)
+      ops.dots_tiles(xq, 1, tiles.data() + t * stride, R, stride, kr.cols, spill.data(), out.data());
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(
+      static_cast<std::int64_t>(state.iterations() * static_cast<double>(ntiles * stride)));
+  state.counters["rows"] = static_cast<double>(kr.nrows);
+}
+
 template <class T>
 void bm_values(benchmark::State& state, bool dram, int tokens) {
   const auto& ops = k::ops_for<T>(sf::cpu::active_isa());
@@ -124,6 +156,11 @@ void register_kernels(const char* name) {
                                  [dram](benchmark::State& st) { bm_keys<T>(st, dram); })
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime();
+    if constexpr (sf::is_quantized<T>::value)
+      benchmark::RegisterBenchmark(("BM_kernel_keys/" + std::string(name) + "_tiles/" + where).c_str(),
+                                   [dram](benchmark::State& st) { bm_key_tiles<T>(st, dram); })
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
     benchmark::RegisterBenchmark(("BM_kernel_values/" + std::string(name) + "/" + where).c_str(),
                                  [dram](benchmark::State& st) { bm_values<T>(st, dram, 1); })
         ->Unit(benchmark::kMicrosecond)

@@ -600,6 +600,76 @@ TEST_CASE("isa: the int8 key kernel of every level is exact on extreme bytes (no
 
 namespace {
 
+/// kernel_ops::dots_tiles of weights T at `level` on rows re-laid as key_tile<T> (quant.hpp) against
+/// dots on the same rows: the same bits for every batch size and chunking. Returns whether the level has
+/// it (q8/q4 on avx512_vnni and up).
+template <class T>
+bool key_tiles_match(cpu::isa_level level, std::uint64_t seed) {
+  using F = sfx::row_format<T>;
+  using KT = sfx::key_tile<T>;
+  const auto& ops = cpu::kernels::ops_for<T>(level);
+  if (!ops.dots_tiles) return false;
+  auto r = test::rng(seed);
+  // d: one partial d-chunk (the last group partly zeros), several chunks and a partial one.
+  for (const sfx::index_t d : {sfx::index_t{77}, sfx::index_t{1100}, sfx::index_t{4096}}) {
+    const sfx::index_t cols = F::cols(d), ld = F::ld(d), nrows = 48;
+    REQUIRE(KT::bytes(cols) <= 16 * ld * static_cast<sfx::index_t>(sizeof(T)));
+    std::vector<T> rows(static_cast<std::size_t>(nrows * ld));
+    std::vector<float> src(static_cast<std::size_t>(d));
+    for (sfx::index_t i = 0; i < nrows; ++i) {
+      test::fill_normal(src, r, 0.05f * float(1 + i % 5));
+      F::encode(src.data(), d, rows.data() + i * ld, ld);
+    }
+    const sfx::index_t stride = (KT::bytes(cols) + 63) / 64 * 64 + 128;  // a gap between tiles
+    std::vector<std::uint8_t> tiles(static_cast<std::size_t>(nrows / 16 * stride + 64), 0xA5);
+    auto* base =
+        reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(tiles.data()) + 63) / 64 * 64);
+    for (sfx::index_t t = 0; t < nrows / 16; ++t)
+      KT::pack(rows.data() + t * 16 * ld, ld, cols, base + t * stride);
+    const sfx::index_t m = 9, xb = cpu::kernels::x_int8_bytes(cols);
+    std::vector<float> x(static_cast<std::size_t>(m * cols), 0.0f);
+    std::vector<std::uint8_t> xq(static_cast<std::size_t>(m * xb));
+    std::vector<const std::uint8_t*> xqp(static_cast<std::size_t>(m));
+    for (sfx::index_t t = 0; t < m; ++t) {
+      std::vector<float> xt(static_cast<std::size_t>(d));
+      test::fill_normal(xt, r, 1.0f);
+      std::copy(xt.begin(), xt.end(), x.begin() + t * cols);
+      ops.prepare_x_int8(x.data() + t * cols, cols, xq.data() + t * xb);
+      xqp[static_cast<std::size_t>(t)] = xq.data() + t * xb;
+    }
+    std::vector<float> spill(
+        static_cast<std::size_t>(m * cpu::kernels::k_max_key_r * cpu::kernels::k_max_width));
+    for (const sfx::index_t mm : {1, 2, 3, 4, 5, 8, 9}) {
+      std::vector<float> want(static_cast<std::size_t>(mm * nrows), -7.0f), got(want.size(), -9.0f);
+      ops.dots(nullptr, nullptr, xqp.data(), mm, rows.data(), nrows, ld, cols, spill.data(), want.data());
+      ops.dots_tiles(xqp.data(), mm, base, nrows, stride, cols, spill.data(), got.data());
+      for (std::size_t i = 0; i < want.size(); ++i) {
+        INFO("d " << d << ", " << mm << " tokens, output " << i << ": " << got[i] << " against " << want[i]);
+        REQUIRE(std::memcmp(&got[i], &want[i], sizeof(float)) == 0);
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("isa: the rows-in-lanes key kernel on key tiles gives the bits of the key kernel on rows",
+          "[isa]") {
+  int levels = 0;
+  for (int l = 0; l <= static_cast<int>(cpu::best_isa()); ++l) {
+    const auto level = static_cast<cpu::isa_level>(l);
+    INFO("isa " << cpu::isa_name(level));
+    for (std::uint64_t seed : {4u, 5u}) {
+      levels += key_tiles_match<sfx::q8_t>(level, seed) ? 1 : 0;
+      levels += key_tiles_match<sfx::q4_t>(level, seed) ? 1 : 0;
+    }
+  }
+  if (levels == 0) WARN("SKIPPED: no key-tile kernel (q8/q4 on avx512_vnni and up) is supported by this CPU");
+}
+
+namespace {
+
 /// The integer value kernel (kernel_ops::apply_rows with value_levels > 0: q4 on avx2, q8 and q4 on
 /// avx512_vnni) at `level` against a scalar model of its arithmetic, bit for bit: per token, chunk of 32
 /// rows and group of 32 columns, a = s·scale (float), t = max|a| / Q, r = round-to-nearest-even(a · (Q /

@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "config.hpp"
@@ -315,6 +316,41 @@ struct row_format<T, std::enable_if_t<is_quantized<T>::value>> {
       if (worst) *worst = std::max(*worst, std::fabs(e));
     }
     return err;
+  }
+};
+
+/// Sixteen q8/q4 key rows re-laid with rows in lanes, for the key kernel of the AVX512_VNNI levels that
+/// reads them without transposes (kernels.inl dots_tiles). Not used by the forward yet: a kernel and
+/// its benchmark (BM_kernel_keys/<q8|q4>_tiles), docs/benchmarks.md 2026-12-05 (stop 49). For each 64-byte
+/// line j of the rows' quants (row_format: quant_bytes / 64 lines), one line unit:
+///
+///   [ 16 vectors of 64 bytes: vector e, dword i = bytes 4e .. 4e + 3 of line j of row i               ]
+///   [ the scales of the line's groups (q8 2, q4 4; ascending), 16 bfloat16 each, row i at index i     ]
+///
+/// So a tile is one stream, line units of 1088 (q8) or 1152 (q4) bytes, 64-byte aligned where the tile
+/// is, and no larger than the 16 rows (bytes(cols) ≤ 16 · ld · sizeof(T)).
+template <class T>
+struct key_tile {
+  static_assert(is_quantized<T>::value, "key_tile is for q8_t / q4_t");
+  using F = row_format<T>;
+  static constexpr index_t rows = 16;
+  static constexpr index_t groups_per_line = std::is_same<T, q8_t>::value ? 2 : 4;
+  static constexpr index_t unit_bytes = rows * 64 + groups_per_line * rows * 2;
+  static constexpr index_t lines(index_t cols) { return F::quant_bytes(cols) / 64; }
+  static constexpr index_t bytes(index_t cols) { return lines(cols) * unit_bytes; }
+  /// Writes bytes(cols) bytes at out from 16 rows (row i at rows + i·ld; cols = row_format::cols).
+  static void pack(const T* rows_in, index_t ld, index_t cols, std::uint8_t* out) {
+    for (index_t j = 0; j < lines(cols); ++j) {
+      std::uint8_t* u = out + j * unit_bytes;
+      for (index_t i = 0; i < rows; ++i) {
+        const T* row = rows_in + i * ld;
+        const auto* q = reinterpret_cast<const std::uint8_t*>(row) + 64 * j;
+        for (index_t e = 0; e < 16; ++e)
+          for (index_t b = 0; b < 4; ++b) u[64 * e + 4 * i + b] = q[4 * e + b];
+        const bfloat16_t* sc = F::scales(row, cols) + groups_per_line * j;
+        for (index_t g = 0; g < groups_per_line; ++g) std::memcpy(u + rows * 64 + 32 * g + 2 * i, sc + g, 2);
+      }
+    }
   }
 };
 

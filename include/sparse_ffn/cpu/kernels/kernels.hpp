@@ -237,6 +237,12 @@ struct kernel_ops {
   std::int32_t value_levels = 0;
   void (*dots)(const float* const* xf, const bfloat16_t* const* xb, const std::uint8_t* const* xq, index_t m,
                const T* rows, index_t nrows, index_t ld, index_t len, float* spill, float* out) = nullptr;
+  /// dots for q8/q4 key rows stored as key_tile<T> (quant.hpp): nrows a multiple of 16, tile r / 16 at
+  /// tiles + (r / 16)·tile_stride bytes; x from xq. The same bits as dots on the same rows. Set where
+  /// the level has the rows-in-lanes kernel (q8/q4 on avx512_vnni and up), null elsewhere. Not used by
+  /// the forward yet (docs/benchmarks.md, 2026-12-05 stop 49).
+  void (*dots_tiles)(const std::uint8_t* const* xq, index_t m, const std::uint8_t* tiles, index_t nrows,
+                     index_t tile_stride, index_t cols, float* spill, float* out) = nullptr;
   /// The value pass for m tokens (any number; rows_m at a time): columns [c_lo, c_hi), multiples of
   /// col_step.
   void (*apply_rows)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
@@ -310,6 +316,7 @@ kernel_ops<T> make_ops(isa_level level) {
                : o.bf16_values        ? 32
                                       : K::width;
   o.dots = &K::template dots<T>;
+  if constexpr (K::template key_tiles<T>) o.dots_tiles = &K::template dots_tiles<T>;
   o.apply_rows = o.bf16_values ? &K::template apply_rows<T, true> : &K::template apply_rows<T, false>;
   if (K::template bf16_pairs<T>) o.apply_rows_pairs = &K::template apply_rows<T, true>;
   if constexpr (!is_quantized<T>::value) {

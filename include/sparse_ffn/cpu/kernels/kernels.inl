@@ -1094,6 +1094,78 @@ struct impl {
     }
   }
 
+  /// Whether dots_tiles runs at this level for T (kernel_ops::dots_tiles).
+  template <class T>
+  static constexpr bool key_tiles = int8_q<T> && width == lanes_r;
+
+  /// dots_lanes for q8/q4 rows stored as key_tile<T> (quant.hpp): out[t·nrows + r] for m tokens and
+  /// nrows rows (a multiple of 16), tile r / 16 at tiles + (r / 16)·tile_stride bytes. The rows are in
+  /// lanes already: no transposes, one stream per tile, the scales in it. Each (token, row, group) gets
+  /// the same exact integer and the same float steps, in the same group order, as in dots_lanes
+  /// (lanes_group), so the same bits. spill: m vectors.
+  template <class T>
+  static void dots_tiles(const std::uint8_t* const* xq, index_t m, const std::uint8_t* tiles, index_t nrows,
+                         index_t tile_stride, index_t cols, float* spill, float* out) {
+    using KT = key_tile<T>;
+    using I = typename V::ireg;
+    constexpr bool q8 = std::is_same<T, q8_t>::value;
+    constexpr int MT = 4;                             // tokens per pass
+    constexpr index_t ahead = 2048;                   // one stream: 1 KiB and 4 KiB no better (stop 49)
+    constexpr index_t gpl = KT::groups_per_line;      // groups per line unit
+    constexpr index_t lines_per_chunk = k_dchunk / (q8 ? 64 : 128);
+    static_assert(width == lanes_r, "one row per lane");
+    const index_t lines = KT::lines(cols);
+    for (index_t r0 = 0; r0 < nrows; r0 += lanes_r) {
+      const std::uint8_t* tile = tiles + (r0 / lanes_r) * tile_stride;
+      for (index_t j0 = 0; j0 < lines; j0 += lines_per_chunk) {
+        const index_t j1 = std::min(lines, j0 + lines_per_chunk);
+        groups<MT>(m, [&](index_t m0, auto M) {
+          constexpr int N = decltype(M)::value;
+          reg y[N];
+          float* acc = spill + m0 * width;
+#pragma GCC unroll 8
+          for (int t = 0; t < N; ++t) y[t] = j0 == 0 ? V::zero() : V::load(acc + t * width);
+          for (index_t j = j0; j < j1; ++j) {
+            const std::uint8_t* u = tile + j * KT::unit_bytes;
+            const auto* sc = reinterpret_cast<const bfloat16_t*>(u + lanes_r * 64);
+            if (m0 == 0)
+              for (index_t p = 0; p < KT::unit_bytes; p += 64) V::prefetch_l2(u + ahead + p);
+#pragma GCC unroll 2
+            for (int a = 0; a < 2; ++a) {  // dwords 8a .. 8a + 7 of the line: q8 group 2j + a; q4 4j + 2a, + 1
+              I w[8], hi[8];
+#pragma GCC unroll 8
+              for (int e = 0; e < 8; ++e) {
+                const I v = V::iload(u + (8 * a + e) * 64);
+                if constexpr (q8)
+                  w[e] = V::flip_sign(v);
+                else
+                  V::nibbles(v, w[e], hi[e]);
+              }
+              constexpr int per_half = q8 ? 1 : 2;
+#pragma GCC unroll 2
+              for (int h = 0; h < per_half; ++h) {
+                const index_t gl = per_half * a + h, gg = gpl * j + gl;  // in the line; in the row
+                const std::uint8_t* xg[N];
+                std::int32_t corr[N];
+                float sx[N];
+#pragma GCC unroll 8
+                for (int t = 0; t < N; ++t) {
+                  xg[t] = xq[m0 + t] + x_int8_group_offset<T>(gg * k_quant_group);
+                  group_terms(xq[m0 + t], cols, gg, corr[t], sx[t]);
+                }
+                lanes_group<N>(h == 0 ? w : hi, xg, corr, sx, V::load_bf16_n(sc + lanes_r * gl, 16), y);
+              }
+            }
+          }
+#pragma GCC unroll 8
+          for (int t = 0; t < N; ++t) V::store(acc + t * width, y[t]);
+        });
+      }
+      for (index_t t = 0; t < m; ++t)
+        for (index_t i = 0; i < lanes_r; ++i) out[t * nrows + r0 + i] = spill[t * width + i];
+    }
+  }
+
   /// kernels::prepare_x_int8 with each group quantised by the ISA (the same bytes); scalar elsewhere.
   template <class T>
   static void prepare_x_int8(const float* x, index_t cols, std::uint8_t* out) {
