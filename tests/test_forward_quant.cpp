@@ -15,3 +15,61 @@ TEST_CASE("cpu forward matrix, quantised weights: learned_gate", "[forward][quan
 TEST_CASE("cpu forward matrix, quantised weights: oracle", "[forward][quant][oracle]") {
   test::check_selector_matrix_quant<sparse_ffn::select::oracle>();
 }
+
+TEMPLATE_TEST_CASE("key tiles: tile_keys / untile_keys round trip; entry points that read rows refuse them",
+                   "[forward][quant][tiles]", sparse_ffn::q8_t, sparse_ffn::q4_t) {
+  namespace sfx = sparse_ffn;
+  using T = TestType;
+  auto r = test::rng(77);
+  const sfx::index_t d = 200, F = 128, n = 3;
+  const auto dense = test::random_dense<T>(r, d, F, true, true);
+  sfx::pack_options po;
+  po.g = 32;
+  const auto model = sfx::pack<T>(dense.view(), po);
+  auto tiled = model;
+  tiled.tile_keys();
+  REQUIRE(tiled.layout().key_tiles);
+  const auto& l = model.layout();
+  const auto bytes = static_cast<std::size_t>(l.total_elements());
+  REQUIRE(std::memcmp(tiled.view().weights, model.view().weights, bytes) != 0);
+  // Only the keys and up rows moved: every block's values are as they were.
+  for (sfx::index_t b = 0; b < l.num_blocks; ++b)
+    REQUIRE(std::memcmp(tiled.view().values(b), model.view().values(b),
+                        static_cast<std::size_t>(l.g * l.ld)) == 0);
+  auto back = tiled;
+  back.untile_keys();
+  REQUIRE(!back.layout().key_tiles);
+  REQUIRE(std::memcmp(back.view().weights, model.view().weights, bytes) == 0);
+  auto expect_code = [](sfx::status code, const char* what, auto&& f) {
+    INFO(what);
+    try {
+      f();
+      FAIL("no error");
+    } catch (const sfx::error& e) {
+      REQUIRE(e.code() == code);
+    }
+  };
+  expect_code(sfx::status::invalid_argument, "tile_keys twice", [&] { tiled.tile_keys(); });
+  expect_code(sfx::status::invalid_argument, "untile_keys on rows", [&] { back.untile_keys(); });
+  using P = sfx::policy<32, sfx::select::avg_k, T, sfx::act::swiglu>;
+  std::vector<float> x(static_cast<std::size_t>(n * d)), y(x.size());
+  test::fill_normal(x, r, 1.0);
+  expect_code(sfx::status::unsupported, "reference forward",
+              [&] { sfx::cpu::reference_forward<P>(tiled.view(), n, x.data(), y.data(), {2}); });
+  expect_code(sfx::status::unsupported, "unpack", [&] { (void)sfx::unpack(tiled.view()); });
+  expect_code(sfx::status::unsupported, "compute_centroids", [&] { tiled.compute_centroids(); });
+  // g not a multiple of 16.
+  sfx::pack_options p8;
+  p8.g = 8;
+  auto small = sfx::pack<T>(dense.view(), p8);
+  expect_code(sfx::status::unsupported, "g = 8", [&] { small.tile_keys(); });
+  // A hand-made view claiming key tiles with g = 8.
+  auto v = small.view();
+  v.layout.key_tiles = true;
+  expect_code(sfx::status::invalid_argument, "validate", [&] { sfx::validate(v); });
+  // The forward on tiles gives the bits of the rows (the full matrix: support/forward_matrix.hpp).
+  std::vector<float> y2(x.size());
+  sfx::cpu::forward<P>(model.view(), n, x.data(), y.data(), {2});
+  sfx::cpu::forward<P>(tiled.view(), n, x.data(), y2.data(), {2});
+  REQUIRE(std::memcmp(y.data(), y2.data(), y.size() * sizeof(float)) == 0);
+}

@@ -500,6 +500,19 @@ TEMPLATE_TEST_CASE("quantised blocked models: saved and loaded bit-identical; co
   sfx::cpu::forward<P>(w0, 20, p.x.data(), y1.data(), {2});
   sfx::cpu::forward<P>(w1, 20, p.x.data(), y2.data(), {2});
   REQUIRE(y1 == y2);
+  {  // A model with key tiles is saved as rows: the same file contents, and the model keeps its tiles.
+    auto tiled = model;
+    tiled.tile_keys();
+    const std::string tpath = tmp_path("qmodel_tiles");
+    io::save_blocked(tpath, tiled, {{"activation", "relu"}});
+    REQUIRE(tiled.layout().key_tiles);
+    std::ifstream a(path, std::ios::binary), b(tpath, std::ios::binary);
+    const std::string fa((std::istreambuf_iterator<char>(a)), std::istreambuf_iterator<char>());
+    const std::string fb((std::istreambuf_iterator<char>(b)), std::istreambuf_iterator<char>());
+    REQUIRE(!fa.empty());
+    REQUIRE(fa == fb);
+    std::remove(tpath.c_str());
+  }
   // As float: the dequantised weights, exactly.
   const auto as_float = io::load_blocked<float>(path);
   REQUIRE(sfx::unpack(as_float.view()).w1 == sfx::unpack(w0).w1);

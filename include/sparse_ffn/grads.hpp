@@ -103,7 +103,7 @@ void check_backward_args(const blocked_ffn_view<typename Policy::dtype>& w, inde
   static_assert(is_dtype<Tdx>::value, "sparse_ffn: dX must be float, half_t or bfloat16_t");
   using Sel = typename Policy::selector;
   const block_layout& l = w.layout;
-  check_model<Policy>(w);
+  check_model<Policy>(w, false, "the backward");
   check_k(args.k, l);
   check_x(l, n, x);
   if (n > 0) {

@@ -44,6 +44,10 @@ struct block_layout {
   index_t ld = 0;          ///< row stride in elements (>= d_model)
   bool gated = false;
   index_t pinned = 0;  ///< blocks [0, pinned) are computed by every token (0 <= pinned <= B)
+  /// Keys (and up rows) stored as key tiles, 16 rows of a block per tile in the space of those rows
+  /// (quant.hpp key_tile): q8/q4 with g a multiple of 16, set by blocked_ffn::tile_keys. Only the CPU
+  /// forward (cpu::forward, forward_routed, route) reads such a model; every other entry point refuses it.
+  bool key_tiles = false;
 
   SPARSE_FFN_HD index_t matrices() const { return gated ? 3 : 2; }
   SPARSE_FFN_HD index_t matrix_stride() const { return g * ld; }
@@ -196,6 +200,21 @@ void validate(const blocked_ffn_view<T>& w) {
   for (const float* p : bias_ptrs)
     if (p) detail::require_aligned<float>(p, "bias pointer");
   require(w.b3 == nullptr || l.gated, status::invalid_argument, "b3 given for a non-gated FFN");
+  if (l.key_tiles)
+    require(is_quantized<T>::value && l.g % 16 == 0, status::invalid_argument,
+            "layout.key_tiles needs q8/q4 weights and g a multiple of 16 (dtype ", dtype_traits<T>::name,
+            ", g = ", l.g, ")");
 }
+
+namespace detail {
+
+/// For entry points that read key rows as rows (all but the CPU forward): refuses key tiles.
+inline void require_key_rows(const block_layout& l, const char* what) {
+  require(!l.key_tiles, status::unsupported, what,
+          " reads key rows, but this model's keys are key tiles (blocked_ffn::tile_keys, a form only the CPU "
+          "forward reads): use the model from before tile_keys, or call untile_keys()");
+}
+
+}  // namespace detail
 
 }  // namespace sparse_ffn

@@ -112,6 +112,17 @@ class blocked_ffn {
     layout_.pinned = p;
   }
 
+  /// Re-lays every block's keys (and up rows) as key tiles (quant.hpp key_tile; layout.key_tiles), in
+  /// place, 16 rows at a time: the CPU forward's key pass then runs without transposes on the
+  /// avx512_vnni levels (cpu::key_tile_kernel<T>(): 1.4–1.6× one core's key rate from memory on Zen 4,
+  /// docs/benchmarks.md 2026-12-05), with the same bits as on rows; on other levels it unpacks each tile
+  /// first (same bits, slower). Only cpu::forward / forward_routed / route read such a model: the
+  /// reference, the backward, the CUDA path and unpack refuse it; save_blocked writes rows either way.
+  /// q8/q4 only; g must be a multiple of 16 (status::unsupported otherwise).
+  void tile_keys() { relay_keys(true); }
+  /// Back to rows, bit for bit (the inverse of tile_keys).
+  void untile_keys() { relay_keys(false); }
+
   bool has_centroids() const { return !centroids_.empty(); }
   bool has_gate() const { return !gate_w_.empty(); }
 
@@ -125,6 +136,7 @@ class blocked_ffn {
   /// centroid_bias_b = mean of block b's b1 (so c_b·x + bias_b is the block's mean pre-activation).
   void compute_centroids() {
     const block_layout& l = layout_;
+    detail::require_key_rows(l, "compute_centroids");
     centroids_ = detail::aligned_buffer<T>(detail::checked_mul(l.num_blocks, l.ld, "centroids"));
     const double inv_g = 1.0 / static_cast<double>(l.g);
 #if SPARSE_FFN_HAS_OPENMP
@@ -186,6 +198,40 @@ class blocked_ffn {
   }
 
  private:
+  void relay_keys(bool to_tiles) {
+    static_assert(is_quantized<T>::value, "sparse_ffn: key tiles are for q8_t / q4_t weights");
+    using KT = key_tile<T>;
+    const block_layout& l = layout_;
+    detail::require(l.key_tiles != to_tiles, status::invalid_argument, "the keys are already ",
+                    to_tiles ? "key tiles" : "rows");
+    detail::require(l.g % KT::rows == 0, status::unsupported, "key tiles need g a multiple of ", KT::rows,
+                    " (g = ", l.g, ")");
+    const index_t cols = row_cols<T>(l), span = KT::rows * l.ld,
+                  tiles = l.num_blocks * (l.matrices() - 1) * (l.g / KT::rows);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel
+#endif
+    {
+      detail::aligned_buffer<T> tmp(span);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (index_t t = 0; t < tiles; ++t) {  // keys, then up rows (gated), of each block
+        const index_t per_matrix = l.g / KT::rows, per_block = (l.matrices() - 1) * per_matrix;
+        const index_t b = t / per_block, mat = t % per_block / per_matrix, i = t % per_matrix;
+        T* p = weights_.data() + (mat == 0 ? l.key_offset(b) : l.up_offset(b)) + i * span;
+        auto* bytes = reinterpret_cast<std::uint8_t*>(p);
+        std::copy(p, p + span, tmp.data());
+        std::fill(bytes, bytes + span * static_cast<index_t>(sizeof(T)), std::uint8_t{0});
+        if (to_tiles)
+          KT::pack(tmp.data(), l.ld, cols, bytes);
+        else
+          KT::unpack(reinterpret_cast<const std::uint8_t*>(tmp.data()), cols, p, l.ld);
+      }
+    }
+    layout_.key_tiles = to_tiles;
+  }
+
   static const float* opt(const std::vector<float>& v) {
     return v.empty() ? nullptr : v.data();
   }
@@ -353,6 +399,7 @@ blocked_ffn<T> pack(const dense_ffn_view<S>& dense, const pack_options& opt) {
 template <class T>
 dense_ffn<float> unpack(const blocked_ffn_view<T>& w) {
   validate(w);
+  detail::require_key_rows(w.layout, "unpack");
   const block_layout& l = w.layout;
   const bool biases = w.b1 || w.b2 || w.b3;
   dense_ffn<float> out(l.d_model, l.d_ff, l.gated, biases);

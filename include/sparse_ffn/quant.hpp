@@ -319,16 +319,17 @@ struct row_format<T, std::enable_if_t<is_quantized<T>::value>> {
   }
 };
 
-/// Sixteen q8/q4 key rows re-laid with rows in lanes, for the key kernel of the AVX512_VNNI levels that
-/// reads them without transposes (kernels.inl dots_tiles). Not used by the forward yet: a kernel and
-/// its benchmark (BM_kernel_keys/<q8|q4>_tiles), docs/benchmarks.md 2026-12-05 (stop 49). For each 64-byte
-/// line j of the rows' quants (row_format: quant_bytes / 64 lines), one line unit:
+/// Sixteen q8/q4 key rows re-laid with rows in lanes: the key kernel of the AVX512_VNNI levels reads
+/// them without transposes, as one stream (kernels.inl dots_tiles). A model's keys and up rows take this
+/// form in place, 16 rows of a block per tile, with blocked_ffn::tile_keys (layout.hpp key_tiles; a CPU
+/// forward form, docs/design.md "Key tiles"). For each 64-byte line j of the rows' quants (row_format:
+/// quant_bytes / 64 lines), one line unit:
 ///
 ///   [ 16 vectors of 64 bytes: vector e, dword i = bytes 4e .. 4e + 3 of line j of row i               ]
 ///   [ the scales of the line's groups (q8 2, q4 4; ascending), 16 bfloat16 each, row i at index i     ]
 ///
-/// So a tile is one stream, line units of 1088 (q8) or 1152 (q4) bytes, 64-byte aligned where the tile
-/// is, and no larger than the 16 rows (bytes(cols) ≤ 16 · ld · sizeof(T)).
+/// So a tile is one stream, line units of 1088 (q8) or 1152 (q4) bytes, and no larger than the 16 rows
+/// (bytes(cols) ≤ 16 · ld · sizeof(T)).
 template <class T>
 struct key_tile {
   static_assert(is_quantized<T>::value, "key_tile is for q8_t / q4_t");
@@ -349,6 +350,20 @@ struct key_tile {
           for (index_t b = 0; b < 4; ++b) u[64 * e + 4 * i + b] = q[4 * e + b];
         const bfloat16_t* sc = F::scales(row, cols) + groups_per_line * j;
         for (index_t g = 0; g < groups_per_line; ++g) std::memcpy(u + rows * 64 + 32 * g + 2 * i, sc + g, 2);
+      }
+    }
+  }
+  /// The inverse of pack: writes the 16 rows' quants and scales (the rest of each row untouched).
+  static void unpack(const std::uint8_t* tile, index_t cols, T* rows_out, index_t ld) {
+    for (index_t j = 0; j < lines(cols); ++j) {
+      const std::uint8_t* u = tile + j * unit_bytes;
+      for (index_t i = 0; i < rows; ++i) {
+        auto* row = reinterpret_cast<std::uint8_t*>(rows_out + i * ld);
+        for (index_t e = 0; e < 16; ++e)
+          for (index_t b = 0; b < 4; ++b) row[64 * j + 4 * e + b] = u[64 * e + 4 * i + b];
+        std::uint8_t* sc = row + F::quant_bytes(cols) + 2 * groups_per_line * j;
+        for (index_t g = 0; g < groups_per_line; ++g)
+          std::memcpy(sc + 2 * g, u + rows * 64 + 32 * g + 2 * i, 2);
       }
     }
   }

@@ -194,13 +194,54 @@ struct case_data {
   }
 };
 
-/// The policy-dependent part: run the three CPU entry points.
+/// q8/q4: the three CPU entry points on a copy of the model with its keys as key tiles
+/// (blocked_ffn::tile_keys) give the bits they gave on the rows (run_case's outputs in c): outputs,
+/// routing, cache. At the levels with kernel_ops::dots_tiles that is the tile kernel; at the others the
+/// forward's unpacking of each tile.
+template <class P, class Tio>
+void check_key_tiles(case_data<typename P::dtype, Tio>& c) {
+  auto tiled = c.model;
+  tiled.tile_keys();
+  REQUIRE(tiled.layout().key_tiles);
+  const auto w = tiled.view();
+  const sfx::index_t n = c.s.n, d = c.s.d, k = c.s.k, g = c.g;
+  const auto nk = static_cast<std::size_t>(n * k), nd = static_cast<std::size_t>(n * d);
+  std::vector<Tio> y(nd), y_routed(nd);
+  std::vector<sfx::block_index_t> cblocks(nk), rblocks(nk);
+  std::vector<float> cweights(nk), rweights(nk), cpre(nk * static_cast<std::size_t>(g)), cup(cpre.size());
+  poison(y);
+  poison(y_routed);
+  poison(cblocks);
+  poison(rblocks);
+  poison(cweights);
+  poison(rweights);
+  poison(cpre);
+  poison(cup);
+  const bool gated = c.cache.up != nullptr;
+  const sfx::forward_cache cache{cblocks.data(), cweights.data(), cpre.data(), gated ? cup.data() : nullptr};
+  sfx::cpu::forward<P>(w, n, c.x.data(), y.data(), c.args, &cache);
+  sfx::cpu::route<P>(w, n, c.x.data(), c.args, sfx::routing_view{n, k, rblocks.data(), rweights.data()});
+  sfx::cpu::forward_routed<P>(w, n, c.x.data(), y_routed.data(), c.cached_routing());
+  INFO("key tiles, isa " << sfx::cpu::isa_name(sfx::cpu::active_isa()) << ", tile kernel "
+                         << sfx::cpu::key_tile_kernel<typename P::dtype>());
+  REQUIRE(std::memcmp(y.data(), c.y.data(), nd * sizeof(Tio)) == 0);
+  REQUIRE(std::memcmp(y_routed.data(), c.y_routed.data(), nd * sizeof(Tio)) == 0);
+  REQUIRE(cblocks == c.cblocks);
+  REQUIRE(rblocks == c.rblocks);
+  REQUIRE(std::memcmp(cweights.data(), c.cweights.data(), nk * sizeof(float)) == 0);
+  REQUIRE(std::memcmp(rweights.data(), c.rweights.data(), nk * sizeof(float)) == 0);
+  REQUIRE(std::memcmp(cpre.data(), c.cpre.data(), cpre.size() * sizeof(float)) == 0);
+  if (gated) REQUIRE(std::memcmp(cup.data(), c.cup.data(), cup.size() * sizeof(float)) == 0);
+}
+
+/// The policy-dependent part: run the three CPU entry points (q8/q4: also on key tiles).
 template <class P, class Tio>
 void run_case(case_data<typename P::dtype, Tio>& c) {
   const auto w = c.model.view();
   sfx::cpu::forward<P>(w, c.s.n, c.x.data(), c.y.data(), c.args, &c.cache);
   sfx::cpu::route<P>(w, c.s.n, c.x.data(), c.args, c.route_out());
   sfx::cpu::forward_routed<P>(w, c.s.n, c.x.data(), c.y_routed.data(), c.cached_routing());
+  if constexpr (sfx::is_quantized<typename P::dtype>::value && P::block_size % 16 == 0) check_key_tiles<P>(c);
 }
 
 template <class P, class Tio>

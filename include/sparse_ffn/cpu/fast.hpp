@@ -15,7 +15,10 @@
 //
 // q8/q4 weights (quant.hpp): x, y and the accumulators are padded to row_cols (d rounded up to 64 /
 // 128) rather than ld (which counts the row's bytes); on the int8 levels (avx2, avx512_vnni and up) each
-// token's x is also quantised once to int8 (kernel_ops::prepare_x_int8) for the key kernel.
+// token's x is also quantised once to int8 (kernel_ops::prepare_x_int8) for the key kernel. Keys
+// stored as key tiles (layout.key_tiles, blocked_ffn::tile_keys) go to kernel_ops::dots_tiles, one tile
+// of 16 rows per call, or where the level has none, are unpacked into 16 rows of thread scratch first:
+// the same bits as the same model's rows either way.
 //
 // The glue below is compiled once, for the consumer's flags; the micro-kernels are called through the
 // table kernels::ops_for<T>(cpu::active_isa()), resolved once per call (run-time ISA dispatch).
@@ -30,6 +33,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include "../activation.hpp"
@@ -123,6 +127,7 @@ struct thread_scratch {
   index_t* nrows;           // tiles
   float** ys;               // n output pointers
   const float** sp;         // n coefficient pointers
+  std::uint8_t* tile_rows;  // 16 rows (16 × ld units of T, zeroed) where key tiles are unpacked; else null
 };
 
 /// Scratch arrays of one forward (carved from a workspace).
@@ -148,7 +153,7 @@ struct fast_buffers {
 
 template <class Sel, class Act>
 fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t cols, index_t n, index_t k,
-                          int threads, bool compute, bool bf16_x, bool int8_x) {
+                          int threads, bool compute, bool bf16_x, bool int8_x, index_t tile_bytes = 0) {
   constexpr index_t KR = kernels::k_max_key_r, W = kernels::k_max_width;
   fast_buffers f;
   const index_t B = l.num_blocks, g = l.g;
@@ -181,6 +186,7 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t cols, in
     t.xq = a.take<const std::uint8_t*>(n);
     t.spill = a.take<float>(mul(mul(n, KR), W));
     t.dots = a.take<float>(mul(mul(2, n), KR));
+    t.tile_rows = tile_bytes ? a.take<std::uint8_t>(tile_bytes) : nullptr;
     if (compute) {
       t.s = a.take<float>(mul(n, g));
       t.rows = a.take<std::int32_t>(g);
@@ -236,10 +242,21 @@ void key_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, 
   constexpr index_t R = G < kernels::k_max_key_r ? G : kernels::k_max_key_r;
   float* dk = ts.dots;
   float* du = ts.dots + m * R;  // gated: up projections after the key dots
+  // The R rows at `rows` (key tiles: R = 16, one tile; dots_tiles, or the tile unpacked into rows).
+  const auto dots_of = [&](const T* rows, float* out) {
+    if constexpr (is_quantized<T>::value)
+      if (l.key_tiles) {
+        static_assert(R == key_tile<T>::rows || G % key_tile<T>::rows != 0, "one tile per call");
+        const auto* tile = reinterpret_cast<const std::uint8_t*>(rows);
+        if (ops.dots_tiles) return ops.dots_tiles(ts.xq, m, tile, R, R * l.ld, cols, ts.spill, out);
+        key_tile<T>::unpack(tile, cols, reinterpret_cast<T*>(ts.tile_rows), l.ld);
+        rows = reinterpret_cast<const T*>(ts.tile_rows);
+      }
+    ops.dots(ts.xs, ts.xb, ts.xq, m, rows, R, l.ld, cols, ts.spill, out);
+  };
   for (index_t r0 = 0; r0 < G; r0 += R) {
-    ops.dots(ts.xs, ts.xb, ts.xq, m, w.keys(b) + r0 * l.ld, R, l.ld, cols, ts.spill, dk);
-    if constexpr (Act::gated)
-      ops.dots(ts.xs, ts.xb, ts.xq, m, w.up(b) + r0 * l.ld, R, l.ld, cols, ts.spill, du);
+    dots_of(w.keys(b) + r0 * l.ld, dk);
+    if constexpr (Act::gated) dots_of(w.up(b) + r0 * l.ld, du);
     for (index_t q = 0; q < m; ++q)
       for (index_t r = 0; r < R; ++r) {
         const index_t i = r0 + r, neuron = b * G + i;
@@ -303,12 +320,19 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
   const kernels::kernel_ops<T>& ops = kernels::ops_for<T>(active_isa());
   const index_t KR = ops.key_r;
 
+  // Key tiles where this level has no kernel for them: each tile is unpacked into a thread's 16 rows.
+  const index_t tile_bytes =
+      l.key_tiles && !ops.dots_tiles
+          ? sparse_ffn::detail::checked_mul(16 * static_cast<index_t>(sizeof(T)), ld, "workspace")
+          : 0;
   arena_plan sizing(nullptr);
-  plan_buffers<Sel, Act>(sizing, l, cols, n, k, threads, compute, ops.bf16_x, ops.int8_x);
+  plan_buffers<Sel, Act>(sizing, l, cols, n, k, threads, compute, ops.bf16_x, ops.int8_x, tile_bytes);
   ws.reserve(sizing.bytes());
   arena_plan carve(ws.data());
   const fast_buffers f =
-      plan_buffers<Sel, Act>(carve, l, cols, n, k, threads, compute, ops.bf16_x, ops.int8_x);
+      plan_buffers<Sel, Act>(carve, l, cols, n, k, threads, compute, ops.bf16_x, ops.int8_x, tile_bytes);
+  for (const thread_scratch& t : f.per_thread)  // the rows' padding is never written by unpack
+    if (t.tile_rows) std::memset(t.tile_rows, 0, static_cast<std::size_t>(tile_bytes));
   float* const cache_pre = cache ? cache->pre : nullptr;
   float* const cache_up = cache ? cache->up : nullptr;
 

@@ -43,11 +43,19 @@ std::int32_t value_coefficient_levels() {
   return kernels::ops_for<T>(active_isa()).value_levels;
 }
 
+/// Whether the kernels now active read key tiles (blocked_ffn::tile_keys) with their own kernel
+/// (kernel_ops::dots_tiles: q8/q4 on avx512_vnni and avx512_bf16), i.e. whether tiling a model's keys
+/// pays off on this CPU; elsewhere the forward unpacks each tile first (same bits, slower).
+template <class T>
+bool key_tile_kernel() {
+  return kernels::ops_for<T>(active_isa()).dots_tiles != nullptr;
+}
+
 template <class Policy, class Tx>
 void route(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, const route_args& args,
            routing_view out, workspace* ws = nullptr) {
   static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
-  sparse_ffn::detail::check_model<Policy>(w);
+  sparse_ffn::detail::check_model<Policy>(w, true);
   Policy::selector::check(w, args, n);
   sparse_ffn::detail::check_x(w.layout, n, x);
   sparse_ffn::detail::check_routing_out(n, args.k, out);
@@ -60,7 +68,7 @@ void forward_routed(const blocked_ffn_view<typename Policy::dtype>& w, index_t n
                     const_routing_view routing, const forward_cache* cache = nullptr,
                     workspace* ws = nullptr) {
   static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
-  sparse_ffn::detail::check_model<Policy>(w);
+  sparse_ffn::detail::check_model<Policy>(w, true);
   sparse_ffn::detail::check_io(w.layout, n, x, y);
   sparse_ffn::detail::check_routing(w.layout, n, routing);
   sparse_ffn::detail::check_cache(w.layout, n, routing.k, cache);
@@ -73,7 +81,7 @@ template <class Policy, class Tx, class Ty>
 void forward(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, Ty* y,
              const route_args& args, const forward_cache* cache = nullptr, workspace* ws = nullptr) {
   static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
-  sparse_ffn::detail::check_model<Policy>(w);
+  sparse_ffn::detail::check_model<Policy>(w, true);
   Policy::selector::check(w, args, n);
   sparse_ffn::detail::check_io(w.layout, n, x, y);
   sparse_ffn::detail::check_cache(w.layout, n, args.k, cache);

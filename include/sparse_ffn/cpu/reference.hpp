@@ -91,7 +91,7 @@ template <class Policy, class Tx>
 void reference_route(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x,
                      const route_args& args, routing_view out) {
   static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
-  sparse_ffn::detail::check_model<Policy>(w);
+  sparse_ffn::detail::check_model<Policy>(w, false, "the reference forward");
   Policy::selector::check(w, args, n);
   sparse_ffn::detail::check_x(w.layout, n, x);
   sparse_ffn::detail::check_routing_out(n, args.k, out);
@@ -104,7 +104,7 @@ template <class Policy, class Tx, class Ty>
 void reference_forward_routed(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x,
                               Ty* y, const_routing_view routing, const forward_cache* cache = nullptr) {
   static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
-  sparse_ffn::detail::check_model<Policy>(w);
+  sparse_ffn::detail::check_model<Policy>(w, false, "the reference forward");
   sparse_ffn::detail::check_io(w.layout, n, x, y);
   sparse_ffn::detail::check_routing(w.layout, n, routing);
   sparse_ffn::detail::check_cache(w.layout, n, routing.k, cache);
@@ -118,7 +118,7 @@ template <class Policy, class Tx, class Ty>
 void reference_forward(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, Ty* y,
                        const route_args& args, const forward_cache* cache = nullptr) {
   static_assert(is_policy<Policy>::value, "sparse_ffn: the first template argument must be a policy<>");
-  sparse_ffn::detail::check_model<Policy>(w);
+  sparse_ffn::detail::check_model<Policy>(w, false, "the reference forward");
   Policy::selector::check(w, args, n);
   sparse_ffn::detail::check_io(w.layout, n, x, y);
   sparse_ffn::detail::check_cache(w.layout, n, args.k, cache);

@@ -224,7 +224,7 @@ buffers plan(unsigned char* base, const block_layout& l, index_t n, index_t k, b
 /// Host-side checks that do not read device memory (the CPU checks that would are done on the device).
 template <class Policy>
 void check_common(const blocked_ffn_view<typename Policy::dtype>& w, index_t k) {
-  sparse_ffn::detail::check_model<Policy>(w);
+  sparse_ffn::detail::check_model<Policy>(w, false, "the CUDA forward");
   sparse_ffn::detail::check_k(k, w.layout.num_blocks);
 }
 

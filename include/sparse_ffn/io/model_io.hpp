@@ -58,6 +58,12 @@ template <class T>
 void save_blocked(const std::string& path, const blocked_ffn<T>& model,
                   const std::map<std::string, std::string>& extra = {},
                   const convert::mlp_router* router = nullptr) {
+  if constexpr (is_quantized<T>::value)
+    if (model.layout().key_tiles) {  // files hold rows: save a copy with its keys back as rows
+      blocked_ffn<T> rows = model;
+      rows.untile_keys();
+      return save_blocked(path, rows, extra, router);
+    }
   const block_layout& l = model.layout();
   const blocked_ffn_view<T> w = model.view();
   const index_t B = l.num_blocks, m = l.matrices(), g = l.g, d = l.d_model;
