@@ -32,6 +32,9 @@ inline double g_l3_bytes = 36.0 * 1024 * 1024;
 /// What each sparse forward is paired with (--sffn_pair): "none", "stream" (a plain read of the same
 /// bytes after every iteration) or "all" (that, and the dense bf16 FFN of the same shape and batch).
 inline std::string g_pair = "stream";
+/// q8/q4 models' keys as key tiles (--sffn_key_tiles): "auto" (where the level has the tile kernel,
+/// cpu::key_tile_kernel, and g is a multiple of 16) or "no" (rows, as before 2026-12-05).
+inline std::string g_key_tiles = "auto";
 
 // Paired measurements. This host's read bandwidth moves between regimes (34 or 50 GB/s, switching
 // within a run), so a ratio between two benchmarks that ran seconds apart can compare two machines.
@@ -222,6 +225,9 @@ std::shared_ptr<sparse_models<T>> get_sparse(sf::index_t d, sf::index_t f, int g
     po.g = g;
     po.gate_w = gate.data();
     m->copies.push_back(sf::pack<T>(dense.ffn.view(), po));
+    if constexpr (sf::is_quantized<T>::value)
+      if (g_key_tiles == "auto" && sf::cpu::key_tile_kernel<T>() && g % 16 == 0)
+        m->copies.front().tile_keys();
   }
   while (static_cast<int>(m->copies.size()) < copies) m->copies.push_back(m->copies.front());
   g_models.resize(key, bytes * static_cast<double>(m->copies.size()));

@@ -24,7 +24,8 @@
 //
 // Extra flags (before Google Benchmark's): --sffn_act=relu|silu|swiglu (activation of the sparse and dense
 // FFNs, default relu; swiglu registers only the backward benchmarks), --sffn_l3_mib=N (cache size to defeat;
-// default: the CPU's L3 as sysconf reports it, at least 36), --sffn_pair=none|stream|all (default stream).
+// default: the CPU's L3 as sysconf reports it, at least 36), --sffn_pair=none|stream|all (default stream),
+// --sffn_key_tiles=auto|no (q8/q4 keys as key tiles where the ISA level has their kernel; default auto).
 #include "bench_common.hpp"
 
 #include <algorithm>
@@ -141,6 +142,8 @@ int main(int argc, char** argv) {
       bench::g_act = a.substr(11);
     } else if (a.rfind("--sffn_pair=", 0) == 0) {
       bench::g_pair = a.substr(12);
+    } else if (a.rfind("--sffn_key_tiles=", 0) == 0) {
+      bench::g_key_tiles = a.substr(17);
     } else if (a.rfind("--sffn_l3_mib=", 0) == 0) {
       bench::g_l3_bytes = std::stod(a.substr(14)) * 1024 * 1024;
       l3_given = true;
@@ -160,6 +163,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--sffn_act must be relu, silu or swiglu (swiglu: backward benchmarks only)\n");
     return 2;
   }
+  if (bench::g_key_tiles != "auto" && bench::g_key_tiles != "no") {
+    std::fprintf(stderr, "--sffn_key_tiles must be auto or no\n");
+    return 2;
+  }
   if (bench::g_pair != "none" && bench::g_pair != "stream" && bench::g_pair != "all") {
     std::fprintf(stderr, "--sffn_pair must be none, stream or all\n");
     return 2;
@@ -174,6 +181,11 @@ int main(int argc, char** argv) {
                                   : "float");
   benchmark::AddCustomContext("sparse_ffn.activation", bench::g_act);
   benchmark::AddCustomContext("sparse_ffn.paired", bench::g_pair);
+  benchmark::AddCustomContext("sparse_ffn.key_tiles",
+                              bench::g_key_tiles == "no" ? "no (--sffn_key_tiles=no)"
+                              : sf::cpu::key_tile_kernel<sf::q4_t>()
+                                  ? "q8/q4 keys as key tiles (blocked_ffn::tile_keys; dots_tiles)"
+                                  : "no (this ISA level has no key-tile kernel)");
   benchmark::AddCustomContext("sparse_ffn.l3_mib_defeated",
                               std::to_string(bench::g_l3_bytes / (1024 * 1024)));
 #if defined(SPARSE_FFN_BENCH_ONEDNN)
