@@ -89,9 +89,9 @@ void bm_keys(benchmark::State& state, bool dram) {
 }
 
 /// BM_kernel_keys/<q8|q4>_tiles/<where>: the same rows as BM_kernel_keys re-laid as key_tile<T>
-/// (quant.hpp), tiles back to back, run by kernel_ops::dots_tiles (the same bits as dots): time per
-/// iteration compares with BM_kernel_keys directly (same rows); bytes are the tiles' (the rows' padding
-/// lines are not in them).
+/// (quant.hpp), each tile in the space of its 16 rows as blocked_ffn::tile_keys lays them, run by
+/// kernel_ops::dots_tiles (the same bits as dots): the same bytes and rows as BM_kernel_keys/<q8|q4>,
+/// so both its time and its GB/s compare directly.
 template <class T>
 void bm_key_tiles(benchmark::State& state, bool dram) {
   using KT = sf::key_tile<T>;
@@ -101,7 +101,8 @@ void bm_key_tiles(benchmark::State& state, bool dram) {
     return;
   }
   kernel_rows<T> kr(rows_for<T>(dram));
-  const sf::index_t stride = (KT::bytes(kr.cols) + 63) / 64 * 64, ntiles = kr.nrows / KT::rows;
+  const sf::index_t stride = KT::rows * kr.ld * static_cast<sf::index_t>(sizeof(T)),
+                    ntiles = kr.nrows / KT::rows;
   sf::detail::aligned_buffer<std::uint8_t> tiles(ntiles * stride);
   for (sf::index_t t = 0; t < ntiles; ++t)
     KT::pack(kr.w.data() + t * KT::rows * kr.ld, kr.ld, kr.cols, tiles.data() + t * stride);

@@ -239,8 +239,8 @@ struct kernel_ops {
                const T* rows, index_t nrows, index_t ld, index_t len, float* spill, float* out) = nullptr;
   /// dots for q8/q4 key rows stored as key_tile<T> (quant.hpp): nrows a multiple of 16, tile r / 16 at
   /// tiles + (r / 16)·tile_stride bytes; x from xq. The same bits as dots on the same rows. Set where
-  /// the level has the rows-in-lanes kernel (q8/q4 on avx512_vnni and up), null elsewhere. Not used by
-  /// the forward yet (docs/benchmarks.md, 2026-12-05 stop 49).
+  /// the level has the rows-in-lanes kernel (q8/q4 on avx512_vnni and up), null elsewhere (the forward
+  /// then unpacks each tile into rows for dots: fast.hpp key_block).
   void (*dots_tiles)(const std::uint8_t* const* xq, index_t m, const std::uint8_t* tiles, index_t nrows,
                      index_t tile_stride, index_t cols, float* spill, float* out) = nullptr;
   /// The value pass for m tokens (any number; rows_m at a time): columns [c_lo, c_hi), multiples of

@@ -1110,7 +1110,7 @@ struct impl {
     using I = typename V::ireg;
     constexpr bool q8 = std::is_same<T, q8_t>::value;
     constexpr int MT = 4;                             // tokens per pass
-    constexpr index_t ahead = 2048;                   // one stream: 1 KiB and 4 KiB no better (stop 49)
+    constexpr index_t ahead = 4096;  // the forward, 2 threads (1-8 KiB measured: docs/benchmarks.md, stop 49)
     constexpr index_t gpl = KT::groups_per_line;      // groups per line unit
     constexpr index_t lines_per_chunk = k_dchunk / (q8 ? 64 : 128);
     static_assert(width == lanes_r, "one row per lane");
