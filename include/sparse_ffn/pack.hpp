@@ -114,8 +114,9 @@ class blocked_ffn {
 
   /// Re-lays every block's keys (and up rows) as key tiles (quant.hpp key_tile; layout.key_tiles), in
   /// place, 16 rows at a time: the CPU forward's key pass then runs without transposes on the
-  /// avx512_vnni levels (cpu::key_tile_kernel<T>(): 1.4–1.6× one core's key rate from memory on Zen 4,
-  /// docs/benchmarks.md 2026-12-05), with the same bits as on rows; on other levels it unpacks each tile
+  /// avx512_vnni levels (cpu::key_tile_kernel<T>(); on Zen 4 one core's key kernel 1.8× faster from L2,
+  /// the q4 forward 5–16% faster at batch 1–8: docs/benchmarks.md, 2026-12-05 stop 49), with the same
+  /// bits as on rows; on other levels it unpacks each tile
   /// first (same bits, slower). Only cpu::forward / forward_routed / route read such a model: the
   /// reference, the backward, the CUDA path and unpack refuse it; save_blocked writes rows either way.
   /// q8/q4 only; g must be a multiple of 16 (status::unsupported otherwise).
