@@ -915,7 +915,7 @@ struct impl {
   /// Group gi (of the chunk starting at value q0) for MT tokens: their x bytes and group terms.
   template <int MT, class T, class I>
   static void lanes_group_at(const std::uint8_t* const* xq, index_t cols, index_t q0, index_t gi, const I* w,
-                             const float* s, reg (&y)[MT]) {
+                             reg s, reg (&y)[MT]) {
     const std::uint8_t* xg[MT];
     std::int32_t corr[MT];
     float sx[MT];
@@ -925,7 +925,7 @@ struct impl {
       xg[t] = xq[t] + kb;
       group_terms(xq[t], cols, gg, corr[t], sx[t]);
     }
-    lanes_group<MT>(w, xg, corr, sx, V::load(s), y);
+    lanes_group<MT>(w, xg, corr, sx, s, y);
   }
 
   /// kernel_ops::dots for q8/q4 rows on the VNNI levels (see above). spill: m vectors.
@@ -1083,7 +1083,7 @@ struct impl {
 #pragma GCC unroll 8
               for (int t = 0; t < N; ++t) y[t] = q0 == 0 ? V::zero() : V::load(acc + t * width);
               for (index_t gi = 0; gi < ng; ++gi)
-                lanes_group_at<N, T>(xq + m0, cols, q0, gi, wt[gi], sv[gi], y);
+                lanes_group_at<N, T>(xq + m0, cols, q0, gi, wt[gi], V::load(sv[gi]), y);
 #pragma GCC unroll 8
               for (int t = 0; t < N; ++t) V::store(acc + t * width, y[t]);
             });
@@ -1144,16 +1144,9 @@ struct impl {
               constexpr int per_half = q8 ? 1 : 2;
 #pragma GCC unroll 2
               for (int h = 0; h < per_half; ++h) {
-                const index_t gl = per_half * a + h, gg = gpl * j + gl;  // in the line; in the row
-                const std::uint8_t* xg[N];
-                std::int32_t corr[N];
-                float sx[N];
-#pragma GCC unroll 8
-                for (int t = 0; t < N; ++t) {
-                  xg[t] = xq[m0 + t] + x_int8_group_offset<T>(gg * k_quant_group);
-                  group_terms(xq[m0 + t], cols, gg, corr[t], sx[t]);
-                }
-                lanes_group<N>(h == 0 ? w : hi, xg, corr, sx, V::load_bf16_n(sc + lanes_r * gl, 16), y);
+                const index_t gl = per_half * a + h;  // the group's index in the line; gpl·j + gl in the row
+                lanes_group_at<N, T>(xq + m0, cols, 0, gpl * j + gl, h == 0 ? w : hi,
+                                     V::load_bf16_n(sc + lanes_r * gl, 16), y);
               }
             }
           }
