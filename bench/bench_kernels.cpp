@@ -149,6 +149,47 @@ void bm_values(benchmark::State& state, bool dram, int tokens) {
   state.counters["tokens"] = static_cast<double>(tokens);
 }
 
+/// BM_kernel_values/<q8|q4>_tiles/<where>[/tokens:M]: the same rows as BM_kernel_values re-laid as
+/// value_tile<T> (quant.hpp), each tile in the space of its 32 rows as blocked_ffn::tile_values lays
+/// them, run by kernel_ops::apply_tiles (the same bits as apply_rows): the same bytes and rows as
+/// BM_kernel_values/<q8|q4>, so both its time and its GB/s compare directly.
+template <class T>
+void bm_value_tiles(benchmark::State& state, bool dram, int tokens) {
+  using VT = sf::value_tile<T>;
+  const auto& ops = k::ops_for<T>(sf::cpu::active_isa());
+  if (!ops.apply_tiles) {
+    state.SkipWithError("no value-tile kernel at this ISA level (q8/q4 on avx512_vnni and up)");
+    return;
+  }
+  kernel_rows<T> kr(rows_for<T>(dram));
+  const sf::index_t stride = VT::rows * kr.ld * static_cast<sf::index_t>(sizeof(T)),
+                    ntiles = kr.nrows / VT::rows;
+  sf::detail::aligned_buffer<std::uint8_t> tiles(ntiles * stride);
+  for (sf::index_t t = 0; t < ntiles; ++t)
+    VT::pack(kr.w.data() + t * VT::rows * kr.ld, kr.ld, kr.cols, tiles.data() + t * stride);
+  const auto M = static_cast<std::size_t>(tokens);
+  std::vector<std::vector<float>> y(M, std::vector<float>(static_cast<std::size_t>(kr.cols), 0.0f));
+  std::vector<std::vector<float>> s(M, std::vector<float>(static_cast<std::size_t>(k_kernel_block)));
+  std::vector<float*> ys(M);
+  std::vector<const float*> sp(M);
+  for (std::size_t m = 0; m < M; ++m) {
+    fill(s[m].data(), s[m].size(), 11 + m, 0.01f);
+    ys[m] = y[m].data();
+  }
+  for (auto _ : state) {
+    for (sf::index_t t = 0; t < ntiles; ++t) {
+      for (std::size_t m = 0; m < M; ++m) sp[m] = s[m].data() + t % (k_kernel_block / VT::rows) * VT::rows;
+      ops.apply_tiles(ys.data(), sp.data(), tokens, tiles.data() + t * stride, kr.cols, 0, kr.cols);
+    }
+    benchmark::DoNotOptimize(y.front().data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(
+      static_cast<std::int64_t>(state.iterations() * static_cast<double>(ntiles * stride)));
+  state.counters["rows"] = static_cast<double>(kr.nrows);
+  state.counters["tokens"] = static_cast<double>(tokens);
+}
+
 template <class T>
 void register_kernels(const char* name) {
   for (const bool dram : {false, true}) {
@@ -166,6 +207,11 @@ void register_kernels(const char* name) {
                                  [dram](benchmark::State& st) { bm_values<T>(st, dram, 1); })
         ->Unit(benchmark::kMicrosecond)
         ->UseRealTime();
+    if constexpr (sf::is_quantized<T>::value)
+      benchmark::RegisterBenchmark(("BM_kernel_values/" + std::string(name) + "_tiles/" + where).c_str(),
+                                   [dram](benchmark::State& st) { bm_value_tiles<T>(st, dram, 1); })
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
   }
   const int group = k::ops_for<T>(sf::cpu::active_isa()).rows_m;  // apply_rows' largest token group
   for (const int tokens : {2, 4, 6})
@@ -175,6 +221,14 @@ void register_kernels(const char* name) {
           [tokens](benchmark::State& st) { bm_values<T>(st, false, tokens); })
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
+  if constexpr (sf::is_quantized<T>::value)
+    for (const int tokens : {2, 4, 6})
+      if (tokens <= group)
+        benchmark::RegisterBenchmark(
+            ("BM_kernel_values/" + std::string(name) + "_tiles/l2/tokens:" + std::to_string(tokens)).c_str(),
+            [tokens](benchmark::State& st) { bm_value_tiles<T>(st, false, tokens); })
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
 }
 
 }  // namespace

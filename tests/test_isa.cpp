@@ -670,6 +670,109 @@ TEST_CASE("isa: the rows-in-lanes key kernel on key tiles gives the bits of the 
 
 namespace {
 
+/// kernel_ops::apply_tiles of weights T at `level` on rows re-laid as value_tile<T> (quant.hpp) against
+/// apply_rows on the same rows listing those with a nonzero coefficient for some token (as the forward
+/// does): the same bits for 1–9 tokens, whole and partial column ranges, zero rows, zero quads, a token
+/// with no nonzero coefficient in a tile and y starting at ±0. Returns whether the level has it (q8/q4
+/// on avx512_vnni and up).
+template <class T>
+bool value_tiles_match(cpu::isa_level level, std::uint64_t seed) {
+  using F = sfx::row_format<T>;
+  using VT = sfx::value_tile<T>;
+  const auto& ops = cpu::kernels::ops_for<T>(level);
+  if (!ops.apply_tiles) return false;
+  auto r = test::rng(seed);
+  for (const sfx::index_t d : {sfx::index_t{77}, sfx::index_t{1100}, sfx::index_t{4096}}) {
+    const sfx::index_t cols = F::cols(d), ld = F::ld(d), nrows = 64;
+    REQUIRE(VT::bytes(cols) <= VT::rows * ld * static_cast<sfx::index_t>(sizeof(T)));
+    std::vector<T> rows(static_cast<std::size_t>(nrows * ld));
+    std::vector<float> src(static_cast<std::size_t>(d));
+    for (sfx::index_t i = 0; i < nrows; ++i) {
+      test::fill_normal(src, r, 0.05f * float(1 + i % 5));
+      F::encode(src.data(), d, rows.data() + i * ld, ld);
+    }
+    const sfx::index_t stride = (VT::bytes(cols) + 63) / 64 * 64 + 128;  // a gap between tiles
+    std::vector<std::uint8_t> tiles(static_cast<std::size_t>(nrows / VT::rows * stride + 64), 0xA5);
+    auto* base =
+        reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(tiles.data()) + 63) / 64 * 64);
+    for (sfx::index_t t = 0; t < nrows / VT::rows; ++t)
+      VT::pack(rows.data() + t * VT::rows * ld, ld, cols, base + t * stride);
+    const sfx::index_t m = 9;
+    // Coefficients: ReLU-like zeros (half the rows for token 0, a whole quad for every token in tile 0,
+    // every row of tile 1 for token 1), magnitudes over 2^±10.
+    std::vector<std::vector<float>> s(static_cast<std::size_t>(m), std::vector<float>(nrows));
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (sfx::index_t t = 0; t < m; ++t)
+      for (sfx::index_t i = 0; i < nrows; ++i) {
+        float v = u(r) * std::ldexp(1.0f, static_cast<int>(i % 21) - 10);
+        if ((t == 0 && i % 2 == 1) || (i >= 8 && i < 12) || (t == 1 && i >= 32)) v = 0.0f;
+        s[static_cast<std::size_t>(t)][static_cast<std::size_t>(i)] = v;
+      }
+    const sfx::index_t step = ops.col_step;
+    for (const sfx::index_t mm : {1, 2, 3, 4, 5, 6, 7, 9}) {
+      for (const bool part : {false, true}) {
+        const sfx::index_t c_lo = part && cols > 2 * step ? step : 0,
+                           c_hi = part && cols > 2 * step ? cols - step : cols;
+        std::vector<std::vector<float>> want(static_cast<std::size_t>(mm), std::vector<float>(cols));
+        for (auto& w : want) {
+          test::fill_normal(w, r, 1.0f);
+          w[0] = -0.0f;
+          w[static_cast<std::size_t>(cols - 1)] = 0.0f;
+        }
+        auto got = want;
+        for (sfx::index_t t0 = 0; t0 < nrows; t0 += VT::rows) {
+          std::vector<float*> yw, yg;
+          std::vector<const float*> sw, sg;
+          std::vector<std::int32_t> list;
+          for (sfx::index_t i = t0; i < t0 + VT::rows; ++i) {
+            bool any = false;
+            for (sfx::index_t t = 0; t < mm; ++t)
+              any |= s[static_cast<std::size_t>(t)][static_cast<std::size_t>(i)] != 0.0f;
+            if (any) list.push_back(static_cast<std::int32_t>(i - t0));
+          }
+          if (list.empty()) continue;
+          for (sfx::index_t t = 0; t < mm; ++t) {
+            yw.push_back(want[static_cast<std::size_t>(t)].data());
+            yg.push_back(got[static_cast<std::size_t>(t)].data());
+            sw.push_back(s[static_cast<std::size_t>(t)].data() + t0);
+            sg.push_back(s[static_cast<std::size_t>(t)].data() + t0);
+          }
+          ops.apply_rows(yw.data(), sw.data(), mm, list.data(), static_cast<sfx::index_t>(list.size()),
+                         rows.data() + t0 * ld, ld, cols, c_lo, c_hi);
+          ops.apply_tiles(yg.data(), sg.data(), mm, base + t0 / VT::rows * stride, cols, c_lo, c_hi);
+        }
+        for (sfx::index_t t = 0; t < mm; ++t)
+          for (sfx::index_t c = 0; c < cols; ++c) {
+            const float a = got[static_cast<std::size_t>(t)][static_cast<std::size_t>(c)],
+                        b = want[static_cast<std::size_t>(t)][static_cast<std::size_t>(c)];
+            INFO("d " << d << ", " << mm << " tokens, columns [" << c_lo << ", " << c_hi << "), token " << t
+                      << ", column " << c << ": " << a << " against " << b);
+            REQUIRE(std::memcmp(&a, &b, sizeof(float)) == 0);
+          }
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("isa: the quad value kernel on value tiles gives the bits of the value kernel on rows", "[isa]") {
+  int levels = 0;
+  for (int l = 0; l <= static_cast<int>(cpu::best_isa()); ++l) {
+    const auto level = static_cast<cpu::isa_level>(l);
+    INFO("isa " << cpu::isa_name(level));
+    for (std::uint64_t seed : {6u, 7u}) {
+      levels += value_tiles_match<sfx::q8_t>(level, seed) ? 1 : 0;
+      levels += value_tiles_match<sfx::q4_t>(level, seed) ? 1 : 0;
+    }
+  }
+  if (levels == 0)
+    WARN("SKIPPED: no value-tile kernel (q8/q4 on avx512_vnni and up) is supported by this CPU");
+}
+
+namespace {
+
 /// The integer value kernel (kernel_ops::apply_rows with value_levels > 0: q4 on avx2, q8 and q4 on
 /// avx512_vnni) at `level` against a scalar model of its arithmetic, bit for bit: per token, chunk of 32
 /// rows and group of 32 columns, a = s·scale (float), t = max|a| / Q, r = round-to-nearest-even(a · (Q /

@@ -369,4 +369,61 @@ struct key_tile {
   }
 };
 
+/// Thirty-two q8/q4 value rows (one chunk of the integer value pass: kernels.inl axpy_rows_vnni) re-laid
+/// as four-row quads, each dword one column's bytes of four rows: the value kernel of the AVX512_VNNI
+/// levels feeds them to vpdpbusd as they are, with no transposes and one stream per tile (kernels.inl
+/// axpy_tiles). A model's value rows take this form in place, 32 rows of a block per tile, with
+/// blocked_ffn::tile_values (layout.hpp value_tiles; a CPU forward form, docs/design.md "Value tiles"):
+///
+///   [ the scales: row i's groups (ascending, bfloat16) at 2·groups·i bytes                             ]
+///   [ the quants: for each 16-byte piece j of the rows' quants (row_format: quant_bytes / 16 pieces),   ]
+///   [   for each quad q < 8, one 64-byte line: dword l, byte e = byte 16j + l of row 4q + e              ]
+///
+/// So a q8 line holds 16 columns of one group; a q4 line 16 columns of one group in its low nibbles
+/// and the same 16 columns of the next group in its high ones (row_format's q4 pairs group 2c with
+/// 2c + 1 in the bytes of chunk c). No larger than the 32 rows (bytes(cols) ≤ 32 · ld · sizeof(T)).
+template <class T>
+struct value_tile {
+  static_assert(is_quantized<T>::value, "value_tile is for q8_t / q4_t");
+  using F = row_format<T>;
+  static constexpr index_t rows = 32, quads = rows / 4;
+  /// Bytes of one row's scales; where the quants start; the whole tile.
+  static constexpr index_t scale_bytes(index_t cols) { return 2 * F::groups(cols); }
+  static constexpr index_t quants_at(index_t cols) { return rows * scale_bytes(cols); }
+  static constexpr index_t bytes(index_t cols) { return quants_at(cols) + rows * F::quant_bytes(cols); }
+  /// Row r's scales.
+  static const bfloat16_t* scales(const std::uint8_t* tile, index_t cols, index_t r) {
+    return reinterpret_cast<const bfloat16_t*>(tile + r * scale_bytes(cols));
+  }
+  /// The line of piece j (16 bytes of each row's quants) and quad q.
+  static const std::uint8_t* line(const std::uint8_t* tile, index_t cols, index_t j, index_t q) {
+    return tile + quants_at(cols) + (j * quads + q) * 64;
+  }
+  /// Writes bytes(cols) bytes at out from 32 rows (row i at rows + i·ld; cols = row_format::cols).
+  static void pack(const T* rows_in, index_t ld, index_t cols, std::uint8_t* out) {
+    const index_t pieces = F::quant_bytes(cols) / 16;
+    for (index_t i = 0; i < rows; ++i) {
+      const T* row = rows_in + i * ld;
+      const auto* q = reinterpret_cast<const std::uint8_t*>(row);
+      std::memcpy(out + i * scale_bytes(cols), F::scales(row, cols),
+                  static_cast<std::size_t>(scale_bytes(cols)));
+      for (index_t j = 0; j < pieces; ++j)
+        for (index_t l = 0; l < 16; ++l)
+          out[quants_at(cols) + (j * quads + i / 4) * 64 + 4 * l + i % 4] = q[16 * j + l];
+    }
+  }
+  /// The inverse of pack: writes the 32 rows' quants and scales (the rest of each row untouched).
+  static void unpack(const std::uint8_t* tile, index_t cols, T* rows_out, index_t ld) {
+    const index_t pieces = F::quant_bytes(cols) / 16;
+    for (index_t i = 0; i < rows; ++i) {
+      auto* row = reinterpret_cast<std::uint8_t*>(rows_out + i * ld);
+      std::memcpy(row + F::quant_bytes(cols), tile + i * scale_bytes(cols),
+                  static_cast<std::size_t>(scale_bytes(cols)));
+      for (index_t j = 0; j < pieces; ++j)
+        for (index_t l = 0; l < 16; ++l)
+          row[16 * j + l] = tile[quants_at(cols) + (j * quads + i / 4) * 64 + 4 * l + i % 4];
+    }
+  }
+};
+
 }  // namespace sparse_ffn

@@ -68,7 +68,7 @@ struct adam_step {
   float b1, b2, lr, c1, c2, eps;
 };
 /// Upper bounds over every ISA (scratch sizing).
-inline constexpr int k_max_key_r = 16, k_max_width = 16;
+inline constexpr int k_max_key_r = 16, k_max_width = 16, k_max_rows_m = 6;
 
 /// Bytes of one token's prepared int8 x for `cols` values (prepare_x_int8).
 inline constexpr index_t x_int8_bytes(index_t cols) {
@@ -248,6 +248,13 @@ struct kernel_ops {
   void (*apply_rows)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
                      index_t nrows, const T* v, index_t ld, index_t cols, index_t c_lo,
                      index_t c_hi) = nullptr;
+  /// The value pass of one value_tile<T> (quant.hpp; 32 rows, s[q] the tile's 32 coefficients of token
+  /// q) for m tokens, columns [c_lo, c_hi) (multiples of col_step): the same bits as apply_rows on the
+  /// tile's rows (kernels.inl axpy_tiles; at least one coefficient must be nonzero). Set where the level
+  /// has the kernel (q8/q4 on avx512_vnni and up), null elsewhere (the forward then unpacks each tile
+  /// into rows for apply_rows: fast.hpp value_block).
+  void (*apply_tiles)(float* const* y, const float* const* s, index_t m, const std::uint8_t* tile,
+                      index_t cols, index_t c_lo, index_t c_hi) = nullptr;
   /// apply_rows rounds the coefficients to bf16 (the bf16 pair kernel, kernels.inl axpy_rows_pairs):
   /// bf16 weights on avx512_bf16 where fast_bf16_dot().
   bool bf16_values = false;
@@ -305,6 +312,7 @@ kernel_ops<T> make_ops(isa_level level) {
   kernel_ops<T> o;
   o.level = level;
   o.key_r = K::template key_r_for<T>;
+  static_assert(K::rows_m <= k_max_rows_m, "k_max_rows_m bounds every level's token group");
   o.rows_m = K::rows_m;
   o.outer_m = K::outer_m;
   o.bf16_x = K::template bf16_pairs<T>;
@@ -317,6 +325,7 @@ kernel_ops<T> make_ops(isa_level level) {
                                       : K::width;
   o.dots = &K::template dots<T>;
   if constexpr (K::template key_tiles<T>) o.dots_tiles = &K::template dots_tiles<T>;
+  if constexpr (K::template value_tiles<T>) o.apply_tiles = &K::template apply_tiles<T>;
   o.apply_rows = o.bf16_values ? &K::template apply_rows<T, true> : &K::template apply_rows<T, false>;
   if (K::template bf16_pairs<T>) o.apply_rows_pairs = &K::template apply_rows<T, true>;
   if constexpr (!is_quantized<T>::value) {

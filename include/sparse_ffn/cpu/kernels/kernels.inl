@@ -775,6 +775,145 @@ struct impl {
     }
   }
 
+  // ---- q8 and q4 value tiles on AVX512_VNNI ----------------------------------------------------------
+  /// Whether axpy_tiles runs at this level for T (kernel_ops::apply_tiles).
+  template <class T>
+  static constexpr bool value_tiles = vnni_values<T>;
+
+  /// axpy_rows_vnni for the 32 rows of one value_tile<T> (quant.hpp): y[t] += Σ_i s[t][i]·v_i over
+  /// columns [c_begin, c_end) (multiples of quant_value_step<T>) for M tokens, s[t] the tile's 32
+  /// coefficients. The same chunk (the tile's 32 rows), coefficients, steps t, exact int32 sums and one
+  /// y FMA per column as axpy_rows_vnni on the rows: the same bits (rows whose s is 0 add 0 and do not
+  /// move a maximum; a tile with no nonzero s must not be passed: its FMA would turn y = −0 into +0).
+  /// The quads sit as vpdpbusd wants them, so each 64-byte line costs one load, one (q8: sign flip) or
+  /// two (q4: the nibbles) logic operations and one or two vpdpbusd per token — against ~9 vector
+  /// operations per row and line of axpy_rows_vnni (its interleave4, nibble splits, coefficient
+  /// permutes and partial sums in L1). Quads whose four coefficients are 0 for every token are skipped.
+  template <int M, class T>
+  static void axpy_tiles(float* const* y, const float* const* s, const std::uint8_t* tile, index_t cols,
+                         index_t c_begin, index_t c_end) {
+    using VT = value_tile<T>;
+    using I = typename V::ireg;
+    constexpr bool q8 = std::is_same<T, q8_t>::value;
+    constexpr std::int32_t Q = value_levels, z = q8 ? 128 : 8;
+    constexpr index_t R = VT::rows, NQ = VT::quads;
+    // span: columns per pass of coefficients; step: columns per step (q8: one group, 2 pieces; q4: a
+    // group pair, 2 pieces of low and high nibbles); ahead: bytes prefetched ahead along the stream.
+    constexpr index_t span = 2048, sg = span / k_quant_group, step = q8 ? 32 : 64, ahead = 4096;
+    constexpr int MT = 4;  // tokens per pass over a step's lines (4·MT or 2·MT accumulators)
+    static_assert(sg % width == 0, "whole registers of coefficients per row and span");
+    static_assert(M <= 2 * MT, "at most two passes of tokens");
+    alignas(64) float sf[R][sg];
+    alignas(64) std::int32_t cq[M][NQ][sg];
+    alignas(64) float ts[M][sg];
+    alignas(64) std::int32_t corr[M][sg];
+    float bad[M];
+    unsigned live = 0;  // quads with a nonzero coefficient for some token
+    for (int m = 0; m < M; ++m) {
+      float f = 0.0f;
+      for (index_t r = 0; r < R; ++r) {
+        f += 0.0f * s[m][r];  // NaN once one is not finite
+        if (s[m][r] != 0.0f) live |= 1u << (r / 4);
+      }
+      bad[m] = f;
+    }
+    const std::uint8_t* quants = tile + VT::quants_at(cols);
+    for (index_t c0 = c_begin; c0 < c_end; c0 += span) {
+      const index_t c1 = std::min(c_end, c0 + span), g0 = c0 / k_quant_group;
+      const int ng = static_cast<int>((c1 - c0) / k_quant_group);
+      for (index_t gb = 0; gb < ng; gb += width) {  // as axpy_rows_vnni, over all 32 rows
+        const int ngb = static_cast<int>(std::min<index_t>(width, ng - gb));
+        for (index_t r = 0; r < R; ++r) V::store(sf[r] + gb, V::load_bf16_n(VT::scales(tile, cols, r) + g0 + gb, ngb));
+        for (int m = 0; m < M; ++m) {
+          reg amax = V::zero();
+          for (index_t r = 0; r < R; ++r) amax = V::max(amax, V::abs(V::mul(V::set1(s[m][r]), V::load(sf[r] + gb))));
+          const reg levels = V::set1(static_cast<float>(Q));
+          reg t = V::add(V::add(V::div(amax, levels), V::sub(amax, amax)), V::set1(bad[m]));
+          if constexpr (!q8) t = V::odd_div16(t);  // odd groups: high nibbles × 16 (nibble_x16)
+          V::store(ts[m] + gb, t);
+          const reg inv =
+              V::select_ge0(V::sub(amax, V::set1(k_value_coef_tiny)), V::div(levels, amax), V::zero());
+          I sum = V::izero();
+          for (index_t p = 0; p < NQ; ++p) {
+            I qr[4];
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k) {
+              qr[k] = V::round_i32(V::mul(V::mul(V::set1(s[m][4 * p + k]), V::load(sf[4 * p + k] + gb)), inv));
+              sum = V::iadd(sum, qr[k]);
+            }
+            V::istore(cq[m][p] + gb, V::quad_bytes(qr[0], qr[1], qr[2], qr[3]));
+          }
+          I zs = V::ineg_mul(sum, z);
+          if constexpr (!q8) zs = V::odd_x16(zs);
+          V::istore(corr[m] + gb, zs);
+        }
+      }
+      for (index_t c = c0; c < c1; c += step) {
+        const index_t j = c * row_format<T>::bits / 8 / 16, g = (c - c0) / k_quant_group;  // first piece, group
+        const std::uint8_t* l0 = quants + j * NQ * 64;  // 2 pieces × NQ lines from here on
+        for (index_t b = 0; b < 2 * NQ * 64; b += 64) V::prefetch_l2(l0 + ahead + b);
+        auto tokens = [&](int m0, auto n_c) {
+          constexpr int N = decltype(n_c)::value;
+          constexpr int H = q8 ? 1 : 2;  // units per line: q4's low and high nibbles
+          I acc[N][2][H];
+#pragma GCC unroll 8
+          for (int t = 0; t < N; ++t)
+#pragma GCC unroll 2
+            for (int e = 0; e < 2; ++e)
+#pragma GCC unroll 2
+              for (int h = 0; h < H; ++h) acc[t][e][h] = V::izero();
+          for (index_t q = 0; q < NQ; ++q) {
+            if (!(live >> q & 1u)) continue;
+#pragma GCC unroll 2
+            for (int e = 0; e < 2; ++e) {
+              const I w = V::iload(l0 + (e * NQ + q) * 64);
+              I u[H];
+              if constexpr (q8) {
+                u[0] = V::flip_sign(w);
+              } else {
+                u[0] = V::nibble_x16(w, 0);
+                u[1] = V::nibble_x16(w, 1);
+              }
+#pragma GCC unroll 8
+              for (int t = 0; t < N; ++t)
+#pragma GCC unroll 2
+                for (int h = 0; h < H; ++h)
+                  acc[t][e][h] = V::dpbusd(acc[t][e][h], u[h], V::bcast32(cq[m0 + t][q][g + h]));
+            }
+          }
+          // y += t · float(Σ r·(q + z) − z Σ r): columns c + 16e (+ 32 for q4's high nibbles, group g + 1)
+#pragma GCC unroll 8
+          for (int t = 0; t < N; ++t)
+#pragma GCC unroll 2
+            for (int h = 0; h < H; ++h) {
+              const I cc = V::bcast32(corr[m0 + t][g + h]);
+              const reg tt = V::set1(ts[m0 + t][g + h]);
+#pragma GCC unroll 2
+              for (int e = 0; e < 2; ++e) {
+                float* yc = y[m0 + t] + c + 16 * e + 32 * h;
+                V::store(yc, V::fma(tt, V::cvt(V::iadd(acc[t][e][h], cc)), V::load(yc)));
+              }
+            }
+        };
+        if constexpr (M <= MT) {
+          tokens(0, std::integral_constant<int, M>{});
+        } else {
+          tokens(0, std::integral_constant<int, MT>{});
+          tokens(MT, std::integral_constant<int, M - MT>{});
+        }
+      }
+    }
+  }
+
+  /// axpy_tiles for m tokens (rows_m at a time): the value pass of one tile (kernel_ops::apply_tiles).
+  template <class T>
+  static void apply_tiles(float* const* y, const float* const* s, index_t m, const std::uint8_t* tile,
+                          index_t cols, index_t c_lo, index_t c_hi) {
+    groups<rows_m>(m, [&](index_t m0, auto M) {
+      if constexpr (value_tiles<T>) axpy_tiles<decltype(M)::value, T>(y + m0, s + m0, tile, cols, c_lo, c_hi);
+    });
+  }
+
   // ---- quantised rows in int8: int8 × int8 dot products (vpdpbusd with VNNI, else vpmaddubsw) -------
   // x is quantised per group of 32 to int8 (prepare_x_int8 in kernels.hpp, once per token).
   // AVX512_VNNI levels: dots_lanes (below), rows in lanes, one exact int32 sum per row and group.
