@@ -73,3 +73,71 @@ TEMPLATE_TEST_CASE("key tiles: tile_keys / untile_keys round trip; entry points 
   sfx::cpu::forward<P>(tiled.view(), n, x.data(), y2.data(), {2});
   REQUIRE(std::memcmp(y.data(), y2.data(), y.size() * sizeof(float)) == 0);
 }
+
+TEMPLATE_TEST_CASE(
+    "value tiles: tile_values / untile_values round trip; entry points that read rows refuse them",
+    "[forward][quant][tiles]", sparse_ffn::q8_t, sparse_ffn::q4_t) {
+  namespace sfx = sparse_ffn;
+  using T = TestType;
+  auto r = test::rng(78);
+  const sfx::index_t d = 200, F = 128, n = 3;
+  const auto dense = test::random_dense<T>(r, d, F, true, true);
+  sfx::pack_options po;
+  po.g = 32;
+  const auto model = sfx::pack<T>(dense.view(), po);
+  auto tiled = model;
+  tiled.tile_values();
+  REQUIRE(tiled.layout().value_tiles);
+  REQUIRE(!tiled.layout().key_tiles);
+  const auto& l = model.layout();
+  const auto bytes = static_cast<std::size_t>(l.total_elements());
+  REQUIRE(std::memcmp(tiled.view().weights, model.view().weights, bytes) != 0);
+  // Only the value rows moved: every block's keys and up rows are as they were.
+  for (sfx::index_t b = 0; b < l.num_blocks; ++b)
+    REQUIRE(std::memcmp(tiled.view().weights + l.key_offset(b), model.view().weights + l.key_offset(b),
+                        static_cast<std::size_t>((l.matrices() - 1) * l.g * l.ld)) == 0);
+  auto back = tiled;
+  back.untile_values();
+  REQUIRE(!back.layout().value_tiles);
+  REQUIRE(std::memcmp(back.view().weights, model.view().weights, bytes) == 0);
+  auto both = model;  // keys and values tiled, untiled in the other order
+  both.tile_keys();
+  both.tile_values();
+  both.untile_keys();
+  both.untile_values();
+  REQUIRE(std::memcmp(both.view().weights, model.view().weights, bytes) == 0);
+  auto expect_code = [](sfx::status code, const char* what, auto&& f) {
+    INFO(what);
+    try {
+      f();
+      FAIL("no error");
+    } catch (const sfx::error& e) {
+      REQUIRE(e.code() == code);
+    }
+  };
+  expect_code(sfx::status::invalid_argument, "tile_values twice", [&] { tiled.tile_values(); });
+  expect_code(sfx::status::invalid_argument, "untile_values on rows", [&] { back.untile_values(); });
+  using P = sfx::policy<32, sfx::select::avg_k, T, sfx::act::swiglu>;
+  std::vector<float> x(static_cast<std::size_t>(n * d)), y(x.size());
+  test::fill_normal(x, r, 1.0);
+  expect_code(sfx::status::unsupported, "reference forward",
+              [&] { sfx::cpu::reference_forward<P>(tiled.view(), n, x.data(), y.data(), {2}); });
+  expect_code(sfx::status::unsupported, "unpack", [&] { (void)sfx::unpack(tiled.view()); });
+  auto centroids = tiled;  // compute_centroids reads keys only
+  centroids.compute_centroids();
+  // g not a multiple of 32.
+  sfx::pack_options p16;
+  p16.g = 16;
+  auto small = sfx::pack<T>(dense.view(), p16);
+  expect_code(sfx::status::unsupported, "g = 16", [&] { small.tile_values(); });
+  small.tile_keys();  // key tiles need only 16
+  // A hand-made view claiming value tiles with g = 16.
+  auto v = small.view();
+  v.layout.value_tiles = true;
+  expect_code(sfx::status::invalid_argument, "validate", [&] { sfx::validate(v); });
+  // The forward on tiles gives the bits of the rows (the full matrix: support/forward_matrix.hpp).
+  std::vector<float> y2(x.size());
+  sfx::cpu::forward<P>(model.view(), n, x.data(), y.data(), {2});
+  sfx::cpu::forward<P>(tiled.view(), n, x.data(), y2.data(), {2});
+  REQUIRE(std::memcmp(y.data(), y2.data(), y.size() * sizeof(float)) == 0);
+}

@@ -513,6 +513,25 @@ TEMPLATE_TEST_CASE("quantised blocked models: saved and loaded bit-identical; co
     REQUIRE(fa == fb);
     std::remove(tpath.c_str());
   }
+  {  // Value tiles (g a multiple of 32) and key tiles together: saved as rows too.
+    sfx::pack_options p32{32};
+    const auto m32 = sfx::pack<Q>(p.dense.view(), p32);
+    auto tiled = m32;
+    tiled.tile_keys();
+    tiled.tile_values();
+    const std::string apath = tmp_path("qmodel32"), tpath = tmp_path("qmodel32_tiles");
+    io::save_blocked(apath, m32, {{"activation", "relu"}});
+    io::save_blocked(tpath, tiled, {{"activation", "relu"}});
+    REQUIRE(tiled.layout().key_tiles);
+    REQUIRE(tiled.layout().value_tiles);
+    std::ifstream a(apath, std::ios::binary), b(tpath, std::ios::binary);
+    const std::string fa((std::istreambuf_iterator<char>(a)), std::istreambuf_iterator<char>());
+    const std::string fb((std::istreambuf_iterator<char>(b)), std::istreambuf_iterator<char>());
+    REQUIRE(!fa.empty());
+    REQUIRE(fa == fb);
+    std::remove(apath.c_str());
+    std::remove(tpath.c_str());
+  }
   // As float: the dequantised weights, exactly.
   const auto as_float = io::load_blocked<float>(path);
   REQUIRE(sfx::unpack(as_float.view()).w1 == sfx::unpack(w0).w1);

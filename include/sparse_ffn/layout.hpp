@@ -48,6 +48,10 @@ struct block_layout {
   /// (quant.hpp key_tile): q8/q4 with g a multiple of 16, set by blocked_ffn::tile_keys. Only the CPU
   /// forward (cpu::forward, forward_routed, route) reads such a model; every other entry point refuses it.
   bool key_tiles = false;
+  /// Value rows stored as value tiles, 32 rows of a block per tile in the space of those rows (quant.hpp
+  /// value_tile): q8/q4 with g a multiple of 32, set by blocked_ffn::tile_values. Read like key tiles:
+  /// only by the CPU forward.
+  bool value_tiles = false;
 
   SPARSE_FFN_HD index_t matrices() const { return gated ? 3 : 2; }
   SPARSE_FFN_HD index_t matrix_stride() const { return g * ld; }
@@ -204,6 +208,10 @@ void validate(const blocked_ffn_view<T>& w) {
     require(is_quantized<T>::value && l.g % 16 == 0, status::invalid_argument,
             "layout.key_tiles needs q8/q4 weights and g a multiple of 16 (dtype ", dtype_traits<T>::name,
             ", g = ", l.g, ")");
+  if (l.value_tiles)
+    require(is_quantized<T>::value && l.g % 32 == 0, status::invalid_argument,
+            "layout.value_tiles needs q8/q4 weights and g a multiple of 32 (dtype ", dtype_traits<T>::name,
+            ", g = ", l.g, ")");
 }
 
 namespace detail {
@@ -213,6 +221,19 @@ inline void require_key_rows(const block_layout& l, const char* what) {
   require(!l.key_tiles, status::unsupported, what,
           " reads key rows, but this model's keys are key tiles (blocked_ffn::tile_keys, a form only the CPU "
           "forward reads): use the model from before tile_keys, or call untile_keys()");
+}
+
+/// For entry points that read value rows as rows: refuses value tiles.
+inline void require_value_rows(const block_layout& l, const char* what) {
+  require(!l.value_tiles, status::unsupported, what,
+          " reads value rows, but this model's values are value tiles (blocked_ffn::tile_values, a form only "
+          "the CPU forward reads): use the model from before tile_values, or call untile_values()");
+}
+
+/// For entry points that read both as rows (all but the CPU forward): refuses key and value tiles.
+inline void require_rows(const block_layout& l, const char* what) {
+  require_key_rows(l, what);
+  require_value_rows(l, what);
 }
 
 }  // namespace detail

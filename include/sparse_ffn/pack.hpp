@@ -123,6 +123,16 @@ class blocked_ffn {
   void tile_keys() { relay_keys(true); }
   /// Back to rows, bit for bit (the inverse of tile_keys).
   void untile_keys() { relay_keys(false); }
+  /// Re-lays every block's value rows as value tiles (quant.hpp value_tile; layout.value_tiles), in
+  /// place, 32 rows at a time: the CPU forward's value pass then runs on the avx512_vnni levels without
+  /// transposes (cpu::value_tile_kernel<T>(); docs/design.md "Value tiles" for when it pays: a tile
+  /// reads all its 32 rows where the row pass reads only those a token's activation leaves nonzero),
+  /// with the same bits as on rows; on other levels it unpacks each tile first (same bits, slower). Read
+  /// as key tiles are: only by cpu::forward / forward_routed / route; save_blocked writes rows.
+  /// q8/q4 only; g must be a multiple of 32 (status::unsupported otherwise).
+  void tile_values() { relay_values(true); }
+  /// Back to rows, bit for bit (the inverse of tile_values).
+  void untile_values() { relay_values(false); }
 
   bool has_centroids() const { return !centroids_.empty(); }
   bool has_gate() const { return !gate_w_.empty(); }
@@ -231,6 +241,37 @@ class blocked_ffn {
       }
     }
     layout_.key_tiles = to_tiles;
+  }
+  void relay_values(bool to_tiles) {
+    static_assert(is_quantized<T>::value, "sparse_ffn: value tiles are for q8_t / q4_t weights");
+    using VT = value_tile<T>;
+    const block_layout& l = layout_;
+    detail::require(l.value_tiles != to_tiles, status::invalid_argument, "the values are already ",
+                    to_tiles ? "value tiles" : "rows");
+    detail::require(l.g % VT::rows == 0, status::unsupported, "value tiles need g a multiple of ", VT::rows,
+                    " (g = ", l.g, ")");
+    const index_t cols = row_cols<T>(l), span = VT::rows * l.ld, per_block = l.g / VT::rows,
+                  tiles = l.num_blocks * per_block;
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp parallel
+#endif
+    {
+      detail::aligned_buffer<T> tmp(span);
+#if SPARSE_FFN_HAS_OPENMP
+#pragma omp for schedule(static)
+#endif
+      for (index_t t = 0; t < tiles; ++t) {
+        T* p = weights_.data() + l.value_offset(t / per_block) + t % per_block * span;
+        auto* bytes = reinterpret_cast<std::uint8_t*>(p);
+        std::copy(p, p + span, tmp.data());
+        std::fill(bytes, bytes + span * static_cast<index_t>(sizeof(T)), std::uint8_t{0});
+        if (to_tiles)
+          VT::pack(tmp.data(), l.ld, cols, bytes);
+        else
+          VT::unpack(reinterpret_cast<const std::uint8_t*>(tmp.data()), cols, p, l.ld);
+      }
+    }
+    layout_.value_tiles = to_tiles;
   }
 
   static const float* opt(const std::vector<float>& v) {
@@ -400,7 +441,7 @@ blocked_ffn<T> pack(const dense_ffn_view<S>& dense, const pack_options& opt) {
 template <class T>
 dense_ffn<float> unpack(const blocked_ffn_view<T>& w) {
   validate(w);
-  detail::require_key_rows(w.layout, "unpack");
+  detail::require_rows(w.layout, "unpack");
   const block_layout& l = w.layout;
   const bool biases = w.b1 || w.b2 || w.b3;
   dense_ffn<float> out(l.d_model, l.d_ff, l.gated, biases);

@@ -195,14 +195,16 @@ struct case_data {
 };
 
 /// q8/q4: the three CPU entry points on a copy of the model with its keys as key tiles
-/// (blocked_ffn::tile_keys) give the bits they gave on the rows (run_case's outputs in c): outputs,
-/// routing, cache. At the levels with kernel_ops::dots_tiles that is the tile kernel; at the others the
-/// forward's unpacking of each tile.
+/// (blocked_ffn::tile_keys) and/or its values as value tiles (tile_values) give the bits they gave on
+/// the rows (run_case's outputs in c): outputs, routing, cache. At the levels with kernel_ops::dots_tiles
+/// and apply_tiles those are the tile kernels; at the others the forward's unpacking of the tiles.
 template <class P, class Tio>
-void check_key_tiles(case_data<typename P::dtype, Tio>& c) {
+void check_tiles(case_data<typename P::dtype, Tio>& c, bool keys, bool values) {
   auto tiled = c.model;
-  tiled.tile_keys();
-  REQUIRE(tiled.layout().key_tiles);
+  if (keys) tiled.tile_keys();
+  if (values) tiled.tile_values();
+  REQUIRE(tiled.layout().key_tiles == keys);
+  REQUIRE(tiled.layout().value_tiles == values);
   const auto w = tiled.view();
   const sfx::index_t n = c.s.n, d = c.s.d, k = c.s.k, g = c.g;
   const auto nk = static_cast<std::size_t>(n * k), nd = static_cast<std::size_t>(n * d);
@@ -222,8 +224,10 @@ void check_key_tiles(case_data<typename P::dtype, Tio>& c) {
   sfx::cpu::forward<P>(w, n, c.x.data(), y.data(), c.args, &cache);
   sfx::cpu::route<P>(w, n, c.x.data(), c.args, sfx::routing_view{n, k, rblocks.data(), rweights.data()});
   sfx::cpu::forward_routed<P>(w, n, c.x.data(), y_routed.data(), c.cached_routing());
-  INFO("key tiles, isa " << sfx::cpu::isa_name(sfx::cpu::active_isa()) << ", tile kernel "
-                         << sfx::cpu::key_tile_kernel<typename P::dtype>());
+  INFO("key tiles " << keys << ", value tiles " << values << ", isa "
+                    << sfx::cpu::isa_name(sfx::cpu::active_isa()) << ", key tile kernel "
+                    << sfx::cpu::key_tile_kernel<typename P::dtype>() << ", value tile kernel "
+                    << sfx::cpu::value_tile_kernel<typename P::dtype>());
   REQUIRE(std::memcmp(y.data(), c.y.data(), nd * sizeof(Tio)) == 0);
   REQUIRE(std::memcmp(y_routed.data(), c.y_routed.data(), nd * sizeof(Tio)) == 0);
   REQUIRE(cblocks == c.cblocks);
@@ -234,14 +238,21 @@ void check_key_tiles(case_data<typename P::dtype, Tio>& c) {
   if (gated) REQUIRE(std::memcmp(cup.data(), c.cup.data(), cup.size() * sizeof(float)) == 0);
 }
 
-/// The policy-dependent part: run the three CPU entry points (q8/q4: also on key tiles).
+/// The policy-dependent part: run the three CPU entry points (q8/q4: also on key tiles, value tiles and
+/// both, where g allows them).
 template <class P, class Tio>
 void run_case(case_data<typename P::dtype, Tio>& c) {
   const auto w = c.model.view();
   sfx::cpu::forward<P>(w, c.s.n, c.x.data(), c.y.data(), c.args, &c.cache);
   sfx::cpu::route<P>(w, c.s.n, c.x.data(), c.args, c.route_out());
   sfx::cpu::forward_routed<P>(w, c.s.n, c.x.data(), c.y_routed.data(), c.cached_routing());
-  if constexpr (sfx::is_quantized<typename P::dtype>::value && P::block_size % 16 == 0) check_key_tiles<P>(c);
+  if constexpr (sfx::is_quantized<typename P::dtype>::value && P::block_size % 16 == 0) {
+    check_tiles<P>(c, true, false);
+    if constexpr (P::block_size % 32 == 0) {
+      check_tiles<P>(c, false, true);
+      check_tiles<P>(c, true, true);
+    }
+  }
 }
 
 template <class P, class Tio>

@@ -13,13 +13,13 @@
 namespace sparse_ffn {
 namespace detail {
 
-/// Model vs policy: dtype matches by construction; block size and gating must match. Key tiles
-/// (layout.hpp) only where `key_tiles_ok` (the CPU forward); elsewhere `what` names the refusing caller.
+/// Model vs policy: dtype matches by construction; block size and gating must match. Key and value
+/// tiles (layout.hpp) only where `tiles_ok` (the CPU forward); elsewhere `what` names the refusing caller.
 template <class Policy>
-void check_model(const blocked_ffn_view<typename Policy::dtype>& w, bool key_tiles_ok = false,
+void check_model(const blocked_ffn_view<typename Policy::dtype>& w, bool tiles_ok = false,
                  const char* what = "this entry point") {
   validate(w);
-  if (!key_tiles_ok) require_key_rows(w.layout, what);
+  if (!tiles_ok) require_rows(w.layout, what);
   require(w.layout.g == Policy::block_size, status::invalid_argument, "model block size g=", w.layout.g,
           " does not match the policy's block size G=", Policy::block_size);
   require(w.layout.gated == Policy::gated, status::invalid_argument, "activation '", Policy::activation::name,

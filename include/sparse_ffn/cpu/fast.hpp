@@ -127,7 +127,8 @@ struct thread_scratch {
   index_t* nrows;           // tiles
   float** ys;               // n output pointers
   const float** sp;         // n coefficient pointers
-  std::uint8_t* tile_rows;  // 16 rows (16 × ld units of T, zeroed) where key tiles are unpacked; else null
+  std::uint8_t* tile_rows;  // rows (zeroed) where key tiles (16) or a block's value tiles (g) are unpacked
+                            // on levels without their kernels; else null
 };
 
 /// Scratch arrays of one forward (carved from a workspace).
@@ -280,6 +281,19 @@ void value_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w
   const index_t RM = ops.rows_m;
   const index_t ld = w.layout.ld;  // weight row stride; y accumulators have cols floats
   const T* values = w.values(b);
+  bool tiles = false;  // value tiles read by kernel_ops::apply_tiles, one tile (32 rows) at a time
+  if constexpr (is_quantized<T>::value)
+    if (w.layout.value_tiles) {
+      if (ops.apply_tiles) {
+        tiles = true;
+      } else {  // this level has no tile kernel: the block's tiles unpacked into rows, then apply_rows
+        using VT = value_tile<T>;
+        for (int i = 0; i < G; i += VT::rows)
+          VT::unpack(reinterpret_cast<const std::uint8_t*>(values + i * ld), cols,
+                     reinterpret_cast<T*>(ts.tile_rows) + i * ld, ld);
+        values = reinterpret_cast<const T*>(ts.tile_rows);
+      }
+    }
   for (index_t q = 0; q < m; ++q) {  // coefficients s = weight × activation
     const index_t t = entries[2 * q], j = entries[2 * q + 1];
     const float wt = weights[t * k + j];
@@ -298,6 +312,21 @@ void value_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w
       if (any) ts.rows[nr++] = i;
     }
     if (nr == 0) continue;
+    if constexpr (is_quantized<T>::value)
+      if (tiles) {
+        // Each tile holding a listed row: the same 32-row chunks, coefficients and bits as apply_rows
+        // on the rows (an unlisted row's s is 0 for every token of the group).
+        constexpr index_t TR = value_tile<T>::rows;
+        const float* sp[kernels::k_max_rows_m];
+        for (index_t i = 0, tile = -1; i < nr; ++i) {
+          if (ts.rows[i] / TR == tile) continue;
+          tile = ts.rows[i] / TR;
+          for (index_t q = q0; q < q1; ++q) sp[q - q0] = ts.sp[q] + tile * TR;
+          ops.apply_tiles(ts.ys + q0, sp, q1 - q0,
+                          reinterpret_cast<const std::uint8_t*>(values + tile * TR * ld), cols, c_lo, c_hi);
+        }
+        continue;
+      }
     ops.apply_rows(ts.ys + q0, ts.sp + q0, q1 - q0, ts.rows, nr, values, ld, cols, c_lo, c_hi);
   }
 }
@@ -320,11 +349,12 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
   const kernels::kernel_ops<T>& ops = kernels::ops_for<T>(active_isa());
   const index_t KR = ops.key_r;
 
-  // Key tiles where this level has no kernel for them: each tile is unpacked into a thread's 16 rows.
+  // Key or value tiles where this level has no kernel for them: each key tile is unpacked into a
+  // thread's 16 rows, a block's value tiles into its g rows.
+  const index_t tile_rows =
+      std::max<index_t>(l.key_tiles && !ops.dots_tiles ? 16 : 0, l.value_tiles && !ops.apply_tiles ? G : 0);
   const index_t tile_bytes =
-      l.key_tiles && !ops.dots_tiles
-          ? sparse_ffn::detail::checked_mul(16 * static_cast<index_t>(sizeof(T)), ld, "workspace")
-          : 0;
+      sparse_ffn::detail::checked_mul(tile_rows * static_cast<index_t>(sizeof(T)), ld, "workspace");
   arena_plan sizing(nullptr);
   plan_buffers<Sel, Act>(sizing, l, cols, n, k, threads, compute, ops.bf16_x, ops.int8_x, tile_bytes);
   ws.reserve(sizing.bytes());

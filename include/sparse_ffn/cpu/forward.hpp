@@ -51,6 +51,13 @@ bool key_tile_kernel() {
   return kernels::ops_for<T>(active_isa()).dots_tiles != nullptr;
 }
 
+/// Whether the running ISA level has the value kernel for value tiles (kernel_ops::apply_tiles: q8/q4 on
+/// avx512_vnni and avx512_bf16); elsewhere the forward unpacks a block's tiles first (same bits, slower).
+template <class T>
+bool value_tile_kernel() {
+  return kernels::ops_for<T>(active_isa()).apply_tiles != nullptr;
+}
+
 template <class Policy, class Tx>
 void route(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, const Tx* x, const route_args& args,
            routing_view out, workspace* ws = nullptr) {

@@ -59,9 +59,10 @@ void save_blocked(const std::string& path, const blocked_ffn<T>& model,
                   const std::map<std::string, std::string>& extra = {},
                   const convert::mlp_router* router = nullptr) {
   if constexpr (is_quantized<T>::value)
-    if (model.layout().key_tiles) {  // files hold rows: save a copy with its keys back as rows
+    if (model.layout().key_tiles || model.layout().value_tiles) {  // files hold rows: save a copy as rows
       blocked_ffn<T> rows = model;
-      rows.untile_keys();
+      if (rows.layout().key_tiles) rows.untile_keys();
+      if (rows.layout().value_tiles) rows.untile_values();
       return save_blocked(path, rows, extra, router);
     }
   const block_layout& l = model.layout();
