@@ -35,6 +35,15 @@ inline std::string g_pair = "stream";
 /// q8/q4 models' keys as key tiles (--sffn_key_tiles): "auto" (where the level has the tile kernel,
 /// cpu::key_tile_kernel, and g is a multiple of 16) or "no" (rows, as before 2026-12-05).
 inline std::string g_key_tiles = "auto";
+/// q8/q4 models' value rows as value tiles (--sffn_value_tiles): "auto" (where the level has the tile
+/// kernel, cpu::value_tile_kernel, g is a multiple of 32 and the activation is not ReLU: a tile reads
+/// all its rows, the row pass skips those ReLU leaves at 0, which at batch 1-8 costs more than the
+/// faster kernel saves; docs/benchmarks.md, stop 50), "yes" (ReLU too) or "no" (rows).
+inline std::string g_value_tiles = "auto";
+/// Whether get_sparse tiles a q8/q4 model's values (g_value_tiles, for the activation g_act).
+inline bool value_tiles_wanted() {
+  return g_value_tiles == "yes" || (g_value_tiles == "auto" && g_act != "relu");
+}
 
 // Paired measurements. This host's read bandwidth moves between regimes (34 or 50 GB/s, switching
 // within a run), so a ratio between two benchmarks that ran seconds apart can compare two machines.
@@ -225,9 +234,12 @@ std::shared_ptr<sparse_models<T>> get_sparse(sf::index_t d, sf::index_t f, int g
     po.g = g;
     po.gate_w = gate.data();
     m->copies.push_back(sf::pack<T>(dense.ffn.view(), po));
-    if constexpr (sf::is_quantized<T>::value)
+    if constexpr (sf::is_quantized<T>::value) {
       if (g_key_tiles == "auto" && sf::cpu::key_tile_kernel<T>() && g % 16 == 0)
         m->copies.front().tile_keys();
+      if (value_tiles_wanted() && sf::cpu::value_tile_kernel<T>() && g % 32 == 0)
+        m->copies.front().tile_values();
+    }
   }
   while (static_cast<int>(m->copies.size()) < copies) m->copies.push_back(m->copies.front());
   g_models.resize(key, bytes * static_cast<double>(m->copies.size()));

@@ -26,6 +26,8 @@
 // FFNs, default relu; swiglu registers only the backward benchmarks), --sffn_l3_mib=N (cache size to defeat;
 // default: the CPU's L3 as sysconf reports it, at least 36), --sffn_pair=none|stream|all (default stream),
 // --sffn_key_tiles=auto|no (q8/q4 keys as key tiles where the ISA level has their kernel; default auto).
+// --sffn_value_tiles=auto|yes|no (q8/q4 values as value tiles where the ISA level has their kernel:
+// auto for activations other than ReLU, yes for every one; default auto).
 #include "bench_common.hpp"
 
 #include <algorithm>
@@ -144,6 +146,8 @@ int main(int argc, char** argv) {
       bench::g_pair = a.substr(12);
     } else if (a.rfind("--sffn_key_tiles=", 0) == 0) {
       bench::g_key_tiles = a.substr(17);
+    } else if (a.rfind("--sffn_value_tiles=", 0) == 0) {
+      bench::g_value_tiles = a.substr(19);
     } else if (a.rfind("--sffn_l3_mib=", 0) == 0) {
       bench::g_l3_bytes = std::stod(a.substr(14)) * 1024 * 1024;
       l3_given = true;
@@ -167,6 +171,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--sffn_key_tiles must be auto or no\n");
     return 2;
   }
+  if (bench::g_value_tiles != "auto" && bench::g_value_tiles != "yes" && bench::g_value_tiles != "no") {
+    std::fprintf(stderr, "--sffn_value_tiles must be auto, yes or no\n");
+    return 2;
+  }
   if (bench::g_pair != "none" && bench::g_pair != "stream" && bench::g_pair != "all") {
     std::fprintf(stderr, "--sffn_pair must be none, stream or all\n");
     return 2;
@@ -186,6 +194,12 @@ int main(int argc, char** argv) {
                               : sf::cpu::key_tile_kernel<sf::q4_t>()
                                   ? "q8/q4 keys as key tiles (blocked_ffn::tile_keys; dots_tiles)"
                                   : "no (this ISA level has no key-tile kernel)");
+  benchmark::AddCustomContext(
+      "sparse_ffn.value_tiles",
+      !sf::cpu::value_tile_kernel<sf::q4_t>() ? "no (this ISA level has no value-tile kernel)"
+      : bench::value_tiles_wanted()
+          ? "q8/q4 values as value tiles (blocked_ffn::tile_values; apply_tiles)"
+          : "no (--sffn_value_tiles=" + bench::g_value_tiles + ", activation " + bench::g_act + ")");
   benchmark::AddCustomContext("sparse_ffn.l3_mib_defeated",
                               std::to_string(bench::g_l3_bytes / (1024 * 1024)));
 #if defined(SPARSE_FFN_BENCH_ONEDNN)

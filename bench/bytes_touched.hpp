@@ -14,7 +14,8 @@ namespace bench {
 /// up for gated activations: n × k × g, as forward_cache keeps them): the selector's rows (linear) or
 /// every key (oracle), the keys (and up rows) of each block the batch selected, and each selected
 /// block's value rows whose activation is nonzero for at least one of its tokens (the kernels skip the
-/// others). *touched_frac: the fraction of blocks selected.
+/// others; value tiles: each tile holding such a row, less its quads that hold none). *touched_frac: the
+/// fraction of blocks selected.
 template <class P>
 double bytes_touched(const sf::blocked_ffn_view<typename P::dtype>& w, sf::index_t n, sf::index_t k,
                      const std::vector<sf::block_index_t>& blocks, const std::vector<float>& pre,
@@ -43,6 +44,22 @@ double bytes_touched(const sf::blocked_ffn_view<typename P::dtype>& w, sf::index
     if (!used[static_cast<std::size_t>(b)]) continue;
     nb += 1;
     if (P::selector::scoring != sf::scoring_kind::dense) bytes += key_rows * double(G) * row;
+    if constexpr (sf::is_quantized<T>::value)
+      if (l.value_tiles) {  // a tile with a live row: its scales and every quad with a live row
+        using VT = sf::value_tile<T>;
+        const sf::index_t cols = sf::row_format<T>::cols(l.d_model);
+        for (sf::index_t t0 = 0; t0 < G; t0 += VT::rows) {
+          double quads = 0;
+          for (sf::index_t q = t0; q < t0 + VT::rows; q += 4) {
+            bool any = false;
+            for (sf::index_t i = q; i < q + 4; ++i) any |= live[static_cast<std::size_t>(b * G + i)] != 0;
+            quads += any ? 1.0 : 0.0;
+          }
+          if (quads > 0)
+            bytes += double(VT::quants_at(cols)) + quads * 4.0 * double(sf::row_format<T>::quant_bytes(cols));
+        }
+        continue;
+      }
     for (sf::index_t i = 0; i < G; ++i) bytes += live[static_cast<std::size_t>(b * G + i)] ? row : 0.0;
   }
   *touched_frac = nb / double(l.num_blocks);
