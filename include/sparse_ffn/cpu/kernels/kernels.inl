@@ -789,6 +789,8 @@ struct impl {
   /// two (q4: the nibbles) logic operations and one or two vpdpbusd per token — against ~9 vector
   /// operations per row and line of axpy_rows_vnni (its interleave4, nibble splits, coefficient
   /// permutes and partial sums in L1). Quads whose four coefficients are 0 for every token are skipped.
+  /// Every scale of the tile is read: a non-finite one (pack and load_blocked never make one; a hand-made
+  /// view could) in a row no token uses can make its columns NaN here, where the row pass skips that row.
   template <int M, class T>
   static void axpy_tiles(float* const* y, const float* const* s, const std::uint8_t* tile, index_t cols,
                          index_t c_begin, index_t c_end) {
