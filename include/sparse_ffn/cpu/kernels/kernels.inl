@@ -819,7 +819,6 @@ struct impl {
       }
       bad[m] = f;
     }
-    const std::uint8_t* quants = tile + VT::quants_at(cols);
     for (index_t c0 = c_begin; c0 < c_end; c0 += span) {
       const index_t c1 = std::min(c_end, c0 + span), g0 = c0 / k_quant_group;
       const int ng = static_cast<int>((c1 - c0) / k_quant_group);
@@ -852,7 +851,7 @@ struct impl {
       }
       for (index_t c = c0; c < c1; c += step) {
         const index_t j = c * row_format<T>::bits / 8 / 16, g = (c - c0) / k_quant_group;  // first piece, group
-        const std::uint8_t* l0 = quants + j * NQ * 64;  // 2 pieces × NQ lines from here on
+        const std::uint8_t* l0 = VT::line(tile, cols, j, 0);  // 2 pieces × NQ lines from here on
         for (index_t b = 0; b < 2 * NQ * 64; b += 64) V::prefetch_l2(l0 + ahead + b);
         auto tokens = [&](int m0, auto n_c) {
           constexpr int N = decltype(n_c)::value;
