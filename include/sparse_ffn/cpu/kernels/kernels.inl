@@ -824,10 +824,12 @@ struct impl {
       const int ng = static_cast<int>((c1 - c0) / k_quant_group);
       for (index_t gb = 0; gb < ng; gb += width) {  // as axpy_rows_vnni, over all 32 rows
         const int ngb = static_cast<int>(std::min<index_t>(width, ng - gb));
-        for (index_t r = 0; r < R; ++r) V::store(sf[r] + gb, V::load_bf16_n(VT::scales(tile, cols, r) + g0 + gb, ngb));
+        for (index_t r = 0; r < R; ++r)
+          V::store(sf[r] + gb, V::load_bf16_n(VT::scales(tile, cols, r) + g0 + gb, ngb));
         for (int m = 0; m < M; ++m) {
           reg amax = V::zero();
-          for (index_t r = 0; r < R; ++r) amax = V::max(amax, V::abs(V::mul(V::set1(s[m][r]), V::load(sf[r] + gb))));
+          for (index_t r = 0; r < R; ++r)
+            amax = V::max(amax, V::abs(V::mul(V::set1(s[m][r]), V::load(sf[r] + gb))));
           const reg levels = V::set1(static_cast<float>(Q));
           reg t = V::add(V::add(V::div(amax, levels), V::sub(amax, amax)), V::set1(bad[m]));
           if constexpr (!q8) t = V::odd_div16(t);  // odd groups: high nibbles × 16 (nibble_x16)
@@ -839,7 +841,8 @@ struct impl {
             I qr[4];
 #pragma GCC unroll 4
             for (int k = 0; k < 4; ++k) {
-              qr[k] = V::round_i32(V::mul(V::mul(V::set1(s[m][4 * p + k]), V::load(sf[4 * p + k] + gb)), inv));
+              qr[k] =
+                  V::round_i32(V::mul(V::mul(V::set1(s[m][4 * p + k]), V::load(sf[4 * p + k] + gb)), inv));
               sum = V::iadd(sum, qr[k]);
             }
             V::istore(cq[m][p] + gb, V::quad_bytes(qr[0], qr[1], qr[2], qr[3]));
@@ -850,7 +853,8 @@ struct impl {
         }
       }
       for (index_t c = c0; c < c1; c += step) {
-        const index_t j = c * row_format<T>::bits / 8 / 16, g = (c - c0) / k_quant_group;  // first piece, group
+        const index_t j = c * row_format<T>::bits / 8 / 16,
+                      g = (c - c0) / k_quant_group;           // first piece, group
         const std::uint8_t* l0 = VT::line(tile, cols, j, 0);  // 2 pieces × NQ lines from here on
         for (index_t b = 0; b < 2 * NQ * 64; b += 64) V::prefetch_l2(l0 + ahead + b);
         auto tokens = [&](int m0, auto n_c) {
