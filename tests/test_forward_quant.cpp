@@ -40,33 +40,24 @@ TEMPLATE_TEST_CASE("key tiles: tile_keys / untile_keys round trip; entry points 
   back.untile_keys();
   REQUIRE(!back.layout().key_tiles);
   REQUIRE(std::memcmp(back.view().weights, model.view().weights, bytes) == 0);
-  auto expect_code = [](sfx::status code, const char* what, auto&& f) {
-    INFO(what);
-    try {
-      f();
-      FAIL("no error");
-    } catch (const sfx::error& e) {
-      REQUIRE(e.code() == code);
-    }
-  };
-  expect_code(sfx::status::invalid_argument, "tile_keys twice", [&] { tiled.tile_keys(); });
-  expect_code(sfx::status::invalid_argument, "untile_keys on rows", [&] { back.untile_keys(); });
+  REQUIRE_ERROR(tiled.tile_keys(), sfx::status::invalid_argument, "the keys are already key tiles");
+  REQUIRE_ERROR(back.untile_keys(), sfx::status::invalid_argument, "the keys are already rows");
   using P = sfx::policy<32, sfx::select::avg_k, T, sfx::act::swiglu>;
   std::vector<float> x(static_cast<std::size_t>(n * d)), y(x.size());
   test::fill_normal(x, r, 1.0);
-  expect_code(sfx::status::unsupported, "reference forward",
-              [&] { sfx::cpu::reference_forward<P>(tiled.view(), n, x.data(), y.data(), {2}); });
-  expect_code(sfx::status::unsupported, "unpack", [&] { (void)sfx::unpack(tiled.view()); });
-  expect_code(sfx::status::unsupported, "compute_centroids", [&] { tiled.compute_centroids(); });
+  REQUIRE_ERROR(sfx::cpu::reference_forward<P>(tiled.view(), n, x.data(), y.data(), {2}),
+                sfx::status::unsupported, "untile_keys()");
+  REQUIRE_ERROR((void)sfx::unpack(tiled.view()), sfx::status::unsupported, "untile_keys()");
+  REQUIRE_ERROR(tiled.compute_centroids(), sfx::status::unsupported, "untile_keys()");
   // g not a multiple of 16.
   sfx::pack_options p8;
   p8.g = 8;
   auto small = sfx::pack<T>(dense.view(), p8);
-  expect_code(sfx::status::unsupported, "g = 8", [&] { small.tile_keys(); });
+  REQUIRE_ERROR(small.tile_keys(), sfx::status::unsupported, "key tiles need g a multiple of 16");
   // A hand-made view claiming key tiles with g = 8.
   auto v = small.view();
   v.layout.key_tiles = true;
-  expect_code(sfx::status::invalid_argument, "validate", [&] { sfx::validate(v); });
+  REQUIRE_ERROR(sfx::validate(v), sfx::status::invalid_argument, "layout.key_tiles");
   // The forward on tiles gives the bits of the rows (the full matrix: support/forward_matrix.hpp).
   std::vector<float> y2(x.size());
   sfx::cpu::forward<P>(model.view(), n, x.data(), y.data(), {2});
@@ -106,35 +97,26 @@ TEMPLATE_TEST_CASE(
   both.untile_keys();
   both.untile_values();
   REQUIRE(std::memcmp(both.view().weights, model.view().weights, bytes) == 0);
-  auto expect_code = [](sfx::status code, const char* what, auto&& f) {
-    INFO(what);
-    try {
-      f();
-      FAIL("no error");
-    } catch (const sfx::error& e) {
-      REQUIRE(e.code() == code);
-    }
-  };
-  expect_code(sfx::status::invalid_argument, "tile_values twice", [&] { tiled.tile_values(); });
-  expect_code(sfx::status::invalid_argument, "untile_values on rows", [&] { back.untile_values(); });
+  REQUIRE_ERROR(tiled.tile_values(), sfx::status::invalid_argument, "the values are already value tiles");
+  REQUIRE_ERROR(back.untile_values(), sfx::status::invalid_argument, "the values are already rows");
   using P = sfx::policy<32, sfx::select::avg_k, T, sfx::act::swiglu>;
   std::vector<float> x(static_cast<std::size_t>(n * d)), y(x.size());
   test::fill_normal(x, r, 1.0);
-  expect_code(sfx::status::unsupported, "reference forward",
-              [&] { sfx::cpu::reference_forward<P>(tiled.view(), n, x.data(), y.data(), {2}); });
-  expect_code(sfx::status::unsupported, "unpack", [&] { (void)sfx::unpack(tiled.view()); });
+  REQUIRE_ERROR(sfx::cpu::reference_forward<P>(tiled.view(), n, x.data(), y.data(), {2}),
+                sfx::status::unsupported, "untile_values()");
+  REQUIRE_ERROR((void)sfx::unpack(tiled.view()), sfx::status::unsupported, "untile_values()");
   auto centroids = tiled;  // compute_centroids reads keys only
   centroids.compute_centroids();
   // g not a multiple of 32.
   sfx::pack_options p16;
   p16.g = 16;
   auto small = sfx::pack<T>(dense.view(), p16);
-  expect_code(sfx::status::unsupported, "g = 16", [&] { small.tile_values(); });
+  REQUIRE_ERROR(small.tile_values(), sfx::status::unsupported, "value tiles need g a multiple of 32");
   small.tile_keys();  // key tiles need only 16
   // A hand-made view claiming value tiles with g = 16.
   auto v = small.view();
   v.layout.value_tiles = true;
-  expect_code(sfx::status::invalid_argument, "validate", [&] { sfx::validate(v); });
+  REQUIRE_ERROR(sfx::validate(v), sfx::status::invalid_argument, "layout.value_tiles");
   // The forward on tiles gives the bits of the rows (the full matrix: support/forward_matrix.hpp).
   std::vector<float> y2(x.size());
   sfx::cpu::forward<P>(model.view(), n, x.data(), y.data(), {2});

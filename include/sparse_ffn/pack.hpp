@@ -210,48 +210,31 @@ class blocked_ffn {
 
  private:
   void relay_keys(bool to_tiles) {
-    static_assert(is_quantized<T>::value, "sparse_ffn: key tiles are for q8_t / q4_t weights");
-    using KT = key_tile<T>;
     const block_layout& l = layout_;
-    detail::require(l.key_tiles != to_tiles, status::invalid_argument, "the keys are already ",
-                    to_tiles ? "key tiles" : "rows");
-    detail::require(l.g % KT::rows == 0, status::unsupported, "key tiles need g a multiple of ", KT::rows,
-                    " (g = ", l.g, ")");
-    const index_t cols = row_cols<T>(l), span = KT::rows * l.ld,
-                  tiles = l.num_blocks * (l.matrices() - 1) * (l.g / KT::rows);
-#if SPARSE_FFN_HAS_OPENMP
-#pragma omp parallel
-#endif
-    {
-      detail::aligned_buffer<T> tmp(span);
-#if SPARSE_FFN_HAS_OPENMP
-#pragma omp for schedule(static)
-#endif
-      for (index_t t = 0; t < tiles; ++t) {  // keys, then up rows (gated), of each block
-        const index_t per_matrix = l.g / KT::rows, per_block = (l.matrices() - 1) * per_matrix;
-        const index_t b = t / per_block, mat = t % per_block / per_matrix, i = t % per_matrix;
-        T* p = weights_.data() + (mat == 0 ? l.key_offset(b) : l.up_offset(b)) + i * span;
-        auto* bytes = reinterpret_cast<std::uint8_t*>(p);
-        std::copy(p, p + span, tmp.data());
-        std::fill(bytes, bytes + span * static_cast<index_t>(sizeof(T)), std::uint8_t{0});
-        if (to_tiles)
-          KT::pack(tmp.data(), l.ld, cols, bytes);
-        else
-          KT::unpack(reinterpret_cast<const std::uint8_t*>(tmp.data()), cols, p, l.ld);
-      }
-    }
-    layout_.key_tiles = to_tiles;
+    const index_t per_matrix = l.g / key_tile<T>::rows, per_block = (l.matrices() - 1) * per_matrix;
+    relay<key_tile<T>>(layout_.key_tiles, to_tiles, "key", l.num_blocks * per_block, [&](index_t t) {
+      const index_t b = t / per_block, mat = t % per_block / per_matrix, i = t % per_matrix;  // keys, then up
+      return (mat == 0 ? l.key_offset(b) : l.up_offset(b)) + i * key_tile<T>::rows * l.ld;
+    });
   }
   void relay_values(bool to_tiles) {
-    static_assert(is_quantized<T>::value, "sparse_ffn: value tiles are for q8_t / q4_t weights");
-    using VT = value_tile<T>;
     const block_layout& l = layout_;
-    detail::require(l.value_tiles != to_tiles, status::invalid_argument, "the values are already ",
-                    to_tiles ? "value tiles" : "rows");
-    detail::require(l.g % VT::rows == 0, status::unsupported, "value tiles need g a multiple of ", VT::rows,
-                    " (g = ", l.g, ")");
-    const index_t cols = row_cols<T>(l), span = VT::rows * l.ld, per_block = l.g / VT::rows,
-                  tiles = l.num_blocks * per_block;
+    const index_t per_block = l.g / value_tile<T>::rows;
+    relay<value_tile<T>>(layout_.value_tiles, to_tiles, "value", l.num_blocks * per_block, [&](index_t t) {
+      return l.value_offset(t / per_block) + t % per_block * value_tile<T>::rows * l.ld;
+    });
+  }
+  /// Re-lays `count` runs of Tile::rows rows in place, run t starting at element at(t) of the weights,
+  /// as Tile (quant.hpp key_tile / value_tile) or back to rows (to_tiles false), and records it in flag.
+  template <class Tile, class At>
+  void relay(bool& flag, bool to_tiles, const char* what, index_t count, At at) {
+    static_assert(is_quantized<T>::value, "sparse_ffn: key and value tiles are for q8_t / q4_t weights");
+    const block_layout& l = layout_;
+    detail::require(flag != to_tiles, status::invalid_argument, "the ", what, "s are already ",
+                    to_tiles ? what : "rows", to_tiles ? " tiles" : "");
+    detail::require(l.g % Tile::rows == 0, status::unsupported, what, " tiles need g a multiple of ",
+                    Tile::rows, " (g = ", l.g, ")");
+    const index_t cols = row_cols<T>(l), span = Tile::rows * l.ld;
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp parallel
 #endif
@@ -260,18 +243,18 @@ class blocked_ffn {
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(static)
 #endif
-      for (index_t t = 0; t < tiles; ++t) {
-        T* p = weights_.data() + l.value_offset(t / per_block) + t % per_block * span;
+      for (index_t t = 0; t < count; ++t) {
+        T* p = weights_.data() + at(t);
         auto* bytes = reinterpret_cast<std::uint8_t*>(p);
         std::copy(p, p + span, tmp.data());
         std::fill(bytes, bytes + span * static_cast<index_t>(sizeof(T)), std::uint8_t{0});
         if (to_tiles)
-          VT::pack(tmp.data(), l.ld, cols, bytes);
+          Tile::pack(tmp.data(), l.ld, cols, bytes);
         else
-          VT::unpack(reinterpret_cast<const std::uint8_t*>(tmp.data()), cols, p, l.ld);
+          Tile::unpack(reinterpret_cast<const std::uint8_t*>(tmp.data()), cols, p, l.ld);
       }
     }
-    layout_.value_tiles = to_tiles;
+    flag = to_tiles;
   }
 
   static const float* opt(const std::vector<float>& v) {
