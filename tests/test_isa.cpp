@@ -46,6 +46,11 @@ TEST_CASE("isa: detected features agree with /proc/cpuinfo", "[isa]") {
   CHECK((f.avx512bw && f.os_zmm) == (flags.count("avx512bw") == 1));
   CHECK((f.avx512_vnni && f.os_zmm) == (flags.count("avx512_vnni") == 1));
   CHECK((f.avx512_bf16 && f.os_zmm) == (flags.count("avx512_bf16") == 1));
+  // The kernel lists the AMX features only where it enabled the tile state, which it then grants to a
+  // process that asks (os_amx).
+  CHECK((f.amx_tile && f.os_amx) == (flags.count("amx_tile") == 1));
+  CHECK((f.amx_bf16 && f.os_amx) == (flags.count("amx_bf16") == 1));
+  CHECK((f.amx_int8 && f.os_amx) == (flags.count("amx_int8") == 1));
 #else
   CHECK(cpu::best_isa() == cpu::isa_level::scalar);
 #endif
@@ -68,10 +73,14 @@ TEST_CASE("isa: the best supported level is the default, levels are ordered", "[
   if (cpu::isa_supported(cpu::isa_level::avx512_bf16)) REQUIRE((f.avx512_bf16 && f.avx512_vnni && f.os_zmm));
   const bool avx512 = f.avx512f && f.avx512bw && f.avx512dq && f.avx512vl && f.avx512cd && f.os_zmm &&
                       f.avx2 && f.fma && f.f16c && f.bmi2 && f.os_ymm && SPARSE_FFN_X86_DISPATCH;
+  if (cpu::isa_supported(cpu::isa_level::amx))
+    REQUIRE((f.amx_tile && f.amx_bf16 && f.amx_int8 && f.os_amx && f.avx512_bf16 && SPARSE_FFN_AMX));
+  const bool amx = f.amx_tile && f.amx_bf16 && f.amx_int8 && f.os_amx && SPARSE_FFN_AMX;
   if (avx512 && f.avx512_vnni)
-    REQUIRE(best == (f.avx512_bf16 ? cpu::isa_level::avx512_bf16 : cpu::isa_level::avx512_vnni));
+    REQUIRE(best == (f.avx512_bf16 ? (amx ? cpu::isa_level::amx : cpu::isa_level::avx512_bf16)
+                                   : cpu::isa_level::avx512_vnni));
   // What each level runs: int8 x for q8/q4 on avx2 (vpmaddubsw) and from avx512_vnni up (vpdpbusd), not
-  // on avx512 (float there for now), bf16 pairs only on avx512_bf16.
+  // on avx512 (float there for now), bf16 pairs from avx512_bf16 up, the AMX passes on amx (bf16 only).
   for (int l = 0; l <= static_cast<int>(best); ++l) {
     const auto level = static_cast<cpu::isa_level>(l);
     INFO("level " << cpu::isa_name(level));
@@ -85,7 +94,13 @@ TEST_CASE("isa: the best supported level is the default, levels are ordered", "[
             (level == cpu::isa_level::avx2 || vnni ? 127 : 0));
     REQUIRE(cpu::kernels::ops_for<sfx::q8_t>(level).value_levels == (vnni ? 127 : 0));
     REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).value_levels == 0);
-    REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).bf16_x == (level == cpu::isa_level::avx512_bf16));
+    REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).bf16_x ==
+            (l >= static_cast<int>(cpu::isa_level::avx512_bf16)));
+    const bool on_amx = level == cpu::isa_level::amx;
+    REQUIRE((cpu::kernels::ops_for<sfx::bfloat16_t>(level).dots_amx != nullptr) == on_amx);
+    REQUIRE((cpu::kernels::ops_for<sfx::bfloat16_t>(level).apply_amx != nullptr) == on_amx);
+    REQUIRE(cpu::kernels::ops_for<float>(level).dots_amx == nullptr);
+    REQUIRE(cpu::kernels::ops_for<sfx::q8_t>(level).apply_amx == nullptr);
     REQUIRE(cpu::kernels::ops_for<float>(level).level == level);
   }
   // Names round-trip.
@@ -1087,4 +1102,110 @@ TEST_CASE("isa: the value kernels take any number of tokens, each with the bits 
   check_any_token_count<sfx::bfloat16_t>(33);
   check_any_token_count<sfx::q8_t>(34);
   check_any_token_count<sfx::q4_t>(35);
+}
+
+TEST_CASE("isa: the AMX key and value kernels (amx) match float64 on their bf16 inputs, each token alone",
+          "[isa]") {
+  // kernels/amx.hpp: the products of bf16 inputs are exact, so against float64 of the same bf16 values
+  // (x rounded by the caller, coefficients rounded here as the kernel does) the only error is float
+  // summation: |err| <= (terms + 2)·2^-24·Σ|p| per element (a dropped or doubled term, a wrong pair or
+  // column, or a chunk not added is far outside it). Every output element is its own tile accumulator,
+  // so a token's bits must not depend on the other tokens of its call: each token is rerun alone (for
+  // the keys that also compares the transposed panel, m > 1, with x read as its own panel, m = 1).
+#if !SPARSE_FFN_AMX
+  WARN("SKIPPED: amx (the AMX key and value kernels) is not compiled by this compiler / for this target");
+#else
+  using T = sfx::bfloat16_t;
+  if (!cpu::isa_supported(cpu::isa_level::amx)) {
+    WARN("SKIPPED: amx (the AMX key and value kernels) is not supported by this CPU");
+    return;
+  }
+  const auto& ops = cpu::kernels::ops_for<T>(cpu::isa_level::amx);
+  REQUIRE(ops.dots_amx != nullptr);
+  REQUIRE(ops.apply_amx != nullptr);
+  REQUIRE(ops.col_step == 32);
+  auto r = test::rng(33);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  const auto bf = [](double v) { return T(static_cast<float>(v)); };
+  const auto near = [](double got, double ref, double mag, double terms) {
+    return std::fabs(got - ref) <= (terms + 2) * std::ldexp(1.0, -24) * mag + 1e-30;
+  };
+  for (int trial = 0; trial < 40; ++trial) {
+    const sfx::index_t m = 1 + trial % 16, nrows = 16 * (1 + trial % 9), len = 32 * (1 + (trial * 7) % 40);
+    const sfx::index_t ld = len + 32 * (trial % 3);
+    INFO("keys: trial " << trial << " m " << m << " rows " << nrows << " len " << len);
+    sfx::detail::aligned_buffer<T> rows(nrows * ld), x(m * ld);
+    for (sfx::index_t i = 0; i < rows.size(); ++i) rows[i] = bf(nd(r) * std::ldexp(1.0, int(r() % 9) - 4));
+    for (sfx::index_t i = 0; i < x.size(); ++i) x[i] = bf(nd(r));
+    std::vector<const T*> xb(static_cast<std::size_t>(m));
+    for (sfx::index_t q = 0; q < m; ++q) xb[static_cast<std::size_t>(q)] = x.data() + q * ld;
+    sfx::detail::aligned_buffer<std::uint32_t> panel(cpu::kernels::amx::panel_bytes(len) / 4);
+    std::vector<float> out(static_cast<std::size_t>(m * nrows), std::nanf("")),
+        alone(static_cast<std::size_t>(nrows));
+    ops.dots_amx(xb.data(), m, rows.data(), nrows, ld, len, panel.data(), out.data(), nrows);
+    for (sfx::index_t q = 0; q < m; ++q) {
+      ops.dots_amx(xb.data() + q, 1, rows.data(), nrows, ld, len, panel.data(), alone.data(), nrows);
+      for (sfx::index_t i = 0; i < nrows; ++i) {
+        double ref = 0, mag = 0;
+        for (sfx::index_t c = 0; c < len; ++c) {
+          const double p = double(float(rows[i * ld + c])) * double(float(x[q * ld + c]));
+          ref += p, mag += std::fabs(p);
+        }
+        const float got = out[static_cast<std::size_t>(q * nrows + i)];
+        INFO("token " << q << " row " << i << " got " << got << " ref " << ref);
+        REQUIRE(near(got, ref, mag, double(len)));
+        REQUIRE(std::memcmp(&got, &alone[static_cast<std::size_t>(i)], 4) == 0);
+      }
+    }
+  }
+  for (int trial = 0; trial < 40; ++trial) {
+    const sfx::index_t m = 1 + (trial * 5) % 16, nrows = 32 * (1 + trial % 6),
+                       cols = 32 * (1 + (trial * 3) % 20);
+    const sfx::index_t ld = cols + 32 * (trial % 2);
+    const sfx::index_t c_lo = 32 * (trial % 3 == 0 ? 0 : (trial % (cols / 32))), c_hi = cols;
+    INFO("values: trial " << trial << " m " << m << " rows " << nrows << " columns " << c_lo << ".." << c_hi);
+    sfx::detail::aligned_buffer<T> v(nrows * ld);
+    for (sfx::index_t i = 0; i < v.size(); ++i) v[i] = bf(nd(r) * std::ldexp(1.0, int(r() % 9) - 4));
+    // Coefficients: some zero, a whole chunk of 32 rows zero for every token in some trials (skipped),
+    // a token whose coefficients are all zero.
+    std::vector<float> s(static_cast<std::size_t>(m * nrows));
+    const sfx::index_t dead = trial % 4 == 1 ? (trial / 4) % (nrows / 32) : -1;
+    for (sfx::index_t q = 0; q < m; ++q)
+      for (sfx::index_t i = 0; i < nrows; ++i)
+        s[static_cast<std::size_t>(q * nrows + i)] =
+            (i / 32 == dead || r() % 4 == 0 || (q == 2 && trial % 3 == 0)) ? 0.0f : static_cast<float>(nd(r));
+    std::vector<float> y(static_cast<std::size_t>(m * ld)), y0(y.size()), alone(static_cast<std::size_t>(ld));
+    for (auto& e : y0) e = static_cast<float>(nd(r));
+    y = y0;
+    std::vector<float*> yp(static_cast<std::size_t>(m));
+    std::vector<const float*> sp(static_cast<std::size_t>(m));
+    for (sfx::index_t q = 0; q < m; ++q) {
+      yp[static_cast<std::size_t>(q)] = y.data() + q * ld;
+      sp[static_cast<std::size_t>(q)] = s.data() + q * nrows;
+    }
+    ops.apply_amx(yp.data(), sp.data(), m, v.data(), ld, nrows, c_lo, c_hi);
+    for (sfx::index_t q = 0; q < m; ++q) {
+      std::copy(y0.begin() + q * ld, y0.begin() + (q + 1) * ld, alone.begin());
+      float* ya = alone.data();
+      ops.apply_amx(&ya, sp.data() + q, 1, v.data(), ld, nrows, c_lo, c_hi);
+      for (sfx::index_t c = 0; c < ld; ++c) {
+        const float got = y[static_cast<std::size_t>(q * ld + c)],
+                    start = y0[static_cast<std::size_t>(q * ld + c)];
+        INFO("token " << q << " column " << c);
+        REQUIRE(std::memcmp(&got, &alone[static_cast<std::size_t>(c)], 4) == 0);
+        if (c < c_lo || c >= c_hi) {
+          REQUIRE(std::memcmp(&got, &start, 4) == 0);
+          continue;
+        }
+        double ref = start, mag = std::fabs(start);
+        for (sfx::index_t i = 0; i < nrows; ++i) {
+          const double p =
+              double(float(bf(s[static_cast<std::size_t>(q * nrows + i)]))) * double(float(v[i * ld + c]));
+          ref += p, mag += std::fabs(p);
+        }
+        REQUIRE(near(got, ref, mag, double(nrows + 1)));
+      }
+    }
+  }
+#endif
 }

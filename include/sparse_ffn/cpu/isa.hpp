@@ -11,14 +11,18 @@
 //   avx512        AVX-512 F/BW/DQ/VL; OS saves ZMM and opmasks              Skylake-SP+, Zen 4
 //   avx512_vnni   avx512 + AVX512_VNNI                                      Cascade Lake, Ice Lake+, Zen 4
 //   avx512_bf16   avx512_vnni + AVX512_BF16                                 Cooper Lake, SPR+, Zen 4
+//   amx           avx512_bf16 + AMX-TILE/BF16/INT8; OS saves tile state and  Sapphire Rapids+
+//                 grants it to the process (Linux: arch_prctl, asked on first use)
 //
 // avx2 and avx512_vnni run the key pass of q8/q4 weights in int8 (`vpmaddubsw`, `vpdpbusd`) on x
 // quantised to int8 per group of 32 (docs/design.md, "Quantised weights"; avx512 keeps float there);
 // avx512_bf16 adds the key pass of bf16 weights with `vdpbf16ps`, which multiplies bf16 by bf16: it rounds
 // each token's input x to bf16 first (docs/design.md, "Accuracy of the bf16 kernels"). Force `avx512` to keep
-// x in float.
+// x in float. amx runs the key and value passes of bf16 weights on the tile unit (`tdpbf16ps`; x and the
+// value coefficients rounded to bf16; docs/design.md, "AMX"); everything else as avx512_bf16.
 //
-// Override: the environment variable SPARSE_FFN_ISA (scalar | avx2 | avx512 | avx512_vnni | avx512_bf16),
+// Override: the environment variable SPARSE_FFN_ISA (scalar | avx2 | avx512 | avx512_vnni | avx512_bf16 |
+// amx),
 // read once
 // on first use, or set_isa() at run time; both force a *lower* level (asking for a level the CPU lacks
 // is an error from set_isa(), and is clamped to the best supported level with SPARSE_FFN_ISA, whose
@@ -41,8 +45,21 @@
 #define SPARSE_FFN_X86_DISPATCH 1
 #include <cpuid.h>
 #include <immintrin.h>
+#if defined(__linux__) && defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #else
 #define SPARSE_FFN_X86_DISPATCH 0
+#endif
+
+// The amx level (kernels/amx.hpp): 64-bit x86 and an assembler that knows the tile instructions (GCC >= 11
+// with its binutils, Clang >= 12).
+#if SPARSE_FFN_X86_DISPATCH && defined(__x86_64__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#define SPARSE_FFN_AMX 1
+#else
+#define SPARSE_FFN_AMX 0
 #endif
 
 // ---- target regions: everything defined between BEGIN and END is compiled for that ISA -----------
@@ -66,8 +83,8 @@
 namespace sparse_ffn {
 namespace cpu {
 
-/// Instruction-set tags. They inherit (avx512_bf16 : avx512_vnni : avx512 : avx2 : scalar) like xsimd's, so
-/// an overload for a base ISA serves newer ones.
+/// Instruction-set tags. They inherit (amx : avx512_bf16 : avx512_vnni : avx512 : avx2 : scalar) like
+/// xsimd's, so an overload for a base ISA serves newer ones.
 namespace isa {
 struct scalar {
   static constexpr const char* name = "scalar";
@@ -84,11 +101,14 @@ struct avx512_vnni : avx512 {
 struct avx512_bf16 : avx512_vnni {
   static constexpr const char* name = "avx512_bf16";
 };
+struct amx : avx512_bf16 {
+  static constexpr const char* name = "amx";
+};
 }  // namespace isa
 
 /// Run-time ISA levels, ordered: a higher level runs everything a lower one does.
-enum class isa_level : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_vnni = 3, avx512_bf16 = 4 };
-inline constexpr int k_isa_levels = 5;
+enum class isa_level : int { scalar = 0, avx2 = 1, avx512 = 2, avx512_vnni = 3, avx512_bf16 = 4, amx = 5 };
+inline constexpr int k_isa_levels = 6;
 
 inline const char* isa_name(isa_level l) {
   switch (l) {
@@ -97,11 +117,12 @@ inline const char* isa_name(isa_level l) {
     case isa_level::avx512: return "avx512";
     case isa_level::avx512_vnni: return "avx512_vnni";
     case isa_level::avx512_bf16: return "avx512_bf16";
+    case isa_level::amx: return "amx";
   }
   return "unknown";
 }
 
-/// Parses an ISA name ("scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16"); false if it is none
+/// Parses an ISA name ("scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx"); false if it is none
 /// of them.
 inline bool parse_isa(const char* s, isa_level& out) {
   if (!s) return false;
@@ -118,7 +139,9 @@ struct cpu_features {
   bool avx2 = false, fma = false, f16c = false, bmi2 = false;
   bool avx512f = false, avx512bw = false, avx512dq = false, avx512vl = false, avx512cd = false;
   bool avx512_vnni = false, avx512_bf16 = false;
+  bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
   bool os_ymm = false, os_zmm = false;  ///< XCR0 says the OS saves YMM / ZMM + opmask state
+  bool os_amx = false;  ///< XCR0 has the tile state and the OS let this process use it (Linux: arch_prctl)
   bool amd = false;                     ///< vendor "AuthenticAMD" (kernels::fast_bf16_dot)
 };
 
@@ -135,11 +158,13 @@ inline cpu_features detect_features() {
   const bool osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
   f.fma = (c >> 12) & 1;
   f.f16c = (c >> 29) & 1;
+  bool os_tiles = false;
   if (osxsave && avx) {
     unsigned lo = 0, hi = 0;
     __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
     f.os_ymm = (lo & 0x6u) == 0x6u;    // SSE + AVX state
     f.os_zmm = (lo & 0xE6u) == 0xE6u;  // + opmask, ZMM_Hi256, Hi16_ZMM
+    os_tiles = (lo & 0x60000u) == 0x60000u;  // XTILECFG + XTILEDATA
   }
   if (max_leaf >= 7) {
     __cpuid_count(7, 0, a, b, c, d);
@@ -152,11 +177,24 @@ inline cpu_features detect_features() {
     f.avx512bw = (b >> 30) & 1;
     f.avx512vl = (b >> 31) & 1;
     f.avx512_vnni = (c >> 11) & 1;
+    f.amx_bf16 = (d >> 22) & 1;
+    f.amx_tile = (d >> 24) & 1;
+    f.amx_int8 = (d >> 25) & 1;
     if (sub_leaves >= 1) {
       __cpuid_count(7, 1, a, b, c, d);
       f.avx512_bf16 = (a >> 5) & 1;
     }
   }
+  // Linux hands the tile data state (8 KiB of XSAVE area) to a process only on request: without it the
+  // first tile instruction raises SIGILL. Asked once, here, when the CPU and the kernel's XCR0 have it.
+#if defined(__linux__) && defined(__x86_64__)
+  if (f.amx_tile && os_tiles) {
+    constexpr long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
+    f.os_amx = syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
+  }
+#else
+  (void)os_tiles;  // elsewhere the tile state is not asked for: amx is not chosen
+#endif
 #endif
   return f;
 }
@@ -171,6 +209,9 @@ inline bool level_supported(const cpu_features& f, isa_level l) {
     case isa_level::avx512: return avx512;
     case isa_level::avx512_vnni: return avx512 && f.avx512_vnni;
     case isa_level::avx512_bf16: return avx512 && f.avx512_vnni && f.avx512_bf16;
+    case isa_level::amx:
+      return SPARSE_FFN_AMX && avx512 && f.avx512_vnni && f.avx512_bf16 && f.amx_tile && f.amx_bf16 &&
+             f.amx_int8 && f.os_amx;
   }
   return false;
 }
@@ -196,7 +237,7 @@ inline isa_level default_level() {
     if (!parse_isa(env, want))
       sparse_ffn::detail::fail(
           status::invalid_argument, "SPARSE_FFN_ISA=", env,
-          " is not an instruction set; use scalar, avx2, avx512, avx512_vnni or avx512_bf16");
+          " is not an instruction set; use scalar, avx2, avx512, avx512_vnni, avx512_bf16 or amx");
     return static_cast<int>(want) < static_cast<int>(best) ? want : best;
   }();
   return l;
@@ -265,8 +306,12 @@ inline std::string isa_description() {
                                                 {"avx512vl", f.avx512vl},
                                                 {"avx512_vnni", f.avx512_vnni},
                                                 {"avx512_bf16", f.avx512_bf16},
+                                                {"amx_tile", f.amx_tile},
+                                                {"amx_bf16", f.amx_bf16},
+                                                {"amx_int8", f.amx_int8},
                                                 {"os_ymm", f.os_ymm},
-                                                {"os_zmm", f.os_zmm}};
+                                                {"os_zmm", f.os_zmm},
+                                                {"os_amx", f.os_amx}};
   for (const auto& p : flags)
     if (p.second) {
       s += ' ';

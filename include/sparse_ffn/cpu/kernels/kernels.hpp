@@ -219,6 +219,15 @@ SPARSE_FFN_TARGET_END
 template <>
 struct kernels<isa::avx512_bf16> : avx512_bf16_impl::impl<isa::avx512_bf16> {};
 #endif
+}  // namespace kernels
+}  // namespace cpu
+}  // namespace sparse_ffn
+
+#include "amx.hpp"
+
+namespace sparse_ffn {
+namespace cpu {
+namespace kernels {
 
 /// The kernels of one ISA for weights of type T, as a table the glue code calls through.
 template <class T>
@@ -258,6 +267,19 @@ struct kernel_ops {
   /// apply_rows rounds the coefficients to bf16 (the bf16 pair kernel, kernels.inl axpy_rows_pairs):
   /// bf16 weights on avx512_bf16 where fast_bf16_dot().
   bool bf16_values = false;
+  /// The key pass of a whole block on AMX (amx level, bf16 weights; else null; kernels/amx.hpp):
+  /// out[q·ostride + r] for m ≤ 16 tokens (bf16 x from xb) and nrows (a multiple of 16) rows; panel:
+  /// amx::panel_bytes(len) of scratch. Used instead of dots by the forward's key pass where g % 16 = 0.
+  void (*dots_amx)(const bfloat16_t* const* xb, index_t m, const T* rows, index_t nrows, index_t ld,
+                   index_t len, std::uint32_t* panel, float* out, index_t ostride) = nullptr;
+  /// The value pass of a whole block on AMX (amx level, bf16 weights; else null): y[q] += Σ_i s[q][i]·v_i
+  /// for m ≤ 16 tokens, nrows a multiple of 32, columns [c_lo, c_hi) (multiples of col_step = 32), the
+  /// coefficients rounded to bf16. Used instead of apply_rows by the forward where g % 32 = 0.
+  void (*apply_amx)(float* const* y, const float* const* s, index_t m, const T* v, index_t ld, index_t nrows,
+                    index_t c_lo, index_t c_hi) = nullptr;
+  /// The forward takes dots_amx / apply_amx for a block's key pass / a partial's value pass of at least
+  /// this many tokens (fewer: dots / apply_rows, which stream memory faster).
+  index_t amx_min_tokens = 1;
   /// The bf16 pair value kernel whether apply_rows uses it or not (bf16 on avx512_bf16; else null),
   /// for tests. Column ranges: multiples of 32.
   void (*apply_rows_pairs)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
@@ -348,6 +370,25 @@ kernel_ops<T> make_ops(isa_level level) {
   return o;
 }
 
+/// The amx level: avx512_bf16's kernels, with the key and value passes of bf16 weights on the tile unit
+/// (kernels/amx.hpp; other dtypes have no AMX kernel yet and run avx512_bf16's).
+template <class T>
+kernel_ops<T> make_amx_ops() {
+  kernel_ops<T> o = make_ops<isa::avx512_bf16, T>(isa_level::amx);
+#if SPARSE_FFN_AMX
+  if constexpr (std::is_same<T, bfloat16_t>::value) {
+    o.dots_amx = &amx::dots;
+    o.apply_amx = &amx::apply;
+    o.col_step = 32;
+    // Below 4 tokens a pass is bound by memory, and the AVX-512 kernels stream it faster: on a 2-core
+    // Emerald Rapids VM, AMX for every group made batch 1 ~20% and batch 8 ~10-30% slower; from 4 tokens
+    // up, batch 64 1.3-1.75x faster (docs/benchmarks.md, 2026-12-05 (stop 51)).
+    o.amx_min_tokens = 4;
+  }
+#endif
+  return o;
+}
+
 /// The kernels for weights T at `level` (which the caller has checked is supported). avx512_vnni only
 /// differs from avx512 for q8/q4 weights; other dtypes reuse avx512's kernels there (one instantiation
 /// less to compile).
@@ -356,9 +397,9 @@ const kernel_ops<T>& ops_for(isa_level level) {
 #if SPARSE_FFN_X86_DISPATCH
   using vnni = typename std::conditional<is_quantized<T>::value, isa::avx512_vnni, isa::avx512>::type;
   static const kernel_ops<T> table[k_isa_levels] = {
-      make_ops<isa::scalar, T>(isa_level::scalar), make_ops<isa::avx2, T>(isa_level::avx2),
-      make_ops<isa::avx512, T>(isa_level::avx512), make_ops<vnni, T>(isa_level::avx512_vnni),
-      make_ops<isa::avx512_bf16, T>(isa_level::avx512_bf16)};
+      make_ops<isa::scalar, T>(isa_level::scalar),           make_ops<isa::avx2, T>(isa_level::avx2),
+      make_ops<isa::avx512, T>(isa_level::avx512),           make_ops<vnni, T>(isa_level::avx512_vnni),
+      make_ops<isa::avx512_bf16, T>(isa_level::avx512_bf16), make_amx_ops<T>()};
   return table[static_cast<int>(level)];
 #else
   (void)level;

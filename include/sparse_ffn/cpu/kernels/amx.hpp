@@ -1,0 +1,263 @@
+// sparse_ffn — the key and value passes of bf16 weights on Intel AMX (level `amx`, cpu/isa.hpp).
+//
+// `tdpbf16ps` multiplies a tile A (M ≤ 16 rows × 32 bf16) by a tile B (16 rows of 16 bf16 pairs: B row p
+// holds, for each of N ≤ 16 columns, the pair of elements 2p and 2p + 1 of the dot product) into a
+// tile C of M × N floats: C[i][j] += A[i][2p]·B[p][2j] + A[i][2p + 1]·B[p][2j + 1] over p, in order, the
+// products exact, denormals flushed. 16 × 16 × 32 multiply-adds per instruction (one per 16 cycles on
+// Sapphire Rapids: ~1 TFLOP/s per core, 3× the AVX-512 FMA peak), so the batched passes become bound by
+// memory rather than arithmetic.
+//  - keys: A = 16 key rows straight from the block (stride ld), B = the pairs of up to 16 tokens' x
+//    (rounded to bf16, as avx512_bf16), transposed once per block into a panel (16 × 16 dword
+//    transposes); C[row][token] summed over the whole row (len), then stored.
+//  - values: A = up to 16 tokens' coefficients of 32 rows (rounded to bf16), B = 32 value rows
+//    interleaved into column pairs in registers (`vpermt2w`) per 32 columns; C[token][column] summed
+//    over the block's rows, then added to y. A chunk of 32 rows whose coefficients are all zero for the
+//    group is skipped (ReLU), but a chunk is read whole.
+// Each output element is one C element: summed from zero in a fixed order that depends only on its own
+// token's inputs, so a token's result does not depend on the rest of its batch, the thread count or
+// the run. Tile instructions are written as inline assembly (every assembler from binutils 2.36 and
+// Clang 12 knows them) inside the avx512_bf16 target region; the tile state is configured at the start
+// of each call and released at its end.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "../../config.hpp"
+#include "../../types.hpp"
+#include "../isa.hpp"
+
+#if SPARSE_FFN_AMX
+
+// Tile registers are operands of the instruction text, so they are literal numbers here. Loads and
+// stores clobber memory (the B panels are written with ordinary stores right before a tile load).
+// clang-format off
+#define SPARSE_FFN_TILE_LOAD(t, base, stride) \
+  __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t ::"r"(base), "r"(static_cast<long>(stride)) : "memory")
+#define SPARSE_FFN_TILE_STORE(t, base, stride) \
+  __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"(static_cast<long>(stride)) : "memory")
+#define SPARSE_FFN_TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
+#define SPARSE_FFN_TILE_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+// clang-format on
+
+namespace sparse_ffn {
+namespace cpu {
+namespace kernels {
+namespace amx {
+
+/// ldtilecfg's 64-byte operand (palette 1): bytes per row and rows of each of the 8 tiles.
+struct alignas(64) tile_config {
+  std::uint8_t palette = 1, start_row = 0;
+  std::uint8_t reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+static_assert(sizeof(tile_config) == 64, "ldtilecfg reads 64 bytes");
+
+inline void configure(const tile_config& c) {
+  __asm__ volatile("ldtilecfg %0" ::"m"(c));
+}
+inline void release() {
+  __asm__ volatile("tilerelease" ::);
+}
+
+/// Bytes of the key kernel's panel (dots' `panel`) for rows of `len` elements: 16 tokens × len bf16.
+inline constexpr index_t panel_bytes(index_t len) {
+  return 32 * len;
+}
+
+SPARSE_FFN_TARGET_BEGIN(SPARSE_FFN_TARGET_AVX512_BF16)
+
+/// panel[p·m + q] = the pair (x_q[2p], x_q[2p + 1]) as one dword, p < len / 2, q < m ≤ 16: B's layout
+/// for the tokens' x (16 × 16 dword transposes; rows of absent tokens are zeros, never stored).
+inline void transpose_pairs(const bfloat16_t* const* xb, index_t m, index_t len, std::uint32_t* panel) {
+  const __mmask16 keep = static_cast<__mmask16>((1u << m) - 1u);
+  for (index_t k = 0; k < len; k += 32) {
+    __m512i r[16], t[16];
+    for (int q = 0; q < 16; ++q) r[q] = q < m ? _mm512_loadu_si512(xb[q] + k) : _mm512_setzero_si512();
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // r[4i + j]: per 128-bit lane L, element 4L + j of rows 4i .. 4i + 3.
+    for (int i = 0; i < 4; ++i) {
+      r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+      r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+      r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+      r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    std::uint32_t* out = panel + (k / 2) * m;
+    for (int j = 0; j < 4; ++j) {  // elements j, 4 + j, 8 + j, 12 + j of all 16 rows
+      const __m512i a = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x88),
+                    b = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xdd);
+      const __m512i c = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x88),
+                    d = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xdd);
+      _mm512_mask_storeu_epi32(out + j * m, keep, _mm512_shuffle_i32x4(a, c, 0x88));
+      _mm512_mask_storeu_epi32(out + (4 + j) * m, keep, _mm512_shuffle_i32x4(b, d, 0x88));
+      _mm512_mask_storeu_epi32(out + (8 + j) * m, keep, _mm512_shuffle_i32x4(a, c, 0xdd));
+      _mm512_mask_storeu_epi32(out + (12 + j) * m, keep, _mm512_shuffle_i32x4(b, d, 0xdd));
+    }
+  }
+}
+
+/// NG groups of 16 rows (tiles 0 .. NG-1) against the panel (tile 6), over len elements.
+template <int NG>
+inline void key_groups(const bfloat16_t* rows, index_t ld, index_t len, const std::uint32_t* b, index_t m) {
+  const long as = static_cast<long>(ld) * 2, bs = 4 * m;
+  SPARSE_FFN_TILE_ZERO(0);
+  if (NG > 1) SPARSE_FFN_TILE_ZERO(1);
+  if (NG > 2) SPARSE_FFN_TILE_ZERO(2);
+  if (NG > 3) SPARSE_FFN_TILE_ZERO(3);
+  for (index_t k = 0; k < len; k += 32) {
+    SPARSE_FFN_TILE_LOAD(6, b + (k / 2) * m, bs);
+    SPARSE_FFN_TILE_LOAD(4, rows + k, as);
+    SPARSE_FFN_TILE_DP(0, 4, 6);
+    if (NG > 1) {
+      SPARSE_FFN_TILE_LOAD(5, rows + 16 * ld + k, as);
+      SPARSE_FFN_TILE_DP(1, 5, 6);
+    }
+    if (NG > 2) {
+      SPARSE_FFN_TILE_LOAD(7, rows + 32 * ld + k, as);
+      SPARSE_FFN_TILE_DP(2, 7, 6);
+    }
+    if (NG > 3) {
+      SPARSE_FFN_TILE_LOAD(4, rows + 48 * ld + k, as);
+      SPARSE_FFN_TILE_DP(3, 4, 6);
+    }
+  }
+}
+
+/// out[q·ostride + r] = Σ_c rows[r·ld + c]·x_q[c] (c < len) for q < m ≤ 16 and r < nrows (a multiple of
+/// 16); x_q = xb[q], rounded to bf16; len a multiple of 32. panel: panel_bytes(len), 64-byte aligned
+/// (unused when m = 1: one token's x is its own panel).
+inline void dots(const bfloat16_t* const* xb, index_t m, const bfloat16_t* rows, index_t nrows, index_t ld,
+                 index_t len, std::uint32_t* panel, float* out, index_t ostride) {
+  const std::uint32_t* b = panel;
+  if (m == 1)
+    b = reinterpret_cast<const std::uint32_t*>(xb[0]);
+  else
+    transpose_pairs(xb, m, len, panel);
+  tile_config cfg;
+  for (int i = 0; i < 4; ++i) cfg.colsb[i] = static_cast<std::uint16_t>(4 * m), cfg.rows[i] = 16;  // C
+  for (int i = 4; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 16;                                 // A
+  cfg.colsb[6] = static_cast<std::uint16_t>(4 * m);                                                // B
+  configure(cfg);
+  alignas(64) float c[4][16][16];
+  for (index_t r0 = 0; r0 < nrows; r0 += 64) {
+    const int ng = static_cast<int>(std::min<index_t>(4, (nrows - r0) / 16));
+    const bfloat16_t* a = rows + r0 * ld;
+    switch (ng) {
+      case 1: key_groups<1>(a, ld, len, b, m); break;
+      case 2: key_groups<2>(a, ld, len, b, m); break;
+      case 3: key_groups<3>(a, ld, len, b, m); break;
+      default: key_groups<4>(a, ld, len, b, m); break;
+    }
+    SPARSE_FFN_TILE_STORE(0, &c[0][0][0], 64);
+    if (ng > 1) SPARSE_FFN_TILE_STORE(1, &c[1][0][0], 64);
+    if (ng > 2) SPARSE_FFN_TILE_STORE(2, &c[2][0][0], 64);
+    if (ng > 3) SPARSE_FFN_TILE_STORE(3, &c[3][0][0], 64);
+    for (index_t q = 0; q < m; ++q)
+      for (int i = 0; i < ng; ++i)
+        for (int r = 0; r < 16; ++r) out[q * ostride + r0 + 16 * i + r] = c[i][r][q];
+  }
+  release();
+}
+
+/// Rows of one value chunk: a tdpbf16ps K (32 rows = 16 pairs).
+inline constexpr index_t k_value_chunk = 32;
+/// Chunks whose A tiles stay loaded during one walk over the columns (tiles 4 .. 7).
+inline constexpr int k_value_chunks = 4;
+
+/// y_q[c] += Σ_i s_q[i]·v_i[c] for q < m ≤ 16, i < nrows (a multiple of 32), c in [c_lo, c_hi) (multiples
+/// of 32): each group of up to 128 rows summed from zero in a tile (the s rounded to bf16), then added.
+/// Chunks of 32 rows with every s zero are not read.
+inline void apply(float* const* y, const float* const* s, index_t m, const bfloat16_t* v, index_t ld,
+                  index_t nrows, index_t c_lo, index_t c_hi) {
+  alignas(64) std::uint16_t a[16 * k_value_chunk * k_value_chunks];
+  alignas(64) std::uint32_t bt[2][k_value_chunks][16][16];  // [column half][chunk][pair][column]
+  alignas(64) float c[2][16][16];
+  const __m512i ilo =
+      _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5, 36,
+                       4, 35, 3, 34, 2, 33, 1, 32, 0);  // word 2i: a[i], 2i+1: b[i]
+  const __m512i ihi = _mm512_add_epi16(ilo, _mm512_set1_epi16(16));
+  tile_config cfg;
+  cfg.colsb[0] = cfg.colsb[1] = 64, cfg.rows[0] = cfg.rows[1] = static_cast<std::uint8_t>(m);  // C
+  cfg.colsb[2] = cfg.colsb[3] = 64, cfg.rows[2] = cfg.rows[3] = 16;                            // B
+  for (int i = 4; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = static_cast<std::uint8_t>(m);   // A
+  bool configured = false;
+  constexpr index_t span = k_value_chunk * k_value_chunks;
+  for (index_t i0 = 0; i0 < nrows; i0 += span) {
+    index_t chunk[k_value_chunks];  // the chunks (first rows) with a nonzero coefficient
+    int nc = 0;
+    for (index_t r0 = i0; r0 < std::min(nrows, i0 + span); r0 += k_value_chunk) {
+      bool any = false;
+      for (index_t q = 0; q < m && !any; ++q)
+        for (index_t i = 0; i < k_value_chunk; ++i) any |= s[q][r0 + i] != 0.0f;
+      if (any) chunk[nc++] = r0;
+    }
+    if (nc == 0) continue;
+    for (int j = 0; j < nc; ++j)
+      for (index_t q = 0; q < m; ++q)
+        for (index_t i = 0; i < k_value_chunk; ++i)
+          a[(j * 16 + q) * k_value_chunk + i] = bfloat16_t(s[q][chunk[j] + i]).bits;
+    if (!configured) configure(cfg), configured = true;
+    constexpr long as = 2 * k_value_chunk;
+    SPARSE_FFN_TILE_LOAD(4, a, as);
+    if (nc > 1) SPARSE_FFN_TILE_LOAD(5, a + 16 * k_value_chunk, as);
+    if (nc > 2) SPARSE_FFN_TILE_LOAD(6, a + 32 * k_value_chunk, as);
+    if (nc > 3) SPARSE_FFN_TILE_LOAD(7, a + 48 * k_value_chunk, as);
+    for (index_t c0 = c_lo; c0 < c_hi; c0 += 32) {
+      for (int j = 0; j < nc; ++j)
+        for (int p = 0; p < 16; ++p) {
+          const bfloat16_t* r = v + (chunk[j] + 2 * p) * ld + c0;
+          // The hardware prefetcher does not follow 64 interleaved row walks: 256 bytes ahead into L1.
+          _mm_prefetch(reinterpret_cast<const char*>(r + 128), _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(r + ld + 128), _MM_HINT_T0);
+          const __m512i r0 = _mm512_loadu_si512(r), r1 = _mm512_loadu_si512(r + ld);
+          _mm512_store_si512(bt[0][j][p], _mm512_permutex2var_epi16(r0, ilo, r1));
+          _mm512_store_si512(bt[1][j][p], _mm512_permutex2var_epi16(r0, ihi, r1));
+        }
+      SPARSE_FFN_TILE_ZERO(0);
+      SPARSE_FFN_TILE_ZERO(1);
+#define SPARSE_FFN_AMX_VALUE_STEP(j, at)        \
+  SPARSE_FFN_TILE_LOAD(2, &bt[0][j][0][0], 64); \
+  SPARSE_FFN_TILE_LOAD(3, &bt[1][j][0][0], 64); \
+  SPARSE_FFN_TILE_DP(0, at, 2);                 \
+  SPARSE_FFN_TILE_DP(1, at, 3);
+      SPARSE_FFN_AMX_VALUE_STEP(0, 4)
+      if (nc > 1) {
+        SPARSE_FFN_AMX_VALUE_STEP(1, 5)
+      }
+      if (nc > 2) {
+        SPARSE_FFN_AMX_VALUE_STEP(2, 6)
+      }
+      if (nc > 3) {
+        SPARSE_FFN_AMX_VALUE_STEP(3, 7)
+      }
+#undef SPARSE_FFN_AMX_VALUE_STEP
+      SPARSE_FFN_TILE_STORE(0, &c[0][0][0], 64);
+      SPARSE_FFN_TILE_STORE(1, &c[1][0][0], 64);
+      for (index_t q = 0; q < m; ++q) {
+        float* yq = y[q] + c0;
+        _mm512_storeu_ps(yq, _mm512_add_ps(_mm512_loadu_ps(yq), _mm512_load_ps(c[0][q])));
+        _mm512_storeu_ps(yq + 16, _mm512_add_ps(_mm512_loadu_ps(yq + 16), _mm512_load_ps(c[1][q])));
+      }
+    }
+  }
+  if (configured) release();
+}
+
+SPARSE_FFN_TARGET_END
+
+}  // namespace amx
+}  // namespace kernels
+}  // namespace cpu
+}  // namespace sparse_ffn
+
+#undef SPARSE_FFN_TILE_LOAD
+#undef SPARSE_FFN_TILE_STORE
+#undef SPARSE_FFN_TILE_ZERO
+#undef SPARSE_FFN_TILE_DP
+
+#endif  // SPARSE_FFN_AMX
