@@ -28,8 +28,9 @@
 // half of its selected blocks by block id — each by one thread per column, blocks ascending, rows
 // ascending; y = (partial0 + partial1) + b2), so results are bit-identical across runs *and* thread
 // counts, and a token's output does not depend on the rest of the batch (up to the sign of an exact
-// zero), for a given ISA. No allocation when a
-// workspace that has seen the size before is passed.
+// zero), for a given ISA — except on amx, whose AMX passes run for blocks (keys) and partials (values)
+// of at least kernel_ops::amx_min_tokens tokens: there a token's bits depend on how many share them.
+// No allocation when a workspace that has seen the size before is passed.
 #pragma once
 
 #include <algorithm>
@@ -129,6 +130,8 @@ struct thread_scratch {
   const float** sp;         // n coefficient pointers
   std::uint8_t* tile_rows;  // rows (zeroed) where key tiles (16) or a block's value tiles (g) are unpacked
                             // on levels without their kernels; else null
+  std::uint32_t* panel;     // AMX key pass (kernel_ops::dots_amx): 16 tokens' x pairs; else null
+  float* amx_out;           // AMX key pass: 16 × g dot products; else null
 };
 
 /// Scratch arrays of one forward (carved from a workspace).
@@ -154,7 +157,8 @@ struct fast_buffers {
 
 template <class Sel, class Act>
 fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t cols, index_t n, index_t k,
-                          int threads, bool compute, bool bf16_x, bool int8_x, index_t tile_bytes = 0) {
+                          int threads, bool compute, bool bf16_x, bool int8_x, index_t tile_bytes = 0,
+                          bool amx_keys = false) {
   constexpr index_t KR = kernels::k_max_key_r, W = kernels::k_max_width;
   fast_buffers f;
   const index_t B = l.num_blocks, g = l.g;
@@ -188,6 +192,8 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t cols, in
     t.spill = a.take<float>(mul(mul(n, KR), W));
     t.dots = a.take<float>(mul(mul(2, n), KR));
     t.tile_rows = tile_bytes ? a.take<std::uint8_t>(tile_bytes) : nullptr;
+    t.panel = amx_keys ? a.take<std::uint32_t>(mul(8, cols)) : nullptr;  // kernels::amx::panel_bytes
+    t.amx_out = amx_keys ? a.take<float>(mul(2 * 16, g)) : nullptr;
     if (compute) {
       t.s = a.take<float>(mul(n, g));
       t.rows = a.take<std::int32_t>(g);
@@ -238,6 +244,24 @@ void key_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, 
     ts.xs[q] = xpad + t * cols;
     ts.xb[q] = xpad16 ? xpad16 + t * cols : nullptr;
     ts.xq[q] = xq8 ? xq8 + t * kernels::x_int8_bytes(cols) : nullptr;
+  }
+  if (ts.panel && G % 16 == 0 && m >= ops.amx_min_tokens) {
+    // AMX (bf16 on the amx level): all G rows of keys (and up rows) for up to 16 tokens per call.
+    float* dk = ts.amx_out;
+    float* du = ts.amx_out + 16 * G;
+    for (index_t q0 = 0; q0 < m; q0 += 16) {
+      const index_t mq = std::min<index_t>(16, m - q0);
+      ops.dots_amx(ts.xb + q0, mq, w.keys(b), G, l.ld, cols, ts.panel, dk, G);
+      if constexpr (Act::gated) ops.dots_amx(ts.xb + q0, mq, w.up(b), G, l.ld, cols, ts.panel, du, G);
+      for (index_t q = 0; q < mq; ++q)
+        for (index_t i = 0; i < G; ++i) {
+          const index_t e = q0 + q, neuron = b * G + i;
+          const float pre = dk[q * G + i] + (w.b1 ? w.b1[neuron] : 0.0f);
+          const float u = Act::gated ? du[q * G + i] + (w.b3 ? w.b3[neuron] : 0.0f) : 0.0f;
+          emit(static_cast<index_t>(entries[2 * e]), static_cast<index_t>(entries[2 * e + 1]), i, pre, u);
+        }
+    }
+    return;
   }
   // R rows at a time (one register tile of rows), so the scratch stays 2 × m × R floats for any g.
   constexpr index_t R = G < kernels::k_max_key_r ? G : kernels::k_max_key_r;
@@ -303,6 +327,11 @@ void value_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w
     ts.ys[q] = yacc + (2 * t + part[t * k + j]) * cols;
     ts.sp[q] = sq;
   }
+  if (ops.apply_amx && G % 32 == 0 && m >= ops.amx_min_tokens) {  // AMX: 16 tokens per call, all rows
+    for (index_t q0 = 0; q0 < m; q0 += 16)
+      ops.apply_amx(ts.ys + q0, ts.sp + q0, std::min<index_t>(16, m - q0), values, ld, G, c_lo, c_hi);
+    return;
+  }
   for (index_t q0 = 0; q0 < m; q0 += RM) {
     const index_t q1 = std::min<index_t>(m, q0 + RM);
     index_t nr = 0;
@@ -356,11 +385,13 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
   const index_t tile_bytes =
       sparse_ffn::detail::checked_mul(tile_rows * static_cast<index_t>(sizeof(T)), ld, "workspace");
   arena_plan sizing(nullptr);
-  plan_buffers<Sel, Act>(sizing, l, cols, n, k, threads, compute, ops.bf16_x, ops.int8_x, tile_bytes);
+  const bool amx_keys = ops.dots_amx != nullptr && G % 16 == 0;
+  plan_buffers<Sel, Act>(sizing, l, cols, n, k, threads, compute, ops.bf16_x, ops.int8_x, tile_bytes,
+                         amx_keys);
   ws.reserve(sizing.bytes());
   arena_plan carve(ws.data());
-  const fast_buffers f =
-      plan_buffers<Sel, Act>(carve, l, cols, n, k, threads, compute, ops.bf16_x, ops.int8_x, tile_bytes);
+  const fast_buffers f = plan_buffers<Sel, Act>(carve, l, cols, n, k, threads, compute, ops.bf16_x,
+                                                ops.int8_x, tile_bytes, amx_keys);
   for (const thread_scratch& t : f.per_thread)  // the rows' padding is never written by unpack
     if (t.tile_rows) std::memset(t.tile_rows, 0, static_cast<std::size_t>(tile_bytes));
   float* const cache_pre = cache ? cache->pre : nullptr;
@@ -501,8 +532,12 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
         if constexpr (Act::gated)
           if (cache_up) cache_up[at] = u;
       };
+      // Dense scoring computed every pre-activation already; they are reused where the key pass gives a
+      // token the same bits in any group. With the AMX key pass (groups of >= amx_min_tokens) the chosen
+      // blocks' key pass runs again, so that forward() and forward_routed() on its routing agree.
+      const bool reuse_dense = Sel::scoring == scoring_kind::dense && args && !amx_keys;
       if constexpr (Sel::scoring == scoring_kind::dense) {
-        if (args) {
+        if (reuse_dense) {
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(static)
 #endif
@@ -514,7 +549,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
               }
         }
       }
-      if (Sel::scoring != scoring_kind::dense || !args) {
+      if (!reuse_dense) {
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(dynamic, (256 / G > 1 ? 256 / G : 1))
 #endif
