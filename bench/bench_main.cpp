@@ -183,10 +183,14 @@ int main(int argc, char** argv) {
   int rc = static_cast<int>(rest.size());
   benchmark::AddCustomContext("sparse_ffn.isa", sf::cpu::isa_description());
   // bf16 weights' value pass: vdpbf16ps on row pairs (coefficients rounded to bf16) or float FMAs.
-  benchmark::AddCustomContext("sparse_ffn.bf16_value_pass",
-                              sf::cpu::kernels::ops_for<sf::bfloat16_t>(sf::cpu::active_isa()).bf16_values
-                                  ? "vdpbf16ps pairs"
-                                  : "float");
+  {
+    const auto& bf16_ops = sf::cpu::kernels::ops_for<sf::bfloat16_t>(sf::cpu::active_isa());
+    const std::string rows = bf16_ops.bf16_values ? "vdpbf16ps pairs" : "float";
+    benchmark::AddCustomContext("sparse_ffn.bf16_value_pass",
+                                bf16_ops.apply_amx ? "AMX for >= " + std::to_string(bf16_ops.amx_min_tokens) +
+                                                         " tokens per block and partial, else " + rows
+                                                   : rows);
+  }
   benchmark::AddCustomContext("sparse_ffn.activation", bench::g_act);
   benchmark::AddCustomContext("sparse_ffn.paired", bench::g_pair);
   benchmark::AddCustomContext("sparse_ffn.key_tiles",
