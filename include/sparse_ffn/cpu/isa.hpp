@@ -141,7 +141,8 @@ struct cpu_features {
   bool avx512_vnni = false, avx512_bf16 = false;
   bool amx_tile = false, amx_bf16 = false, amx_int8 = false;
   bool os_ymm = false, os_zmm = false;  ///< XCR0 says the OS saves YMM / ZMM + opmask state
-  bool os_amx = false;  ///< XCR0 has the tile state and the OS let this process use it (Linux: arch_prctl)
+  bool os_amx = false;  ///< XCR0 has the tile state and the OS let this process use it (Linux: arch_prctl;
+                        ///< not asked when SPARSE_FFN_ISA names a lower level)
   bool amd = false;                     ///< vendor "AuthenticAMD" (kernels::fast_bf16_dot)
 };
 
@@ -186,9 +187,13 @@ inline cpu_features detect_features() {
     }
   }
   // Linux hands the tile data state (8 KiB of XSAVE area) to a process only on request: without it the
-  // first tile instruction raises SIGILL. Asked once, here, when the CPU and the kernel's XCR0 have it.
+  // first tile instruction raises SIGILL. Asked once, here, when the CPU and the kernel's XCR0 have it,
+  // unless SPARSE_FFN_ISA names a lower level (the grant enlarges every signal frame of the process by
+  // ~8 KiB, which a small sigaltstack may not hold).
 #if defined(__linux__) && defined(__x86_64__)
-  if (f.amx_tile && os_tiles) {
+  const char* env = std::getenv("SPARSE_FFN_ISA");
+  const bool below_amx = env && *env && std::strcmp(env, "amx") != 0;
+  if (f.amx_tile && os_tiles && !below_amx) {
     constexpr long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
     f.os_amx = syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
   }
