@@ -22,10 +22,8 @@
 // value coefficients rounded to bf16; docs/design.md, "AMX"); everything else as avx512_bf16.
 //
 // Override: the environment variable SPARSE_FFN_ISA (scalar | avx2 | avx512 | avx512_vnni | avx512_bf16 |
-// amx),
-// read once
-// on first use, or set_isa() at run time; both force a *lower* level (asking for a level the CPU lacks
-// is an error from set_isa(), and is clamped to the best supported level with SPARSE_FFN_ISA, whose
+// amx), read once on first use, or set_isa() at run time; both force a *lower* level (asking for a level the
+// CPU lacks is an error from set_isa(), and is clamped to the best supported level with SPARSE_FFN_ISA, whose
 // effect active_isa() reports). Non-x86 targets and compilers without target attributes have `scalar`.
 #pragma once
 
@@ -193,7 +191,7 @@ inline cpu_features detect_features() {
 #if defined(__linux__) && defined(__x86_64__)
   const char* env = std::getenv("SPARSE_FFN_ISA");
   const bool below_amx = env && *env && std::strcmp(env, "amx") != 0;
-  if (f.amx_tile && os_tiles && !below_amx) {
+  if (SPARSE_FFN_AMX && f.amx_tile && os_tiles && !below_amx) {  // not asked where amx is not compiled
     constexpr long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
     f.os_amx = syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
   }
