@@ -1148,9 +1148,13 @@ TEST_CASE("isa: the AMX key and value kernels (amx) match float64 on their bf16 
     sfx::detail::aligned_buffer<std::uint32_t> panel(cpu::kernels::amx::panel_bytes(len) / 4);
     std::vector<float> out(static_cast<std::size_t>(m * nrows), std::nanf("")),
         alone(static_cast<std::size_t>(nrows));
-    ops.dots_amx(xb.data(), m, rows.data(), nrows, ld, len, panel.data(), out.data(), nrows);
+    ops.dots_amx(xb.data(), m, rows.data(), nrows, ld, len, panel.data(), false, out.data(), nrows);
+    // The same panel reused (the gated key pass's up rows): the same bits.
+    std::vector<float> again(out.size(), std::nanf(""));
+    ops.dots_amx(xb.data(), m, rows.data(), nrows, ld, len, panel.data(), true, again.data(), nrows);
+    REQUIRE(std::memcmp(again.data(), out.data(), out.size() * sizeof(float)) == 0);
     for (sfx::index_t q = 0; q < m; ++q) {
-      ops.dots_amx(xb.data() + q, 1, rows.data(), nrows, ld, len, panel.data(), alone.data(), nrows);
+      ops.dots_amx(xb.data() + q, 1, rows.data(), nrows, ld, len, panel.data(), false, alone.data(), nrows);
       for (sfx::index_t i = 0; i < nrows; ++i) {
         double ref = 0, mag = 0;
         for (sfx::index_t c = 0; c < len; ++c) {

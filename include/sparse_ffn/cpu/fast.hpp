@@ -245,21 +245,27 @@ void key_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, 
     ts.xb[q] = xpad16 ? xpad16 + t * cols : nullptr;
     ts.xq[q] = xq8 ? xq8 + t * kernels::x_int8_bytes(cols) : nullptr;
   }
+  // Pairs q0 .. q0 + mq: rows r0 .. r0 + nr from dk / du (out[q·nr + r]) plus the biases, to emit.
+  const auto emit_dots = [&](index_t q0, index_t mq, index_t r0, index_t nr, const float* dk,
+                             const float* du) {
+    for (index_t q = 0; q < mq; ++q)
+      for (index_t r = 0; r < nr; ++r) {
+        const index_t e = q0 + q, i = r0 + r, neuron = b * G + i;
+        const float pre = dk[q * nr + r] + (w.b1 ? w.b1[neuron] : 0.0f);
+        const float u = Act::gated ? du[q * nr + r] + (w.b3 ? w.b3[neuron] : 0.0f) : 0.0f;
+        emit(static_cast<index_t>(entries[2 * e]), static_cast<index_t>(entries[2 * e + 1]), i, pre, u);
+      }
+  };
   if (ts.panel && G % 16 == 0 && m >= ops.amx_min_tokens) {
-    // AMX (bf16 on the amx level): all G rows of keys (and up rows) for up to 16 tokens per call.
+    // AMX (bf16 on the amx level): all G rows of keys (and up rows, on the same x panel) for up to 16
+    // tokens per call.
     float* dk = ts.amx_out;
     float* du = ts.amx_out + 16 * G;
     for (index_t q0 = 0; q0 < m; q0 += 16) {
       const index_t mq = std::min<index_t>(16, m - q0);
-      ops.dots_amx(ts.xb + q0, mq, w.keys(b), G, l.ld, cols, ts.panel, dk, G);
-      if constexpr (Act::gated) ops.dots_amx(ts.xb + q0, mq, w.up(b), G, l.ld, cols, ts.panel, du, G);
-      for (index_t q = 0; q < mq; ++q)
-        for (index_t i = 0; i < G; ++i) {
-          const index_t e = q0 + q, neuron = b * G + i;
-          const float pre = dk[q * G + i] + (w.b1 ? w.b1[neuron] : 0.0f);
-          const float u = Act::gated ? du[q * G + i] + (w.b3 ? w.b3[neuron] : 0.0f) : 0.0f;
-          emit(static_cast<index_t>(entries[2 * e]), static_cast<index_t>(entries[2 * e + 1]), i, pre, u);
-        }
+      ops.dots_amx(ts.xb + q0, mq, w.keys(b), G, l.ld, cols, ts.panel, false, dk, G);
+      if constexpr (Act::gated) ops.dots_amx(ts.xb + q0, mq, w.up(b), G, l.ld, cols, ts.panel, true, du, G);
+      emit_dots(q0, mq, 0, G, dk, du);
     }
     return;
   }
@@ -282,13 +288,7 @@ void key_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, 
   for (index_t r0 = 0; r0 < G; r0 += R) {
     dots_of(w.keys(b) + r0 * l.ld, dk);
     if constexpr (Act::gated) dots_of(w.up(b) + r0 * l.ld, du);
-    for (index_t q = 0; q < m; ++q)
-      for (index_t r = 0; r < R; ++r) {
-        const index_t i = r0 + r, neuron = b * G + i;
-        const float pre = dk[q * R + r] + (w.b1 ? w.b1[neuron] : 0.0f);
-        const float u = Act::gated ? du[q * R + r] + (w.b3 ? w.b3[neuron] : 0.0f) : 0.0f;
-        emit(static_cast<index_t>(entries[2 * q]), static_cast<index_t>(entries[2 * q + 1]), i, pre, u);
-      }
+    emit_dots(0, m, r0, R, dk, du);
   }
 }
 

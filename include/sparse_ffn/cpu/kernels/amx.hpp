@@ -130,13 +130,14 @@ inline void key_groups(const bfloat16_t* rows, index_t ld, index_t len, const st
 
 /// out[q·ostride + r] = Σ_c rows[r·ld + c]·x_q[c] (c < len) for q < m ≤ 16 and r < nrows (a multiple of
 /// 16); x_q = xb[q], rounded to bf16; len a multiple of 32. panel: panel_bytes(len), 64-byte aligned
-/// (unused when m = 1: one token's x is its own panel).
+/// (unused when m = 1: one token's x is its own panel); panel_ready: it already holds these tokens' x
+/// (a previous call with the same xb, m and len: the up rows after the keys).
 inline void dots(const bfloat16_t* const* xb, index_t m, const bfloat16_t* rows, index_t nrows, index_t ld,
-                 index_t len, std::uint32_t* panel, float* out, index_t ostride) {
+                 index_t len, std::uint32_t* panel, bool panel_ready, float* out, index_t ostride) {
   const std::uint32_t* b = panel;
   if (m == 1)
     b = reinterpret_cast<const std::uint32_t*>(xb[0]);
-  else
+  else if (!panel_ready)
     transpose_pairs(xb, m, len, panel);
   tile_config cfg;
   for (int i = 0; i < 4; ++i) cfg.colsb[i] = static_cast<std::uint16_t>(4 * m), cfg.rows[i] = 16;  // C

@@ -269,9 +269,11 @@ struct kernel_ops {
   bool bf16_values = false;
   /// The key pass of a whole block on AMX (amx level, bf16 weights; else null; kernels/amx.hpp):
   /// out[q·ostride + r] for m ≤ 16 tokens (bf16 x from xb) and nrows (a multiple of 16) rows; panel:
-  /// amx::panel_bytes(len) of scratch. Used instead of dots by the forward's key pass where g % 16 = 0.
+  /// amx::panel_bytes(len) of scratch (panel_ready: a previous call left these tokens' x in it). Used
+  /// instead of dots by the forward's key pass where g % 16 = 0.
   void (*dots_amx)(const bfloat16_t* const* xb, index_t m, const T* rows, index_t nrows, index_t ld,
-                   index_t len, std::uint32_t* panel, float* out, index_t ostride) = nullptr;
+                   index_t len, std::uint32_t* panel, bool panel_ready, float* out,
+                   index_t ostride) = nullptr;
   /// The value pass of a whole block on AMX (amx level, bf16 weights; else null): y[q] += Σ_i s[q][i]·v_i
   /// for m ≤ 16 tokens, nrows a multiple of 32, columns [c_lo, c_hi) (multiples of col_step = 32), the
   /// coefficients rounded to bf16. Used instead of apply_rows by the forward where g % 32 = 0.
