@@ -117,8 +117,10 @@ class onednn_forward {
     down_ = dnnl::matmul(down_pd);
     auto models = get_onednn_copies(d, f, bf16);
     // Prepacked weights of one copy, in the layout each primitive chose.
+    // The prepacked weights live in the library's storage (huge pages where granted, as our models).
     auto prepack = [&](const memory::desc& user_md, void* user, const memory::desc& want) {
-      memory src(user_md, eng_, user), dst(want, eng_);
+      packed_.emplace_back(static_cast<sf::index_t>(want.get_size()));
+      memory src(user_md, eng_, user), dst(want, eng_, packed_.back().data());
       dnnl::reorder(src, dst).execute(strm_, src, dst);
       strm_.wait();
       return dst;
@@ -166,6 +168,7 @@ class onednn_forward {
   std::vector<sf::bfloat16_t> xh_, hh_;
   memory x_mem_, h_mem_, y_mem_;
   std::vector<mems> ms_;
+  std::vector<sf::detail::aligned_buffer<unsigned char>> packed_;  // the prepacked weights
   std::size_t next_ = 0;
 };
 

@@ -23,12 +23,13 @@ namespace {
 
 constexpr std::size_t k_stream_bytes = std::size_t{1} << 30;
 
+// The library's own storage (huge pages where the system grants them, as the models get).
 struct stream_buffer {
-  std::unique_ptr<float[]> buf;
   std::size_t n = k_stream_bytes / sizeof(float);
-  stream_buffer() : buf(new float[k_stream_bytes / sizeof(float)]) {
+  sf::detail::aligned_buffer<float> buf{static_cast<sf::index_t>(n)};
+  stream_buffer() {
 #pragma omp parallel for schedule(static)
-    for (std::size_t i = 0; i < n; ++i) buf[i] = 1.0f;  // bf16 view: pairs of (0, 1.0) — harmless
+    for (std::size_t i = 0; i < n; ++i) buf[static_cast<sf::index_t>(i)] = 1.0f;  // bf16 view: (0, 1.0)
   }
 };
 stream_buffer& the_buffer() {
@@ -157,7 +158,7 @@ std::size_t threads() {
 void BM_stream(benchmark::State& state, reader which) {
   stream_buffer& sb = the_buffer();
   const std::size_t nth = threads(), per = sb.n / nth / 2048 * 2048;  // floats per thread
-  for (auto _ : state) benchmark::DoNotOptimize(read_all(which, sb.buf.get(), per, ones().data()));
+  for (auto _ : state) benchmark::DoNotOptimize(read_all(which, sb.buf.data(), per, ones().data()));
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) *
                           static_cast<std::int64_t>(per * nth * sizeof(float)));
 }
@@ -190,7 +191,7 @@ double paired_read(int r, double bytes, double* seconds) {
   if (cursor + per * nth > sb.n) cursor = 0;
   const auto t0 = std::chrono::steady_clock::now();
   benchmark::DoNotOptimize(
-      read_all(readers()[static_cast<std::size_t>(r)].second, sb.buf.get() + cursor, per, ones().data()));
+      read_all(readers()[static_cast<std::size_t>(r)].second, sb.buf.data() + cursor, per, ones().data()));
   *seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   cursor += per * nth;
   return double(per * nth * sizeof(float));

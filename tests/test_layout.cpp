@@ -151,3 +151,57 @@ TEST_CASE("make_layout pads rows to an odd number of 64-byte lines", "[layout]")
   REQUIRE(l.total_elements() == 3ll * 16384 * 4112);
   REQUIRE(l.block_bytes<sfx::bfloat16_t>() == 3 * 64 * 4112 * 2);
 }
+
+// detail::aligned_buffer (every packed model's storage): zeroed, 64-byte aligned; from 2 MiB up, 2 MiB
+// aligned and (Linux) advised as transparent huge pages — checked in /proc/self/smaps, whose VmFlags line
+// of the buffer's mapping says "hg" once madvise(MADV_HUGEPAGE) was called on it. Copies keep both.
+namespace {
+#if defined(__linux__)
+bool advised_huge(const void* p) {
+  std::FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (!f) return false;
+  const auto a = reinterpret_cast<std::uintptr_t>(p);
+  char line[4096];
+  bool inside = false, hg = false;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && std::strchr(line, '-') < std::strchr(line, ' ')) {
+      inside = a >= lo && a < hi;
+    } else if (inside && std::strncmp(line, "VmFlags:", 8) == 0) {
+      hg = std::strstr(line, " hg") != nullptr;
+      break;
+    }
+  }
+  std::fclose(f);
+  return hg;
+}
+#endif
+}  // namespace
+
+TEST_CASE("aligned_buffer: zeroed and 64-byte aligned; 2 MiB and up: 2 MiB aligned, huge pages advised",
+          "[layout]") {
+  using sparse_ffn::detail::aligned_buffer;
+  using sparse_ffn::detail::k_huge_page_bytes;
+  for (const sparse_ffn::index_t n :
+       {sparse_ffn::index_t{1}, sparse_ffn::index_t{1000}, sparse_ffn::index_t(k_huge_page_bytes / 4 - 1),
+        sparse_ffn::index_t(k_huge_page_bytes / 4), sparse_ffn::index_t(3 * k_huge_page_bytes / 4 + 5)}) {
+    aligned_buffer<float> a(n);
+    const bool large = static_cast<std::size_t>(n) * 4 >= k_huge_page_bytes;
+    const std::size_t want = large && sparse_ffn::detail::huge_pages_wanted() ? k_huge_page_bytes : 64;
+    INFO("n " << n);
+    CHECK(a.alignment() == want);
+    CHECK(reinterpret_cast<std::uintptr_t>(a.data()) % want == 0);
+    CHECK(std::all_of(a.data(), a.data() + n, [](float v) { return v == 0.0f; }));
+    a[n - 1] = 3.0f;
+    const aligned_buffer<float> b(a);
+    CHECK(b.alignment() == want);
+    CHECK(reinterpret_cast<std::uintptr_t>(b.data()) % want == 0);
+    CHECK(b[n - 1] == 3.0f);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (want == k_huge_page_bytes) {
+      CHECK(advised_huge(a.data()));
+      CHECK(advised_huge(b.data()));
+    }
+#endif
+  }
+}
