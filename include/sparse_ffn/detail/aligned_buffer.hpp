@@ -3,9 +3,10 @@
 // Buffers of k_huge_page_bytes or more (a model's weights) are aligned to 2 MiB and, on Linux, advised
 // as transparent huge pages (madvise(MADV_HUGEPAGE), before they are first touched): a forward at batch
 // 1 reads 64 blocks of 0.1–0.5 MB scattered over the model, and with 4 KiB pages every page of them is a
-// TLB miss (on an Emerald Rapids VM, bf16 batch 1: 6–11% faster with huge pages; docs/benchmarks.md,
-// stop 52). It is advice: where the system has THP off or no 2 MiB page free, the buffer gets 4 KiB
-// pages and works the same. SPARSE_FFN_HUGE_PAGES=0 in the environment turns the advice off (read once).
+// TLB miss (on an Emerald Rapids VM, batch 1: bf16 12–17%, q8 8–13% faster with huge pages;
+// docs/benchmarks.md, stop 52). It is advice: where the system has THP off or no 2 MiB page free, the
+// buffer gets 4 KiB pages and works the same. SPARSE_FFN_HUGE_PAGES=0 in the environment turns the
+// advice off (read once).
 #pragma once
 
 #include <algorithm>
