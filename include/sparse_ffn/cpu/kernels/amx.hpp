@@ -11,8 +11,8 @@
 //    transposes); C[row][token] summed over the whole row (len), then stored.
 //  - values: A = up to 16 tokens' coefficients of 32 rows (rounded to bf16), B = 32 value rows
 //    interleaved into column pairs in registers (`vpermt2w`) per 32 columns; C[token][column] summed
-//    over the block's rows, then added to y. A chunk of 32 rows whose coefficients are all zero for the
-//    group is skipped (ReLU), but a chunk is read whole.
+//    over the chunk's 32 rows, then added to y, chunks ascending. A chunk of 32 rows whose coefficients are
+//    all zero for the group is skipped (ReLU), but a chunk is read whole.
 // Each output element is one C element: summed from zero in a fixed order that depends only on its own
 // token's inputs, so a token's result does not depend on the rest of its batch, the thread count or
 // the run. Tile instructions are written as inline assembly (every assembler from binutils 2.36 and
@@ -101,30 +101,14 @@ inline void transpose_pairs(const bfloat16_t* const* xb, index_t m, index_t len,
   }
 }
 
-/// NG groups of 16 rows (tiles 0 .. NG-1) against the panel (tile 6), over len elements.
-template <int NG>
-inline void key_groups(const bfloat16_t* rows, index_t ld, index_t len, const std::uint32_t* b, index_t m) {
+/// 16 rows (tile 4, stride ld) against the panel (tile 6), over len elements, into tile 0.
+inline void key_rows16(const bfloat16_t* rows, index_t ld, index_t len, const std::uint32_t* b, index_t m) {
   const long as = static_cast<long>(ld) * 2, bs = 4 * m;
   SPARSE_FFN_TILE_ZERO(0);
-  if (NG > 1) SPARSE_FFN_TILE_ZERO(1);
-  if (NG > 2) SPARSE_FFN_TILE_ZERO(2);
-  if (NG > 3) SPARSE_FFN_TILE_ZERO(3);
   for (index_t k = 0; k < len; k += 32) {
     SPARSE_FFN_TILE_LOAD(6, b + (k / 2) * m, bs);
     SPARSE_FFN_TILE_LOAD(4, rows + k, as);
     SPARSE_FFN_TILE_DP(0, 4, 6);
-    if (NG > 1) {
-      SPARSE_FFN_TILE_LOAD(5, rows + 16 * ld + k, as);
-      SPARSE_FFN_TILE_DP(1, 5, 6);
-    }
-    if (NG > 2) {
-      SPARSE_FFN_TILE_LOAD(7, rows + 32 * ld + k, as);
-      SPARSE_FFN_TILE_DP(2, 7, 6);
-    }
-    if (NG > 3) {
-      SPARSE_FFN_TILE_LOAD(4, rows + 48 * ld + k, as);
-      SPARSE_FFN_TILE_DP(3, 4, 6);
-    }
   }
 }
 
@@ -139,44 +123,37 @@ inline void dots(const bfloat16_t* const* xb, index_t m, const bfloat16_t* rows,
     b = reinterpret_cast<const std::uint32_t*>(xb[0]);
   else if (!panel_ready)
     transpose_pairs(xb, m, len, panel);
+  // One group of 16 rows at a time, over the whole row: 16 row streams per walk. Four groups per walk
+  // (64 streams, the panel loaded once per k-step for all of them) read ~35% slower with two threads at
+  // batch 64 on an Emerald Rapids VM (docs/benchmarks.md, stop 52); the panel is re-read per group from
+  // L1/L2 instead. The bits are the same either way (each C element sums its row in k order).
   tile_config cfg;
-  for (int i = 0; i < 4; ++i) cfg.colsb[i] = static_cast<std::uint16_t>(4 * m), cfg.rows[i] = 16;  // C
-  for (int i = 4; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 16;                                 // A
-  cfg.colsb[6] = static_cast<std::uint16_t>(4 * m);                                                // B
+  cfg.colsb[0] = static_cast<std::uint16_t>(4 * m), cfg.rows[0] = 16;  // C
+  cfg.colsb[4] = 64, cfg.rows[4] = 16;                                 // A
+  cfg.colsb[6] = static_cast<std::uint16_t>(4 * m), cfg.rows[6] = 16;  // B
   configure(cfg);
-  alignas(64) float c[4][16][16];
-  for (index_t r0 = 0; r0 < nrows; r0 += 64) {
-    const int ng = static_cast<int>(std::min<index_t>(4, (nrows - r0) / 16));
-    const bfloat16_t* a = rows + r0 * ld;
-    switch (ng) {
-      case 1: key_groups<1>(a, ld, len, b, m); break;
-      case 2: key_groups<2>(a, ld, len, b, m); break;
-      case 3: key_groups<3>(a, ld, len, b, m); break;
-      default: key_groups<4>(a, ld, len, b, m); break;
-    }
-    SPARSE_FFN_TILE_STORE(0, &c[0][0][0], 64);
-    if (ng > 1) SPARSE_FFN_TILE_STORE(1, &c[1][0][0], 64);
-    if (ng > 2) SPARSE_FFN_TILE_STORE(2, &c[2][0][0], 64);
-    if (ng > 3) SPARSE_FFN_TILE_STORE(3, &c[3][0][0], 64);
+  alignas(64) float c[16][16];
+  for (index_t r0 = 0; r0 < nrows; r0 += 16) {
+    key_rows16(rows + r0 * ld, ld, len, b, m);
+    SPARSE_FFN_TILE_STORE(0, &c[0][0], 64);
     for (index_t q = 0; q < m; ++q)
-      for (int i = 0; i < ng; ++i)
-        for (int r = 0; r < 16; ++r) out[q * ostride + r0 + 16 * i + r] = c[i][r][q];
+      for (int r = 0; r < 16; ++r) out[q * ostride + r0 + r] = c[r][q];
   }
   release();
 }
 
 /// Rows of one value chunk: a tdpbf16ps K (32 rows = 16 pairs).
 inline constexpr index_t k_value_chunk = 32;
-/// Chunks whose A tiles stay loaded during one walk over the columns (tiles 4 .. 7).
-inline constexpr int k_value_chunks = 4;
 
 /// y_q[c] += Σ_i s_q[i]·v_i[c] for q < m ≤ 16, i < nrows (a multiple of 32), c in [c_lo, c_hi) (multiples
-/// of 32): each group of up to 128 rows summed from zero in a tile (the s rounded to bf16), then added.
-/// Chunks of 32 rows with every s zero are not read.
+/// of 32): each chunk of 32 rows summed from zero in a tile (the s rounded to bf16), then added to y,
+/// chunks ascending. Chunks with every s zero are not read. One chunk per walk over the columns: 32 row
+/// streams (four chunks per walk, 128 streams, read ~20% slower with two threads at batch 64 on an
+/// Emerald Rapids VM; docs/benchmarks.md, stop 52).
 inline void apply(float* const* y, const float* const* s, index_t m, const bfloat16_t* v, index_t ld,
                   index_t nrows, index_t c_lo, index_t c_hi) {
-  alignas(64) std::uint16_t a[16 * k_value_chunk * k_value_chunks];
-  alignas(64) std::uint32_t bt[2][k_value_chunks][16][16];  // [column half][chunk][pair][column]
+  alignas(64) std::uint16_t a[16 * k_value_chunk];
+  alignas(64) std::uint32_t bt[2][16][16];  // [column half][pair][column]
   alignas(64) float c[2][16][16];
   const __m512i ilo =
       _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6, 37, 5, 36,
@@ -185,58 +162,33 @@ inline void apply(float* const* y, const float* const* s, index_t m, const bfloa
   tile_config cfg;
   cfg.colsb[0] = cfg.colsb[1] = 64, cfg.rows[0] = cfg.rows[1] = static_cast<std::uint8_t>(m);  // C
   cfg.colsb[2] = cfg.colsb[3] = 64, cfg.rows[2] = cfg.rows[3] = 16;                            // B
-  for (int i = 4; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = static_cast<std::uint8_t>(m);   // A
+  cfg.colsb[4] = 64, cfg.rows[4] = static_cast<std::uint8_t>(m);                               // A
   bool configured = false;
-  constexpr index_t span = k_value_chunk * k_value_chunks;
-  for (index_t i0 = 0; i0 < nrows; i0 += span) {
-    index_t chunk[k_value_chunks];  // the chunks (first rows) with a nonzero coefficient
-    int nc = 0;
-    for (index_t r0 = i0; r0 < std::min(nrows, i0 + span); r0 += k_value_chunk) {
-      bool any = false;
-      for (index_t q = 0; q < m && !any; ++q)
-        for (index_t i = 0; i < k_value_chunk; ++i) any |= s[q][r0 + i] != 0.0f;
-      if (any) chunk[nc++] = r0;
-    }
-    if (nc == 0) continue;
-    for (int j = 0; j < nc; ++j)
-      for (index_t q = 0; q < m; ++q)
-        for (index_t i = 0; i < k_value_chunk; ++i)
-          a[(j * 16 + q) * k_value_chunk + i] = bfloat16_t(s[q][chunk[j] + i]).bits;
+  for (index_t r0 = 0; r0 < nrows; r0 += k_value_chunk) {
+    bool any = false;
+    for (index_t q = 0; q < m && !any; ++q)
+      for (index_t i = 0; i < k_value_chunk; ++i) any |= s[q][r0 + i] != 0.0f;
+    if (!any) continue;
+    for (index_t q = 0; q < m; ++q)
+      for (index_t i = 0; i < k_value_chunk; ++i) a[q * k_value_chunk + i] = bfloat16_t(s[q][r0 + i]).bits;
     if (!configured) configure(cfg), configured = true;
-    constexpr long as = 2 * k_value_chunk;
-    SPARSE_FFN_TILE_LOAD(4, a, as);
-    if (nc > 1) SPARSE_FFN_TILE_LOAD(5, a + 16 * k_value_chunk, as);
-    if (nc > 2) SPARSE_FFN_TILE_LOAD(6, a + 32 * k_value_chunk, as);
-    if (nc > 3) SPARSE_FFN_TILE_LOAD(7, a + 48 * k_value_chunk, as);
+    SPARSE_FFN_TILE_LOAD(4, a, 2 * k_value_chunk);
     for (index_t c0 = c_lo; c0 < c_hi; c0 += 32) {
-      for (int j = 0; j < nc; ++j)
-        for (int p = 0; p < 16; ++p) {
-          const bfloat16_t* r = v + (chunk[j] + 2 * p) * ld + c0;
-          // The hardware prefetcher does not follow 64 interleaved row walks: 256 bytes ahead into L1.
-          _mm_prefetch(reinterpret_cast<const char*>(r + 128), _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(r + ld + 128), _MM_HINT_T0);
-          const __m512i r0 = _mm512_loadu_si512(r), r1 = _mm512_loadu_si512(r + ld);
-          _mm512_store_si512(bt[0][j][p], _mm512_permutex2var_epi16(r0, ilo, r1));
-          _mm512_store_si512(bt[1][j][p], _mm512_permutex2var_epi16(r0, ihi, r1));
-        }
+      for (int p = 0; p < 16; ++p) {
+        const bfloat16_t* r = v + (r0 + 2 * p) * ld + c0;
+        // The hardware prefetcher does not follow 32 interleaved row walks: 256 bytes ahead into L1.
+        _mm_prefetch(reinterpret_cast<const char*>(r + 128), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(r + ld + 128), _MM_HINT_T0);
+        const __m512i w0 = _mm512_loadu_si512(r), w1 = _mm512_loadu_si512(r + ld);
+        _mm512_store_si512(bt[0][p], _mm512_permutex2var_epi16(w0, ilo, w1));
+        _mm512_store_si512(bt[1][p], _mm512_permutex2var_epi16(w0, ihi, w1));
+      }
       SPARSE_FFN_TILE_ZERO(0);
       SPARSE_FFN_TILE_ZERO(1);
-#define SPARSE_FFN_AMX_VALUE_STEP(j, at)        \
-  SPARSE_FFN_TILE_LOAD(2, &bt[0][j][0][0], 64); \
-  SPARSE_FFN_TILE_LOAD(3, &bt[1][j][0][0], 64); \
-  SPARSE_FFN_TILE_DP(0, at, 2);                 \
-  SPARSE_FFN_TILE_DP(1, at, 3);
-      SPARSE_FFN_AMX_VALUE_STEP(0, 4)
-      if (nc > 1) {
-        SPARSE_FFN_AMX_VALUE_STEP(1, 5)
-      }
-      if (nc > 2) {
-        SPARSE_FFN_AMX_VALUE_STEP(2, 6)
-      }
-      if (nc > 3) {
-        SPARSE_FFN_AMX_VALUE_STEP(3, 7)
-      }
-#undef SPARSE_FFN_AMX_VALUE_STEP
+      SPARSE_FFN_TILE_LOAD(2, &bt[0][0][0], 64);
+      SPARSE_FFN_TILE_LOAD(3, &bt[1][0][0], 64);
+      SPARSE_FFN_TILE_DP(0, 4, 2);
+      SPARSE_FFN_TILE_DP(1, 4, 3);
       SPARSE_FFN_TILE_STORE(0, &c[0][0][0], 64);
       SPARSE_FFN_TILE_STORE(1, &c[1][0][0], 64);
       for (index_t q = 0; q < m; ++q) {
