@@ -72,9 +72,9 @@ class aligned_buffer {
   index_t size() const noexcept { return n_; }
   bool empty() const noexcept { return n_ == 0; }
   T& operator[](index_t i) noexcept { return p_.get()[i]; }
+  const T& operator[](index_t i) const noexcept { return p_.get()[i]; }
   /// The alignment of data() this buffer was allocated with (k_row_alignment, or 2 MiB for large ones).
   std::size_t alignment() const noexcept { return p_.get_deleter().alignment; }
-  const T& operator[](index_t i) const noexcept { return p_.get()[i]; }
 
  private:
   struct deleter {

@@ -13,9 +13,10 @@
 //    interleaved into column pairs in registers (`vpermt2w`) per 32 columns; C[token][column] summed
 //    over the chunk's 32 rows, then added to y, chunks ascending. A chunk of 32 rows whose coefficients are
 //    all zero for the group is skipped (ReLU), but a chunk is read whole.
-// Each output element is one C element: summed from zero in a fixed order that depends only on its own
-// token's inputs, so a token's result does not depend on the rest of its batch, the thread count or
-// the run. Tile instructions are written as inline assembly (every assembler from binutils 2.36 and
+// Each output element is summed in C tiles (keys: one C element over the whole row; values: one per
+// 32-row chunk, the chunks added to y in ascending order) in a fixed order that depends only on its own
+// token's inputs, so a token's result does not depend on the other tokens of its call, the thread count
+// or the run. Tile instructions are written as inline assembly (every assembler from binutils 2.36 and
 // Clang 12 knows them) inside the avx512_bf16 target region; the tile state is configured at the start
 // of each call and released at its end.
 #pragma once
