@@ -107,6 +107,9 @@ TEST_CASE("isa: the best supported level is the default, levels are ordered", "[
     REQUIRE((cpu::kernels::ops_for<sfx::bfloat16_t>(level).apply_amx != nullptr) == on_amx);
     REQUIRE(cpu::kernels::ops_for<float>(level).dots_amx == nullptr);
     REQUIRE(cpu::kernels::ops_for<sfx::q8_t>(level).apply_amx == nullptr);
+    REQUIRE((cpu::kernels::ops_for<sfx::q8_t>(level).dots_tiles_amx != nullptr) == on_amx);
+    REQUIRE((cpu::kernels::ops_for<sfx::q4_t>(level).dots_tiles_amx != nullptr) == on_amx);
+    REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).dots_tiles_amx == nullptr);
     REQUIRE(cpu::kernels::ops_for<float>(level).level == level);
   }
   // Names round-trip.
@@ -622,8 +625,10 @@ TEST_CASE("isa: the int8 key kernel of every level is exact on extreme bytes (no
 namespace {
 
 /// kernel_ops::dots_tiles of weights T at `level` on rows re-laid as key_tile<T> (quant.hpp) against
-/// dots on the same rows: the same bits for every batch size and chunking. Returns whether the level has
-/// it (q8/q4 on avx512_vnni and up).
+/// dots on the same rows: the same bits for every batch size and chunking. Where the level has the AMX
+/// form (dots_tiles_amx, amx), it too: 1-16 tokens, 16-80 rows (one to four row tiles per pass, and a
+/// pass of four then one), a panel reused, outputs at a stride. Returns whether the level has it (q8/q4
+/// on avx512_vnni and up).
 template <class T>
 bool key_tiles_match(cpu::isa_level level, std::uint64_t seed) {
   using F = sfx::row_format<T>;
@@ -633,7 +638,7 @@ bool key_tiles_match(cpu::isa_level level, std::uint64_t seed) {
   auto r = test::rng(seed);
   // d: one partial d-chunk (the last group partly zeros), several chunks and a partial one.
   for (const sfx::index_t d : {sfx::index_t{77}, sfx::index_t{1100}, sfx::index_t{4096}}) {
-    const sfx::index_t cols = F::cols(d), ld = F::ld(d), nrows = 48;
+    const sfx::index_t cols = F::cols(d), ld = F::ld(d), nrows = 80;
     REQUIRE(KT::bytes(cols) <= 16 * ld * static_cast<sfx::index_t>(sizeof(T)));
     std::vector<T> rows(static_cast<std::size_t>(nrows * ld));
     std::vector<float> src(static_cast<std::size_t>(d));
@@ -647,7 +652,7 @@ bool key_tiles_match(cpu::isa_level level, std::uint64_t seed) {
         reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(tiles.data()) + 63) / 64 * 64);
     for (sfx::index_t t = 0; t < nrows / 16; ++t)
       KT::pack(rows.data() + t * 16 * ld, ld, cols, base + t * stride);
-    const sfx::index_t m = 9, xb = cpu::kernels::x_int8_bytes(cols);
+    const sfx::index_t m = 16, xb = cpu::kernels::x_int8_bytes(cols);
     std::vector<float> x(static_cast<std::size_t>(m * cols), 0.0f);
     std::vector<std::uint8_t> xq(static_cast<std::size_t>(m * xb));
     std::vector<const std::uint8_t*> xqp(static_cast<std::size_t>(m));
@@ -669,6 +674,29 @@ bool key_tiles_match(cpu::isa_level level, std::uint64_t seed) {
         REQUIRE(std::memcmp(&got[i], &want[i], sizeof(float)) == 0);
       }
     }
+#if SPARSE_FFN_AMX
+    if (ops.dots_tiles_amx) {
+      sfx::detail::aligned_buffer<std::uint8_t> panel(cpu::kernels::amx::int8_panel_bytes(cols));
+      for (const sfx::index_t mm : {1, 3, 4, 7, 8, 12, 13, 16})
+        for (const sfx::index_t nr : {16, 32, 48, 64, 80}) {
+          const sfx::index_t os = nr + 16;  // outputs of a token os floats apart; the gap stays untouched
+          std::vector<float> want(static_cast<std::size_t>(mm * nr), -7.0f),
+              got(static_cast<std::size_t>(mm * os), -9.0f), again(got.size(), -9.0f);
+          ops.dots_tiles(xqp.data(), mm, base, nr, stride, cols, spill.data(), want.data());
+          ops.dots_tiles_amx(xqp.data(), mm, base, nr, stride, cols, panel.data(), false, got.data(), os);
+          ops.dots_tiles_amx(xqp.data(), mm, base, nr, stride, cols, panel.data(), true, again.data(), os);
+          for (sfx::index_t t = 0; t < mm; ++t)
+            for (sfx::index_t i = 0; i < os; ++i) {
+              const float g = got[static_cast<std::size_t>(t * os + i)];
+              const float w = i < nr ? want[static_cast<std::size_t>(t * nr + i)] : -9.0f;
+              INFO("amx: d " << d << ", " << mm << " tokens, " << nr << " rows, token " << t << " output "
+                             << i << ": " << g << " against " << w);
+              REQUIRE(std::memcmp(&g, &w, sizeof(float)) == 0);
+              REQUIRE(std::memcmp(&again[static_cast<std::size_t>(t * os + i)], &g, sizeof(float)) == 0);
+            }
+        }
+    }
+#endif
   }
   return true;
 }
@@ -687,6 +715,8 @@ TEST_CASE("isa: the rows-in-lanes key kernel on key tiles gives the bits of the 
     }
   }
   if (levels == 0) WARN("SKIPPED: no key-tile kernel (q8/q4 on avx512_vnni and up) is supported by this CPU");
+  if (!cpu::isa_supported(cpu::isa_level::amx))
+    WARN("SKIPPED: amx (the AMX int8 key kernel on key tiles) is not supported by this CPU");
 }
 
 namespace {

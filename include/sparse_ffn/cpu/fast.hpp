@@ -28,8 +28,9 @@
 // half of its selected blocks by block id — each by one thread per column, blocks ascending, rows
 // ascending; y = (partial0 + partial1) + b2), so results are bit-identical across runs *and* thread
 // counts, and a token's output does not depend on the rest of the batch (up to the sign of an exact
-// zero), for a given ISA — except on amx, whose AMX passes run for blocks (keys) and partials (values)
-// of at least kernel_ops::amx_min_tokens tokens: there a token's bits depend on how many share them.
+// zero), for a given ISA — except on amx with bf16 weights, whose AMX passes run for blocks (keys) and
+// partials (values) of at least kernel_ops::amx_min_tokens tokens: there a token's bits depend on how
+// many share them (q8/q4's AMX key pass gives dots_tiles's bits).
 // No allocation when a workspace that has seen the size before is passed.
 #pragma once
 
@@ -256,7 +257,7 @@ void key_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, 
         emit(static_cast<index_t>(entries[2 * e]), static_cast<index_t>(entries[2 * e + 1]), i, pre, u);
       }
   };
-  if (ts.panel && G % 16 == 0 && m >= ops.amx_min_tokens) {
+  if (ts.panel && ops.dots_amx && G % 16 == 0 && m >= ops.amx_min_tokens) {
     // AMX (bf16 on the amx level): all G rows of keys (and up rows, on the same x panel) for up to 16
     // tokens per call.
     float* dk = ts.amx_out;
@@ -269,6 +270,23 @@ void key_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, 
     }
     return;
   }
+  if constexpr (is_quantized<T>::value)
+    if (ts.panel && l.key_tiles && ops.dots_tiles_amx && G % 16 == 0 && m >= ops.amx_min_tokens) {
+      // AMX (q8/q4 key tiles on the amx level): the same bits as dots_tiles, 16 tokens per call.
+      float* dk = ts.amx_out;
+      float* du = ts.amx_out + 16 * G;
+      auto* panel = reinterpret_cast<std::uint8_t*>(ts.panel);
+      const auto* keys = reinterpret_cast<const std::uint8_t*>(w.keys(b));
+      for (index_t q0 = 0; q0 < m; q0 += 16) {
+        const index_t mq = std::min<index_t>(16, m - q0);
+        ops.dots_tiles_amx(ts.xq + q0, mq, keys, G, 16 * l.ld, cols, panel, false, dk, G);
+        if constexpr (Act::gated)
+          ops.dots_tiles_amx(ts.xq + q0, mq, reinterpret_cast<const std::uint8_t*>(w.up(b)), G, 16 * l.ld,
+                             cols, panel, true, du, G);
+        emit_dots(q0, mq, 0, G, dk, du);
+      }
+      return;
+    }
   // R rows at a time (one register tile of rows), so the scratch stays 2 × m × R floats for any g.
   constexpr index_t R = G < kernels::k_max_key_r ? G : kernels::k_max_key_r;
   float* dk = ts.dots;
@@ -385,7 +403,8 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
   const index_t tile_bytes =
       sparse_ffn::detail::checked_mul(tile_rows * static_cast<index_t>(sizeof(T)), ld, "workspace");
   arena_plan sizing(nullptr);
-  const bool amx_keys = ops.dots_amx != nullptr && G % 16 == 0;
+  const bool amx_keys =
+      (ops.dots_amx != nullptr || (ops.dots_tiles_amx != nullptr && l.key_tiles)) && G % 16 == 0;
   plan_buffers<Sel, Act>(sizing, l, cols, n, k, threads, compute, ops.bf16_x, ops.int8_x, tile_bytes,
                          amx_keys);
   ws.reserve(sizing.bytes());

@@ -19,7 +19,8 @@
 // avx512_bf16 adds the key pass of bf16 weights with `vdpbf16ps`, which multiplies bf16 by bf16: it rounds
 // each token's input x to bf16 first (docs/design.md, "Accuracy of the bf16 kernels"). Force `avx512` to keep
 // x in float. amx runs the key and value passes of bf16 weights on the tile unit (`tdpbf16ps`; x and the
-// value coefficients rounded to bf16; docs/design.md, "AMX"); everything else as avx512_bf16.
+// value coefficients rounded to bf16; docs/design.md, "AMX") and the key pass of q8/q4 key tiles
+// (`tdpbssd` / `tdpbsud`, the bits of avx512_bf16's); everything else as avx512_bf16.
 //
 // Override: the environment variable SPARSE_FFN_ISA (scalar | avx2 | avx512 | avx512_vnni | avx512_bf16 |
 // amx), read once on first use, or set_isa() at run time; both force a *lower* level (asking for a level the

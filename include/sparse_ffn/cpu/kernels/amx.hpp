@@ -1,4 +1,5 @@
-// sparse_ffn — the key and value passes of bf16 weights on Intel AMX (level `amx`, cpu/isa.hpp).
+// sparse_ffn — the key and value passes of bf16 weights, and the key pass of q8/q4 key tiles, on Intel
+// AMX (level `amx`, cpu/isa.hpp). The q8/q4 kernel (dots_int8, AMX-INT8) is described where it is.
 //
 // `tdpbf16ps` multiplies a tile A (M ≤ 16 rows × 32 bf16) by a tile B (16 rows of 16 bf16 pairs: B row p
 // holds, for each of N ≤ 16 columns, the pair of elements 2p and 2p + 1 of the dot product) into a
@@ -24,8 +25,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "../../config.hpp"
+#include "../../quant.hpp"
 #include "../../types.hpp"
 #include "../isa.hpp"
 
@@ -40,6 +43,8 @@
   __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" ::"r"(base), "r"(static_cast<long>(stride)) : "memory")
 #define SPARSE_FFN_TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
 #define SPARSE_FFN_TILE_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+#define SPARSE_FFN_TILE_DP_SS(c, a, b) __asm__ volatile("tdpbssd %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+#define SPARSE_FFN_TILE_DP_SU(c, a, b) __asm__ volatile("tdpbsud %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
 // clang-format on
 
 namespace sparse_ffn {
@@ -143,6 +148,158 @@ inline void dots(const bfloat16_t* const* xb, index_t m, const bfloat16_t* rows,
   release();
 }
 
+/// Bytes of the int8 key kernel's panel (dots_int8's `panel`): the tokens' x bytes by group, each group
+/// one A tile of 16 rows × 32 bytes (row t: token t's 32 bytes), so that a tile load reads 512
+/// consecutive bytes (rows of a token-major panel lie cols bytes apart: 16 lines in one L1 set at d 4096).
+inline constexpr index_t int8_panel_bytes(index_t cols) {
+  return 16 * cols;
+}
+
+/// dots_int8 for N tokens (a multiple of 4, m ≤ N ≤ 16; rows of C past m stay zero and are not output).
+/// Up to four tiles of 16 rows at a time (64 rows: C in tiles 0-3, one per row tile), group by group:
+/// each group's x (A, tile 4) meets the four tiles' B rows (tiles 5-7, the fourth reusing 5) and the
+/// four C are stored; the next group's products then run while this group's sums are scaled and added.
+/// (One row tile at a time, the products of a group waited on the last group's: ~3× slower.)
+template <class T, int N>
+void dots_int8_n(const std::uint8_t* const* xq, index_t m, const std::uint8_t* tiles, index_t nrows,
+                 index_t tile_stride, index_t cols, const std::uint8_t* panel, float* out, index_t ostride) {
+  using KT = key_tile<T>;
+  constexpr bool q8 = std::is_same<T, q8_t>::value;
+  constexpr index_t gpl = KT::groups_per_line;
+  const index_t groups_at = x_int8_groups_at(cols), ngroups = cols / k_quant_group;
+  alignas(64) std::int32_t c[2][4][16][16] = {};  // C of a group (buffer, row tile); rows m .. N stay zero
+  alignas(64) std::uint8_t nib[4][2][8][64];      // q4: a half line's low, then high nibbles, per row tile
+  alignas(64) float acc[4][N][16];                // y per row tile and token (rows in lanes)
+  const std::int32_t* corr[N];  // the tokens' group terms (x_int8_group): −zero_point Σ x and the x scale
+  const float* sx[N];           // (rows past m: token 0's, for a result never output)
+  for (int t = 0; t < N; ++t) {
+    const std::uint8_t* x = xq[t < m ? t : 0];
+    corr[t] = reinterpret_cast<const std::int32_t*>(x + groups_at);
+    sx[t] = reinterpret_cast<const float*>(x + groups_at + 4 * ngroups);
+  }
+  for (index_t r0 = 0; r0 < nrows; r0 += 64) {
+    const index_t nt = std::min<index_t>(4, (nrows - r0) / 16);
+    const std::uint8_t* tl[4];
+    for (index_t i = 0; i < 4; ++i) tl[i] = tiles + (r0 / 16 + std::min(i, nt - 1)) * tile_stride;
+    // Group gg's products into C (tiles 0 .. nt - 1), stored into c[buf].
+    const auto issue = [&](index_t gg, int buf) {
+      const index_t j = gg / gpl, gl = gg % gpl, off = j * KT::unit_bytes;
+      const std::uint8_t* bp[4];
+      for (index_t i = 0; i < 4; ++i) {
+        const std::uint8_t* u = tl[i] + off;
+        if (gl == 0)  // one stream per row tile: 2 KiB ahead into L1 (tile loads wait on misses)
+          for (index_t o = 0; o < KT::unit_bytes; o += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(u + 2048 + o), _MM_HINT_T0);
+        if constexpr (q8) {
+          bp[i] = u + gl * 512;  // dwords 8 gl .. 8 gl + 7 of the line
+        } else {                 // dwords 8 (gl / 2) ..: low nibbles group gl (even), high gl + 1
+          if (gl % 2 == 0 && i < nt) {
+            const __m512i lo = _mm512_set1_epi8(0x0f);
+            for (int e = 0; e < 8; ++e) {
+              const __m512i v = _mm512_loadu_si512(u + (gl / 2 * 8 + e) * 64);
+              _mm512_store_si512(nib[i][0][e], _mm512_and_si512(v, lo));
+              _mm512_store_si512(nib[i][1][e], _mm512_and_si512(_mm512_srli_epi16(v, 4), lo));
+            }
+          }
+          bp[i] = nib[i][gl % 2][0];
+        }
+      }
+      SPARSE_FFN_TILE_LOAD(4, panel + gg * 512, 32);
+      SPARSE_FFN_TILE_LOAD(5, bp[0], 64);
+      SPARSE_FFN_TILE_ZERO(0);
+      if constexpr (q8)
+        SPARSE_FFN_TILE_DP_SS(0, 4, 5);
+      else
+        SPARSE_FFN_TILE_DP_SU(0, 4, 5);
+      if (nt > 1) {
+        SPARSE_FFN_TILE_LOAD(6, bp[1], 64);
+        SPARSE_FFN_TILE_ZERO(1);
+        if constexpr (q8)
+          SPARSE_FFN_TILE_DP_SS(1, 4, 6);
+        else
+          SPARSE_FFN_TILE_DP_SU(1, 4, 6);
+      }
+      if (nt > 2) {
+        SPARSE_FFN_TILE_LOAD(7, bp[2], 64);
+        SPARSE_FFN_TILE_ZERO(2);
+        if constexpr (q8)
+          SPARSE_FFN_TILE_DP_SS(2, 4, 7);
+        else
+          SPARSE_FFN_TILE_DP_SU(2, 4, 7);
+      }
+      if (nt > 3) {
+        SPARSE_FFN_TILE_LOAD(5, bp[3], 64);
+        SPARSE_FFN_TILE_ZERO(3);
+        if constexpr (q8)
+          SPARSE_FFN_TILE_DP_SS(3, 4, 5);
+        else
+          SPARSE_FFN_TILE_DP_SU(3, 4, 5);
+      }
+      SPARSE_FFN_TILE_STORE(0, &c[buf][0][0][0], 64);
+      if (nt > 1) SPARSE_FFN_TILE_STORE(1, &c[buf][1][0][0], 64);
+      if (nt > 2) SPARSE_FFN_TILE_STORE(2, &c[buf][2][0][0], 64);
+      if (nt > 3) SPARSE_FFN_TILE_STORE(3, &c[buf][3][0][0], 64);
+    };
+    // Group gg's sums: y = fma(float(Σ + corr), s · sx, y) per row tile and token (rows in lanes).
+    const auto finish = [&](index_t gg, int buf) {
+      const index_t j = gg / gpl, gl = gg % gpl;
+      for (index_t i = 0; i < nt; ++i) {
+        const auto* sc = reinterpret_cast<const bfloat16_t*>(tl[i] + j * KT::unit_bytes + 16 * 64) + 16 * gl;
+        const __m512 s = _mm512_castsi512_ps(_mm512_slli_epi32(
+            _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc))), 16));
+#pragma GCC unroll 16
+        for (int t = 0; t < N; ++t) {
+          __m512i sum = _mm512_load_si512(c[buf][i][t]);
+          if constexpr (!q8) sum = _mm512_add_epi32(sum, _mm512_set1_epi32(corr[t][gg]));
+          const __m512 y = gg == 0 ? _mm512_setzero_ps() : _mm512_load_ps(acc[i][t]);
+          _mm512_store_ps(acc[i][t], _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum),
+                                                     _mm512_mul_ps(s, _mm512_set1_ps(sx[t][gg])), y));
+        }
+      }
+    };
+    issue(0, 0);
+    for (index_t gg = 0; gg < ngroups; ++gg) {
+      if (gg + 1 < ngroups) issue(gg + 1, static_cast<int>((gg + 1) & 1));
+      finish(gg, static_cast<int>(gg & 1));
+    }
+    for (index_t i = 0; i < nt; ++i)
+      for (index_t t = 0; t < m; ++t)
+        _mm512_storeu_ps(out + t * ostride + r0 + 16 * i, _mm512_load_ps(acc[i][t]));
+  }
+}
+
+/// The key pass of q8/q4 rows stored as key_tile<T> (quant.hpp) on the tile unit, x quantised per group
+/// of 32 (xq: prepare_x_int8): out[q·ostride + r] for q < m ≤ 16 tokens and r < nrows (a multiple of 16),
+/// tile r / 16 at tiles + (r / 16)·tile_stride bytes. Per group of 32 values, tdpbssd (q8: q signed) or
+/// tdpbsud (q4: the nibbles u = q + 8, plus the group's −8 Σ x) sums each (token, row) exactly in int32;
+/// then y = fma(float(Σ), s · sx, y), groups ascending: the same integers and float steps as the
+/// AVX512_VNNI kernel (kernels.inl dots_tiles), so the same bits. panel: int8_panel_bytes(cols), 64-byte
+/// aligned (panel_ready: a previous call left these tokens' x in it: the up rows after the keys).
+template <class T>
+void dots_int8(const std::uint8_t* const* xq, index_t m, const std::uint8_t* tiles, index_t nrows,
+               index_t tile_stride, index_t cols, std::uint8_t* panel, bool panel_ready, float* out,
+               index_t ostride) {
+  if (!panel_ready)  // group g of token q at panel[512 g + 32 q] (rows past m are never loaded)
+    for (index_t g = 0; g < cols / k_quant_group; ++g)
+      for (index_t q = 0; q < m; ++q)
+        std::memcpy(panel + 512 * g + 32 * q, xq[q] + x_int8_group_offset<T>(g * k_quant_group), 32);
+  tile_config cfg;
+  for (int i = 0; i < 4; ++i)
+    cfg.colsb[i] = 64, cfg.rows[i] = static_cast<std::uint8_t>(m);  // C: tokens × 16 rows
+  cfg.colsb[4] = 32, cfg.rows[4] = static_cast<std::uint8_t>(m);    // A: tokens × 32 x bytes
+  for (int i = 5; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 8;   // B: 8 dwords × 16 rows
+  configure(cfg);
+  if (m <= 4)
+    dots_int8_n<T, 4>(xq, m, tiles, nrows, tile_stride, cols, panel, out, ostride);
+  else if (m <= 8)
+    dots_int8_n<T, 8>(xq, m, tiles, nrows, tile_stride, cols, panel, out, ostride);
+  else if (m <= 12)
+    dots_int8_n<T, 12>(xq, m, tiles, nrows, tile_stride, cols, panel, out, ostride);
+  else
+    dots_int8_n<T, 16>(xq, m, tiles, nrows, tile_stride, cols, panel, out, ostride);
+  release();
+}
+
 /// Rows of one value chunk: a tdpbf16ps K (32 rows = 16 pairs).
 inline constexpr index_t k_value_chunk = 32;
 
@@ -213,5 +370,7 @@ SPARSE_FFN_TARGET_END
 #undef SPARSE_FFN_TILE_STORE
 #undef SPARSE_FFN_TILE_ZERO
 #undef SPARSE_FFN_TILE_DP
+#undef SPARSE_FFN_TILE_DP_SS
+#undef SPARSE_FFN_TILE_DP_SU
 
 #endif  // SPARSE_FFN_AMX

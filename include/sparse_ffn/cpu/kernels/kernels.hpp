@@ -274,6 +274,13 @@ struct kernel_ops {
   void (*dots_amx)(const bfloat16_t* const* xb, index_t m, const T* rows, index_t nrows, index_t ld,
                    index_t len, std::uint32_t* panel, bool panel_ready, float* out,
                    index_t ostride) = nullptr;
+  /// dots_tiles on AMX (amx level, q8/q4; else null; kernels/amx.hpp dots_int8): out[q·ostride + r] for
+  /// m ≤ 16 tokens and nrows (a multiple of 16) rows, the same bits as dots_tiles; panel:
+  /// amx::int8_panel_bytes(cols) of scratch (panel_ready as dots_amx). Used instead of dots_tiles by the
+  /// forward's key pass.
+  void (*dots_tiles_amx)(const std::uint8_t* const* xq, index_t m, const std::uint8_t* tiles, index_t nrows,
+                         index_t tile_stride, index_t cols, std::uint8_t* panel, bool panel_ready, float* out,
+                         index_t ostride) = nullptr;
   /// The value pass of a whole block on AMX (amx level, bf16 weights; else null): y[q] += Σ_i s[q][i]·v_i
   /// for m ≤ 16 tokens, nrows a multiple of 32, columns [c_lo, c_hi) (multiples of col_step = 32), the
   /// coefficients rounded to bf16. Used instead of apply_rows by the forward where g % 32 = 0.
@@ -386,6 +393,14 @@ kernel_ops<T> make_amx_ops() {
     // Emerald Rapids VM, AMX for every group made batch 1 ~20% and batch 8 ~10-30% slower; from 4 tokens
     // up, batch 64 1.3-1.75x faster (docs/benchmarks.md, 2026-12-05 (stop 51)).
     o.amx_min_tokens = 4;
+  }
+  if constexpr (is_quantized<T>::value) {  // keys only (the value pass stays avx512_bf16's)
+    o.dots_tiles_amx = &amx::dots_int8<T>;
+    // The tile kernel's fixed cost per group of 32 values (its products wait on the last group's) loses
+    // to dots_tiles below ~8 tokens for q8 and ~12 for q4 (whose nibbles are split through memory); at
+    // 16 tokens it is ~1.7x (q8) and ~1.1x (q4) faster from memory, one core of an Emerald Rapids VM
+    // (docs/benchmarks.md, stop 53).
+    o.amx_min_tokens = std::is_same<T, q8_t>::value ? 8 : 12;
   }
 #endif
   return o;
