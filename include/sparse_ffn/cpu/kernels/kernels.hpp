@@ -397,9 +397,9 @@ kernel_ops<T> make_amx_ops() {
   if constexpr (is_quantized<T>::value) {  // keys only (the value pass stays avx512_bf16's)
     o.dots_tiles_amx = &amx::dots_int8<T>;
     // The tile kernel's fixed cost per group of 32 values (its products wait on the last group's) loses
-    // to dots_tiles below ~8 tokens for q8 and ~12 for q4 (whose nibbles are split through memory); at
-    // 16 tokens it is ~1.7x (q8) and ~1.1x (q4) faster from memory, one core of an Emerald Rapids VM
-    // (docs/benchmarks.md, stop 53).
+    // to dots_tiles at 4 tokens; from memory on one core of an Emerald Rapids VM it is 1.1-1.5x faster
+    // for q8 from 8 tokens, 1.1-1.3x for q4 from 12 (whose nibbles are split through memory; even at 8),
+    // 1.3-1.6x for both at 16 (docs/benchmarks.md, stop 53).
     o.amx_min_tokens = std::is_same<T, q8_t>::value ? 8 : 12;
   }
 #endif
