@@ -88,16 +88,22 @@ void bm_keys(benchmark::State& state, bool dram) {
   state.counters["rows"] = static_cast<double>(kr.nrows);
 }
 
-/// BM_kernel_keys/<q8|q4>_tiles/<where>: the same rows as BM_kernel_keys re-laid as key_tile<T>
-/// (quant.hpp), each tile in the space of its 16 rows as blocked_ffn::tile_keys lays them, run by
-/// kernel_ops::dots_tiles (the same bits as dots): the same bytes and rows as BM_kernel_keys/<q8|q4>,
-/// so both its time and its GB/s compare directly.
+/// BM_kernel_keys/<q8|q4>_tiles/<where>[/tokens:M]: the same rows as BM_kernel_keys re-laid as
+/// key_tile<T> (quant.hpp), each tile in the space of its 16 rows as blocked_ffn::tile_keys lays them, run
+/// by kernel_ops::dots_tiles (the same bits as dots) for M tokens (default 1): the same bytes and rows as
+/// BM_kernel_keys/<q8|q4>, so both its time and its GB/s compare directly. <q8|q4>_tiles_amx: the same
+/// by dots_tiles_amx (amx level: AMX-INT8, the same bits), 64 rows (a block, g 64) per call, as the
+/// forward calls it.
 template <class T>
-void bm_key_tiles(benchmark::State& state, bool dram) {
+void bm_key_tiles(benchmark::State& state, bool dram, int tokens, bool amx) {
   using KT = sf::key_tile<T>;
   const auto& ops = k::ops_for<T>(sf::cpu::active_isa());
   if (!ops.dots_tiles) {
     state.SkipWithError("no key-tile kernel at this ISA level (q8/q4 on avx512_vnni and up)");
+    return;
+  }
+  if (amx && !ops.dots_tiles_amx) {
+    state.SkipWithError("no AMX key-tile kernel at this ISA level (q8/q4 on amx)");
     return;
   }
   kernel_rows<T> kr(rows_for<T>(dram));
@@ -107,18 +113,32 @@ void bm_key_tiles(benchmark::State& state, bool dram) {
   for (sf::index_t t = 0; t < ntiles; ++t)
     KT::pack(kr.w.data() + t * KT::rows * kr.ld, kr.ld, kr.cols, tiles.data() + t * stride);
   ops.prepare_x_int8(kr.x.data(), kr.cols, kr.xq.data());
-  const std::uint8_t* xq[1] = {kr.xq.data()};
+  const std::vector<const std::uint8_t*> xq(static_cast<std::size_t>(tokens), kr.xq.data());
   constexpr sf::index_t R = k::k_max_key_r;
-  std::vector<float> spill(static_cast<std::size_t>(R * k::k_max_width)), out(static_cast<std::size_t>(R));
+  const auto M = static_cast<std::size_t>(tokens);
+  std::vector<float> spill(M * R * k::k_max_width), out(M * k_kernel_block);
+#if SPARSE_FFN_AMX
+  sf::detail::aligned_buffer<std::uint8_t> panel(k::amx::int8_panel_bytes(kr.cols));
+#endif
   for (auto _ : state) {
-    for (sf::index_t t = 0; t < ntiles; ++t)
-      ops.dots_tiles(xq, 1, tiles.data() + t * stride, R, stride, kr.cols, spill.data(), out.data());
+    if (amx) {
+#if SPARSE_FFN_AMX
+      for (sf::index_t t = 0; t < ntiles; t += k_kernel_block / KT::rows)
+        ops.dots_tiles_amx(xq.data(), tokens, tiles.data() + t * stride, k_kernel_block, stride, kr.cols,
+                           panel.data(), false, out.data(), k_kernel_block);
+#endif
+    } else {
+      for (sf::index_t t = 0; t < ntiles; ++t)
+        ops.dots_tiles(xq.data(), tokens, tiles.data() + t * stride, R, stride, kr.cols, spill.data(),
+                       out.data());
+    }
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   }
   state.SetBytesProcessed(
       static_cast<std::int64_t>(state.iterations() * static_cast<double>(ntiles * stride)));
   state.counters["rows"] = static_cast<double>(kr.nrows);
+  state.counters["tokens"] = static_cast<double>(tokens);
 }
 
 template <class T>
@@ -200,7 +220,7 @@ void register_kernels(const char* name) {
         ->UseRealTime();
     if constexpr (sf::is_quantized<T>::value)
       benchmark::RegisterBenchmark(("BM_kernel_keys/" + std::string(name) + "_tiles/" + where).c_str(),
-                                   [dram](benchmark::State& st) { bm_key_tiles<T>(st, dram); })
+                                   [dram](benchmark::State& st) { bm_key_tiles<T>(st, dram, 1, false); })
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
     benchmark::RegisterBenchmark(("BM_kernel_values/" + std::string(name) + "/" + where).c_str(),
@@ -221,6 +241,16 @@ void register_kernels(const char* name) {
           [tokens](benchmark::State& st) { bm_values<T>(st, false, tokens); })
           ->Unit(benchmark::kMicrosecond)
           ->UseRealTime();
+  if constexpr (sf::is_quantized<T>::value)  // the key pass of a block at batch 8-64 (AMX from 8 / 12)
+    for (const int tokens : {4, 8, 12, 16})
+      for (const bool amx : {false, true})
+        benchmark::RegisterBenchmark(
+            ("BM_kernel_keys/" + std::string(name) + (amx ? "_tiles_amx" : "_tiles") +
+             "/dram/tokens:" + std::to_string(tokens))
+                .c_str(),
+            [tokens, amx](benchmark::State& st) { bm_key_tiles<T>(st, true, tokens, amx); })
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
   if constexpr (sf::is_quantized<T>::value)
     for (const int tokens : {2, 4, 6})
       if (tokens <= group)
