@@ -555,9 +555,10 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
           if (cache_up) cache_up[at] = u;
       };
       // Dense scoring computed every pre-activation already; they are reused where the key pass gives a
-      // token the same bits in any group. With the AMX key pass (groups of >= amx_min_tokens) the chosen
-      // blocks' key pass runs again, so that forward() and forward_routed() on its routing agree.
-      const bool reuse_dense = Sel::scoring == scoring_kind::dense && args && !amx_keys;
+      // token the same bits in any group (q8/q4's AMX key pass included). With bf16's AMX key pass
+      // (groups of >= amx_min_tokens) the chosen blocks' key pass runs again, so that forward() and
+      // forward_routed() on its routing agree.
+      const bool reuse_dense = Sel::scoring == scoring_kind::dense && args && !(amx_keys && ops.dots_amx);
       if constexpr (Sel::scoring == scoring_kind::dense) {
         if (reuse_dense) {
 #if SPARSE_FFN_HAS_OPENMP
