@@ -31,6 +31,7 @@
 #include "../../quant.hpp"
 #include "../../types.hpp"
 #include "../isa.hpp"
+#include "int8_x.hpp"
 
 #if SPARSE_FFN_AMX
 

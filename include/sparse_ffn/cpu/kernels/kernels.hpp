@@ -19,6 +19,7 @@
 #include "../../quant.hpp"
 #include "../isa.hpp"
 #include "../simd.hpp"
+#include "int8_x.hpp"
 
 SPARSE_FFN_SIMD_WARNINGS_OFF
 // nvcc's front end (host code of .cu files that include the CPU headers) does not know GCC's unroll
@@ -69,33 +70,6 @@ struct adam_step {
 };
 /// Upper bounds over every ISA (scratch sizing).
 inline constexpr int k_max_key_r = 16, k_max_width = 16, k_max_rows_m = 6;
-
-/// Bytes of one token's prepared int8 x for `cols` values (prepare_x_int8).
-inline constexpr index_t x_int8_bytes(index_t cols) {
-  return 3 * cols + (cols / 4 + 63) / 64 * 64 + 4 * cols;
-}
-/// Where a token's prepared int8 x (cols a multiple of 64) holds its per-group terms (cols/32 int32, then
-/// cols/32 float: x_int8_group) and its quad vectors (4·cols bytes, 64-byte aligned: x_int8_quads).
-inline constexpr index_t x_int8_groups_at(index_t cols) {
-  return 3 * cols;
-}
-inline constexpr index_t x_int8_quads_at(index_t cols) {
-  return 3 * cols + (cols / 4 + 63) / 64 * 64;
-}
-
-/// Kernel-order offset of the group of 32 values starting at g0 in a token's prepared int8 x
-/// (prepare_x_int8): q8 natural; q4 per 128 values [0,32) [64,96) [32,64) [96,128) (the low, then the
-/// high nibbles of one 64-byte line).
-template <class T>
-inline index_t x_int8_group_offset(index_t g0) {
-  if constexpr (std::is_same<T, q8_t>::value) {
-    return g0;
-  } else {
-    const index_t base = g0 / 128 * 128, part = (g0 % 128) / 32;  // natural quarter 0..3
-    constexpr index_t order[4] = {0, 2, 1, 3};                    // -> kernel quarter
-    return base + order[part] * 32;
-  }
-}
 
 /// One group of 32 x values to int8 q (scale max|x|/127, round to nearest by the current rounding mode
 /// as std::nearbyint, clamp to ±127); returns the scale. A group holding NaN or Inf gets zeros and a
