@@ -157,10 +157,11 @@ inline constexpr index_t int8_panel_bytes(index_t cols) {
 }
 
 /// dots_int8 for N tokens (a multiple of 4, m ≤ N ≤ 16; rows of C past m stay zero and are not output).
-/// Up to four tiles of 16 rows at a time (64 rows: C in tiles 0-3, one per row tile), group by group:
-/// each group's x (A, tile 4) meets the four tiles' B rows (tiles 5-7, the fourth reusing 5) and the
-/// four C are stored; the next group's products then run while this group's sums are scaled and added.
-/// (One row tile at a time, the products of a group waited on the last group's: ~3× slower.)
+/// Two tiles of 16 rows at a time (32 rows), group by group, the groups double-buffered: even groups' C
+/// in tiles 0-1 and x (A) in tile 4, odd groups' in tiles 2-3 and 5, the row tiles' B in 6-7. The next
+/// group's products run while this group's C is stored, scaled and added, and do not wait on its tile
+/// registers (they are not renamed). One row tile at a time was ~3× slower; four row tiles sharing one
+/// C set and one A ~1.2-1.3× slower (docs/benchmarks.md, stop 53).
 template <class T, int N>
 void dots_int8_n(const std::uint8_t* const* xq, index_t m, const std::uint8_t* tiles, index_t nrows,
                  index_t tile_stride, index_t cols, const std::uint8_t* panel, float* out, index_t ostride) {
@@ -178,22 +179,22 @@ void dots_int8_n(const std::uint8_t* const* xq, index_t m, const std::uint8_t* t
     corr[t] = reinterpret_cast<const std::int32_t*>(x + groups_at);
     sx[t] = reinterpret_cast<const float*>(x + groups_at + 4 * ngroups);
   }
-  for (index_t r0 = 0; r0 < nrows; r0 += 64) {
-    const index_t nt = std::min<index_t>(4, (nrows - r0) / 16);
-    const std::uint8_t* tl[4];
-    for (index_t i = 0; i < 4; ++i) tl[i] = tiles + (r0 / 16 + std::min(i, nt - 1)) * tile_stride;
-    // Group gg's products into C (tiles 0 .. nt - 1), stored into c[buf].
-    const auto issue = [&](index_t gg, int buf) {
+  for (index_t r0 = 0; r0 < nrows; r0 += 32) {
+    const index_t nt = std::min<index_t>(2, (nrows - r0) / 16);
+    const std::uint8_t* tl[2];
+    for (index_t i = 0; i < 2; ++i) tl[i] = tiles + (r0 / 16 + std::min(i, nt - 1)) * tile_stride;
+    const auto issue = [&](index_t gg, auto setc) {
+      constexpr int S = decltype(setc)::value;
       const index_t j = gg / gpl, gl = gg % gpl, off = j * KT::unit_bytes;
-      const std::uint8_t* bp[4];
-      for (index_t i = 0; i < 4; ++i) {
+      const std::uint8_t* bp[2];
+      for (index_t i = 0; i < 2; ++i) {
         const std::uint8_t* u = tl[i] + off;
-        if (gl == 0)  // one stream per row tile: 2 KiB ahead into L1 (tile loads wait on misses)
+        if (gl == 0)
           for (index_t o = 0; o < KT::unit_bytes; o += 64)
             _mm_prefetch(reinterpret_cast<const char*>(u + 2048 + o), _MM_HINT_T0);
         if constexpr (q8) {
-          bp[i] = u + gl * 512;  // dwords 8 gl .. 8 gl + 7 of the line
-        } else {                 // dwords 8 (gl / 2) ..: low nibbles group gl (even), high gl + 1
+          bp[i] = u + gl * 512;
+        } else {
           if (gl % 2 == 0 && i < nt) {
             const __m512i lo = _mm512_set1_epi8(0x0f);
             for (int e = 0; e < 8; ++e) {
@@ -205,43 +206,44 @@ void dots_int8_n(const std::uint8_t* const* xq, index_t m, const std::uint8_t* t
           bp[i] = nib[i][gl % 2][0];
         }
       }
-      SPARSE_FFN_TILE_LOAD(4, panel + gg * 512, 32);
-      SPARSE_FFN_TILE_LOAD(5, bp[0], 64);
-      SPARSE_FFN_TILE_ZERO(0);
-      if constexpr (q8)
-        SPARSE_FFN_TILE_DP_SS(0, 4, 5);
-      else
-        SPARSE_FFN_TILE_DP_SU(0, 4, 5);
-      if (nt > 1) {
-        SPARSE_FFN_TILE_LOAD(6, bp[1], 64);
-        SPARSE_FFN_TILE_ZERO(1);
+      if constexpr (S == 0) {
+        SPARSE_FFN_TILE_LOAD(4, panel + gg * 512, 32);
+        SPARSE_FFN_TILE_LOAD(6, bp[0], 64);
+        SPARSE_FFN_TILE_ZERO(0);
         if constexpr (q8)
-          SPARSE_FFN_TILE_DP_SS(1, 4, 6);
+          SPARSE_FFN_TILE_DP_SS(0, 4, 6);
         else
-          SPARSE_FFN_TILE_DP_SU(1, 4, 6);
-      }
-      if (nt > 2) {
-        SPARSE_FFN_TILE_LOAD(7, bp[2], 64);
+          SPARSE_FFN_TILE_DP_SU(0, 4, 6);
+        if (nt > 1) {
+          SPARSE_FFN_TILE_LOAD(7, bp[1], 64);
+          SPARSE_FFN_TILE_ZERO(1);
+          if constexpr (q8)
+            SPARSE_FFN_TILE_DP_SS(1, 4, 7);
+          else
+            SPARSE_FFN_TILE_DP_SU(1, 4, 7);
+        }
+        SPARSE_FFN_TILE_STORE(0, &c[0][0][0][0], 64);
+        if (nt > 1) SPARSE_FFN_TILE_STORE(1, &c[0][1][0][0], 64);
+      } else {
+        SPARSE_FFN_TILE_LOAD(5, panel + gg * 512, 32);
+        SPARSE_FFN_TILE_LOAD(6, bp[0], 64);
         SPARSE_FFN_TILE_ZERO(2);
         if constexpr (q8)
-          SPARSE_FFN_TILE_DP_SS(2, 4, 7);
+          SPARSE_FFN_TILE_DP_SS(2, 5, 6);
         else
-          SPARSE_FFN_TILE_DP_SU(2, 4, 7);
+          SPARSE_FFN_TILE_DP_SU(2, 5, 6);
+        if (nt > 1) {
+          SPARSE_FFN_TILE_LOAD(7, bp[1], 64);
+          SPARSE_FFN_TILE_ZERO(3);
+          if constexpr (q8)
+            SPARSE_FFN_TILE_DP_SS(3, 5, 7);
+          else
+            SPARSE_FFN_TILE_DP_SU(3, 5, 7);
+        }
+        SPARSE_FFN_TILE_STORE(2, &c[1][0][0][0], 64);
+        if (nt > 1) SPARSE_FFN_TILE_STORE(3, &c[1][1][0][0], 64);
       }
-      if (nt > 3) {
-        SPARSE_FFN_TILE_LOAD(5, bp[3], 64);
-        SPARSE_FFN_TILE_ZERO(3);
-        if constexpr (q8)
-          SPARSE_FFN_TILE_DP_SS(3, 4, 5);
-        else
-          SPARSE_FFN_TILE_DP_SU(3, 4, 5);
-      }
-      SPARSE_FFN_TILE_STORE(0, &c[buf][0][0][0], 64);
-      if (nt > 1) SPARSE_FFN_TILE_STORE(1, &c[buf][1][0][0], 64);
-      if (nt > 2) SPARSE_FFN_TILE_STORE(2, &c[buf][2][0][0], 64);
-      if (nt > 3) SPARSE_FFN_TILE_STORE(3, &c[buf][3][0][0], 64);
     };
-    // Group gg's sums: y = fma(float(Σ + corr), s · sx, y) per row tile and token (rows in lanes).
     const auto finish = [&](index_t gg, int buf) {
       const index_t j = gg / gpl, gl = gg % gpl;
       for (index_t i = 0; i < nt; ++i) {
@@ -258,9 +260,16 @@ void dots_int8_n(const std::uint8_t* const* xq, index_t m, const std::uint8_t* t
         }
       }
     };
-    issue(0, 0);
+    using E = std::integral_constant<int, 0>;
+    using O = std::integral_constant<int, 1>;
+    issue(0, E{});
     for (index_t gg = 0; gg < ngroups; ++gg) {
-      if (gg + 1 < ngroups) issue(gg + 1, static_cast<int>((gg + 1) & 1));
+      if (gg + 1 < ngroups) {
+        if ((gg + 1) & 1)
+          issue(gg + 1, O{});
+        else
+          issue(gg + 1, E{});
+      }
       finish(gg, static_cast<int>(gg & 1));
     }
     for (index_t i = 0; i < nt; ++i)
@@ -285,10 +294,9 @@ void dots_int8(const std::uint8_t* const* xq, index_t m, const std::uint8_t* til
       for (index_t q = 0; q < m; ++q)
         std::memcpy(panel + 512 * g + 32 * q, xq[q] + x_int8_group_offset<T>(g * k_quant_group), 32);
   tile_config cfg;
-  for (int i = 0; i < 4; ++i)
-    cfg.colsb[i] = 64, cfg.rows[i] = static_cast<std::uint8_t>(m);  // C: tokens × 16 rows
-  cfg.colsb[4] = 32, cfg.rows[4] = static_cast<std::uint8_t>(m);    // A: tokens × 32 x bytes
-  for (int i = 5; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 8;   // B: 8 dwords × 16 rows
+  for (int i = 0; i < 4; ++i) cfg.colsb[i] = 64, cfg.rows[i] = static_cast<std::uint8_t>(m);
+  for (int i = 4; i < 6; ++i) cfg.colsb[i] = 32, cfg.rows[i] = static_cast<std::uint8_t>(m);
+  for (int i = 6; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 8;
   configure(cfg);
   if (m <= 4)
     dots_int8_n<T, 4>(xq, m, tiles, nrows, tile_stride, cols, panel, out, ostride);
