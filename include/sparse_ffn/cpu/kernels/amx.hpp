@@ -159,9 +159,10 @@ inline constexpr index_t int8_panel_bytes(index_t cols) {
 /// dots_int8 for N tokens (a multiple of 4, m ≤ N ≤ 16; rows of C past m stay zero and are not output).
 /// Two tiles of 16 rows at a time (32 rows), group by group, the groups double-buffered: even groups' C
 /// in tiles 0-1 and x (A) in tile 4, odd groups' in tiles 2-3 and 5, the row tiles' B in 6-7. The next
-/// group's products run while this group's C is stored, scaled and added, and do not wait on its tile
-/// registers (they are not renamed). One row tile at a time was ~3× slower; four row tiles sharing one
-/// C set and one A ~1.2-1.3× slower (docs/benchmarks.md, stop 53).
+/// group's products run while this group's C is stored, scaled and added, and do not wait on its C and A
+/// tiles (tile registers are not renamed; only B, 6-7, is reused by consecutive groups). One row tile at
+/// a time was ~3× slower; four row tiles sharing one C set and one A ~1.2-1.3× slower (docs/benchmarks.md,
+/// stop 53).
 template <class T, int N>
 void dots_int8_n(const std::uint8_t* const* xq, index_t m, const std::uint8_t* tiles, index_t nrows,
                  index_t tile_stride, index_t cols, const std::uint8_t* panel, float* out, index_t ostride) {
@@ -183,18 +184,19 @@ void dots_int8_n(const std::uint8_t* const* xq, index_t m, const std::uint8_t* t
     const index_t nt = std::min<index_t>(2, (nrows - r0) / 16);
     const std::uint8_t* tl[2];
     for (index_t i = 0; i < 2; ++i) tl[i] = tiles + (r0 / 16 + std::min(i, nt - 1)) * tile_stride;
+    // Group gg's products into C set setc (tiles 0-1 with A in 4, or 2-3 with A in 5), stored into c[set].
     const auto issue = [&](index_t gg, auto setc) {
       constexpr int S = decltype(setc)::value;
       const index_t j = gg / gpl, gl = gg % gpl, off = j * KT::unit_bytes;
       const std::uint8_t* bp[2];
       for (index_t i = 0; i < 2; ++i) {
         const std::uint8_t* u = tl[i] + off;
-        if (gl == 0)
+        if (gl == 0)  // one stream per row tile: 2 KiB ahead into L1 (tile loads wait on misses)
           for (index_t o = 0; o < KT::unit_bytes; o += 64)
             _mm_prefetch(reinterpret_cast<const char*>(u + 2048 + o), _MM_HINT_T0);
         if constexpr (q8) {
-          bp[i] = u + gl * 512;
-        } else {
+          bp[i] = u + gl * 512;  // dwords 8 gl .. 8 gl + 7 of the line
+        } else {                 // dwords 8 (gl / 2) ..: low nibbles group gl (even), high gl + 1
           if (gl % 2 == 0 && i < nt) {
             const __m512i lo = _mm512_set1_epi8(0x0f);
             for (int e = 0; e < 8; ++e) {
@@ -244,6 +246,7 @@ void dots_int8_n(const std::uint8_t* const* xq, index_t m, const std::uint8_t* t
         if (nt > 1) SPARSE_FFN_TILE_STORE(3, &c[1][1][0][0], 64);
       }
     };
+    // Group gg's sums: y = fma(float(Σ + corr), s · sx, y) per row tile and token (rows in lanes).
     const auto finish = [&](index_t gg, int buf) {
       const index_t j = gg / gpl, gl = gg % gpl;
       for (index_t i = 0; i < nt; ++i) {
@@ -294,9 +297,11 @@ void dots_int8(const std::uint8_t* const* xq, index_t m, const std::uint8_t* til
       for (index_t q = 0; q < m; ++q)
         std::memcpy(panel + 512 * g + 32 * q, xq[q] + x_int8_group_offset<T>(g * k_quant_group), 32);
   tile_config cfg;
-  for (int i = 0; i < 4; ++i) cfg.colsb[i] = 64, cfg.rows[i] = static_cast<std::uint8_t>(m);
-  for (int i = 4; i < 6; ++i) cfg.colsb[i] = 32, cfg.rows[i] = static_cast<std::uint8_t>(m);
-  for (int i = 6; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 8;
+  for (int i = 0; i < 4; ++i)  // C: tokens × 16 rows (int32), two sets of two row tiles
+    cfg.colsb[i] = 64, cfg.rows[i] = static_cast<std::uint8_t>(m);
+  for (int i = 4; i < 6; ++i)  // A: tokens × 32 x bytes, one per set
+    cfg.colsb[i] = 32, cfg.rows[i] = static_cast<std::uint8_t>(m);
+  for (int i = 6; i < 8; ++i) cfg.colsb[i] = 64, cfg.rows[i] = 8;  // B: 8 dwords × 16 rows
   configure(cfg);
   if (m <= 4)
     dots_int8_n<T, 4>(xq, m, tiles, nrows, tile_stride, cols, panel, out, ostride);
