@@ -156,6 +156,25 @@ inline constexpr index_t int8_panel_bytes(index_t cols) {
   return 16 * cols;
 }
 
+// dots_int8_n's products of one group for one set of tiles (tile numbers are literals in the asm text):
+// A (tokens × 32 bytes, stride 32) from `a` into tile a_, the two row tiles' B from b[0], b[1] into tiles
+// 6 and 7 (8 rows × 64 bytes), C zeroed and summed in tiles c0 and c1 (the second only where `two`), then
+// stored at st[0], st[1] (64-byte rows). sgn: tdpbssd (q8: B signed), else tdpbsud (q4: B unsigned).
+// clang-format off
+#define SPARSE_FFN_INT8_PRODUCTS(sgn, c0, c1, a_)                                          \
+  SPARSE_FFN_TILE_LOAD(a_, a, 32);                                                         \
+  SPARSE_FFN_TILE_LOAD(6, b[0], 64);                                                       \
+  SPARSE_FFN_TILE_ZERO(c0);                                                                \
+  if constexpr (sgn) SPARSE_FFN_TILE_DP_SS(c0, a_, 6); else SPARSE_FFN_TILE_DP_SU(c0, a_, 6); \
+  if (two) {                                                                               \
+    SPARSE_FFN_TILE_LOAD(7, b[1], 64);                                                     \
+    SPARSE_FFN_TILE_ZERO(c1);                                                              \
+    if constexpr (sgn) SPARSE_FFN_TILE_DP_SS(c1, a_, 7); else SPARSE_FFN_TILE_DP_SU(c1, a_, 7); \
+  }                                                                                        \
+  SPARSE_FFN_TILE_STORE(c0, st[0], 64);                                                    \
+  if (two) SPARSE_FFN_TILE_STORE(c1, st[1], 64)
+// clang-format on
+
 /// dots_int8 for N tokens (a multiple of 4, m ≤ N ≤ 16; rows of C past m stay zero and are not output).
 /// Two tiles of 16 rows at a time (32 rows), group by group, the groups double-buffered: even groups' C
 /// in tiles 0-1 and x (A) in tile 4, odd groups' in tiles 2-3 and 5, the row tiles' B in 6-7. The next
@@ -170,9 +189,9 @@ void dots_int8_n(const std::uint8_t* const* xq, index_t m, const std::uint8_t* t
   constexpr bool q8 = std::is_same<T, q8_t>::value;
   constexpr index_t gpl = KT::groups_per_line;
   const index_t groups_at = x_int8_groups_at(cols), ngroups = cols / k_quant_group;
-  alignas(64) std::int32_t c[2][4][16][16] = {};  // C of a group (buffer, row tile); rows m .. N stay zero
-  alignas(64) std::uint8_t nib[4][2][8][64];      // q4: a half line's low, then high nibbles, per row tile
-  alignas(64) float acc[4][N][16];                // y per row tile and token (rows in lanes)
+  alignas(64) std::int32_t c[2][2][16][16] = {};  // C of a group (buffer, row tile); rows m .. N stay zero
+  alignas(64) std::uint8_t nib[2][2][8][64];      // q4: a half line's low, then high nibbles, per row tile
+  alignas(64) float acc[2][N][16];                // y per row tile and token (rows in lanes)
   const std::int32_t* corr[N];  // the tokens' group terms (x_int8_group): −zero_point Σ x and the x scale
   const float* sx[N];           // (rows past m: token 0's, for a result never output)
   for (int t = 0; t < N; ++t) {
@@ -208,42 +227,14 @@ void dots_int8_n(const std::uint8_t* const* xq, index_t m, const std::uint8_t* t
           bp[i] = nib[i][gl % 2][0];
         }
       }
+      const std::uint8_t* a = panel + gg * 512;
+      const std::uint8_t* const* b = bp;
+      const bool two = nt > 1;
+      std::int32_t* st[2] = {&c[S][0][0][0], &c[S][1][0][0]};
       if constexpr (S == 0) {
-        SPARSE_FFN_TILE_LOAD(4, panel + gg * 512, 32);
-        SPARSE_FFN_TILE_LOAD(6, bp[0], 64);
-        SPARSE_FFN_TILE_ZERO(0);
-        if constexpr (q8)
-          SPARSE_FFN_TILE_DP_SS(0, 4, 6);
-        else
-          SPARSE_FFN_TILE_DP_SU(0, 4, 6);
-        if (nt > 1) {
-          SPARSE_FFN_TILE_LOAD(7, bp[1], 64);
-          SPARSE_FFN_TILE_ZERO(1);
-          if constexpr (q8)
-            SPARSE_FFN_TILE_DP_SS(1, 4, 7);
-          else
-            SPARSE_FFN_TILE_DP_SU(1, 4, 7);
-        }
-        SPARSE_FFN_TILE_STORE(0, &c[0][0][0][0], 64);
-        if (nt > 1) SPARSE_FFN_TILE_STORE(1, &c[0][1][0][0], 64);
+        SPARSE_FFN_INT8_PRODUCTS(q8, 0, 1, 4);
       } else {
-        SPARSE_FFN_TILE_LOAD(5, panel + gg * 512, 32);
-        SPARSE_FFN_TILE_LOAD(6, bp[0], 64);
-        SPARSE_FFN_TILE_ZERO(2);
-        if constexpr (q8)
-          SPARSE_FFN_TILE_DP_SS(2, 5, 6);
-        else
-          SPARSE_FFN_TILE_DP_SU(2, 5, 6);
-        if (nt > 1) {
-          SPARSE_FFN_TILE_LOAD(7, bp[1], 64);
-          SPARSE_FFN_TILE_ZERO(3);
-          if constexpr (q8)
-            SPARSE_FFN_TILE_DP_SS(3, 5, 7);
-          else
-            SPARSE_FFN_TILE_DP_SU(3, 5, 7);
-        }
-        SPARSE_FFN_TILE_STORE(2, &c[1][0][0][0], 64);
-        if (nt > 1) SPARSE_FFN_TILE_STORE(3, &c[1][1][0][0], 64);
+        SPARSE_FFN_INT8_PRODUCTS(q8, 2, 3, 5);
       }
     };
     // Group gg's sums: y = fma(float(Σ + corr), s · sx, y) per row tile and token (rows in lanes).
@@ -386,5 +377,6 @@ SPARSE_FFN_TARGET_END
 #undef SPARSE_FFN_TILE_DP
 #undef SPARSE_FFN_TILE_DP_SS
 #undef SPARSE_FFN_TILE_DP_SU
+#undef SPARSE_FFN_INT8_PRODUCTS
 
 #endif  // SPARSE_FFN_AMX
