@@ -617,15 +617,19 @@ struct simd<isa::avx512_vnni> : simd<isa::avx512> {
   static ireg bcast32(std::int32_t v) { return _mm512_set1_epi32(v); }
   static void istore(void* p, ireg a) { _mm512_storeu_si512(p, a); }
   /// The dwords (a[g], b[g], c[g], d[g]) (each saturated to int8) for the 16 lanes g: four rows'
-  /// coefficients per group, dpbusd's signed operand for interleave4's lanes.
+  /// coefficients per group, dpbusd's signed operand for interleave4's lanes. Two saturating packs (int32
+  /// → int16 → int8: the same bytes as saturating to int8 at once) give per 128-bit lane a0-3 b0-3 c0-3
+  /// d0-3; one byte shuffle interleaves them (4 instructions; 14 with vpmovsdb and unpacks).
   static ireg quad_bytes(ireg a, ireg b, ireg c, ireg d) {
-    const __m128i a8 = _mm512_cvtsepi32_epi8(a), b8 = _mm512_cvtsepi32_epi8(b), c8 = _mm512_cvtsepi32_epi8(c),
-                  d8 = _mm512_cvtsepi32_epi8(d);
-    const __m128i ablo = _mm_unpacklo_epi8(a8, b8), abhi = _mm_unpackhi_epi8(a8, b8),
-                  cdlo = _mm_unpacklo_epi8(c8, d8), cdhi = _mm_unpackhi_epi8(c8, d8);
-    const __m256i lo = _mm256_set_m128i(_mm_unpackhi_epi16(ablo, cdlo), _mm_unpacklo_epi16(ablo, cdlo)),
-                  hi = _mm256_set_m128i(_mm_unpackhi_epi16(abhi, cdhi), _mm_unpacklo_epi16(abhi, cdhi));
-    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    const __m512i abcd = _mm512_packs_epi16(_mm512_packs_epi32(a, b), _mm512_packs_epi32(c, d));
+    const __m512i idx =
+        _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+    return _mm512_shuffle_epi8(abcd, idx);
+  }
+  /// acc + the sum of each dword's four signed bytes (a quad_bytes result: the sum of its four
+  /// coefficients where none saturated), in one dpbusd against bytes of 1.
+  static ireg quad_sum(ireg acc, ireg quad) {
+    return dpbusd(acc, _mm512_set1_epi8(1), quad);
   }
 };
 SPARSE_FFN_TARGET_END

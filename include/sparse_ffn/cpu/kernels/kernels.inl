@@ -668,9 +668,10 @@ struct impl {
                     r < nr
                         ? V::round_i32(V::mul(V::mul(V::set1(s[m][rows[i0 + r]]), V::load(sf[r] + gb)), inv))
                         : V::izero();
-                sum = V::iadd(sum, qr[k]);
               }
-              V::istore(cq[m][p] + gb, V::quad_bytes(qr[0], qr[1], qr[2], qr[3]));
+              const I quad = V::quad_bytes(qr[0], qr[1], qr[2], qr[3]);
+              sum = V::quad_sum(sum, quad);  // |r| ≤ Q: no byte saturates
+              V::istore(cq[m][p] + gb, quad);
             }
             I zs = V::ineg_mul(sum, z);
             if constexpr (!q8) zs = V::odd_x16(zs);
@@ -843,9 +844,10 @@ struct impl {
             for (int k = 0; k < 4; ++k) {
               qr[k] =
                   V::round_i32(V::mul(V::mul(V::set1(s[m][4 * p + k]), V::load(sf[4 * p + k] + gb)), inv));
-              sum = V::iadd(sum, qr[k]);
             }
-            V::istore(cq[m][p] + gb, V::quad_bytes(qr[0], qr[1], qr[2], qr[3]));
+            const I quad = V::quad_bytes(qr[0], qr[1], qr[2], qr[3]);
+            sum = V::quad_sum(sum, quad);  // as axpy_rows_vnni
+            V::istore(cq[m][p] + gb, quad);
           }
           I zs = V::ineg_mul(sum, z);
           if constexpr (!q8) zs = V::odd_x16(zs);
