@@ -353,8 +353,8 @@ kernel_ops<T> make_ops(isa_level level) {
   return o;
 }
 
-/// The amx level: avx512_bf16's kernels, with the key and value passes of bf16 weights on the tile unit
-/// (kernels/amx.hpp; other dtypes have no AMX kernel yet and run avx512_bf16's).
+/// The amx level: avx512_bf16's kernels, with the key and value passes of bf16 weights and the key pass
+/// of q8/q4 key tiles on the tile unit (kernels/amx.hpp; the rest runs avx512_bf16's).
 template <class T>
 kernel_ops<T> make_amx_ops() {
   kernel_ops<T> o = make_ops<isa::avx512_bf16, T>(isa_level::amx);
@@ -368,12 +368,15 @@ kernel_ops<T> make_amx_ops() {
     // up, batch 64 1.3-1.75x faster (docs/benchmarks.md, 2026-12-05 (stop 51)).
     o.amx_min_tokens = 4;
   }
-  if constexpr (is_quantized<T>::value) {  // keys only (the value pass stays avx512_bf16's)
+  // q8/q4: the key pass only. The value pass stays avx512_bf16's: an AMX-INT8 form with its bits was not
+  // faster (its cost is quantising the coefficients and updating y per group, not the products;
+  // docs/benchmarks.md, stop 54).
+  if constexpr (is_quantized<T>::value) {
     o.dots_tiles_amx = &amx::dots_int8<T>;
-    // The tile kernel's fixed cost per group of 32 values (its products wait on the last group's) loses
-    // to dots_tiles at 4 tokens; from memory on one core of an Emerald Rapids VM it is 1.1-1.5x faster
-    // for q8 from 8 tokens, 1.1-1.3x for q4 from 12 (whose nibbles are split through memory; even at 8),
-    // 1.3-1.6x for both at 16 (docs/benchmarks.md, stop 53).
+    // The tile kernel's fixed cost per group of 32 values loses to dots_tiles at 4 tokens; from memory on
+    // one core of an Emerald Rapids VM the double-buffered form is 1.2-1.4x faster for q8 at 8 tokens,
+    // about even for q4 at 12 (whose nibbles are split through memory), 1.6-2.0x (q8) and 1.3x (q4) at
+    // 16 (docs/benchmarks.md, stop 53).
     o.amx_min_tokens = std::is_same<T, q8_t>::value ? 8 : 12;
   }
 #endif
