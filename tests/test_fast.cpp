@@ -18,7 +18,10 @@ struct setup {
   std::vector<sfx::token_id_t> ids;
   sfx::route_args args;
 
-  setup(std::uint64_t salt, sfx::index_t d_, sfx::index_t B_, sfx::index_t n_, sfx::index_t k_)
+  /// tiles (q8/q4, g a multiple of 32): keys and values as key / value tiles (the layout the benchmarks
+  /// and the converter's users run, with the tile kernels).
+  setup(std::uint64_t salt, sfx::index_t d_, sfx::index_t B_, sfx::index_t n_, sfx::index_t k_,
+        bool tiles = false)
       : d(d_), B(B_), n(n_), k(k_) {
     auto r = test::rng(salt);
     const auto dense = test::random_dense<T>(r, d, B * P::block_size, P::gated, true);
@@ -27,6 +30,11 @@ struct setup {
     sfx::pack_options po{P::block_size};
     po.gate_w = gw.data();
     model = sfx::pack<T>(dense.view(), po);
+    if constexpr (sfx::is_quantized<T>::value && P::block_size % 32 == 0)
+      if (tiles) {
+        model.tile_keys();
+        model.tile_values();
+      }
     x.resize(static_cast<std::size_t>(n * d));
     test::fill_normal(x, r, 1.0);
     ids.resize(static_cast<std::size_t>(n));
@@ -44,9 +52,11 @@ struct setup {
   }
 };
 
+/// tiles: key and value tiles, and a batch whose blocks have 8-40 tokens each (amx: the AMX q8/q4 value
+/// kernel, over column ranges of both partials; kernels.hpp make_amx_ops).
 template <class P>
-void check_thread_invariance(std::uint64_t salt, sfx::index_t d = 200) {
-  setup<P> s(salt, d, 24, 37, 6);
+void check_thread_invariance(std::uint64_t salt, sfx::index_t d = 200, bool tiles = false) {
+  setup<P> s(salt, d, tiles ? 8 : 24, tiles ? 48 : 37, tiles ? 4 : 6, tiles);
 #if SPARSE_FFN_HAS_OPENMP
   const int saved = omp_get_max_threads();
   omp_set_num_threads(1);
@@ -71,14 +81,16 @@ void check_thread_invariance(std::uint64_t salt, sfx::index_t d = 200) {
 }
 
 template <class P>
-void check_batch_invariance(std::uint64_t salt) {
-  setup<P> s(salt, 130, 16, 40, 5);
+void check_batch_invariance(std::uint64_t salt, bool tiles = false) {
+  setup<P> s(salt, 130, tiles ? 8 : 16, tiles ? 48 : 40, tiles ? 4 : 5, tiles);
   const auto all = s.run(0, s.n);
-  // The amx level runs the AMX passes for groups of >= amx_min_tokens tokens and the AVX-512 ones for
-  // smaller groups (kernels.hpp make_amx_ops): there a token's bits depend on how many tokens share its
-  // blocks, so its output alone must only agree to the bf16 rounding of the AMX coefficients (a dropped
-  // or doubled block is far outside 2^-6 of the token's largest output).
-  const bool amx = sfx::cpu::kernels::ops_for<typename P::dtype>(sfx::cpu::active_isa()).apply_amx != nullptr;
+  // The amx level runs the AMX passes for groups of >= amx_min_tokens tokens (q8/q4 value tiles:
+  // amx_value_min_tokens) and the AVX-512 ones for smaller groups (kernels.hpp make_amx_ops): there a
+  // token's bits depend on how many tokens share its blocks, so its output alone must only agree to the
+  // bf16 rounding of the AMX coefficients (and values) (a dropped or doubled block is far outside 2^-6 of
+  // the token's largest output).
+  const auto& ops = sfx::cpu::kernels::ops_for<typename P::dtype>(sfx::cpu::active_isa());
+  const bool amx = ops.apply_amx != nullptr || (tiles && ops.apply_tiles_amx != nullptr);
   const auto same = [&](const std::vector<float>& got, sfx::index_t t0, sfx::index_t count) {
     for (sfx::index_t t = t0; t < t0 + count; ++t) {
       double peak = 0;
@@ -114,6 +126,9 @@ TEST_CASE("fast path: identical bits for any thread count and across runs", "[fa
   check_thread_invariance<sfx::policy<64, sfx::select::avg_k, sfx::q4_t, sfx::act::relu>>(16, 1000);
   check_thread_invariance<sfx::policy<32, sfx::select::avg_k, sfx::bfloat16_t, sfx::act::silu>>(17, 1000);
   check_thread_invariance<sfx::policy<16, sfx::select::avg_k, sfx::q8_t, sfx::act::relu>>(18, 1000);
+  // Key and value tiles, 8-40 tokens per block: on amx the AMX value kernel (items of both partials).
+  check_thread_invariance<sfx::policy<64, sfx::select::avg_k, sfx::q8_t, sfx::act::relu>>(19, 1000, true);
+  check_thread_invariance<sfx::policy<32, sfx::select::avg_k, sfx::q4_t, sfx::act::silu>>(20, 200, true);
 }
 
 TEST_CASE("fast path: a token's output does not depend on the rest of the batch", "[fast]") {
@@ -130,6 +145,8 @@ TEST_CASE("fast path: a token's output does not depend on the rest of the batch"
   check_batch_invariance<sfx::policy<64, sfx::select::avg_k, sfx::bfloat16_t, sfx::act::relu>>(12);
   check_batch_invariance<sfx::policy<64, sfx::select::avg_k, sfx::q4_t, sfx::act::relu>>(13);
   check_batch_invariance<sfx::policy<64, sfx::select::learned_gate, sfx::q8_t, sfx::act::swiglu>>(14);
+  check_batch_invariance<sfx::policy<64, sfx::select::avg_k, sfx::q8_t, sfx::act::relu>>(22, true);
+  check_batch_invariance<sfx::policy<32, sfx::select::avg_k, sfx::q4_t, sfx::act::silu>>(23, true);
 }
 
 TEST_CASE("group_by_block: pairs by block, tokens ascending, each block's partial 0 first", "[fast]") {

@@ -110,6 +110,9 @@ TEST_CASE("isa: the best supported level is the default, levels are ordered", "[
     REQUIRE((cpu::kernels::ops_for<sfx::q8_t>(level).dots_tiles_amx != nullptr) == on_amx);
     REQUIRE((cpu::kernels::ops_for<sfx::q4_t>(level).dots_tiles_amx != nullptr) == on_amx);
     REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).dots_tiles_amx == nullptr);
+    REQUIRE((cpu::kernels::ops_for<sfx::q8_t>(level).apply_tiles_amx != nullptr) == on_amx);
+    REQUIRE((cpu::kernels::ops_for<sfx::q4_t>(level).apply_tiles_amx != nullptr) == on_amx);
+    REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).apply_tiles_amx == nullptr);
     REQUIRE(cpu::kernels::ops_for<float>(level).level == level);
   }
   // Names round-trip.
@@ -1247,5 +1250,111 @@ TEST_CASE("isa: the AMX key and value kernels (amx) match float64 on their bf16 
       }
     }
   }
+#endif
+}
+
+namespace {
+
+/// kernel_ops::apply_tiles_amx (amx::apply_quant) for T against float64 of what it multiplies: each
+/// value the integer times its row's group scale rounded to bf16 (an exact float product, one rounding),
+/// each coefficient rounded to bf16; the products of bf16 values are exact, so the only error is float
+/// summation, |err| <= (terms + 2)·2^-24·Σ|p| per element, y's start included (a wrong row, column,
+/// nibble, scale or chunk is far outside it). 1–64 tokens (one to four tiles of 16 per call, B converted
+/// once), d 77 / 1100 / 4096, whole and partial column ranges, a chunk of 32 rows zero for every token
+/// (skipped), a token with no nonzero coefficient, a gap between tiles; columns outside the range
+/// untouched, and each token's bits the same alone.
+template <class T>
+void check_apply_quant(std::uint64_t seed) {
+  using F = sfx::row_format<T>;
+  using VT = sfx::value_tile<T>;
+  const auto& ops = cpu::kernels::ops_for<T>(cpu::isa_level::amx);
+  REQUIRE(ops.apply_tiles_amx != nullptr);
+  auto r = test::rng(seed);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  const auto bf = [](double v) { return double(float(sfx::bfloat16_t(static_cast<float>(v)))); };
+  int trial = 0;
+  for (const sfx::index_t d : {sfx::index_t{77}, sfx::index_t{1100}, sfx::index_t{4096}})
+    for (const sfx::index_t m : {sfx::index_t{1}, sfx::index_t{5}, sfx::index_t{16}, sfx::index_t{17},
+                                 sfx::index_t{40}, sfx::index_t{64}}) {
+      ++trial;
+      const sfx::index_t cols = F::cols(d), ld = F::ld(d), nrows = 32 * (1 + trial % 3);
+      std::vector<T> rows(static_cast<std::size_t>(nrows * ld));
+      std::vector<float> src(static_cast<std::size_t>(d));
+      for (sfx::index_t i = 0; i < nrows; ++i) {
+        test::fill_normal(src, r, 0.05f * float(1 + i % 7));
+        if (i == 3) src[static_cast<std::size_t>(d / 2)] = 40.0f;  // an outlier: a large scale
+        F::encode(src.data(), d, rows.data() + i * ld, ld);
+      }
+      const sfx::index_t stride = (VT::bytes(cols) + 63) / 64 * 64 + 192;
+      std::vector<std::uint8_t> tiles(static_cast<std::size_t>(nrows / VT::rows * stride + 64), 0xA5);
+      auto* base =
+          reinterpret_cast<std::uint8_t*>((reinterpret_cast<std::uintptr_t>(tiles.data()) + 63) / 64 * 64);
+      for (sfx::index_t t = 0; t < nrows / VT::rows; ++t)
+        VT::pack(rows.data() + t * VT::rows * ld, ld, cols, base + t * stride);
+      const sfx::index_t dead = trial % 2 == 0 ? (trial / 2) % (nrows / 32) : -1;
+      std::vector<float> s(static_cast<std::size_t>(m * nrows));
+      for (sfx::index_t q = 0; q < m; ++q)
+        for (sfx::index_t i = 0; i < nrows; ++i)
+          s[static_cast<std::size_t>(q * nrows + i)] =
+              (i / 32 == dead || r() % 3 == 0 || (q == 1 && trial % 3 == 0))
+                  ? 0.0f
+                  : static_cast<float>(nd(r) * std::ldexp(1.0, int(r() % 9) - 4));
+      const sfx::index_t step = ops.col_step, c_lo = trial % 2 && cols > 2 * step ? step : 0,
+                         c_hi = trial % 4 == 1 && cols > 2 * step ? cols - step : cols;
+      std::vector<float> y0(static_cast<std::size_t>(m * cols)), y(y0.size()),
+          alone(static_cast<std::size_t>(cols));
+      test::fill_normal(y0, r, 1.0f);
+      y = y0;
+      std::vector<float*> yp(static_cast<std::size_t>(m));
+      std::vector<const float*> sp(static_cast<std::size_t>(m));
+      for (sfx::index_t q = 0; q < m; ++q) {
+        yp[static_cast<std::size_t>(q)] = y.data() + q * cols;
+        sp[static_cast<std::size_t>(q)] = s.data() + q * nrows;
+      }
+      sfx::detail::aligned_buffer<float> scale(cpu::kernels::amx_quant_scale_floats(cols));
+      INFO(sfx::dtype_traits<T>::name << " d " << d << ", " << m << " tokens, " << nrows << " rows, columns ["
+                                      << c_lo << ", " << c_hi << ")");
+      ops.apply_tiles_amx(yp.data(), sp.data(), m, base, stride, nrows, cols, c_lo, c_hi, scale.data());
+      for (sfx::index_t q = 0; q < m; ++q) {
+        std::copy(y0.begin() + q * cols, y0.begin() + (q + 1) * cols, alone.begin());
+        float* ya = alone.data();
+        ops.apply_tiles_amx(&ya, sp.data() + q, 1, base, stride, nrows, cols, c_lo, c_hi, scale.data());
+        for (sfx::index_t c = 0; c < cols; ++c) {
+          const float got = y[static_cast<std::size_t>(q * cols + c)],
+                      start = y0[static_cast<std::size_t>(q * cols + c)];
+          INFO("token " << q << " column " << c << " got " << got);
+          REQUIRE(std::memcmp(&got, &alone[static_cast<std::size_t>(c)], 4) == 0);
+          if (c < c_lo || c >= c_hi) {
+            REQUIRE(std::memcmp(&got, &start, 4) == 0);
+            continue;
+          }
+          double ref = start, mag = std::fabs(start);
+          for (sfx::index_t i = 0; i < nrows; ++i) {
+            const T* row = rows.data() + i * ld;
+            const double v =
+                bf(double(F::quant(row, c)) * double(sfx::to_float(F::scales(row, cols)[c / 32])));
+            const double p = bf(s[static_cast<std::size_t>(q * nrows + i)]) * v;
+            ref += p, mag += std::fabs(p);
+          }
+          INFO("ref " << ref);
+          REQUIRE(std::fabs(got - ref) <= (double(nrows) + 2) * std::ldexp(1.0, -24) * mag + 1e-30);
+        }
+      }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("isa: the AMX value kernel on q8/q4 value tiles (amx) matches float64 of its bf16 values",
+          "[isa]") {
+#if !SPARSE_FFN_AMX
+  WARN("SKIPPED: amx (the AMX q8/q4 value kernel) is not compiled by this compiler / for this target");
+#else
+  if (!cpu::isa_supported(cpu::isa_level::amx)) {
+    WARN("SKIPPED: amx (the AMX q8/q4 value kernel) is not supported by this CPU");
+    return;
+  }
+  check_apply_quant<sfx::q8_t>(41);
+  check_apply_quant<sfx::q4_t>(42);
 #endif
 }

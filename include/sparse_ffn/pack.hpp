@@ -127,7 +127,9 @@ class blocked_ffn {
   /// place, 32 rows at a time: the CPU forward's value pass then runs on the avx512_vnni levels without
   /// transposes (cpu::value_tile_kernel<T>(); docs/design.md "Value tiles" for when it pays: a tile
   /// reads all its 32 rows where the row pass reads only those a token's activation leaves nonzero),
-  /// with the same bits as on rows; on other levels it unpacks each tile first (same bits, slower). Read
+  /// with the same bits as on rows (but on amx, whose AMX value kernel takes tiles of blocks shared by 8
+  /// (q8) / 12 (q4) or more tokens: bf16-rounded, and faster at batch 64); on other levels it unpacks each
+  /// tile first (same bits, slower). Read
   /// as key tiles are: only by cpu::forward / forward_routed / route; save_blocked writes rows.
   /// q8/q4 only; g must be a multiple of 32 (status::unsupported otherwise).
   void tile_values() { relay_values(true); }

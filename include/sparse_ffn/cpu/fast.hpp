@@ -29,8 +29,9 @@
 // ascending; y = (partial0 + partial1) + b2), so results are bit-identical across runs *and* thread
 // counts, and a token's output does not depend on the rest of the batch (up to the sign of an exact
 // zero), for a given ISA — except on amx with bf16 weights, whose AMX passes run for blocks (keys) and
-// partials (values) of at least kernel_ops::amx_min_tokens tokens: there a token's bits depend on how
-// many share them (q8/q4's AMX key pass gives dots_tiles's bits).
+// partials (values) of at least kernel_ops::amx_min_tokens tokens, and with q8/q4 value tiles, whose AMX
+// value pass (the tiles dequantised to bf16) runs for blocks of at least amx_value_min_tokens: there a
+// token's bits depend on how many share them (q8/q4's AMX key pass gives dots_tiles's bits).
 // No allocation when a workspace that has seen the size before is passed.
 #pragma once
 
@@ -133,6 +134,7 @@ struct thread_scratch {
                             // on levels without their kernels; else null
   std::uint32_t* panel;     // AMX key pass (kernel_ops::dots_amx): 16 tokens' x pairs; else null
   float* amx_out;           // AMX key pass: 16 × g dot products; else null
+  float* qscale;            // AMX value pass of q8/q4 tiles (kernel_ops::apply_tiles_amx): scales; else null
 };
 
 /// Scratch arrays of one forward (carved from a workspace).
@@ -159,7 +161,7 @@ struct fast_buffers {
 template <class Sel, class Act>
 fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t cols, index_t n, index_t k,
                           int threads, bool compute, bool bf16_x, bool int8_x, index_t tile_bytes = 0,
-                          bool amx_keys = false) {
+                          bool amx_keys = false, index_t qscale_floats = 0) {
   constexpr index_t KR = kernels::k_max_key_r, W = kernels::k_max_width;
   fast_buffers f;
   const index_t B = l.num_blocks, g = l.g;
@@ -195,6 +197,7 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t cols, in
     t.tile_rows = tile_bytes ? a.take<std::uint8_t>(tile_bytes) : nullptr;
     t.panel = amx_keys ? a.take<std::uint32_t>(mul(8, cols)) : nullptr;  // kernels::amx::panel_bytes
     t.amx_out = amx_keys ? a.take<float>(mul(2 * 16, g)) : nullptr;
+    t.qscale = qscale_floats ? a.take<float>(qscale_floats) : nullptr;
     if (compute) {
       t.s = a.take<float>(mul(n, g));
       t.rows = a.take<std::int32_t>(g);
@@ -348,6 +351,18 @@ void value_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w
     ts.ys[q] = yacc + (2 * t + part[t * k + j]) * cols;
     ts.sp[q] = sq;
   }
+  if constexpr (is_quantized<T>::value)
+    if (tiles && ts.qscale && m >= ops.amx_value_min_tokens) {
+      // AMX (q8/q4 value tiles on the amx level): each tile dequantised to bf16 once per call (up to 64
+      // tokens, as many in each).
+      const index_t calls = (m + 63) / 64, per = (m + calls - 1) / calls;
+      for (index_t q0 = 0; q0 < m; q0 += per)
+        ops.apply_tiles_amx(ts.ys + q0, ts.sp + q0, std::min<index_t>(per, m - q0),
+                            reinterpret_cast<const std::uint8_t*>(values),
+                            value_tile<T>::rows * ld * static_cast<index_t>(sizeof(T)), G, cols, c_lo, c_hi,
+                            ts.qscale);
+      return;
+    }
   if (ops.apply_amx && G % 32 == 0 && m >= ops.amx_min_tokens) {  // AMX: 16 tokens per call, all rows
     for (index_t q0 = 0; q0 < m; q0 += 16)
       ops.apply_amx(ts.ys + q0, ts.sp + q0, std::min<index_t>(16, m - q0), values, ld, G, c_lo, c_hi);
@@ -408,12 +423,19 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
   arena_plan sizing(nullptr);
   const bool amx_keys =
       (ops.dots_amx != nullptr || (ops.dots_tiles_amx != nullptr && l.key_tiles)) && G % 16 == 0;
+  const index_t qscale_floats = compute && l.value_tiles && ops.apply_tiles_amx && G % 32 == 0
+                                    ? kernels::amx_quant_scale_floats(cols)
+                                    : 0;
   plan_buffers<Sel, Act>(sizing, l, cols, n, k, threads, compute, ops.bf16_x, ops.int8_x, tile_bytes,
-                         amx_keys);
+                         amx_keys, qscale_floats);
   ws.reserve(sizing.bytes());
   arena_plan carve(ws.data());
   const fast_buffers f = plan_buffers<Sel, Act>(carve, l, cols, n, k, threads, compute, ops.bf16_x,
-                                                ops.int8_x, tile_bytes, amx_keys);
+                                                ops.int8_x, tile_bytes, amx_keys, qscale_floats);
+  // Values: items of both partials over a column range (joint) where the batch averages
+  // amx_value_min_tokens per block (the AMX q8/q4 value kernel's threshold); else one partial each (see
+  // phase 4). A function of the batch's shape only, so not of the thread count.
+  const bool joint = qscale_floats && n * k >= ops.amx_value_min_tokens * B;
   for (const thread_scratch& t : f.per_thread)  // the rows' padding is never written by unpack
     if (t.tile_rows) std::memset(t.tile_rows, 0, static_cast<std::size_t>(tile_bytes));
   float* const cache_pre = cache ? cache->pre : nullptr;
@@ -591,17 +613,24 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
       // every block (before 2026-12-05 at batch > 1), each thread streams whole value rows: on Zen 4 at
       // batch 8, 8–15% less time in the q8/q4 value pass, though a block selected by tokens of both
       // partials is read twice (~6% more blocks at batch 8, ~19% at 64; docs/benchmarks.md, stop 48).
+      // Joint (q8/q4 value tiles on amx, batches averaging amx_value_min_tokens per block):
+      // items are column ranges of both partials, threads of them, so that the AMX value kernel, whose
+      // cost is dequantising each tile once per call, gets every token of a block in one call (twice the
+      // tokens per dequantisation; docs/benchmarks.md, stop 55). Each accumulator is still written by one
+      // item, blocks ascending.
       {
-        const index_t ranges = std::max(1, nth / 2), gran = ops.col_step, vecs = cols / gran;
+        const index_t ranges = joint ? nth : std::max(1, nth / 2), gran = ops.col_step, vecs = cols / gran;
+        const index_t per_range = joint ? 1 : 2;
 #if SPARSE_FFN_HAS_OPENMP
 #pragma omp for schedule(static, 1) nowait
 #endif
-        for (index_t item = 0; item < 2 * ranges; ++item) {
-          const bool second = item % 2 != 0;
-          const index_t r = item / 2, c_lo = vecs * r / ranges * gran, c_hi = vecs * (r + 1) / ranges * gran;
+        for (index_t item = 0; item < per_range * ranges; ++item) {
+          const bool second = item % per_range != 0;
+          const index_t r = item / per_range, c_lo = vecs * r / ranges * gran,
+                        c_hi = vecs * (r + 1) / ranges * gran;
           for (index_t b = 0; b < B && c_lo < c_hi; ++b) {
             const index_t lo = second ? f.cursor[b] : f.offsets[b],
-                          hi = second ? f.offsets[b + 1] : f.cursor[b];
+                          hi = second || joint ? f.offsets[b + 1] : f.cursor[b];
             if (hi > lo)
               value_block<G, T>(ops, w, b, f.entries + 2 * lo, hi - lo, k, f.h, f.weights, f.part, f.yacc,
                                 cols, c_lo, c_hi, ts);

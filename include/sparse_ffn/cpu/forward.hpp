@@ -37,7 +37,8 @@ bool quantizes_inputs_to_int8() {
 
 /// The largest magnitude of the integers the value kernels now active quantise the value coefficients
 /// to for weights T (per token, chunk of 32 rows and group of 32 columns): 127 for q4 on avx2, 0 where
-/// they stay float (docs/design.md, "Quantised weights").
+/// they stay float (docs/design.md, "Quantised weights"). On amx, value tiles of blocks shared by 8 (q8) /
+/// 12 (q4) or more tokens are dequantised to bf16 instead, coefficients rounded to bf16 (design.md, "AMX").
 template <class T>
 std::int32_t value_coefficient_levels() {
   return kernels::ops_for<T>(active_isa()).value_levels;
@@ -52,7 +53,8 @@ bool key_tile_kernel() {
 }
 
 /// Whether the running ISA level has the value kernel for value tiles (kernel_ops::apply_tiles: q8/q4 on
-/// avx512_vnni and avx512_bf16); elsewhere the forward unpacks a block's tiles first (same bits, slower).
+/// avx512_vnni and up; amx also apply_tiles_amx); elsewhere the forward unpacks a block's tiles first (same
+/// bits, slower).
 template <class T>
 bool value_tile_kernel() {
   return kernels::ops_for<T>(active_isa()).apply_tiles != nullptr;

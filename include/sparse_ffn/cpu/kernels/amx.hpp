@@ -1,5 +1,6 @@
-// sparse_ffn — the key and value passes of bf16 weights, and the key pass of q8/q4 key tiles, on Intel
-// AMX (level `amx`, cpu/isa.hpp). The q8/q4 kernel (dots_int8, AMX-INT8) is described where it is.
+// sparse_ffn — the key and value passes of bf16 weights, the key pass of q8/q4 key tiles and the value
+// pass of q8/q4 value tiles, on Intel AMX (level `amx`, cpu/isa.hpp). The q8/q4 kernels (dots_int8 on
+// AMX-INT8; apply_quant, the tiles dequantised to bf16) are described where they are.
 //
 // `tdpbf16ps` multiplies a tile A (M ≤ 16 rows × 32 bf16) by a tile B (16 rows of 16 bf16 pairs: B row p
 // holds, for each of N ≤ 16 columns, the pair of elements 2p and 2p + 1 of the dot product) into a
@@ -358,6 +359,135 @@ inline void apply(float* const* y, const float* const* s, index_t m, const bfloa
         float* yq = y[q] + c0;
         _mm512_storeu_ps(yq, _mm512_add_ps(_mm512_loadu_ps(yq), _mm512_load_ps(c[0][q])));
         _mm512_storeu_ps(yq + 16, _mm512_add_ps(_mm512_loadu_ps(yq + 16), _mm512_load_ps(c[1][q])));
+      }
+    }
+  }
+  if (configured) release();
+}
+
+/// Most tokens of one apply_quant call (16 per A tile); its prefetch distance in bytes.
+inline constexpr index_t k_quant_max_tokens = 64, k_quant_ahead = 4096;
+
+/// apply on q8/q4 value tiles (value_tile<T>, quant.hpp; tile i, rows 32i .. 32i + 31, at
+/// tiles + i·tile_stride): each tile's integers times their row's group scale, rounded to bf16 (one
+/// rounding: |q| ≤ 127 and the scale has 8 significant bits, so the float product is exact) and laid out
+/// as B in registers, 32 columns at a time; then as apply (A = the coefficients rounded to bf16, each
+/// chunk summed from zero in C tiles, added to y, chunks ascending), B converted once for all the call's
+/// tokens, 16 at a time. m ≤ k_quant_max_tokens, nrows a multiple of 32, columns [c_lo, c_hi) multiples
+/// of 32. scale: amx_quant_scale_floats(cols) of 64-byte aligned scratch.
+template <class T>
+void apply_quant(float* const* y, const float* const* s, index_t m, const std::uint8_t* tiles,
+                 index_t tile_stride, index_t nrows, index_t cols, index_t c_lo, index_t c_hi, float* scale) {
+  using VT = value_tile<T>;
+  constexpr bool q4 = std::is_same<T, q4_t>::value;
+  // A per 16 tokens (rows past m zero); B: [column half][pair][column]; C: [column half][token][column].
+  alignas(64) std::uint16_t a[k_quant_max_tokens / 16][16 * k_value_chunk];
+  alignas(64) std::uint32_t bt[2][16][16];
+  alignas(64) float c[2][16][16];
+  // Dwords 2j (rows 4Q, 4Q + 1 of column j) and 2j + 1 (rows 4Q + 2, 4Q + 3) of two converted quarters.
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const __m512i low4 = _mm512_set1_epi32(0x0f);
+  const index_t g_lo = c_lo / k_quant_group, ng = c_hi / k_quant_group - g_lo, nb = (ng + 15) / 16;
+  // Bytes of quants per group of 32 columns (32 rows); where the thread's start in a tile (q4: g_lo even).
+  constexpr index_t bpg = 32 * k_quant_group * row_format<T>::bits / 8;
+  const index_t quants_lo = VT::quants_at(cols) + g_lo * bpg;
+  tile_config cfg;
+  const index_t tg = (m + 15) / 16;  // token groups
+  const auto tm = static_cast<std::uint8_t>(std::min<index_t>(m, 16));
+  cfg.colsb[0] = cfg.colsb[1] = 64, cfg.rows[0] = cfg.rows[1] = tm;  // C
+  cfg.colsb[2] = cfg.colsb[3] = 64, cfg.rows[2] = cfg.rows[3] = 16;  // B
+  cfg.colsb[4] = 64, cfg.rows[4] = tm;                               // A
+  if (m % 16 && m > 16) std::memset(a[tg - 1], 0, sizeof a[0]);
+  bool configured = false;
+  for (index_t r0 = 0; r0 < nrows; r0 += k_value_chunk) {
+    bool any = false;
+    for (index_t q = 0; q < m && !any; ++q)
+      for (index_t i = 0; i < k_value_chunk; ++i) any |= s[q][r0 + i] != 0.0f;
+    if (!any) continue;
+    for (index_t q = 0; q < m; ++q)
+      for (index_t i = 0; i < k_value_chunk; ++i)
+        a[q / 16][q % 16 * k_value_chunk + i] = bfloat16_t(s[q][r0 + i]).bits;
+    const std::uint8_t* tile = tiles + (r0 / k_value_chunk) * tile_stride;
+    // The scales of rows 4Q .. 4Q + 3 for 16 groups (from g_lo + 16b) as four floats per group (a 4 × 16
+    // transpose), at scale + 64·(16·(nb·Q + b) + 4·(j % 4) + j / 4) for group j of the 16.
+    for (index_t qd = 0; qd < 8; ++qd)
+      for (index_t b = 0; b < nb; ++b) {
+        const __mmask16 k = static_cast<__mmask16>(ng - 16 * b >= 16 ? 0xffff : (1u << (ng - 16 * b)) - 1);
+        __m512 r[4];
+        for (int i = 0; i < 4; ++i)
+          r[i] = _mm512_castsi512_ps(
+              _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(
+                                    k, VT::scales(tile, cols, 4 * qd + i) + g_lo + 16 * b)),
+                                16));
+        const __m512 t0 = _mm512_unpacklo_ps(r[0], r[1]), t1 = _mm512_unpackhi_ps(r[0], r[1]);
+        const __m512 t2 = _mm512_unpacklo_ps(r[2], r[3]), t3 = _mm512_unpackhi_ps(r[2], r[3]);
+        float* out = scale + 64 * (nb * qd + b);
+        const auto pd = [](__m512 v) { return _mm512_castps_pd(v); };
+        _mm512_store_pd(reinterpret_cast<double*>(out), _mm512_unpacklo_pd(pd(t0), pd(t2)));
+        _mm512_store_pd(reinterpret_cast<double*>(out + 16), _mm512_unpackhi_pd(pd(t0), pd(t2)));
+        _mm512_store_pd(reinterpret_cast<double*>(out + 32), _mm512_unpacklo_pd(pd(t1), pd(t3)));
+        _mm512_store_pd(reinterpret_cast<double*>(out + 48), _mm512_unpackhi_pd(pd(t1), pd(t3)));
+      }
+    // Tiles from memory: this thread's bytes of the tile (its groups' quants, bpg a group, contiguous) are
+    // prefetched k_quant_ahead ahead into L2, running on into the next tile's, and its scales one tile
+    // ahead (measured: the value pass at batch 64, q8, 25% of d 4096 × 16384 from memory, 2 threads, 8.0
+    // → 6.1 ms on an Emerald Rapids VM; docs/benchmarks.md, stop 55).
+    const std::uint8_t* next = r0 + k_value_chunk < nrows ? tile + tile_stride : nullptr;
+    if (next)
+      for (index_t i = 0; i < k_value_chunk; ++i)
+        for (index_t o = 0; o < 2 * ng; o += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(VT::scales(next, cols, i) + g_lo) + o, _MM_HINT_T1);
+    if (!configured) configure(cfg), configured = true;
+    for (index_t gi = 0; gi < ng; ++gi) {
+      const index_t g = g_lo + gi;
+      const index_t ahead = gi * bpg + k_quant_ahead;  // bytes past the start of the thread's range
+      const std::uint8_t* pf = ahead < ng * bpg ? tile + quants_lo + ahead
+                               : next           ? next + quants_lo + (ahead - ng * bpg)
+                                                : nullptr;
+      if (pf)
+        for (index_t l = 0; l < bpg; l += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(pf + l), _MM_HINT_T1);
+      // q8: the group's 32 columns are pieces 2g, 2g + 1; q4: the low (g even) or high nibbles of the
+      // pieces of its chunk of 64 values.
+      const index_t piece = q4 ? (g / 2) * 2 : 2 * g;
+      const float* gs = scale + 64 * (gi / 16) + 4 * (4 * (gi % 4) + gi % 16 / 4);
+      for (int h = 0; h < 2; ++h)
+        for (int qd = 0; qd < 8; ++qd) {
+          const std::uint8_t* line = VT::line(tile, cols, piece + h, qd);
+          const __m512 sv = _mm512_broadcast_f32x4(_mm_load_ps(gs + 64 * nb * qd));
+          // Quarter k: columns 4k .. 4k + 3 of the piece, four rows each (q4: (u − 8)·s = u·s − 8s).
+          const auto quarter = [&](int k) {
+            const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(line + 16 * k));
+            if constexpr (q4) {
+              const __m512i u = _mm512_cvtepu8_epi32(b);
+              const __m512i n = g % 2 ? _mm512_srli_epi32(u, 4) : _mm512_and_si512(u, low4);
+              return _mm512_fmsub_ps(_mm512_cvtepi32_ps(n), sv, _mm512_mul_ps(sv, _mm512_set1_ps(8.0f)));
+            } else {
+              return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), sv);
+            }
+          };
+          const __m512i lo = (__m512i)_mm512_cvtne2ps_pbh(quarter(1), quarter(0));
+          const __m512i hi = (__m512i)_mm512_cvtne2ps_pbh(quarter(3), quarter(2));
+          _mm512_store_si512(bt[h][2 * qd], _mm512_permutex2var_epi32(lo, even, hi));
+          _mm512_store_si512(bt[h][2 * qd + 1], _mm512_permutex2var_epi32(lo, odd, hi));
+        }
+      SPARSE_FFN_TILE_LOAD(2, &bt[0][0][0], 64);
+      SPARSE_FFN_TILE_LOAD(3, &bt[1][0][0], 64);
+      const index_t c0 = g * k_quant_group;
+      for (index_t t = 0; t < tg; ++t) {  // B once for every 16 tokens
+        SPARSE_FFN_TILE_LOAD(4, a[t], 2 * k_value_chunk);
+        SPARSE_FFN_TILE_ZERO(0);
+        SPARSE_FFN_TILE_ZERO(1);
+        SPARSE_FFN_TILE_DP(0, 4, 2);
+        SPARSE_FFN_TILE_DP(1, 4, 3);
+        SPARSE_FFN_TILE_STORE(0, &c[0][0][0], 64);
+        SPARSE_FFN_TILE_STORE(1, &c[1][0][0], 64);
+        for (index_t q = 16 * t; q < std::min<index_t>(m, 16 * t + 16); ++q) {
+          float* yq = y[q] + c0;
+          _mm512_storeu_ps(yq, _mm512_add_ps(_mm512_loadu_ps(yq), _mm512_load_ps(c[0][q % 16])));
+          _mm512_storeu_ps(yq + 16, _mm512_add_ps(_mm512_loadu_ps(yq + 16), _mm512_load_ps(c[1][q % 16])));
+        }
       }
     }
   }

@@ -71,6 +71,12 @@ struct adam_step {
 /// Upper bounds over every ISA (scratch sizing).
 inline constexpr int k_max_key_r = 16, k_max_width = 16, k_max_rows_m = 6;
 
+/// Floats of the AMX q8/q4 value pass's scale scratch (amx::apply_quant) for rows of `cols` values: four
+/// scales per (group of 32 columns, quad of rows), 16 groups at a time.
+inline constexpr index_t amx_quant_scale_floats(index_t cols) {
+  return 512 * ((cols + 511) / 512);
+}
+
 /// One group of 32 x values to int8 q (scale max|x|/127, round to nearest by the current rounding mode
 /// as std::nearbyint, clamp to ±127); returns the scale. A group holding NaN or Inf gets zeros and a
 /// NaN scale; a group with max|x| < k_x_int8_tiny, zeros. The vector levels compute the same bytes
@@ -263,6 +269,16 @@ struct kernel_ops {
   /// The forward takes dots_amx / apply_amx for a block's key pass / a partial's value pass of at least
   /// this many tokens (fewer: dots / apply_rows, which stream memory faster).
   index_t amx_min_tokens = 1;
+  /// The value pass of a block's q8/q4 value tiles on AMX (amx level; else null; kernels/amx.hpp
+  /// apply_quant): y[q] += Σ_i s[q][i]·v_i for m ≤ amx::k_quant_max_tokens (64), nrows a multiple of 32 (tile
+  /// i at tiles + i·tile_stride), columns [c_lo, c_hi) (multiples of col_step), the values and coefficients
+  /// rounded to bf16 (not apply_tiles's bits); scale: amx_quant_scale_floats(cols) of scratch. Used
+  /// instead of apply_tiles by the forward for blocks of at least amx_value_min_tokens tokens (fast.hpp
+  /// value_block; batches averaging that many per block give it all of a block's tokens at once).
+  void (*apply_tiles_amx)(float* const* y, const float* const* s, index_t m, const std::uint8_t* tiles,
+                          index_t tile_stride, index_t nrows, index_t cols, index_t c_lo, index_t c_hi,
+                          float* scale) = nullptr;
+  index_t amx_value_min_tokens = 1;
   /// The bf16 pair value kernel whether apply_rows uses it or not (bf16 on avx512_bf16; else null),
   /// for tests. Column ranges: multiples of 32.
   void (*apply_rows_pairs)(float* const* y, const float* const* s, index_t m, const std::int32_t* rows,
@@ -368,10 +384,14 @@ kernel_ops<T> make_amx_ops() {
     // up, batch 64 1.3-1.75x faster (docs/benchmarks.md, 2026-12-05 (stop 51)).
     o.amx_min_tokens = 4;
   }
-  // q8/q4: the key pass only. The value pass stays avx512_bf16's: an AMX-INT8 form with its bits was not
-  // faster (its cost is quantising the coefficients and updating y per group, not the products;
-  // docs/benchmarks.md, stop 54).
+  // q8/q4 value tiles: an AMX-INT8 form with apply_tiles's bits was not faster (its cost is quantising
+  // the coefficients per token and group, not the products; docs/benchmarks.md, stop 54). Dequantising
+  // each tile to bf16 once for all of a call's tokens is: from memory on one core of an Emerald Rapids
+  // VM, q8 1.06x apply_tiles at 8 tokens, 1.4x at 16 (0.9x at 6); q4 (half the bytes, the same
+  // conversion) 0.97x at 12, 1.2x at 16 (docs/benchmarks.md, stop 55).
   if constexpr (is_quantized<T>::value) {
+    o.apply_tiles_amx = &amx::apply_quant<T>;
+    o.amx_value_min_tokens = std::is_same<T, q8_t>::value ? 8 : 12;
     o.dots_tiles_amx = &amx::dots_int8<T>;
     // The tile kernel's fixed cost per group of 32 values loses to dots_tiles at 4 tokens; from memory on
     // one core of an Emerald Rapids VM the double-buffered form is 1.2-1.4x faster for q8 at 8 tokens,
