@@ -36,13 +36,15 @@ inline std::string g_pair = "stream";
 /// cpu::key_tile_kernel, and g is a multiple of 16) or "no" (rows, as before 2026-12-05).
 inline std::string g_key_tiles = "auto";
 /// q8/q4 models' value rows as value tiles (--sffn_value_tiles): "auto" (where the level has the tile
-/// kernel, cpu::value_tile_kernel, g is a multiple of 32 and the activation is not ReLU: a tile reads
-/// all its rows, the row pass skips those ReLU leaves at 0, which at batch 1-8 costs more than the
-/// faster kernel saves; docs/benchmarks.md, stop 50), "yes" (ReLU too) or "no" (rows).
+/// kernel, cpu::value_tile_kernel, g is a multiple of 32, and the activation is not ReLU or the batch is
+/// at least k_relu_tiles_batch: a tile reads all its rows, the row pass skips those ReLU leaves at 0,
+/// which at batch 1-8 costs more than the faster kernel saves (docs/benchmarks.md, stop 50); at batch
+/// 64 tiles are faster with ReLU too, 1.6x on AMX CPUs, stop 55), "yes" (every batch) or "no" (rows).
 inline std::string g_value_tiles = "auto";
-/// Whether get_sparse tiles a q8/q4 model's values (g_value_tiles, for the activation g_act).
-inline bool value_tiles_wanted() {
-  return g_value_tiles == "yes" || (g_value_tiles == "auto" && g_act != "relu");
+inline constexpr sf::index_t k_relu_tiles_batch = 32;
+/// Whether get_sparse tiles a q8/q4 model's values for a batch of n (g_value_tiles, activation g_act).
+inline bool value_tiles_wanted(sf::index_t n) {
+  return g_value_tiles == "yes" || (g_value_tiles == "auto" && (g_act != "relu" || n >= k_relu_tiles_batch));
 }
 
 // Paired measurements. This host's read bandwidth moves between regimes (34 or 50 GB/s, switching
@@ -217,12 +219,16 @@ double packed_bytes(sf::index_t d, sf::index_t f, bool gated = false) {
 /// At least `copies` copies of one packed model in separate memory (caches cannot serve one copy's
 /// bytes for another's; identical contents, so every copy routes an input alike and the bytes counted on
 /// copy 0 hold for all). Packed once: packing q4 is slow. The cache keeps one entry per configuration
-/// and grows it, so batch 8 and 64 reuse the copies made for batch 1.
+/// and grows it, so batch 8 and 64 reuse the copies made for batch 1 (batch n picks the value layout:
+/// value_tiles_wanted).
 template <class T>
 std::shared_ptr<sparse_models<T>> get_sparse(sf::index_t d, sf::index_t f, int g, int copies,
-                                             bool gated = false) {
+                                             bool gated = false, sf::index_t n = 1) {
+  bool value_tiles = false;
+  if constexpr (sf::is_quantized<T>::value)
+    value_tiles = value_tiles_wanted(n) && sf::cpu::value_tile_kernel<T>() && g % 32 == 0;
   const std::string key = std::to_string(d) + "x" + std::to_string(f) + "/" + sf::dtype_traits<T>::name +
-                          "/" + std::to_string(g) + (gated ? "/gated" : "");
+                          "/" + std::to_string(g) + (gated ? "/gated" : "") + (value_tiles ? "/vt" : "");
   const double bytes = packed_bytes<T>(d, f, gated);
   auto m = g_models.get<sparse_models<T>>(key, bytes * copies, [] { return new sparse_models<T>(); });
   const sf::index_t B = f / g;
@@ -237,8 +243,7 @@ std::shared_ptr<sparse_models<T>> get_sparse(sf::index_t d, sf::index_t f, int g
     if constexpr (sf::is_quantized<T>::value) {
       if (g_key_tiles == "auto" && sf::cpu::key_tile_kernel<T>() && g % 16 == 0)
         m->copies.front().tile_keys();
-      if (value_tiles_wanted() && sf::cpu::value_tile_kernel<T>() && g % 32 == 0)
-        m->copies.front().tile_values();
+      if (value_tiles) m->copies.front().tile_values();
     }
   }
   while (static_cast<int>(m->copies.size()) < copies) m->copies.push_back(m->copies.front());
@@ -260,7 +265,7 @@ void BM_sparse(benchmark::State& state, sf::index_t d, sf::index_t f, int densit
   constexpr int G = P::block_size;
   const sf::index_t B = f / G, k = std::max<sf::index_t>(1, (B * density + 50) / 100);
   const int copies = sparse_copies_for(packed_bytes<T>(d, f), double(k) / double(B), n);
-  auto models = get_sparse<T>(d, f, G, copies);
+  auto models = get_sparse<T>(d, f, G, copies, false, n);
   std::vector<std::vector<float>> xs;
   for (int v = 0; v < k_x_variants; ++v)
     xs.push_back(random_x(n, d, 7 + 131 * static_cast<std::uint64_t>(v)));

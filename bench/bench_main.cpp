@@ -27,7 +27,7 @@
 // default: the CPU's L3 as sysconf reports it, at least 36), --sffn_pair=none|stream|all (default stream),
 // --sffn_key_tiles=auto|no (q8/q4 keys as key tiles where the ISA level has their kernel; default auto).
 // --sffn_value_tiles=auto|yes|no (q8/q4 values as value tiles where the ISA level has their kernel:
-// auto for activations other than ReLU, yes for every one; default auto).
+// auto for activations other than ReLU and for ReLU from batch 32, yes for every one; default auto).
 #include "bench_common.hpp"
 
 #include <algorithm>
@@ -201,8 +201,11 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext(
       "sparse_ffn.value_tiles",
       !sf::cpu::value_tile_kernel<sf::q4_t>() ? "no (this ISA level has no value-tile kernel)"
-      : bench::value_tiles_wanted()
+      : bench::value_tiles_wanted(1)
           ? "q8/q4 values as value tiles (blocked_ffn::tile_values; apply_tiles)"
+      : bench::value_tiles_wanted(bench::k_relu_tiles_batch)
+          ? "q8/q4 values as value tiles from batch " + std::to_string(bench::k_relu_tiles_batch) +
+                " (activation " + bench::g_act + "; rows below)"
           : "no (--sffn_value_tiles=" + bench::g_value_tiles + ", activation " + bench::g_act + ")");
   benchmark::AddCustomContext("sparse_ffn.l3_mib_defeated",
                               std::to_string(bench::g_l3_bytes / (1024 * 1024)));
