@@ -309,6 +309,34 @@ void dots_int8(const std::uint8_t* const* xq, index_t m, const std::uint8_t* til
 /// Rows of one value chunk: a tdpbf16ps K (32 rows = 16 pairs).
 inline constexpr index_t k_value_chunk = 32;
 
+/// The value kernels' A: if any of the m tokens' coefficients s[q][r0 .. r0 + 32) is nonzero, writes them
+/// rounded to bf16 at a + 32·q and returns true (a chunk all zero is skipped).
+inline bool chunk_coefficients(const float* const* s, index_t m, index_t r0, std::uint16_t* a) {
+  bool any = false;
+  for (index_t q = 0; q < m && !any; ++q)
+    for (index_t i = 0; i < k_value_chunk; ++i) any |= s[q][r0 + i] != 0.0f;
+  if (!any) return false;
+  for (index_t q = 0; q < m; ++q)
+    for (index_t i = 0; i < k_value_chunk; ++i) a[q * k_value_chunk + i] = bfloat16_t(s[q][r0 + i]).bits;
+  return true;
+}
+
+/// The value kernels' products of 32 columns: C = A (tile 4) × B (tiles 2 and 3, 16 columns each) from
+/// zero, through c into y[q][c0 .. c0 + 32) for the tile's m tokens.
+inline void chunk_products(float* const* y, index_t m, index_t c0, float (&c)[2][16][16]) {
+  SPARSE_FFN_TILE_ZERO(0);
+  SPARSE_FFN_TILE_ZERO(1);
+  SPARSE_FFN_TILE_DP(0, 4, 2);
+  SPARSE_FFN_TILE_DP(1, 4, 3);
+  SPARSE_FFN_TILE_STORE(0, &c[0][0][0], 64);
+  SPARSE_FFN_TILE_STORE(1, &c[1][0][0], 64);
+  for (index_t q = 0; q < m; ++q) {
+    float* yq = y[q] + c0;
+    _mm512_storeu_ps(yq, _mm512_add_ps(_mm512_loadu_ps(yq), _mm512_load_ps(c[0][q])));
+    _mm512_storeu_ps(yq + 16, _mm512_add_ps(_mm512_loadu_ps(yq + 16), _mm512_load_ps(c[1][q])));
+  }
+}
+
 /// y_q[c] += Σ_i s_q[i]·v_i[c] for q < m ≤ 16, i < nrows (a multiple of 32), c in [c_lo, c_hi) (multiples
 /// of 32): each chunk of 32 rows summed from zero in a tile (the s rounded to bf16), then added to y,
 /// chunks ascending. Chunks with every s zero are not read. One chunk per walk over the columns: 32 row
@@ -329,12 +357,7 @@ inline void apply(float* const* y, const float* const* s, index_t m, const bfloa
   cfg.colsb[4] = 64, cfg.rows[4] = static_cast<std::uint8_t>(m);                               // A
   bool configured = false;
   for (index_t r0 = 0; r0 < nrows; r0 += k_value_chunk) {
-    bool any = false;
-    for (index_t q = 0; q < m && !any; ++q)
-      for (index_t i = 0; i < k_value_chunk; ++i) any |= s[q][r0 + i] != 0.0f;
-    if (!any) continue;
-    for (index_t q = 0; q < m; ++q)
-      for (index_t i = 0; i < k_value_chunk; ++i) a[q * k_value_chunk + i] = bfloat16_t(s[q][r0 + i]).bits;
+    if (!chunk_coefficients(s, m, r0, a)) continue;
     if (!configured) configure(cfg), configured = true;
     SPARSE_FFN_TILE_LOAD(4, a, 2 * k_value_chunk);
     for (index_t c0 = c_lo; c0 < c_hi; c0 += 32) {
@@ -347,19 +370,9 @@ inline void apply(float* const* y, const float* const* s, index_t m, const bfloa
         _mm512_store_si512(bt[0][p], _mm512_permutex2var_epi16(w0, ilo, w1));
         _mm512_store_si512(bt[1][p], _mm512_permutex2var_epi16(w0, ihi, w1));
       }
-      SPARSE_FFN_TILE_ZERO(0);
-      SPARSE_FFN_TILE_ZERO(1);
       SPARSE_FFN_TILE_LOAD(2, &bt[0][0][0], 64);
       SPARSE_FFN_TILE_LOAD(3, &bt[1][0][0], 64);
-      SPARSE_FFN_TILE_DP(0, 4, 2);
-      SPARSE_FFN_TILE_DP(1, 4, 3);
-      SPARSE_FFN_TILE_STORE(0, &c[0][0][0], 64);
-      SPARSE_FFN_TILE_STORE(1, &c[1][0][0], 64);
-      for (index_t q = 0; q < m; ++q) {
-        float* yq = y[q] + c0;
-        _mm512_storeu_ps(yq, _mm512_add_ps(_mm512_loadu_ps(yq), _mm512_load_ps(c[0][q])));
-        _mm512_storeu_ps(yq + 16, _mm512_add_ps(_mm512_loadu_ps(yq + 16), _mm512_load_ps(c[1][q])));
-      }
+      chunk_products(y, m, c0, c);
     }
   }
   if (configured) release();
@@ -401,13 +414,7 @@ void apply_quant(float* const* y, const float* const* s, index_t m, const std::u
   if (m % 16 && m > 16) std::memset(a[tg - 1], 0, sizeof a[0]);
   bool configured = false;
   for (index_t r0 = 0; r0 < nrows; r0 += k_value_chunk) {
-    bool any = false;
-    for (index_t q = 0; q < m && !any; ++q)
-      for (index_t i = 0; i < k_value_chunk; ++i) any |= s[q][r0 + i] != 0.0f;
-    if (!any) continue;
-    for (index_t q = 0; q < m; ++q)
-      for (index_t i = 0; i < k_value_chunk; ++i)
-        a[q / 16][q % 16 * k_value_chunk + i] = bfloat16_t(s[q][r0 + i]).bits;
+    if (!chunk_coefficients(s, m, r0, &a[0][0])) continue;  // token q's row at a[q / 16][32 (q % 16)]
     const std::uint8_t* tile = tiles + (r0 / k_value_chunk) * tile_stride;
     // The scales of rows 4Q .. 4Q + 3 for 16 groups (from g_lo + 16b) as four floats per group (a 4 × 16
     // transpose), at scale + 64·(16·(nb·Q + b) + 4·(j % 4) + j / 4) for group j of the 16.
@@ -477,17 +484,7 @@ void apply_quant(float* const* y, const float* const* s, index_t m, const std::u
       const index_t c0 = g * k_quant_group;
       for (index_t t = 0; t < tg; ++t) {  // B once for every 16 tokens
         SPARSE_FFN_TILE_LOAD(4, a[t], 2 * k_value_chunk);
-        SPARSE_FFN_TILE_ZERO(0);
-        SPARSE_FFN_TILE_ZERO(1);
-        SPARSE_FFN_TILE_DP(0, 4, 2);
-        SPARSE_FFN_TILE_DP(1, 4, 3);
-        SPARSE_FFN_TILE_STORE(0, &c[0][0][0], 64);
-        SPARSE_FFN_TILE_STORE(1, &c[1][0][0], 64);
-        for (index_t q = 16 * t; q < std::min<index_t>(m, 16 * t + 16); ++q) {
-          float* yq = y[q] + c0;
-          _mm512_storeu_ps(yq, _mm512_add_ps(_mm512_loadu_ps(yq), _mm512_load_ps(c[0][q % 16])));
-          _mm512_storeu_ps(yq + 16, _mm512_add_ps(_mm512_loadu_ps(yq + 16), _mm512_load_ps(c[1][q % 16])));
-        }
+        chunk_products(y + 16 * t, std::min<index_t>(16, m - 16 * t), c0, c);
       }
     }
   }
