@@ -1143,6 +1143,43 @@ TEST_CASE("isa: the value kernels take any number of tokens, each with the bits 
   check_any_token_count<sfx::q4_t>(35);
 }
 
+namespace {
+
+/// The AMX value kernels' outputs y (m tokens, rows `stride` floats apart, from y0) against float64 of
+/// their bf16 operands: p = coef(q, i)·value(i, c), both already rounded as the kernel rounds them, so
+/// the products are exact and the only error is float summation, |err| <= (terms + 2)·2^-24·Σ|p| with y's
+/// start one of the nrows + 1 terms; columns outside [c_lo, c_hi) untouched; and each token's bits the
+/// same when the kernel runs it alone (alone(q, y_q) does, on a copy of its y0 row).
+template <class Alone, class Coef, class Value>
+void check_amx_values(const std::vector<float>& y, const std::vector<float>& y0, sfx::index_t m,
+                      sfx::index_t stride, sfx::index_t nrows, sfx::index_t c_lo, sfx::index_t c_hi,
+                      Alone&& alone, Coef&& coef, Value&& value) {
+  std::vector<float> own(static_cast<std::size_t>(stride));
+  for (sfx::index_t q = 0; q < m; ++q) {
+    std::copy(y0.begin() + q * stride, y0.begin() + (q + 1) * stride, own.begin());
+    alone(q, own.data());
+    for (sfx::index_t c = 0; c < stride; ++c) {
+      const float got = y[static_cast<std::size_t>(q * stride + c)],
+                  start = y0[static_cast<std::size_t>(q * stride + c)];
+      INFO("token " << q << " column " << c << " got " << got);
+      REQUIRE(std::memcmp(&got, &own[static_cast<std::size_t>(c)], 4) == 0);
+      if (c < c_lo || c >= c_hi) {
+        REQUIRE(std::memcmp(&got, &start, 4) == 0);
+        continue;
+      }
+      double ref = start, mag = std::fabs(start);
+      for (sfx::index_t i = 0; i < nrows; ++i) {
+        const double p = coef(q, i) * value(i, c);
+        ref += p, mag += std::fabs(p);
+      }
+      INFO("ref " << ref);
+      REQUIRE(std::fabs(got - ref) <= (double(nrows + 1) + 2) * std::ldexp(1.0, -24) * mag + 1e-30);
+    }
+  }
+}
+
+}  // namespace
+
 TEST_CASE("isa: the AMX key and value kernels (amx) match float64 on their bf16 inputs, each token alone",
           "[isa]") {
   // kernels/amx.hpp: the products of bf16 inputs are exact, so against float64 of the same bf16 values
@@ -1217,7 +1254,7 @@ TEST_CASE("isa: the AMX key and value kernels (amx) match float64 on their bf16 
       for (sfx::index_t i = 0; i < nrows; ++i)
         s[static_cast<std::size_t>(q * nrows + i)] =
             (i / 32 == dead || r() % 4 == 0 || (q == 2 && trial % 3 == 0)) ? 0.0f : static_cast<float>(nd(r));
-    std::vector<float> y(static_cast<std::size_t>(m * ld)), y0(y.size()), alone(static_cast<std::size_t>(ld));
+    std::vector<float> y(static_cast<std::size_t>(m * ld)), y0(y.size());
     for (auto& e : y0) e = static_cast<float>(nd(r));
     y = y0;
     std::vector<float*> yp(static_cast<std::size_t>(m));
@@ -1227,28 +1264,15 @@ TEST_CASE("isa: the AMX key and value kernels (amx) match float64 on their bf16 
       sp[static_cast<std::size_t>(q)] = s.data() + q * nrows;
     }
     ops.apply_amx(yp.data(), sp.data(), m, v.data(), ld, nrows, c_lo, c_hi);
-    for (sfx::index_t q = 0; q < m; ++q) {
-      std::copy(y0.begin() + q * ld, y0.begin() + (q + 1) * ld, alone.begin());
-      float* ya = alone.data();
-      ops.apply_amx(&ya, sp.data() + q, 1, v.data(), ld, nrows, c_lo, c_hi);
-      for (sfx::index_t c = 0; c < ld; ++c) {
-        const float got = y[static_cast<std::size_t>(q * ld + c)],
-                    start = y0[static_cast<std::size_t>(q * ld + c)];
-        INFO("token " << q << " column " << c);
-        REQUIRE(std::memcmp(&got, &alone[static_cast<std::size_t>(c)], 4) == 0);
-        if (c < c_lo || c >= c_hi) {
-          REQUIRE(std::memcmp(&got, &start, 4) == 0);
-          continue;
-        }
-        double ref = start, mag = std::fabs(start);
-        for (sfx::index_t i = 0; i < nrows; ++i) {
-          const double p =
-              double(float(bf(s[static_cast<std::size_t>(q * nrows + i)]))) * double(float(v[i * ld + c]));
-          ref += p, mag += std::fabs(p);
-        }
-        REQUIRE(near(got, ref, mag, double(nrows + 1)));
-      }
-    }
+    check_amx_values(
+        y, y0, m, ld, nrows, c_lo, c_hi,
+        [&](sfx::index_t q, float* ya) {
+          ops.apply_amx(&ya, sp.data() + q, 1, v.data(), ld, nrows, c_lo, c_hi);
+        },
+        [&](sfx::index_t q, sfx::index_t i) {
+          return double(float(bf(s[static_cast<std::size_t>(q * nrows + i)])));
+        },
+        [&](sfx::index_t i, sfx::index_t c) { return double(float(v[i * ld + c])); });
   }
 #endif
 }
@@ -1301,8 +1325,7 @@ void check_apply_quant(std::uint64_t seed) {
                   : static_cast<float>(nd(r) * std::ldexp(1.0, int(r() % 9) - 4));
       const sfx::index_t step = ops.col_step, c_lo = trial % 2 && cols > 2 * step ? step : 0,
                          c_hi = trial % 4 == 1 && cols > 2 * step ? cols - step : cols;
-      std::vector<float> y0(static_cast<std::size_t>(m * cols)), y(y0.size()),
-          alone(static_cast<std::size_t>(cols));
+      std::vector<float> y0(static_cast<std::size_t>(m * cols)), y(y0.size());
       test::fill_normal(y0, r, 1.0f);
       y = y0;
       std::vector<float*> yp(static_cast<std::size_t>(m));
@@ -1315,31 +1338,16 @@ void check_apply_quant(std::uint64_t seed) {
       INFO(sfx::dtype_traits<T>::name << " d " << d << ", " << m << " tokens, " << nrows << " rows, columns ["
                                       << c_lo << ", " << c_hi << ")");
       ops.apply_tiles_amx(yp.data(), sp.data(), m, base, stride, nrows, cols, c_lo, c_hi, scale.data());
-      for (sfx::index_t q = 0; q < m; ++q) {
-        std::copy(y0.begin() + q * cols, y0.begin() + (q + 1) * cols, alone.begin());
-        float* ya = alone.data();
-        ops.apply_tiles_amx(&ya, sp.data() + q, 1, base, stride, nrows, cols, c_lo, c_hi, scale.data());
-        for (sfx::index_t c = 0; c < cols; ++c) {
-          const float got = y[static_cast<std::size_t>(q * cols + c)],
-                      start = y0[static_cast<std::size_t>(q * cols + c)];
-          INFO("token " << q << " column " << c << " got " << got);
-          REQUIRE(std::memcmp(&got, &alone[static_cast<std::size_t>(c)], 4) == 0);
-          if (c < c_lo || c >= c_hi) {
-            REQUIRE(std::memcmp(&got, &start, 4) == 0);
-            continue;
-          }
-          double ref = start, mag = std::fabs(start);
-          for (sfx::index_t i = 0; i < nrows; ++i) {
+      check_amx_values(
+          y, y0, m, cols, nrows, c_lo, c_hi,
+          [&](sfx::index_t q, float* ya) {
+            ops.apply_tiles_amx(&ya, sp.data() + q, 1, base, stride, nrows, cols, c_lo, c_hi, scale.data());
+          },
+          [&](sfx::index_t q, sfx::index_t i) { return bf(s[static_cast<std::size_t>(q * nrows + i)]); },
+          [&](sfx::index_t i, sfx::index_t c) {
             const T* row = rows.data() + i * ld;
-            const double v =
-                bf(double(F::quant(row, c)) * double(sfx::to_float(F::scales(row, cols)[c / 32])));
-            const double p = bf(s[static_cast<std::size_t>(q * nrows + i)]) * v;
-            ref += p, mag += std::fabs(p);
-          }
-          INFO("ref " << ref);
-          REQUIRE(std::fabs(got - ref) <= (double(nrows) + 2) * std::ldexp(1.0, -24) * mag + 1e-30);
-        }
-      }
+            return bf(double(F::quant(row, c)) * double(sfx::to_float(F::scales(row, cols)[c / 32])));
+          });
     }
 }
 
