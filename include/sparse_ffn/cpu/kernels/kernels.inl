@@ -572,6 +572,52 @@ struct impl {
     }
   }
 
+  /// The integer value coefficients of one token over one register of groups (axpy_rows_vnni and
+  /// axpy_tiles, avx512_vnni and up): a_r = coef(r) · sf[r·sf_ld + g] for the nr rows r of a chunk and the
+  /// register's groups g, t = max_r |a_r| / Q (+ bad: NaN where a coefficient is not finite, and NaN where
+  /// a product overflowed; q4's odd groups t / 16: their high nibbles go in × 16), the quantised
+  /// r = round(a · Q / max|a|) as nq quads of bytes (quad_bytes; rows past nr: 0) at cq + p·cq_ld, and
+  /// corr = −z Σ r (q4 odd groups × 16). The maximum is kept in four partial maxima, rows r mod 4,
+  /// combined at the end: a maximum of values ≥ 0 does not depend on the order, so the same bits as one
+  /// running maximum, without its chain of nr dependent vmaxps (measured: ~12% of the q4 row kernel's
+  /// time at batch 1 from L2, one running maximum over 32 rows).
+  template <class T, class Coef>
+  static void value_coefs(const Coef& coef, index_t nr, index_t nq, const float* sf, index_t sf_ld, float bad,
+                          float* t_out, std::int32_t* cq, index_t cq_ld, std::int32_t* corr_out) {
+    using I = typename V::ireg;
+    constexpr bool q8 = std::is_same<T, q8_t>::value;
+    constexpr std::int32_t Q = value_levels, z = q8 ? 128 : 8;
+    reg part[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+    for (index_t r = 0; r < nr; r += 4)
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k)
+        if (r + k < nr)
+          part[k] = V::max(part[k], V::abs(V::mul(V::set1(coef(r + k)), V::load(sf + (r + k) * sf_ld))));
+    const reg amax = V::max(V::max(part[0], part[1]), V::max(part[2], part[3]));
+    const reg levels = V::set1(static_cast<float>(Q));
+    // t is NaN where a product overflowed (amax = Inf) or a coefficient is not finite (bad).
+    reg t = V::add(V::add(V::div(amax, levels), V::sub(amax, amax)), V::set1(bad));
+    if constexpr (!q8) t = V::odd_div16(t);  // odd groups: high nibbles × 16 (nibble_x16)
+    V::store(t_out, t);
+    const reg inv = V::select_ge0(V::sub(amax, V::set1(k_value_coef_tiny)), V::div(levels, amax), V::zero());
+    I sum = V::izero();
+    for (index_t p = 0; p < nq; ++p) {
+      I qr[4];
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {
+        const index_t i = 4 * p + k;
+        qr[k] = i < nr ? V::round_i32(V::mul(V::mul(V::set1(coef(i)), V::load(sf + i * sf_ld)), inv))
+                       : V::izero();
+      }
+      const I quad = V::quad_bytes(qr[0], qr[1], qr[2], qr[3]);
+      sum = V::quad_sum(sum, quad);  // |r| ≤ Q: no byte saturates
+      V::istore(cq + p * cq_ld, quad);
+    }
+    I zs = V::ineg_mul(sum, z);
+    if constexpr (!q8) zs = V::odd_x16(zs);
+    V::istore(corr_out, zs);
+  }
+
   // ---- q8 and q4 value rows in integers on AVX512_VNNI ----------------------------------------------
   // The scheme of axpy_rows_int (the same coefficients, integers and FMA per chunk, so the same bits),
   // with vpdpbusd: four rows' weights at a time, as its unsigned operand (q8: q + 128; q4: u = q + 8),
@@ -596,7 +642,6 @@ struct impl {
     using F = row_format<T>;
     using I = typename V::ireg;
     constexpr bool q8 = std::is_same<T, q8_t>::value;
-    constexpr std::int32_t Q = value_levels, z = q8 ? 128 : 8;
     // span: columns per pass of coefficients (sg groups: sg / width registers of them per row), cr: rows
     // per chunk, ahead: bytes each listed row is prefetched ahead (into L2). acc32: the int32 sums of the
     // span's columns per token, in L1/L2 between passes (M · 8 KiB; 16 KiB for one token).
@@ -647,36 +692,9 @@ struct impl {
         for (index_t gb = 0; gb < ng; gb += width) {
           const int ngb = static_cast<int>(std::min<index_t>(width, ng - gb));
           for (index_t r = 0; r < nr; ++r) V::store(sf[r] + gb, V::load_bf16_n(sc[r] + g0 + gb, ngb));
-          for (int m = 0; m < M; ++m) {  // the coefficients of token m: a = s·scale, t, r = round(a·Q/max|a|)
-            reg amax = V::zero();
-            for (index_t r = 0; r < nr; ++r)
-              amax = V::max(amax, V::abs(V::mul(V::set1(s[m][rows[i0 + r]]), V::load(sf[r] + gb))));
-            const reg levels = V::set1(static_cast<float>(Q));
-            // t is NaN where a product overflowed (amax = Inf) or a coefficient is not finite (bad).
-            reg t = V::add(V::add(V::div(amax, levels), V::sub(amax, amax)), V::set1(bad[m]));
-            if constexpr (!q8) t = V::odd_div16(t);  // odd groups: high nibbles × 16 (nibble_x16 below)
-            V::store(ts[m] + gb, t);
-            const reg inv =
-                V::select_ge0(V::sub(amax, V::set1(k_value_coef_tiny)), V::div(levels, amax), V::zero());
-            I sum = V::izero();
-            for (index_t p = 0; p < nq; ++p) {
-              I qr[4];
-#pragma GCC unroll 4
-              for (int k = 0; k < 4; ++k) {
-                const index_t r = 4 * p + k;
-                qr[k] =
-                    r < nr
-                        ? V::round_i32(V::mul(V::mul(V::set1(s[m][rows[i0 + r]]), V::load(sf[r] + gb)), inv))
-                        : V::izero();
-              }
-              const I quad = V::quad_bytes(qr[0], qr[1], qr[2], qr[3]);
-              sum = V::quad_sum(sum, quad);  // |r| ≤ Q: no byte saturates
-              V::istore(cq[m][p] + gb, quad);
-            }
-            I zs = V::ineg_mul(sum, z);
-            if constexpr (!q8) zs = V::odd_x16(zs);
-            V::istore(corr[m] + gb, zs);
-          }
+          for (int m = 0; m < M; ++m)  // the coefficients of token m: a = s·scale, t, r = round(a·Q/max|a|)
+            value_coefs<T>([&](index_t r) { return s[m][rows[i0 + r]]; }, nr, nq, sf[0] + gb, sg, bad[m],
+                           ts[m] + gb, cq[m][0] + gb, sg, corr[m] + gb);
         }
         // Two quads (eight rows) at a time, each row one sequential stream across the span; the next
         // pass's rows, then the next chunk's, are prefetched as the stream nears the span's end. The
@@ -798,7 +816,6 @@ struct impl {
     using VT = value_tile<T>;
     using I = typename V::ireg;
     constexpr bool q8 = std::is_same<T, q8_t>::value;
-    constexpr std::int32_t Q = value_levels, z = q8 ? 128 : 8;
     constexpr index_t R = VT::rows, NQ = VT::quads;
     // span: columns per pass of coefficients; step: columns per step (q8: one group, 2 pieces; q4: a
     // group pair, 2 pieces of low and high nibbles); ahead: bytes prefetched ahead along the stream.
@@ -827,32 +844,9 @@ struct impl {
         const int ngb = static_cast<int>(std::min<index_t>(width, ng - gb));
         for (index_t r = 0; r < R; ++r)
           V::store(sf[r] + gb, V::load_bf16_n(VT::scales(tile, cols, r) + g0 + gb, ngb));
-        for (int m = 0; m < M; ++m) {
-          reg amax = V::zero();
-          for (index_t r = 0; r < R; ++r)
-            amax = V::max(amax, V::abs(V::mul(V::set1(s[m][r]), V::load(sf[r] + gb))));
-          const reg levels = V::set1(static_cast<float>(Q));
-          reg t = V::add(V::add(V::div(amax, levels), V::sub(amax, amax)), V::set1(bad[m]));
-          if constexpr (!q8) t = V::odd_div16(t);  // odd groups: high nibbles × 16 (nibble_x16)
-          V::store(ts[m] + gb, t);
-          const reg inv =
-              V::select_ge0(V::sub(amax, V::set1(k_value_coef_tiny)), V::div(levels, amax), V::zero());
-          I sum = V::izero();
-          for (index_t p = 0; p < NQ; ++p) {
-            I qr[4];
-#pragma GCC unroll 4
-            for (int k = 0; k < 4; ++k) {
-              qr[k] =
-                  V::round_i32(V::mul(V::mul(V::set1(s[m][4 * p + k]), V::load(sf[4 * p + k] + gb)), inv));
-            }
-            const I quad = V::quad_bytes(qr[0], qr[1], qr[2], qr[3]);
-            sum = V::quad_sum(sum, quad);  // as axpy_rows_vnni
-            V::istore(cq[m][p] + gb, quad);
-          }
-          I zs = V::ineg_mul(sum, z);
-          if constexpr (!q8) zs = V::odd_x16(zs);
-          V::istore(corr[m] + gb, zs);
-        }
+        for (int m = 0; m < M; ++m)
+          value_coefs<T>([&](index_t r) { return s[m][r]; }, R, NQ, sf[0] + gb, sg, bad[m], ts[m] + gb,
+                         cq[m][0] + gb, sg, corr[m] + gb);
       }
       for (index_t c = c0; c < c1; c += step) {
         const index_t j = c * row_format<T>::bits / 8 / 16,
