@@ -468,8 +468,9 @@ struct impl {
         for (int m = 0; m < M; ++m) {
           for (index_t gv = 0; gv < ng; gv += 8) {
             // Two partial maxima and NaN flags (even and odd rows), combined at the end: the maximum of
-            // values ≥ 0 and the flag (0 or NaN) do not depend on the order, and the loop is not one chain
-            // of dependent vmaxps / vaddps over the rows (~10% of this kernel at batch 1 from L2).
+            // values ≥ 0 and the flag (0 or NaN) do not depend on the order (a NaN's payload may), and the
+            // loop is not one chain of dependent vmaxps / vaddps over the rows (2–6% less time for one
+            // token's 64 rows from L2).
             reg amax[2] = {V::zero(), V::zero()}, bad[2] = {V::zero(), V::zero()};
             for (index_t r = 0; r < nr; r += 2)
 #pragma GCC unroll 2
@@ -585,8 +586,8 @@ struct impl {
   /// r = round(a · Q / max|a|) as nq quads of bytes (quad_bytes; rows past nr: 0) at cq + p·cq_ld, and
   /// corr = −z Σ r (q4 odd groups × 16). The maximum is kept in four partial maxima, rows r mod 4,
   /// combined at the end: a maximum of values ≥ 0 does not depend on the order, so the same bits as one
-  /// running maximum, without its chain of nr dependent vmaxps (measured: ~12% of the q4 row kernel's
-  /// time at batch 1 from L2, one running maximum over 32 rows).
+  /// running maximum, without its chain of nr dependent vmaxps (which held ~12% of the q4 row kernel's
+  /// samples for one token from L2; 7–9% less time without it: benchmarks.md, stop 56).
   template <class T, class Coef>
   static void value_coefs(const Coef& coef, index_t nr, index_t nq, const float* sf, index_t sf_ld, float bad,
                           float* t_out, std::int32_t* cq, index_t cq_ld, std::int32_t* corr_out) {
