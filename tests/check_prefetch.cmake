@@ -23,14 +23,17 @@ file(REMOVE ${WORK})
 # Kernels whose source prefetches on every level they are compiled for (mangled-name pieces). A build
 # that does not inline everything (the sanitizer build) emits a kernel's lambdas as local symbols of
 # their own ("_ZZ" + the kernel's name without "_Z" + "E..."; "_ZZZ" for a lambda in a lambda): they
-# count toward their kernel.
+# count toward their kernel. The name must be the function's own, right after impl<level>'s template
+# arguments ("EE" + the piece): a helper instantiated with one of the kernel's lambdas (value_coefs,
+# "...EE11value_coefsI...EZNS6_14axpy_rows_vnni...") carries the kernel's name in its template arguments
+# and is no kernel (the sanitizer build emits it as a function of its own, without prefetches).
 set(kernels "10dots_lanes" "14axpy_rows_vnni")
 set(names "")
 set(fn "")
 set(n 0)
 macro(close_function)
   foreach(k IN LISTS kernels)
-    if(fn MATCHES "${k}")
+    if(fn MATCHES "EE${k}")
       string(MD5 _key "${fn}")
       set(count_${_key} ${n})
       list(APPEND names "${fn}")
