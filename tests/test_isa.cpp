@@ -1145,6 +1145,12 @@ TEST_CASE("isa: the value kernels take any number of tokens, each with the bits 
 
 namespace {
 
+/// The AMX kernels' accuracy against float64 of their bf16 operands: the products are exact, so the only
+/// error is float summation of `terms` terms, |got − ref| <= (terms + 2)·2^-24·Σ|p| (mag = Σ|p|).
+inline bool amx_near(double got, double ref, double mag, double terms) {
+  return std::fabs(got - ref) <= (terms + 2) * std::ldexp(1.0, -24) * mag + 1e-30;
+}
+
 /// The AMX value kernels' outputs y (m tokens, rows `stride` floats apart, from y0) against float64 of
 /// their bf16 operands: p = coef(q, i)·value(i, c), both already rounded as the kernel rounds them, so
 /// the products are exact and the only error is float summation, |err| <= (terms + 2)·2^-24·Σ|p| with y's
@@ -1173,7 +1179,7 @@ void check_amx_values(const std::vector<float>& y, const std::vector<float>& y0,
         ref += p, mag += std::fabs(p);
       }
       INFO("ref " << ref);
-      REQUIRE(std::fabs(got - ref) <= (double(nrows + 1) + 2) * std::ldexp(1.0, -24) * mag + 1e-30);
+      REQUIRE(amx_near(got, ref, mag, double(nrows + 1)));
     }
   }
 }
@@ -1203,9 +1209,6 @@ TEST_CASE("isa: the AMX key and value kernels (amx) match float64 on their bf16 
   auto r = test::rng(33);
   std::normal_distribution<double> nd(0.0, 1.0);
   const auto bf = [](double v) { return T(static_cast<float>(v)); };
-  const auto near = [](double got, double ref, double mag, double terms) {
-    return std::fabs(got - ref) <= (terms + 2) * std::ldexp(1.0, -24) * mag + 1e-30;
-  };
   for (int trial = 0; trial < 40; ++trial) {
     const sfx::index_t m = 1 + trial % 16, nrows = 16 * (1 + trial % 9), len = 32 * (1 + (trial * 7) % 40);
     const sfx::index_t ld = len + 32 * (trial % 3);
@@ -1233,7 +1236,7 @@ TEST_CASE("isa: the AMX key and value kernels (amx) match float64 on their bf16 
         }
         const float got = out[static_cast<std::size_t>(q * nrows + i)];
         INFO("token " << q << " row " << i << " got " << got << " ref " << ref);
-        REQUIRE(near(got, ref, mag, double(len)));
+        REQUIRE(amx_near(got, ref, mag, double(len)));
         REQUIRE(std::memcmp(&got, &alone[static_cast<std::size_t>(i)], 4) == 0);
       }
     }
