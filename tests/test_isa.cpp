@@ -628,10 +628,10 @@ TEST_CASE("isa: the int8 key kernel of every level is exact on extreme bytes (no
 namespace {
 
 /// kernel_ops::dots_tiles of weights T at `level` on rows re-laid as key_tile<T> (quant.hpp) against
-/// dots on the same rows: the same bits for every batch size and chunking. Where the level has the AMX
-/// form (dots_tiles_amx, amx), it too: 1-16 tokens, 16-80 rows (one to four row tiles per pass, and a
-/// pass of four then one), a panel reused, outputs at a stride. Returns whether the level has it (q8/q4
-/// on avx512_vnni and up).
+/// dots on the same rows: the same bits for every batch size, chunking and number of tiles walked side by
+/// side. Where the level has the AMX form (dots_tiles_amx, amx), it too: 1-16 tokens, 16-80 rows (one to
+/// four row tiles per pass, and a pass of four then one), a panel reused, outputs at a stride. Returns
+/// whether the level has it (q8/q4 on avx512_vnni and up).
 template <class T>
 bool key_tiles_match(cpu::isa_level level, std::uint64_t seed) {
   using F = sfx::row_format<T>;
@@ -668,15 +668,19 @@ bool key_tiles_match(cpu::isa_level level, std::uint64_t seed) {
     }
     std::vector<float> spill(
         static_cast<std::size_t>(m * cpu::kernels::k_max_key_r * cpu::kernels::k_max_width));
-    for (const sfx::index_t mm : {1, 2, 3, 4, 5, 8, 9}) {
-      std::vector<float> want(static_cast<std::size_t>(mm * nrows), -7.0f), got(want.size(), -9.0f);
-      ops.dots(nullptr, nullptr, xqp.data(), mm, rows.data(), nrows, ld, cols, spill.data(), want.data());
-      ops.dots_tiles(xqp.data(), mm, base, nrows, stride, cols, spill.data(), got.data());
-      for (std::size_t i = 0; i < want.size(); ++i) {
-        INFO("d " << d << ", " << mm << " tokens, output " << i << ": " << got[i] << " against " << want[i]);
-        REQUIRE(std::memcmp(&got[i], &want[i], sizeof(float)) == 0);
+    // Up to 4 tiles side by side for 1-2 tokens, 2 for 3-4 (16 rows: 1; 48: 3, or 2 then 1; 80: 4 then
+    // 1, or 2, 2, 1), one at a time from 5.
+    for (const sfx::index_t nr : {16, 48, 80})
+      for (const sfx::index_t mm : {1, 2, 3, 4, 5, 8, 9}) {
+        std::vector<float> want(static_cast<std::size_t>(mm * nr), -7.0f), got(want.size(), -9.0f);
+        ops.dots(nullptr, nullptr, xqp.data(), mm, rows.data(), nr, ld, cols, spill.data(), want.data());
+        ops.dots_tiles(xqp.data(), mm, base, nr, stride, cols, spill.data(), got.data());
+        for (std::size_t i = 0; i < want.size(); ++i) {
+          INFO("d " << d << ", " << mm << " tokens, " << nr << " rows, output " << i << ": " << got[i]
+                    << " against " << want[i]);
+          REQUIRE(std::memcmp(&got[i], &want[i], sizeof(float)) == 0);
+        }
       }
-    }
 #if SPARSE_FFN_AMX
     if (ops.dots_tiles_amx) {
       sfx::detail::aligned_buffer<std::uint8_t> panel(cpu::kernels::amx::int8_panel_bytes(cols));

@@ -16,9 +16,9 @@
 // q8/q4 weights (quant.hpp): x, y and the accumulators are padded to row_cols (d rounded up to 64 /
 // 128) rather than ld (which counts the row's bytes); on the int8 levels (avx2, avx512_vnni and up) each
 // token's x is also quantised once to int8 (kernel_ops::prepare_x_int8) for the key kernel. Keys
-// stored as key tiles (layout.key_tiles, blocked_ffn::tile_keys) go to kernel_ops::dots_tiles, one tile
-// of 16 rows per call, or where the level has none, are unpacked into 16 rows of thread scratch first:
-// the same bits as the same model's rows either way.
+// stored as key tiles (layout.key_tiles, blocked_ffn::tile_keys) go to kernel_ops::dots_tiles, up to
+// four tiles of 16 rows per call, or where the level has none, are unpacked into 16 rows of thread
+// scratch first: the same bits as the same model's rows either way.
 //
 // The glue below is compiled once, for the consumer's flags; the micro-kernels are called through the
 // table kernels::ops_for<T>(cpu::active_isa()), resolved once per call (run-time ISA dispatch).
@@ -124,7 +124,7 @@ struct thread_scratch {
   const bfloat16_t** xb;    // n token input pointers (bf16-rounded copies, when the kernels read them)
   const std::uint8_t** xq;  // n token input pointers (int8 copies, when the kernels read them)
   float* spill;             // n × key_r vectors: key accumulators between d chunks
-  float* dots;              // 2 × n × key_r dot products (keys, then up projections)
+  float* dots;              // 2 × n × max(key_r, tile rows) dot products (keys, then up projections)
   float* s;                 // n × g value coefficients (weight × activation)
   std::int32_t* rows;       // tiles × g nonzero value rows per token tile
   index_t* nrows;           // tiles
@@ -193,7 +193,7 @@ fast_buffers plan_buffers(arena_plan& a, const block_layout& l, index_t cols, in
     t.xb = a.take<const bfloat16_t*>(n);
     t.xq = a.take<const std::uint8_t*>(n);
     t.spill = a.take<float>(mul(mul(n, KR), W));
-    t.dots = a.take<float>(mul(mul(2, n), KR));
+    t.dots = a.take<float>(mul(mul(2, n), std::max(KR, kernels::k_max_tile_key_rows)));
     t.tile_rows = tile_bytes ? a.take<std::uint8_t>(tile_bytes) : nullptr;
     t.panel = amx_keys ? a.take<std::uint32_t>(mul(8, cols)) : nullptr;  // kernels::amx::panel_bytes
     t.amx_out = amx_keys ? a.take<float>(mul(2 * 16, g)) : nullptr;
@@ -293,17 +293,31 @@ void key_block(const kernels::kernel_ops<T>& ops, const blocked_ffn_view<T>& w, 
       }
       return;
     }
+  if constexpr (is_quantized<T>::value)
+    if (l.key_tiles && ops.dots_tiles && G % key_tile<T>::rows == 0) {
+      // Key tiles: up to k_max_tile_key_rows rows (4 tiles) per call, which few tokens walk side by side.
+      constexpr index_t RT = G < kernels::k_max_tile_key_rows ? G : kernels::k_max_tile_key_rows;
+      float* dk = ts.dots;
+      float* du = ts.dots + m * RT;
+      const auto at = [&](const T* rows) { return reinterpret_cast<const std::uint8_t*>(rows); };
+      for (index_t r0 = 0; r0 < G; r0 += RT) {
+        ops.dots_tiles(ts.xq, m, at(w.keys(b) + r0 * l.ld), RT, key_tile<T>::rows * l.ld, cols, ts.spill, dk);
+        if constexpr (Act::gated)
+          ops.dots_tiles(ts.xq, m, at(w.up(b) + r0 * l.ld), RT, key_tile<T>::rows * l.ld, cols, ts.spill, du);
+        emit_dots(0, m, r0, RT, dk, du);
+      }
+      return;
+    }
   // R rows at a time (one register tile of rows), so the scratch stays 2 × m × R floats for any g.
   constexpr index_t R = G < kernels::k_max_key_r ? G : kernels::k_max_key_r;
   float* dk = ts.dots;
   float* du = ts.dots + m * R;  // gated: up projections after the key dots
-  // The R rows at `rows` (key tiles: R = 16, one tile; dots_tiles, or the tile unpacked into rows).
+  // The R rows at `rows` (key tiles on a level without dots_tiles: R = 16, the tile unpacked into rows).
   const auto dots_of = [&](const T* rows, float* out) {
     if constexpr (is_quantized<T>::value)
       if (l.key_tiles) {
         static_assert(R == key_tile<T>::rows || G % key_tile<T>::rows != 0, "one tile per call");
         const auto* tile = reinterpret_cast<const std::uint8_t*>(rows);
-        if (ops.dots_tiles) return ops.dots_tiles(ts.xq, m, tile, R, R * l.ld, cols, ts.spill, out);
         key_tile<T>::unpack(tile, cols, reinterpret_cast<T*>(ts.tile_rows), l.ld);
         rows = reinterpret_cast<const T*>(ts.tile_rows);
       }

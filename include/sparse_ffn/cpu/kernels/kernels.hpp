@@ -70,6 +70,8 @@ struct adam_step {
 };
 /// Upper bounds over every ISA (scratch sizing).
 inline constexpr int k_max_key_r = 16, k_max_width = 16, k_max_rows_m = 6;
+/// Rows of key tiles per call of kernel_ops::dots_tiles in the forward (4 tiles; fast.hpp key_block).
+inline constexpr index_t k_max_tile_key_rows = 64;
 
 /// Floats of the AMX q8/q4 value pass's scale scratch (amx::apply_quant) for rows of `cols` values: four
 /// scales per (group of 32 columns, quad of rows), 16 groups at a time.
@@ -229,7 +231,8 @@ struct kernel_ops {
   /// dots for q8/q4 key rows stored as key_tile<T> (quant.hpp): nrows a multiple of 16, tile r / 16 at
   /// tiles + (r / 16)·tile_stride bytes; x from xq. The same bits as dots on the same rows. Set where
   /// the level has the rows-in-lanes kernel (q8/q4 on avx512_vnni and up), null elsewhere (the forward
-  /// then unpacks each tile into rows for dots: fast.hpp key_block).
+  /// then unpacks each tile into rows for dots: fast.hpp key_block). spill: m · min(4, nrows / 16)
+  /// vectors of k_max_width floats.
   void (*dots_tiles)(const std::uint8_t* const* xq, index_t m, const std::uint8_t* tiles, index_t nrows,
                      index_t tile_stride, index_t cols, float* spill, float* out) = nullptr;
   /// The value pass for m tokens (any number; rows_m at a time): columns [c_lo, c_hi), multiples of

@@ -1249,7 +1249,9 @@ struct impl {
   /// nrows rows (a multiple of 16), tile r / 16 at tiles + (r / 16)·tile_stride bytes. The rows are in
   /// lanes already: no transposes, one stream per tile, the scales in it. Each (token, row, group) gets
   /// the same exact integer and the same float steps, in the same group order, as in dots_lanes
-  /// (lanes_group), so the same bits. spill: m vectors.
+  /// (lanes_group), so the same bits. Few tokens walk several tiles side by side (up to 4 for m <= 2, 2
+  /// for m <= 4), each its own stream and accumulators: from memory one stream per thread reads slower
+  /// than several (Ice Lake, docs/benchmarks.md stop 57). spill: m · min(4, nrows / 16) vectors.
   template <class T>
   static void dots_tiles(const std::uint8_t* const* xq, index_t m, const std::uint8_t* tiles, index_t nrows,
                          index_t tile_stride, index_t cols, float* spill, float* out) {
@@ -1257,52 +1259,78 @@ struct impl {
     using I = typename V::ireg;
     constexpr bool q8 = std::is_same<T, q8_t>::value;
     constexpr int MT = 4;                             // tokens per pass
-    constexpr index_t ahead = 4096;  // the forward, 2 threads (1-8 KiB measured: docs/benchmarks.md, stop 49)
     constexpr index_t gpl = KT::groups_per_line;      // groups per line unit
     constexpr index_t lines_per_chunk = k_dchunk / (q8 ? 64 : 128);
     static_assert(width == lanes_r, "one row per lane");
-    const index_t lines = KT::lines(cols);
-    for (index_t r0 = 0; r0 < nrows; r0 += lanes_r) {
-      const std::uint8_t* tile = tiles + (r0 / lanes_r) * tile_stride;
-      for (index_t j0 = 0; j0 < lines; j0 += lines_per_chunk) {
-        const index_t j1 = std::min(lines, j0 + lines_per_chunk);
-        groups<MT>(m, [&](index_t m0, auto M) {
-          constexpr int N = decltype(M)::value;
-          reg y[N];
-          float* acc = spill + m0 * width;
+    const index_t lines = KT::lines(cols), ntiles = nrows / lanes_r;
+    // Tiles side by side: TT · (tokens per pass) accumulators stay at most 8 (with the 16 of w and hi).
+    const index_t tt_max = m <= 2 ? 4 : m <= 4 ? 2 : 1;
+    for (index_t i0 = 0; i0 < ntiles; i0 += tt_max) {
+      count<4>(static_cast<int>(std::min(tt_max, ntiles - i0)), [&](auto tt_c) {
+        constexpr int TT = decltype(tt_c)::value;
+        // Bytes each stream is prefetched ahead (into L2): 4 KiB in all. One stream: 1-8 KiB measured on
+        // Emerald Rapids (docs/benchmarks.md, stop 49); four: 1 KiB each against 4 KiB, 14-17% less time
+        // in the key pass at batch 1 on Ice Lake (stop 57).
+        constexpr index_t ahead = 4096 / TT / 64 * 64;
+        const std::uint8_t* tile[TT];
+#pragma GCC unroll 4
+        for (int k = 0; k < TT; ++k) tile[k] = tiles + (i0 + k) * tile_stride;
+        if constexpr (TT > 1) {  // the streams' first lines (a lone tile's are its predecessor's tail)
+          for (int k = 0; k < TT; ++k)
+            for (index_t p = 0; p < std::min<index_t>(ahead, lines * KT::unit_bytes); p += 64)
+              V::prefetch_l2(tile[k] + p);
+        }
+        for (index_t j0 = 0; j0 < lines; j0 += lines_per_chunk) {
+          const index_t j1 = std::min(lines, j0 + lines_per_chunk);
+          groups<MT>(m, [&](index_t m0, auto M) {
+            constexpr int N = decltype(M)::value;
+            if constexpr (TT == 1 || TT * N <= 8) {  // the others never run (tt_max)
+              reg y[TT][N];
+#pragma GCC unroll 4
+              for (int k = 0; k < TT; ++k)
 #pragma GCC unroll 8
-          for (int t = 0; t < N; ++t) y[t] = j0 == 0 ? V::zero() : V::load(acc + t * width);
-          for (index_t j = j0; j < j1; ++j) {
-            const std::uint8_t* u = tile + j * KT::unit_bytes;
-            const auto* sc = reinterpret_cast<const bfloat16_t*>(u + lanes_r * 64);
-            if (m0 == 0)
-              for (index_t p = 0; p < KT::unit_bytes; p += 64) V::prefetch_l2(u + ahead + p);
+                for (int t = 0; t < N; ++t)
+                  y[k][t] = j0 == 0 ? V::zero() : V::load(spill + (k * m + m0 + t) * width);
+              for (index_t j = j0; j < j1; ++j) {
+#pragma GCC unroll 4
+                for (int k = 0; k < TT; ++k) {
+                  const std::uint8_t* u = tile[k] + j * KT::unit_bytes;
+                  const auto* sc = reinterpret_cast<const bfloat16_t*>(u + lanes_r * 64);
+                  if (m0 == 0)
+                    for (index_t p = 0; p < KT::unit_bytes; p += 64) V::prefetch_l2(u + ahead + p);
 #pragma GCC unroll 2
-            for (int a = 0; a < 2; ++a) {  // dwords 8a .. 8a + 7 of the line: q8 group 2j + a; q4 4j + 2a, + 1
-              I w[8], hi[8];
+                  for (int a = 0; a < 2; ++a) {  // dwords 8a .. 8a + 7 of the line: q8 group 2j + a; q4 4j + 2a, + 1
+                    I w[8], hi[8];
 #pragma GCC unroll 8
-              for (int e = 0; e < 8; ++e) {
-                const I v = V::iload(u + (8 * a + e) * 64);
-                if constexpr (q8)
-                  w[e] = V::flip_sign(v);
-                else
-                  V::nibbles(v, w[e], hi[e]);
-              }
-              constexpr int per_half = q8 ? 1 : 2;
+                    for (int e = 0; e < 8; ++e) {
+                      const I v = V::iload(u + (8 * a + e) * 64);
+                      if constexpr (q8)
+                        w[e] = V::flip_sign(v);
+                      else
+                        V::nibbles(v, w[e], hi[e]);
+                    }
+                    constexpr int per_half = q8 ? 1 : 2;
 #pragma GCC unroll 2
-              for (int h = 0; h < per_half; ++h) {
-                const index_t gl = per_half * a + h;  // the group's index in the line; gpl·j + gl in the row
-                lanes_group_at<N, T>(xq + m0, cols, 0, gpl * j + gl, h == 0 ? w : hi,
-                                     V::load_bf16_n(sc + lanes_r * gl, 16), y);
+                    for (int h = 0; h < per_half; ++h) {
+                      const index_t gl = per_half * a + h;  // the group's index in the line; gpl·j + gl in the row
+                      lanes_group_at<N, T>(xq + m0, cols, 0, gpl * j + gl, h == 0 ? w : hi,
+                                           V::load_bf16_n(sc + lanes_r * gl, 16), y[k]);
+                    }
+                  }
+                }
               }
+#pragma GCC unroll 4
+              for (int k = 0; k < TT; ++k)
+#pragma GCC unroll 8
+                for (int t = 0; t < N; ++t) V::store(spill + (k * m + m0 + t) * width, y[k][t]);
             }
-          }
-#pragma GCC unroll 8
-          for (int t = 0; t < N; ++t) V::store(acc + t * width, y[t]);
-        });
-      }
-      for (index_t t = 0; t < m; ++t)
-        for (index_t i = 0; i < lanes_r; ++i) out[t * nrows + r0 + i] = spill[t * width + i];
+          });
+        }
+        for (int k = 0; k < TT; ++k)
+          for (index_t t = 0; t < m; ++t)
+            for (index_t i = 0; i < lanes_r; ++i)
+              out[t * nrows + (i0 + k) * lanes_r + i] = spill[(k * m + t) * width + i];
+      });
     }
   }
 
