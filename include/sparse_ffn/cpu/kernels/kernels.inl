@@ -1298,8 +1298,9 @@ struct impl {
                   const auto* sc = reinterpret_cast<const bfloat16_t*>(u + lanes_r * 64);
                   if (m0 == 0)
                     for (index_t p = 0; p < KT::unit_bytes; p += 64) V::prefetch_l2(u + ahead + p);
+                  // Dwords 8a .. 8a + 7 of the line: q8 group 2j + a; q4 4j + 2a, + 1.
 #pragma GCC unroll 2
-                  for (int a = 0; a < 2; ++a) {  // dwords 8a .. 8a + 7 of the line: q8 group 2j + a; q4 4j + 2a, + 1
+                  for (int a = 0; a < 2; ++a) {
                     I w[8], hi[8];
 #pragma GCC unroll 8
                     for (int e = 0; e < 8; ++e) {
@@ -1312,7 +1313,8 @@ struct impl {
                     constexpr int per_half = q8 ? 1 : 2;
 #pragma GCC unroll 2
                     for (int h = 0; h < per_half; ++h) {
-                      const index_t gl = per_half * a + h;  // the group's index in the line; gpl·j + gl in the row
+                      // The group's index in the line; gpl·j + gl in the row.
+                      const index_t gl = per_half * a + h;
                       lanes_group_at<N, T>(xq + m0, cols, 0, gpl * j + gl, h == 0 ? w : hi,
                                            V::load_bf16_n(sc + lanes_r * gl, 16), y[k]);
                     }
