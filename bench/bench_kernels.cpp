@@ -91,9 +91,9 @@ void bm_keys(benchmark::State& state, bool dram) {
 /// BM_kernel_keys/<q8|q4>_tiles/<where>[/tokens:M]: the same rows as BM_kernel_keys re-laid as
 /// key_tile<T> (quant.hpp), each tile in the space of its 16 rows as blocked_ffn::tile_keys lays them, run
 /// by kernel_ops::dots_tiles (the same bits as dots) for M tokens (default 1): the same bytes and rows as
-/// BM_kernel_keys/<q8|q4>, so both its time and its GB/s compare directly. <q8|q4>_tiles_amx: the same
-/// by dots_tiles_amx (amx level: AMX-INT8, the same bits), 64 rows (a block, g 64) per call, as the
-/// forward calls it.
+/// BM_kernel_keys/<q8|q4>, so both its time and its GB/s compare directly; 64 rows (a block, g 64) per
+/// call, as the forward calls it (fast.hpp key_block: few tokens walk the four tiles side by side).
+/// <q8|q4>_tiles_amx: the same by dots_tiles_amx (amx level: AMX-INT8, the same bits).
 template <class T>
 void bm_key_tiles(benchmark::State& state, bool dram, int tokens, bool amx) {
   using KT = sf::key_tile<T>;
@@ -128,9 +128,9 @@ void bm_key_tiles(benchmark::State& state, bool dram, int tokens, bool amx) {
                            panel.data(), false, out.data(), k_kernel_block);
 #endif
     } else {
-      for (sf::index_t t = 0; t < ntiles; ++t)
-        ops.dots_tiles(xq.data(), tokens, tiles.data() + t * stride, R, stride, kr.cols, spill.data(),
-                       out.data());
+      for (sf::index_t t = 0; t < ntiles; t += k_kernel_block / KT::rows)
+        ops.dots_tiles(xq.data(), tokens, tiles.data() + t * stride, k_kernel_block, stride, kr.cols,
+                       spill.data(), out.data());
     }
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
