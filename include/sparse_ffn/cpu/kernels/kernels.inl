@@ -392,6 +392,11 @@ struct impl {
   /// The largest coefficient magnitude of the integer value pass (int8, vpmaddubsw's signed operand).
   static constexpr std::int32_t value_levels = 127;
 
+  /// o mod n for o, n > 0, without a division where o < n: the usual case where axpy_rows_vnni wraps a
+  /// prefetch into the next stream, which for one token is in every step of the last 1 KiB of each row
+  /// (a 64-bit division there per step before).
+  static index_t wrap(index_t o, index_t n) { return o < n ? o : o % n; }
+
   /// The integer value passes' chunks (axpy_rows_int, axpy_rows_vnni): the end i1 of the listed rows
   /// from rows[i0] that lie in one chunk of cr rows, and the next chunk's listed rows (nn of them, into
   /// nx), whose lines are prefetched while this chunk runs.
@@ -719,14 +724,14 @@ struct impl {
 #pragma GCC unroll 8
                 for (int k = 0; k < 4 * NP; ++k) V::prefetch_l2(pr[4 * p + k] + pf);
               } else if (!last) {
-                const index_t w = bs + (pf - be) % (be - bs);
+                const index_t w = bs + wrap(pf - be, be - bs);
                 for (index_t r = rn; r < std::min<index_t>(4 * nq, rn + 4 * NP); ++r)
                   V::prefetch_l2(pr[r] + w);
               } else if (c1 == c_end) {  // the chunk's last span: the next chunk's first rows
-                const index_t w = b_begin + (pf - be) % (b_end - b_begin);
+                const index_t w = b_begin + wrap(pf - be, b_end - b_begin);
                 for (index_t r = 0; r < std::min<index_t>(nn, 4 * NP); ++r) V::prefetch_l2(nx[r] + w);
               } else {  // the next span of this chunk's first rows
-                const index_t w = be + (pf - be) % (b_end - be);
+                const index_t w = be + wrap(pf - be, b_end - be);
                 for (index_t r = 0; r < std::min<index_t>(4 * nq, 4 * NP); ++r) V::prefetch_l2(pr[r] + w);
               }
             }
@@ -1348,8 +1353,9 @@ struct impl {
       for (index_t g0 = 0; g0 < cols; g0 += 32) {
         const index_t kb = x_int8_group_offset<T>(g0);
         const float sx = V::quantize_x32(x + g0, xq + kb);
-        x_int8_lanes<T>(xq + kb, sx, corr + kb / 4, xs + kb / 4);
-        x_int8_group<T>(xq + kb, sx, corr_g + g0 / 32, xs_g + g0 / 32);
+        V::x_int8_sums(xq + kb, std::is_same<T, q8_t>::value ? 128 : 8, corr + kb / 4, corr_g + g0 / 32);
+        for (index_t l = 0; l < 8; ++l) xs[kb / 4 + l] = sx;  // x_int8_lanes's and x_int8_group's scales
+        xs_g[g0 / 32] = sx;
       }
       std::memset(out + x_int8_groups_at(cols) + cols / 4, 0,
                   static_cast<std::size_t>(x_int8_quads_at(cols) - x_int8_groups_at(cols) - cols / 4));
