@@ -585,26 +585,31 @@ struct impl {
   }
 
   /// The integer value coefficients of one token over one register of groups (axpy_rows_vnni and
-  /// axpy_tiles, avx512_vnni and up): a_r = coef(r) · sf[r·sf_ld + g] for the nr rows r of a chunk and the
-  /// register's groups g, t = max_r |a_r| / Q (+ bad: NaN where a coefficient is not finite, and NaN where
-  /// a product overflowed; q4's odd groups t / 16: their high nibbles go in × 16), the quantised
-  /// r = round(a · Q / max|a|) as nq quads of bytes (quad_bytes; rows past nr: 0) at cq + p·cq_ld, and
-  /// corr = −z Σ r (q4 odd groups × 16). The maximum is kept in four partial maxima, rows r mod 4,
-  /// combined at the end: a maximum of values ≥ 0 does not depend on the order, so the same bits as one
-  /// running maximum, without its chain of nr dependent vmaxps (which held ~12% of the q4 row kernel's
-  /// samples for one token from L2; 7–9% less time without it: benchmarks.md, stop 56).
-  template <class T, class Coef>
-  static void value_coefs(const Coef& coef, index_t nr, index_t nq, const float* sf, index_t sf_ld, float bad,
+  /// axpy_tiles, avx512_vnni and up): a_r = coef(r) · scale(r) (scale(r): row r's scales of the register's
+  /// groups as floats) for the nr ≤ 32 rows r of a chunk and the register's groups g, t = max_r |a_r| / Q (+
+  /// bad: NaN where a coefficient is not finite, and NaN where a product overflowed; q4's odd groups t / 16:
+  /// their high nibbles go in × 16), the quantised r = round(a · Q / max|a|) as nq quads of bytes
+  /// (quad_bytes; rows past nr: 0) at cq + p·cq_ld, and corr = −z Σ r (q4 odd groups × 16). The maximum is
+  /// kept in four partial maxima, rows r mod 4, combined at the end: a maximum of values ≥ 0 does not depend
+  /// on the order, so the same bits as one running maximum, without its chain of nr dependent vmaxps (which
+  /// held ~12% of the q4 row kernel's samples for one token from L2; 7–9% less time without it:
+  /// benchmarks.md, stop 56). Each a_r is formed once and kept (2 KiB on the stack) for the rounding.
+  template <class T, class Coef, class Scale>
+  static void value_coefs(const Coef& coef, index_t nr, index_t nq, const Scale& scale, float bad,
                           float* t_out, std::int32_t* cq, index_t cq_ld, std::int32_t* corr_out) {
     using I = typename V::ireg;
     constexpr bool q8 = std::is_same<T, q8_t>::value;
     constexpr std::int32_t Q = value_levels, z = q8 ? 128 : 8;
     reg part[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
+    alignas(64) float av[32][width];  // a_r
     for (index_t r = 0; r < nr; r += 4)
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k)
-        if (r + k < nr)
-          part[k] = V::max(part[k], V::abs(V::mul(V::set1(coef(r + k)), V::load(sf + (r + k) * sf_ld))));
+        if (r + k < nr) {
+          const reg a = V::mul(V::set1(coef(r + k)), scale(r + k));
+          V::store(av[r + k], a);
+          part[k] = V::max(part[k], V::abs(a));
+        }
     const reg amax = V::max(V::max(part[0], part[1]), V::max(part[2], part[3]));
     const reg levels = V::set1(static_cast<float>(Q));
     // t is NaN where a product overflowed (amax = Inf) or a coefficient is not finite (bad).
@@ -618,8 +623,7 @@ struct impl {
 #pragma GCC unroll 4
       for (int k = 0; k < 4; ++k) {
         const index_t i = 4 * p + k;
-        qr[k] = i < nr ? V::round_i32(V::mul(V::mul(V::set1(coef(i)), V::load(sf + i * sf_ld)), inv))
-                       : V::izero();
+        qr[k] = i < nr ? V::round_i32(V::mul(V::load(av[i]), inv)) : V::izero();
       }
       const I quad = V::quad_bytes(qr[0], qr[1], qr[2], qr[3]);
       sum = V::quad_sum(sum, quad);  // |r| ≤ Q: no byte saturates
@@ -670,8 +674,9 @@ struct impl {
     static_assert(step * F::bits / 8 == 64, "a step is one 64-byte line of each row");
     constexpr index_t ahead = 1024;
     static_assert(sg % width == 0, "whole registers of coefficients per row and span");
+    static_assert(cr <= 32, "value_coefs keeps at most 32 rows' coefficients");
     alignas(64) std::int32_t acc32[M][span];
-    alignas(64) float sf[cr][sg];                // the chunk's scales over the span, as floats
+    alignas(64) float sf[M == 1 ? 1 : cr][sg];   // more tokens: the chunk's scales over the span, as floats
     alignas(64) std::int32_t cq[M][nq_max][sg];  // coefficient bytes of each quad, per token and group
     alignas(64) float ts[M][sg];                 // steps t
     alignas(64) std::int32_t corr[M][sg];        // −z Σ r
@@ -703,10 +708,20 @@ struct impl {
         // coefficient 0; registers past it are never read (a partial span is short rows or the row's end).
         for (index_t gb = 0; gb < ng; gb += width) {
           const int ngb = static_cast<int>(std::min<index_t>(width, ng - gb));
-          for (index_t r = 0; r < nr; ++r) V::store(sf[r] + gb, V::load_bf16_n(sc[r] + g0 + gb, ngb));
+          // The scales as floats: for one token read from the rows' bf16 where they are used; for more,
+          // once into sf. (A 16 KiB sf beside one token's 16 KiB of sums and its 16 KiB of y overflowed L1:
+          // one core's q4 / q8 value rows from memory 7–8% slower; benchmarks.md, stop 59.)
+          if constexpr (M > 1)
+            for (index_t r = 0; r < nr; ++r) V::store(sf[r] + gb, V::load_bf16_n(sc[r] + g0 + gb, ngb));
+          const auto scale = [&](index_t r) {
+            if constexpr (M == 1)
+              return V::load_bf16_n(sc[r] + g0 + gb, ngb);
+            else
+              return V::load(sf[r] + gb);
+          };
           for (int m = 0; m < M; ++m)  // the coefficients of token m: a = s·scale, t, r = round(a·Q/max|a|)
-            value_coefs<T>([&](index_t r) { return s[m][rows[i0 + r]]; }, nr, nq, sf[0] + gb, sg, bad[m],
-                           ts[m] + gb, cq[m][0] + gb, sg, corr[m] + gb);
+            value_coefs<T>([&](index_t r) { return s[m][rows[i0 + r]]; }, nr, nq, scale, bad[m], ts[m] + gb,
+                           cq[m][0] + gb, sg, corr[m] + gb);
         }
         // Two quads (eight rows) at a time, each row one sequential stream across the span; the next
         // pass's rows, then the next chunk's, are prefetched as the stream nears the span's end. The
@@ -835,6 +850,7 @@ struct impl {
     constexpr int MT = 4;  // tokens per pass over a step's lines (4·MT or 2·MT accumulators)
     static_assert(sg % width == 0, "whole registers of coefficients per row and span");
     static_assert(M <= 2 * MT, "at most two passes of tokens");
+    static_assert(R <= 32, "value_coefs keeps at most 32 rows' coefficients");
     alignas(64) float sf[R][sg];
     alignas(64) std::int32_t cq[M][NQ][sg];
     alignas(64) float ts[M][sg];
@@ -857,8 +873,9 @@ struct impl {
         for (index_t r = 0; r < R; ++r)
           V::store(sf[r] + gb, V::load_bf16_n(VT::scales(tile, cols, r) + g0 + gb, ngb));
         for (int m = 0; m < M; ++m)
-          value_coefs<T>([&](index_t r) { return s[m][r]; }, R, NQ, sf[0] + gb, sg, bad[m], ts[m] + gb,
-                         cq[m][0] + gb, sg, corr[m] + gb);
+          value_coefs<T>([&](index_t r) { return s[m][r]; }, R, NQ,
+                         [&](index_t r) { return V::load(sf[r] + gb); }, bad[m], ts[m] + gb, cq[m][0] + gb,
+                         sg, corr[m] + gb);
       }
       for (index_t c = c0; c < c1; c += step) {
         const index_t j = c * row_format<T>::bits / 8 / 16,
