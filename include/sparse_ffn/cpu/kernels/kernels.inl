@@ -710,7 +710,7 @@ struct impl {
           const int ngb = static_cast<int>(std::min<index_t>(width, ng - gb));
           // The scales as floats: for one token read from the rows' bf16 where they are used; for more,
           // once into sf. (A 16 KiB sf beside one token's 16 KiB of sums and its 16 KiB of y overflowed L1:
-          // one core's q4 / q8 value rows from memory 7–8% slower; benchmarks.md, stop 59.)
+          // one core's q4 / q8 value rows from memory 5–8% slower; benchmarks.md, stop 59.)
           if constexpr (M > 1)
             for (index_t r = 0; r < nr; ++r) V::store(sf[r] + gb, V::load_bf16_n(sc[r] + g0 + gb, ngb));
           const auto scale = [&](index_t r) {
