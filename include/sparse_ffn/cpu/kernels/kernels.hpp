@@ -100,11 +100,17 @@ inline float quantize_x32(const float* x, std::int8_t* q) {
   return amax / 127.0f;
 }
 
+/// The offset the integer kernels add to T's signed weights to make them vpdpbusd's / vpmaddubsw's
+/// unsigned operand (q8: q + 128; q4: the nibble u = q + 8), taken back as −zero_point × Σ of the other
+/// operand.
+template <class T>
+constexpr std::int32_t int8_zero_point = std::is_same<T, q8_t>::value ? 128 : 8;
+
 /// The 8 int32 lanes (four x values each) of a quantised group q (kernel order): each lane's initial
 /// accumulator −zero_point × (sum of its four x values) and its x scale sx.
 template <class T>
 inline void x_int8_lanes(const std::int8_t* q, float sx, std::int32_t* corr, float* xs) {
-  constexpr std::int32_t zero_point = std::is_same<T, q8_t>::value ? 128 : 8;
+  constexpr std::int32_t zero_point = int8_zero_point<T>;
   for (index_t l = 0; l < 8; ++l) {
     const std::int32_t sum = q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3];
     corr[l] = -zero_point * sum;
@@ -116,7 +122,7 @@ inline void x_int8_lanes(const std::int8_t* q, float sx, std::int32_t* corr, flo
 /// scale sx (the rows-in-lanes key kernel of the VNNI levels, kernels.inl dots_lanes).
 template <class T>
 inline void x_int8_group(const std::int8_t* q, float sx, std::int32_t* corr, float* xs) {
-  constexpr std::int32_t zero_point = std::is_same<T, q8_t>::value ? 128 : 8;
+  constexpr std::int32_t zero_point = int8_zero_point<T>;
   std::int32_t sum = 0;
   for (index_t i = 0; i < 32; ++i) sum += q[i];
   *corr = -zero_point * sum;

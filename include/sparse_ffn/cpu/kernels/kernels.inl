@@ -599,7 +599,7 @@ struct impl {
                           float* t_out, std::int32_t* cq, index_t cq_ld, std::int32_t* corr_out) {
     using I = typename V::ireg;
     constexpr bool q8 = std::is_same<T, q8_t>::value;
-    constexpr std::int32_t Q = value_levels, z = q8 ? 128 : 8;
+    constexpr std::int32_t Q = value_levels, z = ::sparse_ffn::cpu::kernels::int8_zero_point<T>;
     reg part[4] = {V::zero(), V::zero(), V::zero(), V::zero()};
     alignas(64) float av[32][width];  // a_r
     for (index_t r = 0; r < nr; r += 4)
@@ -1370,7 +1370,8 @@ struct impl {
       for (index_t g0 = 0; g0 < cols; g0 += 32) {
         const index_t kb = x_int8_group_offset<T>(g0);
         const float sx = V::quantize_x32(x + g0, xq + kb);
-        V::x_int8_sums(xq + kb, std::is_same<T, q8_t>::value ? 128 : 8, corr + kb / 4, corr_g + g0 / 32);
+        V::x_int8_sums(xq + kb, ::sparse_ffn::cpu::kernels::int8_zero_point<T>, corr + kb / 4,
+                       corr_g + g0 / 32);
         for (index_t l = 0; l < 8; ++l) xs[kb / 4 + l] = sx;  // x_int8_lanes's and x_int8_group's scales
         xs_g[g0 / 32] = sx;
       }
