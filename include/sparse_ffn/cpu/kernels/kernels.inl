@@ -1392,46 +1392,60 @@ struct impl {
     }
   }
 
-  /// Groups of four value rows applied to M tokens, streaming the rows front to back over the column
-  /// range (four sequential streams, software-prefetched 2 KiB ahead into L2, across row groups) with
-  /// the 4·M coefficients in registers and y in L1/L2. (Into L1 at 1 KiB before: at batch 1 and 8 on
-  /// Zen 4, f32 5–17% and bf16 at the avx512 level 7–19% slower; docs/benchmarks.md 2026-12-04.)
-  template <int M, class T>
-  static void axpy_rows(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
-                        const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_begin, index_t c_end) {
-    constexpr index_t ahead = 2048 / sizeof(T), per_line = 64 / sizeof(T);
+  /// Rows idx, idx + 1, … of the list applied to M tokens U at a time (advancing idx past the groups it
+  /// took), streaming the group's rows front to back over the column range (U sequential streams,
+  /// software-prefetched `Ahead` bytes ahead into L2, across groups) with the U·M coefficients in
+  /// registers and y in L1/L2: y += s_0·v_0, then s_1·v_1, …, one FMA each, so the bits do not depend on U.
+  template <int U, index_t Ahead, int M, class T>
+  static void axpy_row_groups(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
+                              const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_begin, index_t c_end,
+                              index_t& idx) {
+    constexpr index_t ahead = Ahead / sizeof(T), per_line = 64 / sizeof(T);
     const index_t span = c_end - c_begin;
-    index_t idx = 0;
-    for (; idx + 4 <= nrows; idx += 4) {
-      const T* vr[4];
-      const T* next[4];
-      reg sb[M][4];
-#pragma GCC unroll 4
-      for (int u = 0; u < 4; ++u) {
+    for (; idx + U <= nrows; idx += U) {
+      const T* vr[U];
+      const T* next[U];
+      reg sb[M][U];
+#pragma GCC unroll 8
+      for (int u = 0; u < U; ++u) {
         vr[u] = v + rows[idx + u] * ld;
-        next[u] = idx + 4 + u < nrows ? v + rows[idx + 4 + u] * ld : vr[u];
+        next[u] = idx + U + u < nrows ? v + rows[idx + U + u] * ld : vr[u];
 #pragma GCC unroll 8
         for (int m = 0; m < M; ++m) sb[m][u] = V::set1(s[m][rows[idx + u]]);
       }
       for (index_t c = c_begin; c < c_end; c += width) {
         if ((c - c_begin) % per_line == 0) {  // one prefetch per cache line and row
           const index_t p = c + ahead;
-#pragma GCC unroll 4
-          for (int u = 0; u < 4; ++u)
+#pragma GCC unroll 8
+          for (int u = 0; u < U; ++u)
             V::prefetch_l2(p < c_end ? vr[u] + p : next[u] + c_begin + (p - c_end) % span);
         }
-        reg vv[4];
-#pragma GCC unroll 4
-        for (int u = 0; u < 4; ++u) vv[u] = V::load(vr[u] + c);
+        reg vv[U];
+#pragma GCC unroll 8
+        for (int u = 0; u < U; ++u) vv[u] = V::load(vr[u] + c);
 #pragma GCC unroll 8
         for (int m = 0; m < M; ++m) {
           reg a = V::load(y[m] + c);
-#pragma GCC unroll 4
-          for (int u = 0; u < 4; ++u) a = V::fma(sb[m][u], vv[u], a);
+#pragma GCC unroll 8
+          for (int u = 0; u < U; ++u) a = V::fma(sb[m][u], vv[u], a);
           V::store(y[m] + c, a);
         }
       }
     }
+  }
+
+  /// The listed value rows applied to M tokens (axpy_row_groups): for one or two tokens eight rows at a
+  /// time, prefetched 1 KiB ahead (the key pass's shape: y loaded and stored once per eight rows), then
+  /// four at a time, 2 KiB ahead (more tokens: 4·M coefficients in registers), then one by one. One token,
+  /// bf16 rows on avx512 (Ice Lake, 2 threads, d 4096, d_ff 16384, 25%, ReLU): the forward's value pass
+  /// 8–10% less time than four rows 2 KiB ahead (docs/benchmarks.md, stop 60). (Into L1 at 1 KiB before:
+  /// at batch 1 and 8 on Zen 4, f32 5–17% and bf16 at the avx512 level 7–19% slower; 2026-12-04.)
+  template <int M, class T>
+  static void axpy_rows(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
+                        const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_begin, index_t c_end) {
+    index_t idx = 0;
+    if constexpr (M <= 2) axpy_row_groups<8, 1024, M>(y, s, rows, nrows, v, ld, c_begin, c_end, idx);
+    axpy_row_groups<4, 2048, M>(y, s, rows, nrows, v, ld, c_begin, c_end, idx);
     for (; idx < nrows; ++idx) {
       const T* vi = v + rows[idx] * ld;
       for (int m = 0; m < M; ++m) {
