@@ -32,9 +32,9 @@ namespace sparse_ffn {
 namespace cpu {
 
 /// Register-tile shapes per ISA: key tiles are key_m tokens × key_r rows (one accumulator each); the
-/// value pass streams a block's rows for groups of up to rows_m tokens (rows_m × 4 broadcast
-/// coefficients stay in registers); the backward's outer-product tile (outer_rows) is outer_m outputs ×
-/// outer_vc vectors of columns (one accumulator each).
+/// value pass streams a block's rows for groups of up to rows_m tokens (float rows: rows_m × 4
+/// broadcast coefficients stay in registers, 2 × 8 for one or two tokens); the backward's outer-product
+/// tile (outer_rows) is outer_m outputs × outer_vc vectors of columns (one accumulator each).
 template <class Isa>
 struct tile_shape;
 template <>
