@@ -1437,9 +1437,10 @@ struct impl {
   /// The listed value rows applied to M tokens (axpy_row_groups): for one or two tokens eight rows at a
   /// time, prefetched 1 KiB ahead (the key pass's shape: y loaded and stored once per eight rows), then
   /// four at a time, 2 KiB ahead (more tokens: 4·M coefficients in registers), then one by one. One token,
-  /// bf16 rows on avx512 (Ice Lake, 2 threads, d 4096, d_ff 16384, 25%, ReLU): the forward's value pass
-  /// 8–10% less time than four rows 2 KiB ahead (docs/benchmarks.md, stop 60). (Into L1 at 1 KiB before:
-  /// at batch 1 and 8 on Zen 4, f32 5–17% and bf16 at the avx512 level 7–19% slower; 2026-12-04.)
+  /// bf16 rows on avx512 (Ice Lake, 2 threads, d 4096, d_ff 16384, 25%, ReLU and SiLU): the forward's
+  /// value pass ~11% less time than four rows 2 KiB ahead (batch 8: ~5%; docs/benchmarks.md, stop 60).
+  /// (Into L1 at 1 KiB before: at batch 1 and 8 on Zen 4, f32 5–17% and bf16 at the avx512 level 7–19%
+  /// slower; 2026-12-04.)
   template <int M, class T>
   static void axpy_rows(float* const* y, const float* const* s, const std::int32_t* rows, index_t nrows,
                         const T* SPARSE_FFN_RESTRICT v, index_t ld, index_t c_begin, index_t c_end) {
