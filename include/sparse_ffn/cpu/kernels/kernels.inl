@@ -1447,14 +1447,7 @@ struct impl {
     index_t idx = 0;
     if constexpr (M <= 2) axpy_row_groups<8, 1024, M>(y, s, rows, nrows, v, ld, c_begin, c_end, idx);
     axpy_row_groups<4, 2048, M>(y, s, rows, nrows, v, ld, c_begin, c_end, idx);
-    for (; idx < nrows; ++idx) {
-      const T* vi = v + rows[idx] * ld;
-      for (int m = 0; m < M; ++m) {
-        const reg si = V::set1(s[m][rows[idx]]);
-        for (index_t c = c_begin; c < c_end; c += width)
-          V::store(y[m] + c, V::fma(si, V::load(vi + c), V::load(y[m] + c)));
-      }
-    }
+    axpy_row_groups<1, 2048, M>(y, s, rows, nrows, v, ld, c_begin, c_end, idx);
   }
 
   /// axpy_rows for bf16 rows on avx512_bf16 (`bf16_pairs`): the coefficients rounded to bf16 and the
