@@ -164,6 +164,15 @@ void prepare_x_int8(const float* x, index_t cols, std::uint8_t* out) {
   x_int8_quads(xq, cols, out + x_int8_quads_at(cols));
 }
 
+/// Whether the q8/q4 value rows of the VNNI levels (kernels.inl axpy_rows_vnni) prefetch each row's own
+/// stream into L1, 512 bytes ahead, rather than into L2 1 KiB ahead: on Intel's cores, not AMD's. Ice
+/// Lake (2 threads, 4096 × 16384, g 64, 25%, ReLU, batch 1): the forward's value pass ~5–10% less time,
+/// batch 8 unchanged; on Zen 4 prefetches into L1 slowed the key pass 19–23% and the float value rows
+/// 5–19% (docs/benchmarks.md, stop 61). Not measured on Sapphire or Emerald Rapids.
+inline bool values_prefetch_l1() {
+  return !features().amd;
+}
+
 /// kernels<Isa>: the micro-kernels compiled for Isa (static member templates; see kernels.inl).
 template <class Isa>
 struct kernels;

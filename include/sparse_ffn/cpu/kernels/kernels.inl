@@ -87,7 +87,7 @@ struct impl {
   /// streaming value passes (axpy_rows, axpy_rows_pairs, axpy_rows_vnni) prefetch into L2 only
   /// (prefetch_l2): with 8 rows × 1 KiB in flight, prefetches into L1 held its miss buffers and cost
   /// the key pass 19–23% at batch 1 on Zen 4 (docs/benchmarks.md, 2026-12-03 late; the float value
-  /// passes: 2026-12-04).
+  /// passes: 2026-12-04). Except axpy_rows_vnni on Intel (kernels.hpp values_prefetch_l1).
   template <int M, int R, class T, class X>
   static void dot_tile_acc(const X* const* x, const T* SPARSE_FFN_RESTRICT rows, index_t ld, index_t len,
                            index_t q0, index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first,
@@ -659,7 +659,8 @@ struct impl {
     using I = typename V::ireg;
     constexpr bool q8 = std::is_same<T, q8_t>::value;
     // span: columns per pass of coefficients (sg groups: sg / width registers of them per row), cr: rows
-    // per chunk, ahead: bytes each listed row is prefetched ahead (into L2). acc32: the int32 sums of the
+    // per chunk, ahead: bytes each listed row is prefetched ahead (values_prefetch_l1: into L1 512 bytes
+    // ahead, else into L2 1 KiB ahead; the prefetches into the next rows go to L2). acc32: the sums of the
     // span's columns per token, in L1/L2 between passes (M · 8 KiB; 16 KiB for one token).
     // One token (batch 1: whole rows) takes 4096 columns per span, a longer piece of each row per pass:
     // on one Zen 4 core (BM_kernel_values from memory, d 4096, medians of 3 in 4 alternating rounds) q4
@@ -672,7 +673,8 @@ struct impl {
     constexpr index_t step = quant_value_step<T>;
     constexpr int U = static_cast<int>(step / unit);
     static_assert(step * F::bits / 8 == 64, "a step is one 64-byte line of each row");
-    constexpr index_t ahead = 1024;
+    const bool into_l1 = ::sparse_ffn::cpu::kernels::values_prefetch_l1();
+    const index_t ahead = into_l1 ? 512 : 1024;
     static_assert(sg % width == 0, "whole registers of coefficients per row and span");
     static_assert(cr <= 32, "value_coefs keeps at most 32 rows' coefficients");
     alignas(64) std::int32_t acc32[M][span];
@@ -709,8 +711,8 @@ struct impl {
         for (index_t gb = 0; gb < ng; gb += width) {
           const int ngb = static_cast<int>(std::min<index_t>(width, ng - gb));
           // The scales as floats: for one token read from the rows' bf16 where they are used; for more,
-          // once into sf. (A 16 KiB sf beside one token's 16 KiB of sums and its 16 KiB of y overflowed L1:
-          // one core's q4 / q8 value rows from memory 5–8% slower; benchmarks.md, stop 59.)
+          // once into sf. (A 16 KiB sf beside one token's 16 KiB of sums and its 16 KiB of y: one core's
+          // q4 / q8 value rows from memory ~2–3% slower; benchmarks.md, stop 61, which voids stop 59's 5–8%.)
           if constexpr (M > 1)
             for (index_t r = 0; r < nr; ++r) V::store(sf[r] + gb, V::load_bf16_n(sc[r] + g0 + gb, ngb));
           const auto scale = [&](index_t r) {
@@ -735,7 +737,10 @@ struct impl {
             const index_t byte = c * F::bits / 8, g = (c - c0) / k_quant_group;
             {  // one prefetch per cache line (step) and row
               const index_t pf = byte + ahead;
-              if (pf < be) {
+              if (pf < be && into_l1) {
+#pragma GCC unroll 8
+                for (int k = 0; k < 4 * NP; ++k) V::prefetch(pr[4 * p + k] + pf);
+              } else if (pf < be) {
 #pragma GCC unroll 8
                 for (int k = 0; k < 4 * NP; ++k) V::prefetch_l2(pr[4 * p + k] + pf);
               } else if (!last) {
