@@ -27,9 +27,12 @@ SPARSE_FFN_HD bool ranks_before(float sa, index_t ia, float sb, index_t ib) {
 /// A 64-bit key whose ascending order is the ranking order: sorting (score, index) pairs by it with any
 /// integer sort (e.g. CUB radix sort on the GPU) puts the top-k first, ties to the lower index, NaN
 /// last. High 32 bits: the score mapped to an order-reversed unsigned integer; low 32 bits: the index.
+/// -0 is keyed as +0: they are equal scores, so the lower index goes first (before 2026-12-07 -0 sorted
+/// after +0, and the GPU's top-k could differ from the host's on a tie of -0 and +0).
 SPARSE_FFN_HD std::uint64_t topk_sort_key(float score, index_t index) {
   std::uint32_t u;
   std::memcpy(&u, &score, sizeof u);
+  if (u == 0x80000000u) u = 0u;  // -0 -> +0
   std::uint32_t ordered;  // larger score -> larger value; NaN -> 0
   if (score != score) {
     ordered = 0u;
@@ -93,12 +96,25 @@ SPARSE_FFN_HD void topk_small(const float* scores, index_t B, index_t k, float* 
   for (index_t b = 0; b < B; ++b) len = topk_insert(scores[b], b, out_score, out_index, len, k);
 }
 
+/// B up to which the host top-k selects on topk_sort_key in a stack array (below).
+inline constexpr index_t k_topk_key_blocks = 1024;
+
 /// Host top-k: indices of the k best of scores[0..B), best first, into out[0..k). `scratch` holds B
-/// entries (used for large k: selection + sort, O(B + k log k)); no allocation.
+/// entries (used for large k and B > k_topk_key_blocks: selection + sort, O(B + k log k)); no
+/// allocation. Large k with B <= k_topk_key_blocks: the same selection + sort on topk_sort_key, whose
+/// integer compares need no NaN tests nor an indirection (B 256, k 64: ~4.5 µs against ~8).
 inline void topk(const float* scores, index_t B, index_t k, block_index_t* out, block_index_t* scratch) {
   if (k <= 16) {
     float best[16];
     topk_small(scores, B, k, best, out);
+    return;
+  }
+  if (B <= k_topk_key_blocks) {
+    std::uint64_t keys[k_topk_key_blocks];
+    for (index_t b = 0; b < B; ++b) keys[b] = topk_sort_key(scores[b], b);
+    if (k < B) std::nth_element(keys, keys + k - 1, keys + B);
+    std::sort(keys, keys + k);
+    for (index_t j = 0; j < k; ++j) out[j] = static_cast<block_index_t>(keys[j] & 0xffffffffu);
     return;
   }
   for (index_t b = 0; b < B; ++b) scratch[b] = static_cast<block_index_t>(b);
