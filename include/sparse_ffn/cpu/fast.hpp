@@ -501,7 +501,7 @@ void fast_run(const blocked_ffn_view<typename Policy::dtype>& w, index_t n, cons
       float* const logits = cache ? cache->logits : nullptr;  // learned gate only (check_cache_logits)
       const index_t P = w.layout.pinned;
 #if SPARSE_FFN_HAS_OPENMP
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(static)  // each thread one contiguous run of rows
 #endif
       for (index_t b0 = 0; b0 < B; b0 += KR) {
         const int rr = static_cast<int>(std::min<index_t>(KR, B - b0));
