@@ -177,7 +177,7 @@ __global__ void __launch_bounds__(k_threads)
       __syncthreads();
     }
   for (index_t j = threadIdx.x; j < k; j += k_threads) {
-    blocks[t * k + j] = static_cast<block_index_t>(keys[j] & 0xffffffffu);
+    blocks[t * k + j] = topk_key_block(keys[j]);
     if (!Gate) weights[t * k + j] = 1.0f;
   }
   if constexpr (Gate) {
@@ -193,7 +193,7 @@ __global__ void take_topk(const std::uint64_t* __restrict__ sorted, index_t n, i
   detail::grid_dependency();
   SPARSE_FFN_GRID_STRIDE(e, n * k) {
     const index_t t = e / k, j = e % k;
-    blocks[e] = static_cast<block_index_t>(sorted[t * B + j] & 0xffffffffu);
+    blocks[e] = topk_key_block(sorted[t * B + j]);
     if (unit_weights) weights[e] = 1.0f;
   }
 }

@@ -42,6 +42,11 @@ SPARSE_FFN_HD std::uint64_t topk_sort_key(float score, index_t index) {
   return (static_cast<std::uint64_t>(0xffffffffu - ordered) << 32) | static_cast<std::uint32_t>(index);
 }
 
+/// The block index a topk_sort_key carries (its low 32 bits): the one place that decodes the key.
+SPARSE_FFN_HD block_index_t topk_key_block(std::uint64_t key) {
+  return static_cast<block_index_t>(key & 0xffffffffu);
+}
+
 /// Smallest power of two >= B (>= 1): the width of the bitonic sort below.
 SPARSE_FFN_HD index_t bitonic_width(index_t B) {
   index_t w = 1;
@@ -114,7 +119,7 @@ inline void topk(const float* scores, index_t B, index_t k, block_index_t* out, 
     for (index_t b = 0; b < B; ++b) keys[b] = topk_sort_key(scores[b], b);
     if (k < B) std::nth_element(keys, keys + k - 1, keys + B);
     std::sort(keys, keys + k);
-    for (index_t j = 0; j < k; ++j) out[j] = static_cast<block_index_t>(keys[j] & 0xffffffffu);
+    for (index_t j = 0; j < k; ++j) out[j] = topk_key_block(keys[j]);
     return;
   }
   for (index_t b = 0; b < B; ++b) scratch[b] = static_cast<block_index_t>(b);
