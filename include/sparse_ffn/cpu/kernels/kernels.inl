@@ -288,10 +288,15 @@ struct impl {
   /// and on into the next U rows. The M·U coefficients of each group, s[m][row] · scale, are formed for a
   /// span of columns at a time (vectorised), so the inner loop is one widening and M FMAs per weight vector.
   template <int M, int U, class T>
-  static void axpy_group_q(float* const* y, const float* const* s, const std::int32_t* rows, index_t idx,
+  static void axpy_group_q(float* const* yin, const float* const* s, const std::int32_t* rows, index_t idx,
                            index_t nrows, const std::uint8_t* v, index_t ld, index_t cols, index_t c_begin,
                            index_t c_end) {
     using F = row_format<T>;
+    // The token pointers copied: a store through y[m] could alias the caller's array of them, so the
+    // compiler reloaded y[0] and y[1] after every store of the q8 loop below.
+    float* y[M];
+#pragma GCC unroll 8
+    for (int m = 0; m < M; ++m) y[m] = yin[m];
     constexpr index_t span = 1024, span_groups = span / k_quant_group;
     alignas(64) float cf[M][U][span_groups];
     const std::uint8_t* vr[U];
