@@ -273,6 +273,25 @@ struct simd<isa::avx2> {
     hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
   }
   static reg cvt(ireg i) { return _mm256_cvtepi32_ps(i); }
+  /// The combined scales of N (2 or 4) consecutive groups for the int8 key kernel (kernels.inl,
+  /// dot_line_int8_avx2): out[i] = float(s[i]) · x[i] for i < N, 0 above (out: 4 floats, 16-byte
+  /// aligned). The same float products as set1(float(s[i])) · x[i], in one multiply for the N groups.
+  template <int N>
+  static void group_scales(const bfloat16_t* s, const float* x, float* out) {
+    static_assert(N == 2 || N == 4, "two or four groups");
+    __m128i w;
+    __m128 xv;
+    if constexpr (N == 4) {
+      w = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s));
+      xv = _mm_loadu_ps(x);
+    } else {
+      std::int32_t b;
+      std::memcpy(&b, s, 4);
+      w = _mm_cvtsi32_si128(b);
+      xv = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x)));
+    }
+    _mm_store_ps(out, _mm_mul_ps(_mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(w), 16)), xv));
+  }
 
   // The integer value pass of q4 rows (kernels.inl, axpy_rows_int): two rows a, b at a time, with one
   // coefficient pair per token and group broadcast as a dword.

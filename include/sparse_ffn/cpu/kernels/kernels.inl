@@ -1008,24 +1008,29 @@ struct impl {
     using F = row_format<T>;
     using I = typename V::ireg;
     constexpr bool q8 = std::is_same<T, q8_t>::value;
+    constexpr int groups = q8 ? 2 : 4;  // groups of 32 values per line
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const std::uint8_t* row = rows + r * ld;
-      const bfloat16_t* sc = F::scales(reinterpret_cast<const T*>(row), cols) + q / 32;
+      // The line's combined scales (row scale × x scale) per token, natural group order, formed in one
+      // multiply (each was a scalar load, shift, broadcast and a vector multiply per group and token):
+      // the same products, so the same bits.
+      alignas(16) float cs[M][4];
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m)
+        V::template group_scales<groups>(
+            F::scales(reinterpret_cast<const T*>(row), cols) + q / 32,
+            reinterpret_cast<const float*>(xq[m] + x_int8_groups_at(cols) + cols / 8) + q / 32, cs[m]);
 #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h) {  // 32-byte halves of the line
         const I v = V::iload(row + byte + 32 * h);
         if constexpr (q8) {
           const I u = V::abs8(v);
-          const reg s = V::set1(to_float(sc[h]));
           const index_t kb = q + 32 * h;  // kernel order = natural order for q8
 #pragma GCC unroll 8
           for (int m = 0; m < M; ++m) {
-            const std::uint8_t* xm = xq[m];
-            const I i = V::dot4(u, V::sign8(V::iload(xm + kb), v));
-            a[m][r] =
-                V::fma(V::cvt(i), V::mul(s, V::load(reinterpret_cast<const float*>(xm + 2 * cols) + kb / 4)),
-                       a[m][r]);
+            const I i = V::dot4(u, V::sign8(V::iload(xq[m] + kb), v));
+            a[m][r] = V::fma(V::cvt(i), V::set1(cs[m][h]), a[m][r]);
           }
         } else {
           // Chunk h holds values q + 64h + j (low nibble) and q + 64h + 32 + j (high), j < 32.
@@ -1033,15 +1038,12 @@ struct impl {
           V::nibbles(v, nib[0], nib[1]);
 #pragma GCC unroll 2
           for (int n = 0; n < 2; ++n) {
-            const reg s = V::set1(to_float(sc[2 * h + n]));
             const index_t kb = q + 32 * (2 * n + h);  // x_int8_group_offset<T>(q + 64h + 32n), q % 128 == 0
 #pragma GCC unroll 8
             for (int m = 0; m < M; ++m) {
               const std::uint8_t* xm = xq[m];
               const I i = V::iadd(V::dot4(nib[n], V::iload(xm + kb)), V::iload(xm + cols + kb));
-              a[m][r] =
-                  V::fma(V::cvt(i),
-                         V::mul(s, V::load(reinterpret_cast<const float*>(xm + 2 * cols) + kb / 4)), a[m][r]);
+              a[m][r] = V::fma(V::cvt(i), V::set1(cs[m][2 * h + n]), a[m][r]);
             }
           }
         }
