@@ -21,6 +21,10 @@ inline constexpr index_t x_int8_bytes(index_t cols) {
 inline constexpr index_t x_int8_groups_at(index_t cols) {
   return 3 * cols;
 }
+/// Where its per-group x scales start (cols/32 float, natural group order), after the groups' int32 terms.
+inline constexpr index_t x_int8_group_scales_at(index_t cols) {
+  return x_int8_groups_at(cols) + cols / 8;
+}
 inline constexpr index_t x_int8_quads_at(index_t cols) {
   return 3 * cols + (cols / 4 + 63) / 64 * 64;
 }

@@ -152,7 +152,7 @@ void prepare_x_int8(const float* x, index_t cols, std::uint8_t* out) {
   auto* corr = reinterpret_cast<std::int32_t*>(out + cols);
   auto* xs = reinterpret_cast<float*>(out + 2 * cols);
   auto* corr_g = reinterpret_cast<std::int32_t*>(out + x_int8_groups_at(cols));
-  auto* xs_g = reinterpret_cast<float*>(out + x_int8_groups_at(cols) + cols / 8);
+  auto* xs_g = reinterpret_cast<float*>(out + x_int8_group_scales_at(cols));
   for (index_t g0 = 0; g0 < cols; g0 += 32) {
     const index_t kb = x_int8_group_offset<T>(g0);
     const float sx = quantize_x32(x + g0, xq + kb);

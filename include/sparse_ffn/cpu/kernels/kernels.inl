@@ -1012,15 +1012,13 @@ struct impl {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const std::uint8_t* row = rows + r * ld;
-      // The line's combined scales (row scale × x scale) per token, natural group order, formed in one
-      // multiply (each was a scalar load, shift, broadcast and a vector multiply per group and token):
-      // the same products, so the same bits.
+      const bfloat16_t* sc = F::scales(reinterpret_cast<const T*>(row), cols) + q / 32;
+      // The line's combined scales (row scale × x scale) per token, natural group order, in one multiply.
       alignas(16) float cs[M][4];
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m)
         V::template group_scales<groups>(
-            F::scales(reinterpret_cast<const T*>(row), cols) + q / 32,
-            reinterpret_cast<const float*>(xq[m] + x_int8_groups_at(cols) + cols / 8) + q / 32, cs[m]);
+            sc, reinterpret_cast<const float*>(xq[m] + x_int8_group_scales_at(cols)) + q / 32, cs[m]);
 #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h) {  // 32-byte halves of the line
         const I v = V::iload(row + byte + 32 * h);
@@ -1122,7 +1120,7 @@ struct impl {
   /// Group gg's terms in a token's prepared x (x_int8_group): −zero_point · Σ x and the x scale.
   static void group_terms(const std::uint8_t* xq, index_t cols, index_t gg, std::int32_t& corr, float& sx) {
     std::memcpy(&corr, xq + x_int8_groups_at(cols) + 4 * gg, 4);
-    std::memcpy(&sx, xq + x_int8_groups_at(cols) + cols / 8 + 4 * gg, 4);
+    std::memcpy(&sx, xq + x_int8_group_scales_at(cols) + 4 * gg, 4);
   }
 
   /// Group gi (of the chunk starting at value q0) for MT tokens: their x bytes and group terms.
@@ -1410,7 +1408,7 @@ struct impl {
       auto* corr = reinterpret_cast<std::int32_t*>(out + cols);
       auto* xs = reinterpret_cast<float*>(out + 2 * cols);
       auto* corr_g = reinterpret_cast<std::int32_t*>(out + x_int8_groups_at(cols));
-      auto* xs_g = reinterpret_cast<float*>(out + x_int8_groups_at(cols) + cols / 8);
+      auto* xs_g = reinterpret_cast<float*>(out + x_int8_group_scales_at(cols));
       for (index_t g0 = 0; g0 < cols; g0 += 32) {
         const index_t kb = x_int8_group_offset<T>(g0);
         const float sx = V::quantize_x32(x + g0, xq + kb);
