@@ -99,7 +99,7 @@ void bm_key_tiles(benchmark::State& state, bool dram, int tokens, bool amx) {
   using KT = sf::key_tile<T>;
   const auto& ops = k::ops_for<T>(sf::cpu::active_isa());
   if (!ops.dots_tiles) {
-    state.SkipWithError("no key-tile kernel at this ISA level (q8/q4 on avx512_vnni and up)");
+    state.SkipWithError("no key-tile kernel at this ISA level (q4 on avx2, q8/q4 on avx512_vnni and up)");
     return;
   }
   if (amx && !ops.dots_tiles_amx) {

@@ -107,6 +107,11 @@ TEST_CASE("isa: the best supported level is the default, levels are ordered", "[
     REQUIRE((cpu::kernels::ops_for<sfx::bfloat16_t>(level).apply_amx != nullptr) == on_amx);
     REQUIRE(cpu::kernels::ops_for<float>(level).dots_amx == nullptr);
     REQUIRE(cpu::kernels::ops_for<sfx::q8_t>(level).apply_amx == nullptr);
+    // The key-tile kernel: q4 from avx2 (8 rows in lanes), q8 from avx512_vnni (16); never for floats.
+    REQUIRE((cpu::kernels::ops_for<sfx::q4_t>(level).dots_tiles != nullptr) ==
+            (level == cpu::isa_level::avx2 || vnni));
+    REQUIRE((cpu::kernels::ops_for<sfx::q8_t>(level).dots_tiles != nullptr) == vnni);
+    REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).dots_tiles == nullptr);
     REQUIRE((cpu::kernels::ops_for<sfx::q8_t>(level).dots_tiles_amx != nullptr) == on_amx);
     REQUIRE((cpu::kernels::ops_for<sfx::q4_t>(level).dots_tiles_amx != nullptr) == on_amx);
     REQUIRE(cpu::kernels::ops_for<sfx::bfloat16_t>(level).dots_tiles_amx == nullptr);
@@ -631,7 +636,7 @@ namespace {
 /// dots on the same rows: the same bits for every batch size, chunking and number of tiles walked side by
 /// side. Where the level has the AMX form (dots_tiles_amx, amx), it too: 1-16 tokens, 16-80 rows (one to
 /// four row tiles per pass, and a pass of four then one), a panel reused, outputs at a stride. Returns
-/// whether the level has it (q8/q4 on avx512_vnni and up).
+/// whether the level has it (q4 on avx2, q8/q4 on avx512_vnni and up).
 template <class T>
 bool key_tiles_match(cpu::isa_level level, std::uint64_t seed) {
   using F = sfx::row_format<T>;
@@ -721,7 +726,8 @@ TEST_CASE("isa: the rows-in-lanes key kernel on key tiles gives the bits of the 
       levels += key_tiles_match<sfx::q4_t>(level, seed) ? 1 : 0;
     }
   }
-  if (levels == 0) WARN("SKIPPED: no key-tile kernel (q8/q4 on avx512_vnni and up) is supported by this CPU");
+  if (levels == 0)
+    WARN("SKIPPED: no key-tile kernel (q4 on avx2, q8/q4 on avx512_vnni and up) is supported by this CPU");
   if (!cpu::isa_supported(cpu::isa_level::amx))
     WARN("SKIPPED: amx (the AMX int8 key kernel on key tiles) is not supported by this CPU");
 }

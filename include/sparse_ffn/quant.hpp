@@ -319,10 +319,11 @@ struct row_format<T, std::enable_if_t<is_quantized<T>::value>> {
   }
 };
 
-/// Sixteen q8/q4 key rows re-laid with rows in lanes: the key kernel of the AVX512_VNNI levels reads
-/// them without transposes, as one stream (kernels.inl dots_tiles). A model's keys and up rows take this
-/// form in place, 16 rows of a block per tile, with blocked_ffn::tile_keys (layout.hpp key_tiles; a CPU
-/// forward form, docs/design.md "Key tiles"). For each 64-byte line j of the rows' quants (row_format:
+/// Sixteen q8/q4 key rows re-laid with rows in lanes: the key kernels of the AVX512_VNNI levels (q8/q4)
+/// and of AVX2 (q4: each tile as two halves of 8 rows, the low and high 32 bytes of every vector) read
+/// them without transposes, as one stream (kernels.inl dots_tiles, dots_tiles8). A model's keys and up rows
+/// take this form in place, 16 rows of a block per tile, with blocked_ffn::tile_keys (layout.hpp key_tiles; a
+/// CPU forward form, docs/design.md "Key tiles"). For each 64-byte line j of the rows' quants (row_format:
 /// quant_bytes / 64 lines), one line unit:
 ///
 ///   [ 16 vectors of 64 bytes: vector e, dword i = bytes 4e .. 4e + 3 of line j of row i               ]

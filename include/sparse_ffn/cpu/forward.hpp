@@ -45,7 +45,7 @@ std::int32_t value_coefficient_levels() {
 }
 
 /// Whether the kernels now active read key tiles (blocked_ffn::tile_keys) with their own kernel
-/// (kernel_ops::dots_tiles: q8/q4 on avx512_vnni and avx512_bf16), i.e. whether tiling a model's keys
+/// (kernel_ops::dots_tiles: q4 on avx2, q8/q4 on avx512_vnni and up), i.e. whether tiling a model's keys
 /// pays off on this CPU; elsewhere the forward unpacks each tile first (same bits, slower).
 template <class T>
 bool key_tile_kernel() {

@@ -217,16 +217,19 @@ struct simd<isa::avx2> {
   /// rows, shuffle quads, then swap 128-bit halves (24 shuffles).
   static void transpose8(reg* r) {
     reg t[8], u[8];
+#pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) {
       t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);      // a0 b0 a1 b1 | a4 b4 a5 b5
       t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);  // a2 b2 a3 b3 | a6 b6 a7 b7
     }
+#pragma GCC unroll 2
     for (int i = 0; i < 2; ++i) {  // u[4i + j]: columns j | j + 4 of rows 4i .. 4i + 3
       u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
       u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
       u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
       u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
     }
+#pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
       r[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
       r[j + 4] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
@@ -273,23 +276,14 @@ struct simd<isa::avx2> {
     hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
   }
   static reg cvt(ireg i) { return _mm256_cvtepi32_ps(i); }
-  /// The combined scales of N (2 or 4) consecutive groups for the int8 key kernel (kernels.inl,
-  /// dot_line_int8_avx2): out[i] = float(s[i]) · x[i] for i < N, 0 above (out: 4 floats, 16-byte
-  /// aligned). The same float products as set1(float(s[i])) · x[i], in one multiply for the N groups.
-  template <int N>
+  /// The combined scales of 2 consecutive groups for the q8 key kernel (kernels.inl, dot_line_int8_avx2):
+  /// out[i] = float(s[i]) · x[i] for i < 2, 0 above (out: 4 floats, 16-byte aligned). The same float
+  /// products as set1(float(s[i])) · x[i], in one multiply for the 2 groups.
   static void group_scales(const bfloat16_t* s, const float* x, float* out) {
-    static_assert(N == 2 || N == 4, "two or four groups");
-    __m128i w;
-    __m128 xv;
-    if constexpr (N == 4) {
-      w = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(s));
-      xv = _mm_loadu_ps(x);
-    } else {
-      std::int32_t b;
-      std::memcpy(&b, s, 4);
-      w = _mm_cvtsi32_si128(b);
-      xv = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x)));
-    }
+    std::int32_t b;
+    std::memcpy(&b, s, 4);
+    const __m128i w = _mm_cvtsi32_si128(b);
+    const __m128 xv = _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(x)));
     _mm_store_ps(out, _mm_mul_ps(_mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(w), 16)), xv));
   }
 
@@ -326,6 +320,27 @@ struct simd<isa::avx2> {
     return _mm256_add_epi16(acc, _mm256_maddubs_epi16(nib, c));
   }
   static ireg zero16() { return _mm256_setzero_si256(); }
+  /// vpmaddubsw alone: word w = u[2w]·s[2w] + u[2w+1]·s[2w+1] (the first term of a q4_madd sum).
+  static ireg maddubs(ireg u, ireg s) {
+    return _mm256_maddubs_epi16(u, s);
+  }
+  /// acc + vpmaddubsw(u, s) with a saturating add (vpaddsw), for sums that never reach ±32767, where
+  /// it equals q4_madd: GCC reassociates a chain of plain vector adds (vpaddw) into all products
+  /// first, then a tree of adds, and spills the products; it leaves saturating adds in order
+  /// (lanes8_pair: 1.3x slower with vpaddw, measured on a Zen 3).
+  static ireg madd_chain(ireg acc, ireg u, ireg s) {
+    return _mm256_adds_epi16(acc, _mm256_maddubs_epi16(u, s));
+  }
+  /// The int16 words of a q4_madd sum added in pairs: dword i = word 2i + word 2i + 1, as int32.
+  static ireg sum_pairs16(ireg a) {
+    return _mm256_madd_epi16(a, _mm256_set1_epi16(1));
+  }
+  static ireg as_int(reg a) {
+    return _mm256_castps_si256(a);
+  }
+  static reg as_float(ireg a) {
+    return _mm256_castsi256_ps(a);
+  }
   /// The int16 lanes of a q4_madd accumulator widened: its low half (8 columns) and its high half.
   static ireg widen_lo(ireg a) { return _mm256_cvtepi16_epi32(_mm256_castsi256_si128(a)); }
   static ireg widen_hi(ireg a) { return _mm256_cvtepi16_epi32(_mm256_extracti128_si256(a, 1)); }

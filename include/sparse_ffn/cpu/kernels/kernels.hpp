@@ -44,10 +44,9 @@ struct tile_shape<isa::scalar> {
 template <>
 struct tile_shape<isa::avx2> {
   // key 3 × 4: 12 accumulators + 3 x + 1 row vector = the 16 ymm registers (2 × 4 before: bf16 and f32
-  // key passes 12% slower at 16 tokens; q4's int8 tile needs more temporaries: it keeps 2 × 4, impl's
-  // key_m_for). Outer 6 × 2: 12 accumulators + 2 column vectors + 1 broadcast (2 × 4 before: 8
-  // accumulators, bound by the FMA latency; alone on one Zen 3 core, 128 rows × 4096 columns in L2/L3:
-  // 37 → 57 GFLOP/s).
+  // key passes 12% slower at 16 tokens; q4 takes its own kernel, kernels.inl dots_lanes8). Outer 6 × 2: 12
+  // accumulators + 2 column vectors + 1 broadcast (2 × 4 before: 8 accumulators, bound by the FMA latency;
+  // alone on one Zen 3 core, 128 rows × 4096 columns in L2/L3: 37 → 57 GFLOP/s).
   static constexpr int key_m = 3, key_r = 4, rows_m = 2, outer_m = 6, outer_vc = 2;
 };
 template <>
@@ -245,9 +244,9 @@ struct kernel_ops {
                const T* rows, index_t nrows, index_t ld, index_t len, float* spill, float* out) = nullptr;
   /// dots for q8/q4 key rows stored as key_tile<T> (quant.hpp): nrows a multiple of 16, tile r / 16 at
   /// tiles + (r / 16)·tile_stride bytes; x from xq. The same bits as dots on the same rows. Set where
-  /// the level has the rows-in-lanes kernel (q8/q4 on avx512_vnni and up), null elsewhere (the forward
-  /// then unpacks each tile into rows for dots: fast.hpp key_block). spill: m · min(4, nrows / 16)
-  /// vectors of k_max_width floats.
+  /// the level has a rows-in-lanes kernel (q8/q4 on avx512_vnni and up: dots_tiles; q4 on avx2:
+  /// dots_tiles8, each tile as two halves of 8 rows), null elsewhere (the forward then unpacks each tile
+  /// into rows for dots: fast.hpp key_block). spill: m · min(4, nrows / 16) · 16 floats.
   void (*dots_tiles)(const std::uint8_t* const* xq, index_t m, const std::uint8_t* tiles, index_t nrows,
                      index_t tile_stride, index_t cols, float* spill, float* out) = nullptr;
   /// The value pass for m tokens (any number; rows_m at a time): columns [c_lo, c_hi), multiples of
@@ -364,6 +363,7 @@ kernel_ops<T> make_ops(isa_level level) {
                                       : K::width;
   o.dots = &K::template dots<T>;
   if constexpr (K::template key_tiles<T>) o.dots_tiles = &K::template dots_tiles<T>;
+  if constexpr (K::template lanes8<T>) o.dots_tiles = &K::template dots_tiles8<T>;
   if constexpr (K::template value_tiles<T>) o.apply_tiles = &K::template apply_tiles<T>;
   o.apply_rows = o.bf16_values ? &K::template apply_rows<T, true> : &K::template apply_rows<T, false>;
   if (K::template bf16_pairs<T>) o.apply_rows_pairs = &K::template apply_rows<T, true>;

@@ -31,12 +31,6 @@ struct impl {
   static constexpr int key_m = tile_shape<Isa>::key_m, key_r = tile_shape<Isa>::key_r,
                        rows_m = tile_shape<Isa>::rows_m, outer_m = tile_shape<Isa>::outer_m,
                        outer_vc = tile_shape<Isa>::outer_vc, width = V::width;
-  /// Tokens per key tile for weights T: key_m, but 2 for q4 on avx2 (its int8 tile at 3 × 4 spills:
-  /// 23% slower at 16 tokens, measured on a Zen 3).
-  template <class T>
-  static constexpr int key_m_for = (std::is_same<Isa, isa::avx2>::value && std::is_same<T, q4_t>::value)
-                                       ? 2
-                                       : key_m;
   template <class T>
   static constexpr bool bf16_pairs = (std::is_base_of<isa::avx512_bf16, Isa>::value &&
                                       std::is_same<T, bfloat16_t>::value);
@@ -141,13 +135,13 @@ struct impl {
   }
 
   /// out[q*ostride + r] = dot(rows[r], x[q]) for m tokens (any number) and R rows, over len elements.
-  /// `spill` holds m*R vectors. Token tiles have up to key_m_for<T> tokens.
+  /// `spill` holds m*R vectors. Token tiles have up to key_m tokens.
   template <int R, class T, class X>
   static void project(const X* const* x, index_t m, const T* rows, index_t ld, index_t len, float* spill,
                       float* out, index_t ostride) {
     for (index_t q0 = 0; q0 < len; q0 += k_dchunk) {
       const index_t q1 = std::min(len, q0 + k_dchunk);
-      groups<key_m_for<T>>(m, [&](index_t m0, auto M) {
+      groups<key_m>(m, [&](index_t m0, auto M) {
         if constexpr (int8_q<T>)
           dot_tile_acc_int8<decltype(M)::value, R>(x + m0, rows, ld, len, q0, q1, spill + m0 * R * width,
                                                    q0 == 0, m0 == 0);
@@ -172,6 +166,8 @@ struct impl {
                    float* out) {
     if constexpr (int8_q<T> && width == lanes_r) {
       dots_lanes<T>(xq, m, rows, nrows, ld, len, spill, out);
+    } else if constexpr (lanes8<T>) {
+      dots_lanes8<T>(xq, m, rows, nrows, ld, len, spill, out);
     } else {
       groups<key_r>(nrows, [&](index_t r0, auto R) {
         if constexpr (int8_q<T>)
@@ -989,10 +985,9 @@ struct impl {
   // ---- quantised rows in int8: int8 × int8 dot products (vpdpbusd with VNNI, else vpmaddubsw) -------
   // x is quantised per group of 32 to int8 (prepare_x_int8 in kernels.hpp, once per token).
   // AVX512_VNNI levels: dots_lanes (below), rows in lanes, one exact int32 sum per row and group.
-  // AVX2: each 32-byte unit (q8: 32 values; q4: the low or the high nibbles of a 32-byte chunk) is one
-  // group and gives 8 int32 lanes by vpmaddubsw + vpmaddwd, whose int16 pair sums must not saturate:
-  // q8 multiplies |q| (≤ 128) by x's bytes with q's sign (≤ 127), as ggml's q8_0 does; q4 multiplies
-  // the nibble u (≤ 15) by x and adds the same −8·Σx lane start as VNNI.
+  // AVX2, q4: dots_lanes8 (below), 8 rows in lanes. AVX2, q8: a row per register; each 32-byte unit is
+  // one group and gives 8 int32 lanes by vpmaddubsw + vpmaddwd, whose int16 pair sums must not
+  // saturate: |q| (≤ 128) times x's bytes with q's sign (≤ 127), as ggml's q8_0 does.
   // acc += float(lanes) × (weight scale × x scale) per lane: the same accumulator order in every tile
   // shape (bits depend on the ISA only).
   template <class T>
@@ -1000,15 +995,14 @@ struct impl {
                                    std::is_same<isa::avx2, Isa>::value) &&
                                   is_quantized<T>::value);
 
-  /// dot_tile_acc_int8's work on one 64-byte line of R rows on AVX2 (width 8): values [q, q + 64) of q8
-  /// rows (two groups), [q, q + 128) of q4 rows (two 32-byte chunks, four groups).
+  /// dot_tile_acc_int8's work on one 64-byte line of R q8 rows on AVX2 (width 8): values [q, q + 64),
+  /// two groups.
   template <int M, int R, class T>
   static void dot_line_int8_avx2(const std::uint8_t* const* xq, const std::uint8_t* rows, index_t ld,
                                  index_t cols, index_t q, index_t byte, reg (&a)[M][R]) {
+    static_assert(std::is_same<T, q8_t>::value, "q4 rows take dots_lanes8 on avx2");
     using F = row_format<T>;
     using I = typename V::ireg;
-    constexpr bool q8 = std::is_same<T, q8_t>::value;
-    constexpr int groups = q8 ? 2 : 4;  // groups of 32 values per line
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const std::uint8_t* row = rows + r * ld;
@@ -1017,46 +1011,29 @@ struct impl {
       alignas(16) float cs[M][4];
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m)
-        V::template group_scales<groups>(
-            sc, reinterpret_cast<const float*>(xq[m] + x_int8_group_scales_at(cols)) + q / 32, cs[m]);
+        V::group_scales(sc, reinterpret_cast<const float*>(xq[m] + x_int8_group_scales_at(cols)) + q / 32,
+                        cs[m]);
 #pragma GCC unroll 2
-      for (int h = 0; h < 2; ++h) {  // 32-byte halves of the line
+      for (int h = 0; h < 2; ++h) {  // 32-byte halves of the line: groups q / 32 + h
         const I v = V::iload(row + byte + 32 * h);
-        if constexpr (q8) {
-          const I u = V::abs8(v);
-          const index_t kb = q + 32 * h;  // kernel order = natural order for q8
+        const I u = V::abs8(v);
+        const index_t kb = q + 32 * h;  // kernel order = natural order for q8
 #pragma GCC unroll 8
-          for (int m = 0; m < M; ++m) {
-            const I i = V::dot4(u, V::sign8(V::iload(xq[m] + kb), v));
-            a[m][r] = V::fma(V::cvt(i), V::set1(cs[m][h]), a[m][r]);
-          }
-        } else {
-          // Chunk h holds values q + 64h + j (low nibble) and q + 64h + 32 + j (high), j < 32.
-          I nib[2];
-          V::nibbles(v, nib[0], nib[1]);
-#pragma GCC unroll 2
-          for (int n = 0; n < 2; ++n) {
-            const index_t kb = q + 32 * (2 * n + h);  // x_int8_group_offset<T>(q + 64h + 32n), q % 128 == 0
-#pragma GCC unroll 8
-            for (int m = 0; m < M; ++m) {
-              const std::uint8_t* xm = xq[m];
-              const I i = V::iadd(V::dot4(nib[n], V::iload(xm + kb)), V::iload(xm + cols + kb));
-              a[m][r] = V::fma(V::cvt(i), V::set1(cs[m][2 * h + n]), a[m][r]);
-            }
-          }
+        for (int m = 0; m < M; ++m) {
+          const I i = V::dot4(u, V::sign8(V::iload(xq[m] + kb), v));
+          a[m][r] = V::fma(V::cvt(i), V::set1(cs[m][h]), a[m][r]);
         }
       }
     }
   }
 
-  /// The int8 key tile of AVX2 (the VNNI levels take dots_lanes).
+  /// The int8 key tile of AVX2 for q8 rows (the VNNI levels take dots_lanes, q4 on AVX2 dots_lanes8).
   template <int M, int R, class T>
   static void dot_tile_acc_int8(const std::uint8_t* const* xq, const T* rows_t, index_t ld, index_t cols,
                                 index_t q0, index_t q1, float* SPARSE_FFN_RESTRICT acc, bool first,
                                 bool prefetch) {
     using F = row_format<T>;
-    constexpr bool q8 = std::is_same<T, q8_t>::value;
-    constexpr index_t step = q8 ? 64 : 128;  // values per 64-byte line of quants
+    constexpr index_t step = 64;  // values per 64-byte line of q8 quants
     const auto* rows = reinterpret_cast<const std::uint8_t*>(rows_t);
     const index_t qbytes = F::quant_bytes(cols);
     reg a[M][R];
@@ -1081,6 +1058,228 @@ struct impl {
       for (int r = 0; r < R; ++r) V::store(acc + (m * R + r) * width, a[m][r]);
   }
 
+  // ---- q4 key rows on AVX2: eight rows in lanes -----------------------------------------------------
+  // As dots_lanes on the VNNI levels, with 8 rows per ymm (lane i = row i, dword i = four bytes of row i)
+  // and vpmaddubsw for vpdpbusd: per group and token, the 8 products of the group's nibbles (unsigned,
+  // ≤ 15) by the token's x dwords broadcast (|x| ≤ 127) are summed in int16 (a word ≤ 8 · 2 · 15 · 127 =
+  // 30480: exact), one vpmaddwd gives each row's exact int32 sum, + corr (−8·Σx), and y = fma(float(Σ),
+  // s · sx, y) per group in ascending order: one float epilogue per group serves 8 rows, where the row
+  // kernel (dot_tile_acc_int8) pays it per row (llama.cpp's q4_0_8x8 repack does the same on AVX2).
+  // dots_tiles8 reads key tiles (two 8-row halves of each 16-row tile, no transposes); dots_lanes8 reads
+  // rows and transposes each line in registers; both call lanes8_pair, so the same bits. q8 keeps the
+  // row kernel: its bytes meet x through vpsignb, per row and token, and a pair of products (≤ 2 · 128 ·
+  // 127) leaves no room for a sum in int16.
+  template <class T>
+  static constexpr bool lanes8 = std::is_same<Isa, isa::avx2>::value&& std::is_same<T, q4_t>::value;
+  static constexpr index_t lanes8_r = 8;  // rows per dots_lanes8 tile
+
+  /// The two q4 groups in 8 dwords of 8 rows (rows in lanes; load(k), k < 8, gives dword k of every row:
+  /// low nibbles group gg, high group gg + 1) for N tokens: y[t] = fma(float(Σ), s · sx[t], y[t]), low
+  /// group first (s_lo), then high (s_hi). xo: the groups' kernel-order offsets in a token's x
+  /// (lanes8_offsets).
+  template <int N, class Load>
+  SPARSE_FFN_FORCE_INLINE static void lanes8_pair(const Load& load, const std::uint8_t* const* xq,
+                                                  index_t cols, index_t gg, const index_t (&xo)[2], reg s_lo,
+                                                  reg s_hi, reg (&y)[N]) {
+    using I = typename V::ireg;
+    I a[2][N];
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; ++k) {
+      I nib[2];
+      V::nibbles(load(k), nib[0], nib[1]);
+#pragma GCC unroll 2
+      for (int n = 0; n < 2; ++n)
+#pragma GCC unroll 4
+        for (int t = 0; t < N; ++t) {
+          std::int32_t xd;
+          std::memcpy(&xd, xq[t] + xo[n] + 4 * k, 4);
+          const I xb = V::bcast32(xd);
+          a[n][t] = k == 0 ? V::maddubs(nib[n], xb) : V::madd_chain(a[n][t], nib[n], xb);
+        }
+    }
+#pragma GCC unroll 2
+    for (int n = 0; n < 2; ++n)
+#pragma GCC unroll 4
+      for (int t = 0; t < N; ++t) {
+        std::int32_t corr;
+        float sx;
+        group_terms(xq[t], cols, gg + n, corr, sx);
+        const I i = V::iadd(V::sum_pairs16(a[n][t]), V::bcast32(corr));
+        y[t] = V::fma(V::cvt(i), V::mul(n == 0 ? s_lo : s_hi, V::set1(sx)), y[t]);
+      }
+  }
+
+  /// lanes8_pair's x offsets for the groups of the 64-byte line j (lanes8 rows: 128 values a line) in
+  /// its 32-byte half a: low nibbles group 4j + 2a, high 4j + 2a + 1.
+  static void lanes8_offsets(index_t j, index_t (&xo)[2][2]) {
+    for (index_t a = 0; a < 2; ++a)
+      for (index_t n = 0; n < 2; ++n)
+        xo[a][n] = x_int8_group_offset<q4_t>((4 * j + 2 * a + n) * k_quant_group);
+  }
+
+  /// kernel_ops::dots for q4 rows on AVX2 (see above): each d chunk's lines of 8 rows transposed once
+  /// (transpose8 per 32-byte half) into a buffer, their scales into lanes, then every token pair. spill: m
+  /// vectors.
+  template <class T>
+  static void dots_lanes8(const std::uint8_t* const* xq, index_t m, const T* rows_t, index_t nrows,
+                          index_t ld, index_t cols, float* spill, float* out) {
+    using F = row_format<T>;
+    using I = typename V::ireg;
+    constexpr int MT = 2;                             // tokens per pass
+    constexpr index_t gc = k_dchunk / k_quant_group;  // groups per chunk (16)
+    constexpr index_t lc = k_dchunk / 128;            // 64-byte lines per chunk (4)
+    constexpr index_t ahead = 1024;                   // prefetch distance along each row
+    static_assert(width == lanes8_r, "one row per lane");
+    alignas(32) I wt[lc][2][8];   // the chunk's lines, rows in lanes (2 KiB)
+    alignas(32) float sv[gc][8];  // their scales
+    const auto* base = reinterpret_cast<const std::uint8_t*>(rows_t);
+    const index_t qbytes = F::quant_bytes(cols);
+    for (index_t r0 = 0; r0 < nrows; r0 += lanes8_r) {
+      const index_t nr = std::min<index_t>(lanes8_r, nrows - r0);
+      const std::uint8_t* row[lanes8_r];
+      for (index_t i = 0; i < lanes8_r; ++i)
+        row[i] = base + (r0 + std::min(i, nr - 1)) * ld;  // padding: a real row
+      prefetch_tile_scales<lanes8_r, T>(base + r0 * ld, ld, cols);
+      for (index_t q0 = 0; q0 < cols; q0 += k_dchunk) {
+        const index_t q1 = std::min(cols, q0 + k_dchunk), ng = (q1 - q0) / k_quant_group;
+        {  // the chunk's scales, rows in lanes: 8 rows × 16 groups, two 8 × 8 transposes
+          reg s[2][8];
+#pragma GCC unroll 8
+          for (int i = 0; i < 8; ++i) {
+            const bfloat16_t* b = F::scales(reinterpret_cast<const T*>(row[i]), cols) + q0 / k_quant_group;
+            alignas(32) bfloat16_t part[gc] = {};
+            if (ng < gc) {  // the last chunk: no read past the row's scales
+              std::memcpy(part, b, static_cast<std::size_t>(ng) * sizeof(bfloat16_t));
+              b = part;
+            }
+            s[0][i] = V::load(b);
+            s[1][i] = V::load(b + 8);
+          }
+          V::transpose8(s[0]);
+          V::transpose8(s[1]);
+#pragma GCC unroll 16
+          for (int g = 0; g < static_cast<int>(gc); ++g) V::store(sv[g], s[g / 8][g % 8]);
+        }
+        for (index_t q = q0; q < q1; q += 128) {
+          const index_t byte = q / 2, l = (q - q0) / 128;
+          const index_t p = byte + ahead;
+#pragma GCC unroll 8
+          for (index_t i = 0; i < lanes8_r; ++i)
+            V::prefetch_l2(p < qbytes ? row[i] + p : base + (r0 + lanes8_r + i) * ld + (p - qbytes));
+#pragma GCC unroll 2
+          for (int a = 0; a < 2; ++a) {
+            reg tr[8];
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; ++i) tr[i] = V::as_float(V::iload(row[i] + byte + 32 * a));
+            V::transpose8(tr);  // tr[k]: dword k of the half line of every row
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; ++k) wt[l][a][k] = V::as_int(tr[k]);
+          }
+        }
+        groups<MT>(m, [&](index_t m0, auto M) {
+          constexpr int N = decltype(M)::value;
+          reg y[N];
+#pragma GCC unroll 4
+          for (int t = 0; t < N; ++t) y[t] = q0 == 0 ? V::zero() : V::load(spill + (m0 + t) * width);
+          for (index_t l = 0; l < (q1 - q0) / 128; ++l) {
+            index_t xo[2][2];
+            lanes8_offsets(q0 / 128 + l, xo);
+#pragma GCC unroll 2
+            for (int a = 0; a < 2; ++a) {
+              const index_t gi = 4 * l + 2 * a;  // the pair's low group in the chunk
+              lanes8_pair<N>([&](int k) { return wt[l][a][k]; }, xq + m0, cols, q0 / k_quant_group + gi,
+                             xo[a], V::load(sv[gi]), V::load(sv[gi + 1]), y);
+            }
+          }
+#pragma GCC unroll 4
+          for (int t = 0; t < N; ++t) V::store(spill + (m0 + t) * width, y[t]);
+        });
+      }
+      for (index_t t = 0; t < m; ++t)
+        for (index_t i = 0; i < nr; ++i) out[t * nrows + r0 + i] = spill[t * width + i];
+    }
+  }
+
+  /// kernel_ops::dots_tiles for q4 on AVX2: the key tiles of dots_tiles (quant.hpp key_tile), each read
+  /// as two 8-row halves (the low and high 32 bytes of every 64-byte vector, scales likewise), one token
+  /// pair at a time; the same groups in the same order as dots_lanes8, so the same bits. One token walks
+  /// up to 4 tiles side by side (4 streams; see dots_tiles). spill: m · min(4, nrows / 16) · 2 vectors.
+  template <class T>
+  static void dots_tiles8(const std::uint8_t* const* xq, index_t m, const std::uint8_t* tiles, index_t nrows,
+                          index_t tile_stride, index_t cols, float* spill, float* out) {
+    using KT = key_tile<T>;
+    constexpr int MT = 2;                         // tokens per pass
+    constexpr index_t gpl = KT::groups_per_line;  // 4
+    constexpr index_t lines_per_chunk = k_dchunk / 128;
+    static_assert(width == lanes8_r && KT::rows == 2 * lanes8_r, "a key tile is two halves of 8 rows");
+    const index_t lines = KT::lines(cols), ntiles = nrows / KT::rows;
+    // Tiles side by side: y holds TT · 2 halves · N accumulators, at most 8.
+    const index_t tt_max = m <= 1 ? 4 : 1;
+    for (index_t i0 = 0; i0 < ntiles; i0 += tt_max) {
+      count<4>(static_cast<int>(std::min(tt_max, ntiles - i0)), [&](auto tt_c) {
+        constexpr int TT = decltype(tt_c)::value;
+        constexpr index_t ahead = 4096 / TT / 64 * 64;  // as dots_tiles
+        const std::uint8_t* tile[TT];
+#pragma GCC unroll 4
+        for (int k = 0; k < TT; ++k) tile[k] = tiles + (i0 + k) * tile_stride;
+        if constexpr (TT > 1) {
+          for (int k = 0; k < TT; ++k)
+            for (index_t p = 0; p < std::min<index_t>(ahead, lines * KT::unit_bytes); p += 64)
+              V::prefetch_l2(tile[k] + p);
+        }
+        for (index_t j0 = 0; j0 < lines; j0 += lines_per_chunk) {
+          const index_t j1 = std::min(lines, j0 + lines_per_chunk);
+          groups<MT>(m, [&](index_t m0, auto M) {
+            constexpr int N = decltype(M)::value;
+            if constexpr (TT == 1 || 2 * TT * N <= 8) {  // the others never run (tt_max)
+              reg y[TT][2][N];
+#pragma GCC unroll 4
+              for (int k = 0; k < TT; ++k)
+#pragma GCC unroll 2
+                for (int h = 0; h < 2; ++h)
+#pragma GCC unroll 4
+                  for (int t = 0; t < N; ++t)
+                    y[k][h][t] = j0 == 0 ? V::zero() : V::load(spill + ((2 * k + h) * m + m0 + t) * width);
+                    // The chunk's lines for rows 0-7 of the tiles (bytes 0-31 of each vector), then again
+                    // (from L1) for rows 8-15.
+#pragma GCC unroll 2
+              for (int h = 0; h < 2; ++h)
+                for (index_t j = j0; j < j1; ++j) {
+                  index_t xo[2][2];
+                  lanes8_offsets(j, xo);
+#pragma GCC unroll 4
+                  for (int k = 0; k < TT; ++k) {
+                    const std::uint8_t* u = tile[k] + j * KT::unit_bytes;
+                    const auto* sc = reinterpret_cast<const bfloat16_t*>(u + KT::rows * 64);
+                    if (m0 == 0 && h == 0)
+                      for (index_t p = 0; p < KT::unit_bytes; p += 64) V::prefetch_l2(u + ahead + p);
+                        // Dwords 8a .. 8a + 7 of the line: groups 4j + 2a (low nibbles), 4j + 2a + 1 (high).
+#pragma GCC unroll 2
+                    for (int a = 0; a < 2; ++a)
+                      lanes8_pair<N>([&](int e) { return V::iload(u + (8 * a + e) * 64 + 32 * h); }, xq + m0,
+                                     cols, gpl * j + 2 * a, xo[a], V::load(sc + KT::rows * (2 * a) + 8 * h),
+                                     V::load(sc + KT::rows * (2 * a + 1) + 8 * h), y[k][h]);
+                  }
+                }
+#pragma GCC unroll 4
+              for (int k = 0; k < TT; ++k)
+#pragma GCC unroll 2
+                for (int h = 0; h < 2; ++h)
+#pragma GCC unroll 4
+                  for (int t = 0; t < N; ++t)
+                    V::store(spill + ((2 * k + h) * m + m0 + t) * width, y[k][h][t]);
+            }
+          });
+        }
+        for (int k = 0; k < TT; ++k)
+          for (int h = 0; h < 2; ++h)
+            for (index_t t = 0; t < m; ++t)
+              for (index_t i = 0; i < lanes8_r; ++i)
+                out[t * nrows + (i0 + k) * KT::rows + 8 * h + i] = spill[((2 * k + h) * m + t) * width + i];
+      });
+    }
+  }
+
   // ---- q8 and q4 key rows on AVX512_VNNI: rows in lanes ---------------------------------------------
   // dots_lanes takes 16 rows at a time, lane i of every vector being row i. Each 64-byte line of the 16
   // rows is transposed as dwords (transpose16), so wt[g][k] holds the four weights 4k .. 4k + 3 of group
@@ -1093,9 +1292,12 @@ struct impl {
   // register (dot_tile_acc_int8, AVX2). The transposes (64 shuffles per line of 16 rows) are shared by
   // every token of the block.
   static constexpr index_t lanes_r = 16;  // rows per dots_lanes tile
-  /// Rows per call of dots that fill its tiles (kernel_ops::key_r): lanes_r where dots_lanes runs.
+  /// Rows per call of dots that fill its tiles (kernel_ops::key_r): lanes_r where dots_lanes runs,
+  /// lanes8_r where dots_lanes8 does.
   template <class T>
-  static constexpr int key_r_for = (int8_q<T> && width == lanes_r) ? static_cast<int>(lanes_r) : key_r;
+  static constexpr int key_r_for = (int8_q<T> && width == lanes_r) ? static_cast<int>(lanes_r)
+                                   : lanes8<T>                     ? static_cast<int>(lanes8_r)
+                                                                   : key_r;
 
   /// One group of MT tokens: y[t] = fma(float(Σ), s · sx[t], y[t]), Σ = corr[t] + the 8 vpdpbusd of
   /// the group's weights w (rows in lanes) by the token's x bytes xg[t] (4 broadcast per instruction).
