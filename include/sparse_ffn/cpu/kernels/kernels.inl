@@ -1070,7 +1070,7 @@ struct impl {
   // row kernel: its bytes meet x through vpsignb, per row and token, and a pair of products (≤ 2 · 128 ·
   // 127) leaves no room for a sum in int16.
   template <class T>
-  static constexpr bool lanes8 = std::is_same<Isa, isa::avx2>::value&& std::is_same<T, q4_t>::value;
+  static constexpr bool lanes8 = (std::is_same<Isa, isa::avx2>::value && std::is_same<T, q4_t>::value);
   static constexpr index_t lanes8_r = 8;  // rows per dots_lanes8 tile
 
   /// The two q4 groups in 8 dwords of 8 rows (rows in lanes; load(k), k < 8, gives dword k of every row:
@@ -1234,14 +1234,15 @@ struct impl {
             if constexpr (TT == 1 || 2 * TT * N <= 8) {  // the others never run (tt_max)
               reg y[TT][2][N];
 #pragma GCC unroll 4
-              for (int k = 0; k < TT; ++k)
+              for (int k = 0; k < TT; ++k) {
 #pragma GCC unroll 2
                 for (int h = 0; h < 2; ++h)
 #pragma GCC unroll 4
                   for (int t = 0; t < N; ++t)
                     y[k][h][t] = j0 == 0 ? V::zero() : V::load(spill + ((2 * k + h) * m + m0 + t) * width);
-                    // The chunk's lines for rows 0-7 of the tiles (bytes 0-31 of each vector), then again
-                    // (from L1) for rows 8-15.
+              }
+              // The chunk's lines for rows 0-7 of the tiles (bytes 0-31 of each vector), then again (from
+              // L1) for rows 8-15.
 #pragma GCC unroll 2
               for (int h = 0; h < 2; ++h)
                 for (index_t j = j0; j < j1; ++j) {
@@ -1251,9 +1252,10 @@ struct impl {
                   for (int k = 0; k < TT; ++k) {
                     const std::uint8_t* u = tile[k] + j * KT::unit_bytes;
                     const auto* sc = reinterpret_cast<const bfloat16_t*>(u + KT::rows * 64);
-                    if (m0 == 0 && h == 0)
+                    if (m0 == 0 && h == 0) {
                       for (index_t p = 0; p < KT::unit_bytes; p += 64) V::prefetch_l2(u + ahead + p);
-                        // Dwords 8a .. 8a + 7 of the line: groups 4j + 2a (low nibbles), 4j + 2a + 1 (high).
+                    }
+                    // Dwords 8a .. 8a + 7 of the line: groups 4j + 2a (low nibbles), 4j + 2a + 1 (high).
 #pragma GCC unroll 2
                     for (int a = 0; a < 2; ++a)
                       lanes8_pair<N>([&](int e) { return V::iload(u + (8 * a + e) * 64 + 32 * h); }, xq + m0,
