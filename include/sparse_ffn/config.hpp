@@ -42,6 +42,14 @@
 #define SPARSE_FFN_UNLIKELY(x) (x)
 #endif
 
+/// Forces a kernel helper inline where GCC's cost model would call it and pass its register arrays
+/// through memory (kernels.inl lanes8_pair: 2.3x slower out of line, measured on a Zen 3).
+#if defined(__GNUC__) || defined(__clang__)
+#define SPARSE_FFN_FORCE_INLINE inline __attribute__((always_inline))
+#else
+#define SPARSE_FFN_FORCE_INLINE inline
+#endif
+
 namespace sparse_ffn {
 
 /// Sizes and offsets on the host are 64-bit everywhere; see docs/design.md ("Index arithmetic").

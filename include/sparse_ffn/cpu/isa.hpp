@@ -61,14 +61,6 @@
 #define SPARSE_FFN_AMX 0
 #endif
 
-/// Forces a kernel helper inline where GCC's cost model would call it and pass its register arrays
-/// through memory (kernels.inl lanes8_pair: 2.3x slower out of line, measured on a Zen 3).
-#if defined(__GNUC__)
-#define SPARSE_FFN_FORCE_INLINE inline __attribute__((always_inline))
-#else
-#define SPARSE_FFN_FORCE_INLINE inline
-#endif
-
 // ---- target regions: everything defined between BEGIN and END is compiled for that ISA -----------
 #if SPARSE_FFN_X86_DISPATCH
 #define SPARSE_FFN_TARGET_AVX2 "avx2,fma,f16c,bmi,bmi2,lzcnt,popcnt"

@@ -362,8 +362,10 @@ kernel_ops<T> make_ops(isa_level level) {
                : o.bf16_values        ? 32
                                       : K::width;
   o.dots = &K::template dots<T>;
-  if constexpr (K::template key_tiles<T>) o.dots_tiles = &K::template dots_tiles<T>;
-  if constexpr (K::template lanes8<T>) o.dots_tiles = &K::template dots_tiles8<T>;
+  if constexpr (K::template key_tiles<T>)
+    o.dots_tiles = &K::template dots_tiles<T>;
+  else if constexpr (K::template lanes8<T>)
+    o.dots_tiles = &K::template dots_tiles8<T>;
   if constexpr (K::template value_tiles<T>) o.apply_tiles = &K::template apply_tiles<T>;
   o.apply_rows = o.bf16_values ? &K::template apply_rows<T, true> : &K::template apply_rows<T, false>;
   if (K::template bf16_pairs<T>) o.apply_rows_pairs = &K::template apply_rows<T, true>;

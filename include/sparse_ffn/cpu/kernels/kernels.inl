@@ -1058,6 +1058,29 @@ struct impl {
       for (int r = 0; r < R; ++r) V::store(acc + (m * R + r) * width, a[m][r]);
   }
 
+  // ---- key tiles walked side by side (dots_tiles, dots_tiles8) -------------------------------------
+  /// Bytes each of TT tile streams is prefetched ahead (into L2): 4 KiB in all. One stream: 1-8 KiB
+  /// measured on Emerald Rapids (docs/benchmarks.md, stop 49); four: 1 KiB each against 4 KiB, 14-17%
+  /// less time in the key pass at batch 1 on Ice Lake (stop 57).
+  template <int TT>
+  static constexpr index_t tile_ahead() {
+    return 4096 / TT / 64 * 64;
+  }
+  /// The TT tiles from `first`, stride bytes apart, into tile[]; with TT > 1, each stream's first
+  /// tile_ahead<TT>() bytes (at most `bytes`, the tile's) prefetched into L2 (a lone tile's are its
+  /// predecessor's tail).
+  template <int TT>
+  static void tile_streams(const std::uint8_t* first, index_t stride, index_t bytes,
+                           const std::uint8_t* (&tile)[TT]) {
+#pragma GCC unroll 4
+    for (int k = 0; k < TT; ++k) tile[k] = first + k * stride;
+    if constexpr (TT > 1) {
+      for (int k = 0; k < TT; ++k)
+        for (index_t p = 0; p < std::min<index_t>(tile_ahead<TT>(), bytes); p += 64)
+          V::prefetch_l2(tile[k] + p);
+    }
+  }
+
   // ---- q4 key rows on AVX2: eight rows in lanes -----------------------------------------------------
   // As dots_lanes on the VNNI levels, with 8 rows per ymm (lane i = row i, dword i = four bytes of row i)
   // and vpmaddubsw for vpdpbusd: per group and token, the 8 products of the group's nibbles (unsigned,
@@ -1218,15 +1241,9 @@ struct impl {
     for (index_t i0 = 0; i0 < ntiles; i0 += tt_max) {
       count<4>(static_cast<int>(std::min(tt_max, ntiles - i0)), [&](auto tt_c) {
         constexpr int TT = decltype(tt_c)::value;
-        constexpr index_t ahead = 4096 / TT / 64 * 64;  // as dots_tiles
+        constexpr index_t ahead = tile_ahead<TT>();
         const std::uint8_t* tile[TT];
-#pragma GCC unroll 4
-        for (int k = 0; k < TT; ++k) tile[k] = tiles + (i0 + k) * tile_stride;
-        if constexpr (TT > 1) {
-          for (int k = 0; k < TT; ++k)
-            for (index_t p = 0; p < std::min<index_t>(ahead, lines * KT::unit_bytes); p += 64)
-              V::prefetch_l2(tile[k] + p);
-        }
+        tile_streams<TT>(tiles + i0 * tile_stride, tile_stride, lines * KT::unit_bytes, tile);
         for (index_t j0 = 0; j0 < lines; j0 += lines_per_chunk) {
           const index_t j1 = std::min(lines, j0 + lines_per_chunk);
           groups<MT>(m, [&](index_t m0, auto M) {
@@ -1509,7 +1526,8 @@ struct impl {
     }
   }
 
-  /// Whether dots_tiles runs at this level for T (kernel_ops::dots_tiles).
+  /// Whether dots_tiles (16 rows in lanes) is this level's key-tile kernel for T (kernel_ops::dots_tiles;
+  /// q4 on avx2 has dots_tiles8 instead: lanes8).
   template <class T>
   static constexpr bool key_tiles = int8_q<T> && width == lanes_r;
 
@@ -1536,18 +1554,9 @@ struct impl {
     for (index_t i0 = 0; i0 < ntiles; i0 += tt_max) {
       count<4>(static_cast<int>(std::min(tt_max, ntiles - i0)), [&](auto tt_c) {
         constexpr int TT = decltype(tt_c)::value;
-        // Bytes each stream is prefetched ahead (into L2): 4 KiB in all. One stream: 1-8 KiB measured on
-        // Emerald Rapids (docs/benchmarks.md, stop 49); four: 1 KiB each against 4 KiB, 14-17% less time
-        // in the key pass at batch 1 on Ice Lake (stop 57).
-        constexpr index_t ahead = 4096 / TT / 64 * 64;
+        constexpr index_t ahead = tile_ahead<TT>();
         const std::uint8_t* tile[TT];
-#pragma GCC unroll 4
-        for (int k = 0; k < TT; ++k) tile[k] = tiles + (i0 + k) * tile_stride;
-        if constexpr (TT > 1) {  // the streams' first lines (a lone tile's are its predecessor's tail)
-          for (int k = 0; k < TT; ++k)
-            for (index_t p = 0; p < std::min<index_t>(ahead, lines * KT::unit_bytes); p += 64)
-              V::prefetch_l2(tile[k] + p);
-        }
+        tile_streams<TT>(tiles + i0 * tile_stride, tile_stride, lines * KT::unit_bytes, tile);
         for (index_t j0 = 0; j0 < lines; j0 += lines_per_chunk) {
           const index_t j1 = std::min(lines, j0 + lines_per_chunk);
           groups<MT>(m, [&](index_t m0, auto M) {
