@@ -375,20 +375,16 @@ struct simd<isa::avx2> {
                         _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
     return am / 127.0f;
   }
-  /// One group of a token's int8 x (32 values q, |q| ≤ 127): lanes[l] = −zp·(q[4l] + … + q[4l + 3]) for
-  /// the 8 lanes and *group = −zp·Σ q, exact in int32 (kernels::x_int8_lanes and x_int8_group, the same
-  /// values). Byte pairs by vpmaddubsw against bytes of 1 (|sum| ≤ 254: no saturation), then pairs by
-  /// vpmaddwd.
-  static void x_int8_sums(const std::int8_t* q, std::int32_t zp, std::int32_t* lanes, std::int32_t* group) {
+  /// One group of a token's int8 x (32 values q, |q| ≤ 127): −zp·Σ q, exact in int32 (kernels::x_int8_group,
+  /// the same value). Byte pairs by vpmaddubsw against bytes of 1 (|sum| ≤ 254: no saturation), then
+  /// pairs by vpmaddwd, then the 8 dwords.
+  static std::int32_t x_int8_sum(const std::int8_t* q, std::int32_t zp) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-    const __m256i pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), v);
-    const __m256i c =
-        _mm256_mullo_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)), _mm256_set1_epi32(-zp));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lanes), c);
+    const __m256i c = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v), _mm256_set1_epi16(1));
     __m128i t = _mm_add_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
     t = _mm_add_epi32(t, _mm_unpackhi_epi64(t, t));
     t = _mm_add_epi32(t, _mm_shuffle_epi32(t, 1));
-    *group = _mm_cvtsi128_si32(t);
+    return -zp * _mm_cvtsi128_si32(t);
   }
 };
 SPARSE_FFN_TARGET_END
@@ -539,9 +535,9 @@ struct simd<isa::avx512_vnni> : simd<isa::avx512> {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 16), _mm512_cvtepi32_epi8(ib));
     return amax / 127.0f;
   }
-  /// simd<isa::avx2>::x_int8_sums (AVX2 instructions, which these levels have).
-  static void x_int8_sums(const std::int8_t* q, std::int32_t zp, std::int32_t* lanes, std::int32_t* group) {
-    simd<isa::avx2>::x_int8_sums(q, zp, lanes, group);
+  /// simd<isa::avx2>::x_int8_sum (AVX2 instructions, which these levels have).
+  static std::int32_t x_int8_sum(const std::int8_t* q, std::int32_t zp) {
+    return simd<isa::avx2>::x_int8_sum(q, zp);
   }
   // The integer value pass (kernels.inl, axpy_rows_vnni). A unit is 64 columns of one row as dpbusd's
   // unsigned operand: q8's 64 bytes as q + 128 (q8_unit); q4 (nibbles u = q + 8) is split into units

@@ -14,19 +14,19 @@ namespace kernels {
 
 /// Bytes of one token's prepared int8 x for `cols` values (prepare_x_int8).
 inline constexpr index_t x_int8_bytes(index_t cols) {
-  return 3 * cols + (cols / 4 + 63) / 64 * 64 + 4 * cols;
+  return cols + (cols / 4 + 63) / 64 * 64 + 4 * cols;
 }
 /// Where a token's prepared int8 x (cols a multiple of 64) holds its per-group terms (cols/32 int32, then
 /// cols/32 float: x_int8_group) and its quad vectors (4·cols bytes, 64-byte aligned: x_int8_quads).
 inline constexpr index_t x_int8_groups_at(index_t cols) {
-  return 3 * cols;
+  return cols;
 }
 /// Where its per-group x scales start (cols/32 float, natural group order), after the groups' int32 terms.
 inline constexpr index_t x_int8_group_scales_at(index_t cols) {
   return x_int8_groups_at(cols) + cols / 8;
 }
 inline constexpr index_t x_int8_quads_at(index_t cols) {
-  return 3 * cols + (cols / 4 + 63) / 64 * 64;
+  return cols + (cols / 4 + 63) / 64 * 64;
 }
 
 /// Kernel-order offset of the group of 32 values starting at g0 in a token's prepared int8 x

@@ -105,20 +105,9 @@ inline float quantize_x32(const float* x, std::int8_t* q) {
 template <class T>
 constexpr std::int32_t int8_zero_point = std::is_same<T, q8_t>::value ? 128 : 8;
 
-/// The 8 int32 lanes (four x values each) of a quantised group q (kernel order): each lane's initial
-/// accumulator −zero_point × (sum of its four x values) and its x scale sx.
-template <class T>
-inline void x_int8_lanes(const std::int8_t* q, float sx, std::int32_t* corr, float* xs) {
-  constexpr std::int32_t zero_point = int8_zero_point<T>;
-  for (index_t l = 0; l < 8; ++l) {
-    const std::int32_t sum = q[4 * l] + q[4 * l + 1] + q[4 * l + 2] + q[4 * l + 3];
-    corr[l] = -zero_point * sum;
-    xs[l] = sx;
-  }
-}
-
 /// Per group of 32 (natural order, index g0 / 32): its initial accumulator −zero_point × Σ q and its x
-/// scale sx (the rows-in-lanes key kernel of the VNNI levels, kernels.inl dots_lanes).
+/// scale sx (read by the int8 key kernels: kernels.inl group_terms and dot_line_int8_avx2, amx.hpp
+/// dots_int8).
 template <class T>
 inline void x_int8_group(const std::int8_t* q, float sx, std::int32_t* corr, float* xs) {
   constexpr std::int32_t zero_point = int8_zero_point<T>;
@@ -139,23 +128,19 @@ inline void x_int8_quads(const std::int8_t* xq, index_t cols, std::uint8_t* out)
 }
 
 /// Quantises one token's x (cols values, zero padded) for the int8 key kernel of weights T, into
-/// x_int8_bytes(cols) bytes: [cols int8 in kernel order (x_int8_group_offset)][cols/4 int32: the
-/// initial accumulator of each int32 lane, −zero_point × the sum of its four x values][cols/4 float:
-/// each lane's x scale][cols/32 int32 and cols/32 float: the same per group, x_int8_group][padding to
-/// 64 bytes][4·cols: x_int8_quads]. Groups of 32 values (quantize_x32). A group holding NaN or Inf gets a NaN
-/// scale, so the token's affected dot products are NaN (as in float). The scalar reference of
+/// x_int8_bytes(cols) bytes: [cols int8 in kernel order (x_int8_group_offset)][cols/32 int32 and
+/// cols/32 float per group: its initial accumulator −zero_point × Σ q and its x scale, x_int8_group]
+/// [padding to 64 bytes][4·cols: x_int8_quads]. Groups of 32 values (quantize_x32). A group holding NaN or
+/// Inf gets a NaN scale, so the token's affected dot products are NaN (as in float). The scalar reference of
 /// kernel_ops::prepare_x_int8, which the forward calls (vectorised on the int8 levels).
 template <class T>
 void prepare_x_int8(const float* x, index_t cols, std::uint8_t* out) {
   auto* xq = reinterpret_cast<std::int8_t*>(out);
-  auto* corr = reinterpret_cast<std::int32_t*>(out + cols);
-  auto* xs = reinterpret_cast<float*>(out + 2 * cols);
   auto* corr_g = reinterpret_cast<std::int32_t*>(out + x_int8_groups_at(cols));
   auto* xs_g = reinterpret_cast<float*>(out + x_int8_group_scales_at(cols));
   for (index_t g0 = 0; g0 < cols; g0 += 32) {
     const index_t kb = x_int8_group_offset<T>(g0);
     const float sx = quantize_x32(x + g0, xq + kb);
-    x_int8_lanes<T>(xq + kb, sx, corr + kb / 4, xs + kb / 4);
     x_int8_group<T>(xq + kb, sx, corr_g + g0 / 32, xs_g + g0 / 32);
   }
   std::memset(out + x_int8_groups_at(cols) + cols / 4, 0,

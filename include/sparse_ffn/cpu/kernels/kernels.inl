@@ -1618,16 +1618,12 @@ struct impl {
   static void prepare_x_int8(const float* x, index_t cols, std::uint8_t* out) {
     if constexpr (int8_q<T>) {
       auto* xq = reinterpret_cast<std::int8_t*>(out);
-      auto* corr = reinterpret_cast<std::int32_t*>(out + cols);
-      auto* xs = reinterpret_cast<float*>(out + 2 * cols);
       auto* corr_g = reinterpret_cast<std::int32_t*>(out + x_int8_groups_at(cols));
       auto* xs_g = reinterpret_cast<float*>(out + x_int8_group_scales_at(cols));
       for (index_t g0 = 0; g0 < cols; g0 += 32) {
         const index_t kb = x_int8_group_offset<T>(g0);
         const float sx = V::quantize_x32(x + g0, xq + kb);
-        V::x_int8_sums(xq + kb, ::sparse_ffn::cpu::kernels::int8_zero_point<T>, corr + kb / 4,
-                       corr_g + g0 / 32);
-        for (index_t l = 0; l < 8; ++l) xs[kb / 4 + l] = sx;  // x_int8_lanes's and x_int8_group's scales
+        corr_g[g0 / 32] = V::x_int8_sum(xq + kb, ::sparse_ffn::cpu::kernels::int8_zero_point<T>);
         xs_g[g0 / 32] = sx;
       }
       std::memset(out + x_int8_groups_at(cols) + cols / 4, 0,
