@@ -601,12 +601,17 @@ struct impl {
                 }
               }
             };
+            // A chunk has at most cr / 2 = 16 pairs: two passes at most, so a pass after the first is
+            // the last.
+            static_assert(cr / 2 <= 2 * 8, "at most two passes of 8 pairs");
             using yes = std::true_type;
             using no = std::false_type;
-            if (p0 == 0)
-              p1 == np ? finish(yes{}, yes{}) : finish(yes{}, no{});
+            if (p0 > 0)
+              finish(no{}, yes{});
+            else if (p1 == np)
+              finish(yes{}, yes{});
             else
-              p1 == np ? finish(no{}, yes{}) : finish(no{}, no{});
+              finish(yes{}, no{});
           }
         }
       }
