@@ -464,8 +464,8 @@ struct impl {
     using I = typename V::ireg;
     static_assert(std::is_same<T, q4_t>::value, "the integer value pass is q4's");
     constexpr std::int32_t Q = value_levels;
-    // span: columns per pass of coefficients (sg groups), their int32 sums in acc32. Each register tile
-    // (one 32-byte chunk of quants = two groups) walks down the chunk's rows, two at a time.
+    // span: columns per pass of coefficients (sg groups). Each register tile (one 32-byte chunk of quants
+    // = two groups, 64 columns) walks down the chunk's rows, two at a time.
     // Measured on a Zen 3 (2 threads, 4096 × 16384, g 64, 25%): prefetching each row 128 bytes ahead
     // beats 64, 256 and 512 (32 rows in flight), and streaming 4 or 8 rows at a time across the span
     // (sums parked in acc32 between passes) was slower at batch 64 and no faster at batch 1.
@@ -476,7 +476,7 @@ struct impl {
     alignas(32) std::int32_t cp[M][cr / 2][sg];  // coefficient pairs, per token, row pair and group
     alignas(32) float ts[M][sg];                 // steps t
     alignas(32) std::int32_t corr[M][sg];        // −8 Σ r
-    alignas(32) std::int32_t acc32[M][span];     // the chunk's int32 sums over the span
+    alignas(32) std::int32_t acc32[M][tile];     // a tile's int32 sums between its two passes
     const std::uint8_t* pa[cr / 2];
     const std::uint8_t* pb[cr / 2];
     const bfloat16_t* sc[cr];
@@ -568,9 +568,9 @@ struct impl {
             // n[k]'s low and high halves: columns lo_at[k] and hi_at[k] of the tile (simd<avx2>::q4_pairs)
             constexpr int lo_at[4] = {0, 8, 32, 40}, hi_at[4] = {16, 24, 48, 56};
             // A column's int32 sum: its group's corr + the int16 sums of each pass of ≤ 8 pairs, parked
-            // in acc32 between passes; the last pass adds it to y (t · float(Σ), one FMA per chunk and
-            // column). One pass (≤ 8 pairs: a ReLU block's chunk, typically) goes from corr straight to y.
-            // Against acc32 set to corr before the tiles and a pass over it into y after them: 12% less
+            // in acc32 between the tile's passes; the last pass adds it to y (t · float(Σ), one FMA per chunk
+            // and column). One pass (≤ 8 pairs: a ReLU block's chunk, typically) goes from corr straight to
+            // y. Against acc32 set to corr before the tiles and a pass over it into y after them: 12% less
             // time per block for one token, 16–19% for two (one Zen 3 core, rows in L2; stop 68).
             const auto finish = [&](auto first, auto last) {
 #pragma GCC unroll 4
@@ -579,7 +579,7 @@ struct impl {
                 const reg ta = V::set1(ts[m][g]), tb = V::set1(ts[m][g + 1]);
 #pragma GCC unroll 4
                 for (int k = 0; k < 4; ++k) {
-                  const index_t lo = c - c0 + lo_at[k], hi = c - c0 + hi_at[k];
+                  const int lo = lo_at[k], hi = hi_at[k];
                   I sl = V::widen_lo(s16[m][k]), sh = V::widen_hi(s16[m][k]);
                   if constexpr (decltype(first)::value) {
                     sl = V::iadd(k < 2 ? ca : cb, sl);
@@ -589,8 +589,8 @@ struct impl {
                     sh = V::iadd(V::iload(&acc32[m][hi]), sh);
                   }
                   if constexpr (decltype(last)::value) {
-                    float* ylo = y[m] + c0 + lo;
-                    float* yhi = y[m] + c0 + hi;
+                    float* ylo = y[m] + c + lo;
+                    float* yhi = y[m] + c + hi;
                     const reg tt = k < 2 ? ta : tb;
                     V::store(ylo, V::fma(tt, V::cvt(sl), V::load(ylo)));
                     V::store(yhi, V::fma(tt, V::cvt(sh), V::load(yhi)));
